@@ -1,0 +1,139 @@
+"""The `specql` command line: thin click commands over the Python API."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import traceback
+
+import click
+
+from . import __version__
+from .diagnostics import Diagnostic, SpecError
+
+
+def _report(diagnostics: list[Diagnostic], fmt: str = "text") -> None:
+    if fmt == "json":
+        click.echo(json.dumps([d.as_dict() for d in diagnostics], indent=2))
+        return
+    for d in diagnostics:
+        click.echo(d.format(), err=True)
+
+
+def _guard(func):
+    """Exit 1 with located diagnostics for user mistakes; exit 2, no traceback, for bugs."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except SpecError as exc:
+            fmt = kwargs.get("fmt", "text")
+            _report(exc.diagnostics, fmt)
+            errors = sum(d.severity == "error" for d in exc.diagnostics)
+            if fmt != "json":
+                click.echo(f"{errors} error(s); nothing was written.", err=True)
+            sys.exit(1)
+        except click.exceptions.Exit:
+            raise
+        except (click.ClickException, click.Abort, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except Exception as exc:  # an internal error: say so plainly
+            if os.environ.get("SPECQL_DEBUG"):
+                traceback.print_exc()
+            click.echo(f"specql: internal error: {type(exc).__name__}: {exc} "
+                       f"(set SPECQL_DEBUG=1 for the traceback)", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="specql")
+def main() -> None:
+    """Turn entity YAML batch_operations into PL/pgSQL migrations, tests and runs."""
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+              help="Diagnostics as text lines or as a JSON list.")
+@_guard
+def validate(paths: tuple[str, ...], fmt: str) -> None:
+    """Check entity files (or folders of *.yaml) and report every problem as file:line:col."""
+    from .generate import load_project
+
+    project = load_project(list(paths))
+    if fmt == "json":
+        _report(project.warnings, "json")
+    else:
+        _report(project.warnings)
+        ops = sum(len(e.operations) for e in project.entities)
+        click.echo(f"ok: {len(project.entities)} entities, {ops} operations")
+
+
+@main.command(context_settings={"ignore_unknown_options": False})
+@click.argument("paths", nargs=-1, required=True)
+@click.option("-o", "--output", "out_dir", default="generated", show_default=True,
+              help="Folder to write into (migrations/ for SQL, tests/ for tests).")
+@click.option("--check", is_flag=True, help="Write nothing; exit 1 when the output folder is stale.")
+@_guard
+def generate(paths: tuple[str, ...], out_dir: str, check: bool) -> None:
+    """Generate SQL migrations from entity files.
+
+    `specql generate tests PATH...` writes pytest modules for each operation instead.
+    """
+    paths_list = list(paths)
+    if paths_list and paths_list[0] == "tests" and len(paths_list) > 1:
+        from .testgen import generate_tests
+
+        result = generate_tests(paths_list[1:], out_dir, check=check)
+    else:
+        from .generate import generate as run
+
+        result = run(paths_list, out_dir, check=check)
+    _report(result.warnings)
+    if check:
+        if result.stale:
+            for name in result.stale:
+                click.echo(f"stale: {name}", err=True)
+            click.echo(f"{out_dir} is stale: run `specql generate {' '.join(paths)} -o {out_dir}`", err=True)
+            sys.exit(1)
+        click.echo(f"{out_dir} is up to date ({len(result.files)} files)")
+        return
+    for path in result.written:
+        click.echo(f"wrote {path}")
+
+
+@main.command()
+def schema() -> None:
+    """Print the JSON Schema of entity files."""
+    from .validate import entity_schema
+
+    click.echo(json.dumps(entity_schema(), indent=2))
+
+
+@main.command()
+@click.argument("directory", default="generated", required=False)
+@click.option("--database-url", envvar=None, help="Target database (default: SPECQL_DATABASE_URL, then DATABASE_URL).")
+@click.option("--status", is_flag=True, help="List applied, pending and changed migrations; apply nothing.")
+@click.option("--dry-run", is_flag=True, help="Print what would be applied; apply nothing.")
+@_guard
+def migrate(directory: str, database_url: str | None, status: bool, dry_run: bool) -> None:
+    """Apply DIRECTORY/migrations/*.sql in name order, with a ledger, under an advisory lock."""
+    from .database import resolve_database_url
+    from .migrate import migrate as run
+
+    url = resolve_database_url(database_url)
+    if not url:
+        raise click.UsageError("no database: pass --database-url or set SPECQL_DATABASE_URL")
+    sys.exit(run(directory, url, status=status, dry_run=dry_run, echo=click.echo))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,292 @@
+"""SQL fragments written in entity files (conditions, preconditions, SQL values).
+
+A fragment is parsed with PostgreSQL's own parser (pglast) as exactly one expression.
+`:name` marks a routine parameter and `:rec.field` a field of the current data_source
+element; both are swapped for `$n` before parsing and for real references when the
+fragment is rendered back to SQL, so what reaches the generated routine is what the
+parser understood, never the raw text.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from pglast import ast, parser, stream, visitors
+from pglast.enums import A_Expr_Kind
+
+# Aggregates that make a precondition "over the target table" (SPEC §3 preconditions).
+AGGREGATES = frozenset("""
+    count sum avg min max bool_and bool_or every array_agg string_agg jsonb_agg json_agg
+    jsonb_object_agg json_object_agg stddev stddev_pop stddev_samp variance var_pop var_samp
+    bit_and bit_or percentile_cont percentile_disc mode corr covar_pop covar_samp
+""".split())
+
+
+class FragmentError(Exception):
+    def __init__(self, message: str, offset: int = 0):
+        super().__init__(message)
+        self.message = message
+        self.offset = offset
+
+
+@dataclass(frozen=True)
+class Placeholder:
+    """One `:name` or `:rec.field` occurrence in the fragment text."""
+
+    number: int  # the $n it was replaced with
+    name: str  # parameter name, or the record alias for `:rec.field`
+    field: str | None  # field of the data_source element, or None for a parameter
+    offset: int  # character offset of the ':' in the original text
+
+
+@dataclass
+class Fragment:
+    text: str
+    expr: ast.Node
+    placeholders: list[Placeholder]
+    columns: list[tuple[str, int]] = field(default_factory=list)  # unqualified column refs
+    qualified: list[tuple[str, int]] = field(default_factory=list)  # a.b refs (not allowed)
+    has_aggregate: bool = False
+
+    def params(self) -> list[Placeholder]:
+        return [p for p in self.placeholders if p.field is None]
+
+    def record_refs(self) -> list[Placeholder]:
+        return [p for p in self.placeholders if p.field is not None]
+
+
+_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
+_PLACEHOLDER = re.compile(rf":({_IDENT})(?:\.({_IDENT}))?")
+
+
+def substitute_placeholders(text: str) -> tuple[str, list[Placeholder]]:
+    """Replace `:name` / `:rec.field` outside strings, quoted names and comments with `$n`."""
+    out: list[str] = []
+    found: list[Placeholder] = []
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch == "'" or ch == '"':
+            j = i + 1
+            while j < n:
+                if text[j] == ch:
+                    if j + 1 < n and text[j + 1] == ch:  # doubled quote escapes itself
+                        j += 2
+                        continue
+                    break
+                if ch == "'" and text[j] == "\\" and i > 0 and text[i - 1] in "eE":
+                    j += 2
+                    continue
+                j += 1
+            out.append(text[i:j + 1])
+            i = j + 1
+        elif text.startswith("--", i):
+            j = text.find("\n", i)
+            j = n if j < 0 else j
+            out.append(text[i:j])
+            i = j
+        elif text.startswith("/*", i):
+            j = text.find("*/", i + 2)
+            j = n if j < 0 else j + 2
+            out.append(text[i:j])
+            i = j
+        elif ch == "$" and (m := re.match(r"\$([A-Za-z_][A-Za-z0-9_]*)?\$", text[i:])):
+            tag = m.group(0)
+            j = text.find(tag, i + len(tag))
+            j = n if j < 0 else j + len(tag)
+            out.append(text[i:j])
+            i = j
+        elif ch == ":" and text.startswith("::", i):
+            out.append("::")
+            i += 2
+        elif ch == ":" and (m := _PLACEHOLDER.match(text, i)):
+            number = len(found) + 1
+            found.append(Placeholder(number, m.group(1), m.group(2), i))
+            out.append(f"${number}")
+            # keep offsets stable enough for error positions: pad to the same length
+            out.append(" " * max(0, len(m.group(0)) - len(f"${number}")))
+            i = m.end()
+        else:
+            out.append(ch)
+            i += 1
+    return "".join(out), found
+
+
+_PREFIX = "SELECT ("
+_SUFFIX = ")"
+
+
+def parse_fragment(text: str) -> Fragment:
+    """Parse `text` as exactly one SQL expression; raises FragmentError with an offset."""
+    if "\x00" in text:
+        raise FragmentError("NUL character in SQL", text.index("\x00"))
+    sql, placeholders = substitute_placeholders(text)
+    if ";" in _strip_quoted(sql):
+        raise FragmentError("must be one SQL expression; ';' is not allowed", _strip_quoted(sql).index(";"))
+    try:
+        stmts = parser.parse_sql(_PREFIX + sql + "\n" + _SUFFIX)
+    except parser.ParseError as exc:
+        location = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], int) else len(_PREFIX)
+        offset = max(0, min(len(text), location - len(_PREFIX)))
+        message = str(exc.args[0]) if exc.args else "syntax error"
+        raise FragmentError(f"SQL does not parse: {message}", offset) from None
+    select = stmts[0].stmt if len(stmts) == 1 else None
+    if (not isinstance(select, ast.SelectStmt) or select.op != 0 or not select.targetList
+            or len(select.targetList) != 1 or _has_other_clauses(select)):
+        raise FragmentError("must be exactly one SQL expression (no second statement, clause or column)")
+    expr = select.targetList[0].val
+    frag = Fragment(text=text, expr=expr, placeholders=placeholders)
+    _Inspector(frag)(expr)
+    return frag
+
+
+def _strip_quoted(sql: str) -> str:
+    """The text with quoted strings and identifiers blanked (same length)."""
+    return re.sub(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"", lambda m: " " * len(m.group(0)), sql)
+
+
+def _has_other_clauses(select: ast.SelectStmt) -> bool:
+    for name in ("distinctClause", "intoClause", "fromClause", "whereClause", "groupClause",
+                 "havingClause", "windowClause", "valuesLists", "sortClause", "limitOffset",
+                 "limitCount", "lockingClause", "withClause"):
+        if getattr(select, name, None):
+            return True
+    return False
+
+
+class _Inspector(visitors.Visitor):
+    def __init__(self, frag: Fragment):
+        self.frag = frag
+
+    def visit_ColumnRef(self, ancestors, node):
+        fields = node.fields
+        offset = max(0, (node.location or 0) - len(_PREFIX))
+        if len(fields) == 1 and isinstance(fields[0], ast.String):
+            self.frag.columns.append((fields[0].sval, offset))
+        elif not (len(fields) == 1 and isinstance(fields[0], ast.A_Star)):
+            self.frag.qualified.append((".".join(getattr(f, "sval", "*") for f in fields), offset))
+        return None
+
+    def visit_FuncCall(self, ancestors, node):
+        name = node.funcname[-1].sval.lower()
+        if node.agg_star or node.agg_filter is not None or node.over is None and name in AGGREGATES:
+            if node.over is None:
+                self.frag.has_aggregate = True
+        return None
+
+    def visit_SubLink(self, ancestors, node):
+        # Subqueries may name other tables and their columns; only the outer level is checked.
+        return visitors.Skip
+
+
+def array_param_columns(frag: Fragment) -> dict[int, str]:
+    """$n placeholders used as `col = ANY($n)` or `col IN ($n)`: number -> column."""
+    found: dict[int, str] = {}
+    for node in _walk(frag.expr):
+        if not isinstance(node, ast.A_Expr) or not isinstance(node.lexpr, ast.ColumnRef):
+            continue
+        column = _column_name(node.lexpr)
+        if column is None:
+            continue
+        if node.kind in (A_Expr_Kind.AEXPR_OP_ANY, A_Expr_Kind.AEXPR_OP_ALL) and isinstance(node.rexpr, ast.ParamRef):
+            found[node.rexpr.number] = column
+        elif (node.kind == A_Expr_Kind.AEXPR_IN and isinstance(node.rexpr, tuple) and len(node.rexpr) == 1
+              and isinstance(node.rexpr[0], ast.ParamRef)):
+            found[node.rexpr[0].number] = column
+    return found
+
+
+def scalar_param_columns(frag: Fragment) -> dict[int, str]:
+    """$n compared with a column (`col <op> $n`, `$n <op> col`, BETWEEN, IN lists)."""
+    found: dict[int, str] = {}
+    arrays = array_param_columns(frag)
+    for node in _walk(frag.expr):
+        if not isinstance(node, ast.A_Expr):
+            continue
+        left, right = node.lexpr, node.rexpr
+        if node.kind in (A_Expr_Kind.AEXPR_OP, A_Expr_Kind.AEXPR_BETWEEN, A_Expr_Kind.AEXPR_NOT_BETWEEN,
+                         A_Expr_Kind.AEXPR_IN, A_Expr_Kind.AEXPR_DISTINCT, A_Expr_Kind.AEXPR_NOT_DISTINCT):
+            sides = [left] + (list(right) if isinstance(right, tuple) else [right])
+            columns = [_column_name(s) for s in sides if isinstance(s, ast.ColumnRef)]
+            columns = [c for c in columns if c]
+            if len(columns) != 1:
+                continue
+            for side in sides:
+                if isinstance(side, ast.ParamRef) and side.number not in arrays:
+                    found.setdefault(side.number, columns[0])
+    return found
+
+
+def cast_params(frag: Fragment) -> dict[int, str]:
+    """$n written with an explicit cast (`:p::int`): number -> type name as written."""
+    found: dict[int, str] = {}
+    for node in _walk(frag.expr):
+        if isinstance(node, ast.TypeCast) and isinstance(node.arg, ast.ParamRef):
+            found[node.arg.number] = stream.RawStream()(node.typeName)
+    return found
+
+
+def top_level_conjuncts(frag: Fragment) -> list[ast.Node]:
+    expr = frag.expr
+    if isinstance(expr, ast.BoolExpr) and expr.boolop == 0:  # AND_EXPR
+        return list(expr.args)
+    return [expr]
+
+
+def _column_name(ref: ast.ColumnRef) -> str | None:
+    if len(ref.fields) == 1 and isinstance(ref.fields[0], ast.String):
+        return ref.fields[0].sval
+    return None
+
+
+def _walk(node):
+    todo = [node]
+    while todo:
+        cur = todo.pop()
+        if isinstance(cur, tuple):
+            todo.extend(cur)
+        elif isinstance(cur, ast.Node):
+            if isinstance(cur, ast.SubLink):
+                yield cur
+                continue
+            yield cur
+            for name in cur:
+                todo.append(getattr(cur, name))
+
+
+def render(frag: Fragment, replacement: dict[int, str], array_params: set[int] | None = None) -> str:
+    """Deparse the fragment with each $n swapped for the SQL text in `replacement`.
+
+    `col IN ($n)` whose parameter is an array becomes `col = ANY(...)` (and NOT IN
+    becomes `<> ALL`), which is what the author meant and what PostgreSQL accepts.
+    """
+    array_params = array_params or set()
+    nodes = {n: parse_fragment_sql(sql) for n, sql in replacement.items()}
+    expr = _copy(frag.expr)
+
+    class Swap(visitors.Visitor):
+        def visit_A_Expr(self, ancestors, node):
+            if (node.kind == A_Expr_Kind.AEXPR_IN and isinstance(node.rexpr, tuple) and len(node.rexpr) == 1
+                    and isinstance(node.rexpr[0], ast.ParamRef) and node.rexpr[0].number in array_params):
+                op = node.name[0].sval
+                kind = A_Expr_Kind.AEXPR_OP_ANY if op == "=" else A_Expr_Kind.AEXPR_OP_ALL
+                return ast.A_Expr(kind=kind, name=(ast.String(sval=op),), lexpr=node.lexpr,
+                                  rexpr=nodes[node.rexpr[0].number], location=node.location)
+            return None
+
+        def visit_ParamRef(self, ancestors, node):
+            return nodes[node.number]
+
+    holder = ast.ResTarget(val=expr)
+    Swap()(holder)
+    return stream.RawStream()(holder.val)
+
+
+def parse_fragment_sql(sql: str) -> ast.Node:
+    """Parse trusted, generated SQL text (a reference or a cast) into an expression node."""
+    return parser.parse_sql("SELECT " + sql)[0].stmt.targetList[0].val
+
+
+def _copy(node):
+    return parser.parse_sql("SELECT " + stream.RawStream()(node))[0].stmt.targetList[0].val

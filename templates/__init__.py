@@ -1,0 +1,1 @@
+"""Jinja templates of SQL and tests; shipped inside the wheel as specql.templates."""
