@@ -1,0 +1,481 @@
+#!/usr/bin/env python
+"""Benchmark specql's generated batch routines against one plain SQL statement.
+
+For every size N (default 100k and 1M rows) and every case it seeds identical fresh
+tables, times the plain statement and the generated routine on them (alternating which
+goes first), checks that both changed exactly the same rows, and prints records/second,
+the routine/plain ratio, and how each side's time grows from the smallest to the largest
+N.  Everything runs on ONE embedded PostgreSQL started by this script.
+
+    /work/venv/bin/python bench/run.py
+    /work/venv/bin/python bench/run.py --sizes 100000 --cases update_ids --batch-size 100
+
+See bench/README.md for what is measured and the targets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
+
+from psycopg import sql  # noqa: E402
+
+from specql.database import connect, embedded_server, throwaway_database  # noqa: E402
+from specql.generate import generate  # noqa: E402
+from specql.migrate import migrate  # noqa: E402
+
+ENTITIES = HERE / "entities"
+SCHEMA = "bench"
+TABLE = "bench.bench_item"
+TEMPLATE = "bench.bench_item_template"
+COLUMNS = ("id", "status", "amount", "category", "updated_at", "payload")
+
+FROM_STATUS, TO_STATUS = "pending", "done"
+
+CASES = {
+    # name: (label, routine, target ratio at the largest N)
+    "update_cond": ("condition-driven update", "bench_update_by_status", 0.9),
+    "update_ids": ("id-array update", "bench_update_by_ids", 0.8),
+    "delete": ("condition delete", "bench_delete_by_status", 0.15),
+    "insert": ("jsonb insert", "bench_insert_rows", 0.3),
+}
+GROWTH_LIMIT = 1.3  # routine growth / plain growth, smallest -> largest N
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def prepare_entities(batch_size: int, workdir: Path) -> Path:
+    """The bench entities, with every batch_size rewritten when it is not the default."""
+    target = workdir / "entities"
+    target.mkdir()
+    for src in sorted(ENTITIES.glob("*.y*ml")):
+        text = src.read_text("utf-8")
+        text, n = re.subn(r"(?m)^(\s*batch_size:\s*)\d+\s*$", rf"\g<1>{batch_size}", text)
+        if n == 0:
+            raise SystemExit(f"{src}: no batch_size to rewrite")
+        (target / src.name).write_text(text, "utf-8")
+    return target
+
+
+def generate_and_migrate(entities: Path, workdir: Path, url: str) -> Path:
+    out = workdir / "generated"
+    result = generate([str(entities)], out)
+    for w in result.warnings:
+        log(f"specql warning: {w}")
+    lines: list[str] = []
+    rc = migrate(out / "migrations", url, echo=lines.append)
+    if rc != 0:
+        raise SystemExit("migration failed:\n" + "\n".join(lines))
+    with connect(url, autocommit=True) as conn:
+        # Keep the generated table (with its generated DDL) as the template of every fresh
+        # table; the routines reference bench.bench_item by name.
+        conn.execute(f"ALTER TABLE {TABLE} RENAME TO bench_item_template")
+    return out / "migrations"
+
+
+def settings(conn) -> str:
+    names = ("server_version", "shared_buffers", "work_mem", "max_wal_size", "jit", "fsync",
+             "synchronous_commit", "full_page_writes")
+    return ", ".join(f"{n}={conn.execute(f'SHOW {n}').fetchone()[0]}" for n in names)
+
+
+def create_seed(conn, n: int, match_fraction: float) -> int:
+    """bench.seed: the rows every update/delete measurement starts from. Returns its size.
+
+    N rows match the condition (status 'pending'); with match_fraction < 1 the table has
+    N / match_fraction rows and the others are 'archived'.
+    """
+    total = round(n / match_fraction)
+    per_mille = round(match_fraction * 1000)
+    conn.execute("DROP TABLE IF EXISTS bench.seed")
+    conn.execute(
+        """
+        CREATE TABLE bench.seed AS
+        SELECT g::bigint AS id,
+               CASE WHEN %s >= 1000 OR g %% 1000 < %s THEN 'pending' ELSE 'archived' END AS status,
+               round((g %% 100000)::numeric / 100, 2) AS amount,
+               (g %% 50)::integer AS category,
+               timestamptz '2024-01-01 00:00:00+00' + g * interval '1 second' AS updated_at,
+               jsonb_build_object('n', g, 'tag', 't' || (g %% 7)) AS payload
+        FROM generate_series(1, %s) AS g
+        """,
+        (per_mille, per_mille, total),
+    )
+    got = conn.execute("SELECT count(*) FROM bench.seed WHERE status = 'pending'").fetchone()[0]
+    if got != n:
+        raise SystemExit(f"seed has {got} matching rows, wanted {n} (choose a match fraction dividing N)")
+    return total
+
+
+def fresh_table(conn, with_rows: bool) -> None:
+    """A brand-new bench.bench_item (same DDL and indexes as generated), vacuumed, analyzed
+    and checkpointed, so every measurement starts from the same state."""
+    conn.execute(f"DROP TABLE IF EXISTS {TABLE}")
+    conn.execute(f"CREATE TABLE {TABLE} (LIKE {TEMPLATE} INCLUDING ALL) WITH (autovacuum_enabled = false)")
+    if with_rows:
+        conn.execute(f"INSERT INTO {TABLE} SELECT * FROM bench.seed ORDER BY id")
+    conn.execute(f"VACUUM (ANALYZE) {TABLE}")
+    conn.execute("CHECKPOINT")
+    # Warm the cache the same way for both sides: read the heap and the primary key.
+    if with_rows:
+        conn.execute(f"SELECT count(*) FROM {TABLE}")
+        conn.execute(f"SELECT count(*) FROM (SELECT id FROM {TABLE} ORDER BY id) AS s")
+
+
+def table_fingerprint(conn) -> tuple:
+    """What both sides must agree on after the change (updated_at only: changed or not)."""
+    return conn.execute(
+        f"""
+        SELECT count(*),
+               count(*) FILTER (WHERE status = %s),
+               count(*) FILTER (WHERE updated_at >= timestamptz '2025-01-01'),
+               coalesce(sum(hashtextextended(concat_ws('|', id, status, amount, category, payload::text), 0)
+                            ::numeric), 0)
+        FROM {TABLE}
+        """,
+        (TO_STATUS,),
+    ).fetchone()
+
+
+# ----------------------------------------------------------------------- insert data
+
+
+def insert_payloads(n: int) -> tuple[bytes, str]:
+    """The same n rows as COPY text and as a JSON array (built before any timing)."""
+    copy_lines, json_items = [], []
+    for i in range(1, n + 1):
+        amount = f"{(i % 100000) / 100:.2f}"
+        cat = i % 50
+        ts = f"2024-01-{1 + (i // 86400) % 28:02d}T{(i // 3600) % 24:02d}:{(i // 60) % 60:02d}:{i % 60:02d}+00:00"
+        payload = f'{{"n": {i}, "tag": "t{i % 7}"}}'
+        copy_lines.append(f"{i}\tnew\t{amount}\t{cat}\t{ts}\t{payload}\n")
+        json_items.append(f'{{"id": {i}, "status": "new", "amount": {amount}, "category": {cat}, '
+                          f'"updated_at": "{ts}", "payload": {payload}}}')
+    return "".join(copy_lines).encode(), "[" + ",".join(json_items) + "]"
+
+
+# ------------------------------------------------------------------------ measuring
+
+
+class MemorySampler:
+    """Polls /proc/<pid>/status of a backend: peak VmRSS and RssAnon, final VmHWM (kB)."""
+
+    def __init__(self, pid: int, interval: float = 0.005):
+        self.path = Path(f"/proc/{pid}/status")
+        self.interval = interval
+        self.peak_rss = self.peak_anon = self.hwm = 0
+        self.ok = self.path.exists()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _read(self) -> dict[str, int]:
+        out = {}
+        for line in self.path.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "RssAnon", "VmHWM"):
+                out[key] = int(value.split()[0])
+        return out
+
+    def _sample(self) -> None:
+        try:
+            v = self._read()
+        except OSError:
+            self.ok = False
+            return
+        self.peak_rss = max(self.peak_rss, v.get("VmRSS", 0))
+        self.peak_anon = max(self.peak_anon, v.get("RssAnon", 0))
+        self.hwm = max(self.hwm, v.get("VmHWM", 0))
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            time.sleep(self.interval)
+
+    def __enter__(self):
+        if self.ok:
+            self._sample()
+            self.base_anon = self.peak_anon
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.ok:
+            self._stop.set()
+            self._thread.join()
+            self._sample()
+
+
+@dataclass
+class Measurement:
+    seconds: float
+    rows: int
+    wal_bytes: int
+    fingerprint: tuple
+    server_ms: float | None = None  # routine: completed_at - started_at
+    batches: int | None = None
+    mem: dict = field(default_factory=dict)
+
+
+def _measure(url: str, admin, fn, sample_memory: bool) -> Measurement:
+    with connect(url, autocommit=True) as conn:
+        pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+        conn.execute("SELECT 1 FROM bench.bench_item LIMIT 1")  # relcache warm in this backend
+        lsn0 = admin.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
+        sampler = MemorySampler(pid) if sample_memory else None
+        if sampler:
+            sampler.__enter__()
+        try:
+            t0 = time.perf_counter()
+            rows, extra = fn(conn)
+            seconds = time.perf_counter() - t0
+        finally:
+            if sampler:
+                sampler.__exit__(None, None, None)
+        wal = admin.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s)", (lsn0,)).fetchone()[0]
+    m = Measurement(seconds, rows, int(wal), table_fingerprint(admin), **extra)
+    if sampler and sampler.ok:
+        m.mem = {"peak_anon_mb": sampler.peak_anon / 1024, "peak_rss_mb": sampler.peak_rss / 1024,
+                 "vmhwm_mb": sampler.hwm / 1024}
+    return m
+
+
+def call_routine(conn, routine: str, args: dict) -> tuple[int, dict]:
+    names = list(args)
+    query = sql.SQL("SELECT status, processed_records, failed_records, batch_count, "
+                    "extract(epoch FROM completed_at - started_at) * 1000 FROM {}.{}({})").format(
+        sql.Identifier(SCHEMA), sql.Identifier(routine),
+        sql.SQL(", ").join(sql.SQL("{} => {}").format(sql.Identifier(k), sql.Placeholder()) for k in names))
+    # Values are pre-rendered text: psycopg sends a str as 'unknown', so the server parses it
+    # as the parameter's type (bigint[], jsonb) and no client-side adaptation is timed.
+    status, processed, failed, batches, ms = conn.execute(query, [args[k] for k in names]).fetchone()
+    if status != "completed" or failed:
+        raise SystemExit(f"{routine}: status {status}, failed_records {failed}")
+    return processed, {"server_ms": float(ms), "batches": batches}
+
+
+def plain_fn(case: str, data):
+    if case == "update_cond":
+        return lambda c: (c.execute(
+            f"UPDATE {TABLE} SET status = %s, updated_at = CURRENT_TIMESTAMP WHERE status = %s",
+            (TO_STATUS, FROM_STATUS)).rowcount, {})
+    if case == "update_ids":
+        return lambda c: (c.execute(
+            f"UPDATE {TABLE} SET status = %s, updated_at = CURRENT_TIMESTAMP WHERE id = ANY(%s::bigint[])",
+            (TO_STATUS, data)).rowcount, {})
+    if case == "delete":
+        return lambda c: (c.execute(f"DELETE FROM {TABLE} WHERE status = %s", (FROM_STATUS,)).rowcount, {})
+    if case == "insert":
+        def copy(c):
+            cur = c.cursor()
+            with cur.copy(f"COPY {TABLE} ({', '.join(COLUMNS)}) FROM STDIN") as cp:
+                view = memoryview(data[0])
+                for i in range(0, len(view), 1 << 20):
+                    cp.write(view[i:i + (1 << 20)])
+            return cur.rowcount, {}
+        return copy
+    raise AssertionError(case)
+
+
+def routine_fn(case: str, data):
+    routine = CASES[case][1]
+    if case == "update_cond":
+        return lambda c: call_routine(c, routine, {"from_status": FROM_STATUS, "to_status": TO_STATUS})
+    if case == "update_ids":
+        return lambda c: call_routine(c, routine, {"ids": data, "to_status": TO_STATUS})
+    if case == "delete":
+        return lambda c: call_routine(c, routine, {"del_status": FROM_STATUS})
+    if case == "insert":
+        return lambda c: call_routine(c, routine, {"rows": data[1]})
+    raise AssertionError(case)
+
+
+@dataclass
+class Result:
+    case: str
+    n: int
+    plain: list[Measurement]
+    routine: list[Measurement]
+
+    @staticmethod
+    def _median(ms: list[Measurement]) -> float:
+        return statistics.median(m.seconds for m in ms)
+
+    @property
+    def t_plain(self) -> float:
+        return self._median(self.plain)
+
+    @property
+    def t_routine(self) -> float:
+        return self._median(self.routine)
+
+
+def run_case(url: str, admin, case: str, n: int, repeats: int, order_seed: int, data) -> Result:
+    plain, routine = [], []
+    expected_rows = n
+    for r in range(repeats):
+        sides = ["plain", "routine"] if (order_seed + r) % 2 == 0 else ["routine", "plain"]
+        for side in sides:
+            fresh_table(admin, with_rows=(case != "insert"))
+            fn = plain_fn(case, data) if side == "plain" else routine_fn(case, data)
+            m = _measure(url, admin, fn, sample_memory=(case == "insert"))
+            (plain if side == "plain" else routine).append(m)
+            extra = f", {m.batches} batches, server {m.server_ms / 1000:.3f}s" if m.batches is not None else ""
+            mem = f", backend peak anon {m.mem['peak_anon_mb']:.0f} MB" if m.mem else ""
+            log(f"  {case} N={n:,} {side:7s}: {m.seconds:.3f}s, {m.rows:,} rows, "
+                f"WAL {m.wal_bytes / 2**20:.0f} MB{extra}{mem}")
+            if m.rows != expected_rows:
+                raise SystemExit(f"FAIL: {case} N={n} {side} changed {m.rows} rows, expected {expected_rows}")
+        if plain[-1].fingerprint != routine[-1].fingerprint:
+            raise SystemExit(f"FAIL: {case} N={n}: tables differ after plain and routine:\n"
+                             f"  plain   {plain[-1].fingerprint}\n  routine {routine[-1].fingerprint}")
+    return Result(case, n, plain, routine)
+
+
+# ------------------------------------------------------------------------ reporting
+
+
+def report(results: list[Result], sizes: list[int], batch_size: int, out=sys.stdout) -> bool:
+    print(f"\nbatch_size {batch_size}; times are medians; ratio = routine rec/s / plain rec/s", file=out)
+    hdr = (f"{'case':<24} {'N':>9} {'plain s':>8} {'routine s':>9} {'plain rec/s':>12} {'routine rec/s':>13} "
+           f"{'ratio':>6} {'WAL p/r MB':>11} {'srv s':>7}")
+    print(hdr, file=out)
+    print("-" * len(hdr), file=out)
+    by = {(r.case, r.n): r for r in results}
+    for r in results:
+        tp, tr = r.t_plain, r.t_routine
+        wal = f"{statistics.median(m.wal_bytes for m in r.plain) / 2**20:.0f}/" \
+              f"{statistics.median(m.wal_bytes for m in r.routine) / 2**20:.0f}"
+        srv = statistics.median(m.server_ms for m in r.routine) / 1000
+        print(f"{CASES[r.case][0]:<24} {r.n:>9,} {tp:>8.3f} {tr:>9.3f} {r.n / tp:>12,.0f} {r.n / tr:>13,.0f} "
+              f"{tp / tr:>6.2f} {wal:>11} {srv:>7.3f}", file=out)
+    mems = [r for r in results if r.case == "insert"]
+    if mems:
+        print("\njsonb insert: backend memory (peak private RssAnon / peak VmRSS / VmHWM, MB)", file=out)
+        for r in mems:
+            for side, ms in (("COPY", r.plain), ("routine", r.routine)):
+                m = max(ms, key=lambda m: m.mem.get("peak_anon_mb", 0))
+                if m.mem:
+                    print(f"  N={r.n:>9,} {side:<8} {m.mem['peak_anon_mb']:>8.0f} / {m.mem['peak_rss_mb']:>6.0f} / "
+                          f"{m.mem['vmhwm_mb']:>6.0f}", file=out)
+                else:
+                    print(f"  N={r.n:>9,} {side:<8} (no /proc access to the backend)", file=out)
+    small, large = min(sizes), max(sizes)
+    cases = list(dict.fromkeys(r.case for r in results))
+    if small != large:
+        print(f"\ngrowth = t({large:,}) / t({small:,}); growth ratio = routine growth / plain growth", file=out)
+        print(f"{'case':<24} {'plain growth':>12} {'routine growth':>14} {'growth ratio':>12}", file=out)
+        for c in cases:
+            a, b = by.get((c, small)), by.get((c, large))
+            if a and b:
+                gp, gr = b.t_plain / a.t_plain, b.t_routine / a.t_routine
+                print(f"{CASES[c][0]:<24} {gp:>12.2f} {gr:>14.2f} {gr / gp:>12.2f}", file=out)
+    print(f"\nverdict (targets are for batch_size 1000 at N={large:,}"
+          f"{'' if batch_size == 1000 else f'; this run used batch_size {batch_size}'})", file=out)
+    ok = True
+    for c in cases:
+        b = by.get((c, large))
+        if not b:
+            continue
+        label, _, target = CASES[c]
+        ratio = b.t_plain / b.t_routine
+        passed = ratio >= target
+        ok &= passed
+        vs = "COPY" if c == "insert" else "plain statement"
+        print(f"  {'PASS' if passed else 'FAIL'}  {label}: ratio {ratio:.2f} (target >= {target} x {vs})", file=out)
+        a = by.get((c, small))
+        if a and small != large:
+            g = (b.t_routine / a.t_routine) / (b.t_plain / a.t_plain)
+            passed = g <= GROWTH_LIMIT
+            ok &= passed
+            print(f"  {'PASS' if passed else 'FAIL'}  {label}: growth ratio {g:.2f} (target <= {GROWTH_LIMIT})",
+                  file=out)
+    return ok
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="100000,1000000", help="comma-separated row counts (default %(default)s)")
+    ap.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {', '.join(CASES)}")
+    ap.add_argument("--batch-size", type=int, default=1000, help="batch_size for every operation (default 1000)")
+    ap.add_argument("--repeat", type=int, default=1, help="measurements per side for N >= 500k (default 1)")
+    ap.add_argument("--repeat-small", type=int, default=3, help="measurements per side for N < 500k (default 3)")
+    ap.add_argument("--match-fraction", type=float, default=1.0,
+                    help="share of the table the update/delete condition matches (default 1.0)")
+    ap.add_argument("--id-order", choices=("sorted", "shuffled"), default="sorted",
+                    help="order of the id array for update_ids (default sorted, as SELECT ... ORDER BY id)")
+    ap.add_argument("--keep-sql", metavar="DIR", help="copy the generated migrations here")
+    args = ap.parse_args(argv)
+
+    sizes = sorted(int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip())
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    unknown = [c for c in cases if c not in CASES]
+    if unknown:
+        ap.error(f"unknown case(s) {', '.join(unknown)}; choose from {', '.join(CASES)}")
+    if not 0 < args.match_fraction <= 1:
+        ap.error("--match-fraction must be in (0, 1]")
+
+    started = time.perf_counter()
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="specql-bench-") as tmp:
+        workdir = Path(tmp)
+        entities = prepare_entities(args.batch_size, workdir)
+        log("starting embedded PostgreSQL")
+        with embedded_server() as server, throwaway_database(server, prefix="specql_bench") as url:
+            migrations = generate_and_migrate(entities, workdir, url)
+            if args.keep_sql:
+                Path(args.keep_sql).mkdir(parents=True, exist_ok=True)
+                for f in migrations.glob("*.sql"):
+                    shutil.copy(f, args.keep_sql)
+            with connect(url, autocommit=True) as admin:
+                info = settings(admin)
+                log(info)
+                print(f"server: {info}")
+                order_seed = 0
+                for n in sizes:
+                    repeats = args.repeat if n >= 500_000 else args.repeat_small
+                    if any(c != "insert" for c in cases):
+                        log(f"seeding {n:,} matching rows")
+                        total = create_seed(admin, n, args.match_fraction)
+                        log(f"seed table: {total:,} rows")
+                    for case in cases:
+                        log(f"{case} N={n:,} ({repeats} run(s) per side)")
+                        if case == "update_ids":
+                            ids = [r[0] for r in admin.execute(
+                                "SELECT id FROM bench.seed WHERE status = %s ORDER BY "
+                                + ("id" if args.id_order == "sorted" else "hashint8(id), id"),
+                                (FROM_STATUS,))]
+                            data = "{" + ",".join(map(str, ids)) + "}"  # array literal, rendered once
+                        elif case == "insert":
+                            data = insert_payloads(n)
+                        else:
+                            data = None
+                        results.append(run_case(url, admin, case, n, repeats, order_seed, data))
+                        order_seed += 1
+                        data = None
+    ok = report(results, sizes, args.batch_size)
+    log(f"done in {time.perf_counter() - started:.0f}s")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
