@@ -125,6 +125,11 @@ class Operation:
     channels: list[str]
     message_parts: list[tuple[str, str]]  # ("text", literal) / ("field", result field)
     source_path: str
+    # For generated tests: the condition with $1..$n for params (in `params` order), each
+    # parameter's role, and constants the conditions compare columns with.
+    count_sql: str | None = None
+    param_roles: dict[str, tuple[str, str | None]] = field(default_factory=dict)  # name -> (role, column)
+    compared_values: dict[str, list] = field(default_factory=dict)
 
     @property
     def ident(self) -> str:
@@ -283,6 +288,8 @@ class _OperationBuilder:
         self.param_order: list[str] = []
         self.record_alias: str | None = None
         self.record_alias_at: tuple | None = None
+        self.roles: dict[str, tuple[str, str | None]] = {}
+        self.compared: dict[str, set] = {}
 
     def error(self, path: tuple, message: str, *, key=False, offset=None) -> None:
         self.problems.append(self.doc.diag(path, message, key=key, offset=offset))
@@ -332,6 +339,7 @@ class _OperationBuilder:
         if isinstance(raw, str):
             if m := _PARAM_REF.match(raw.strip()):
                 self.note_param(m.group(1), column.sql_type, path, None)
+                self.roles.setdefault(m.group(1), ("assign", column.name))
                 return self.param_ref(m.group(1))
             if m := _RECORD_REF.match(raw.strip()):
                 self.note_record(m.group(1), path, None)
@@ -389,6 +397,10 @@ class _OperationBuilder:
                                  f"insert_data/upsert_data values", offset=ph.offset)
                 continue
             sql_type = None
+            if ph.number in arrays and arrays[ph.number] in cols:
+                self.roles.setdefault(ph.name, ("in", arrays[ph.number]))
+            elif ph.number in scalars and scalars[ph.number] in cols:
+                self.roles.setdefault(ph.name, ("compare", scalars[ph.number]))
             if ph.number in casts:
                 sql_type = casts[ph.number]
             elif ph.number in arrays and arrays[ph.number] in cols:
@@ -399,6 +411,8 @@ class _OperationBuilder:
 
     def render_fragment(self, frag: sf.Fragment, path: tuple, swap: dict[int, str] | None = None) -> str:
         self.infer_fragment_params(frag, path)
+        for column, values in sf.compared_literals(frag).items():
+            self.compared.setdefault(column, set()).update(values)
         replacement = {ph.number: self.param_ref(ph.name) for ph in frag.placeholders}
         replacement.update(swap or {})
         arrays = set(sf.array_param_columns(frag))
@@ -471,7 +485,7 @@ class _OperationBuilder:
                                              f"parameter such as :rows")
 
         # where condition and the batch driver
-        where_sql = batch_where_sql = None
+        where_sql = batch_where_sql = where_frag = None
         driver = "source" if op_type in ("insert", "upsert") else "keyset"
         key_param_name = None
         if "where_condition" in spec:
@@ -479,6 +493,7 @@ class _OperationBuilder:
             if op_type in ("insert", "upsert"):
                 self.error(wpath, f"where_condition does not apply to {op_type}", key=True)
             elif (frag := self.parse(spec["where_condition"], wpath)) is not None:
+                where_frag = frag
                 self.check_columns(frag, wpath)
                 driver_ph = self.key_driver(frag)
                 where_sql = self.render_fragment(frag, wpath)
@@ -624,6 +639,13 @@ class _OperationBuilder:
 
         if len(self.problems) > n_problems:
             return None
+        count_sql = None
+        if where_frag is not None:
+            position = {p.name: i for i, p in enumerate(params, start=1)}
+            count_sql = sf.render(where_frag, {ph.number: f"${position[ph.name]}" for ph in where_frag.params()},
+                                  set(sf.array_param_columns(where_frag)))
+        if source_name:
+            self.roles[source_name] = ("source", None)
         return Operation(
             name=self.name, schema=self.entity.schema, description=spec.get("description"),
             entity=self.entity, target=self.target, operation_type=op_type, params=params,
@@ -636,7 +658,9 @@ class _OperationBuilder:
             progress_interval=spec.get("progress_notification_interval"), heartbeat_interval=heartbeat,
             logging_level=logging_level, log_table=log_table, metrics_table=metrics_table,
             collect_metrics=spec.get("collect_metrics", False), notify=notify, channels=list(channels),
-            message_parts=message_parts, source_path=self.doc.path,
+            message_parts=message_parts, source_path=self.doc.path, count_sql=count_sql,
+            param_roles={p.name: self.roles.get(p.name, ("other", None)) for p in params},
+            compared_values={k: sorted(v, key=str) for k, v in sorted(self.compared.items())},
         )
 
     def key_driver(self, frag: sf.Fragment) -> sf.Placeholder | None:

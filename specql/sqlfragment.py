@@ -290,3 +290,22 @@ def parse_fragment_sql(sql: str) -> ast.Node:
 
 def _copy(node):
     return parser.parse_sql("SELECT " + stream.RawStream()(node))[0].stmt.targetList[0].val
+
+
+def compared_literals(frag: Fragment) -> dict[str, set]:
+    """Constants compared with a column (`status = 'pending'`, `qty IN (1, 2)`): column -> values.
+
+    Generated tests seed these values so that a condition matches some rows and not others.
+    """
+    found: dict[str, set] = {}
+    for node in _walk(frag.expr):
+        if not isinstance(node, ast.A_Expr) or not isinstance(node.lexpr, ast.ColumnRef):
+            continue
+        column = _column_name(node.lexpr)
+        right = node.rexpr if isinstance(node.rexpr, tuple) else (node.rexpr,)
+        for item in right:
+            if isinstance(item, ast.A_Const) and column and not item.isnull:
+                value = item.val
+                found.setdefault(column, set()).add(getattr(value, "sval", None) or getattr(value, "ival", None)
+                                                    or getattr(value, "fval", None) or getattr(value, "boolval", None))
+    return {k: {v for v in vals if v is not None} for k, vals in found.items()}

@@ -1,0 +1,102 @@
+"""`specql generate tests`: one pytest module per operation, from templates/tests."""
+
+from __future__ import annotations
+
+import pprint
+import re
+from pathlib import Path
+
+from .generate import GenerateResult, _write_atomic, load_project
+from .model import Operation
+from .plan import PlannedFile
+from .render import environment
+from .sqlnames import qi
+
+TESTS = "tests"
+
+
+def facts(op: Operation) -> dict:
+    """Everything a generated test needs to know about its operation, as plain data."""
+    t = op.target
+    assignments = []
+    for a in op.assignments:
+        m = re.fullmatch(r"\(_rec ->>? '((?:[^']|'')*)'\)(?:::\w+)?", a.sql)
+        if m:
+            assignments.append({"column": a.column.name, "kind": "record", "field": m.group(1).replace("''", "'")})
+        elif a.sql.startswith(f"{qi(op.name)}.") and a.sql[len(qi(op.name)) + 1:] in {p.ident for p in op.params}:
+            name = next(p.name for p in op.params if p.ident == a.sql[len(qi(op.name)) + 1:])
+            assignments.append({"column": a.column.name, "kind": "param", "param": name})
+        else:
+            assignments.append({"column": a.column.name, "kind": "sql", "sql": a.sql})
+    return {
+        "name": op.name,
+        "name_ident": qi(op.name),
+        "routine": op.ident,
+        "schema_ident": qi(op.schema),
+        "is_procedure": op.is_procedure,
+        "operation_type": op.operation_type,
+        "driver": op.driver,
+        "table": t.ident,
+        "pk": {"name": t.primary_key.name, "ident": t.primary_key.ident, "type": t.primary_key.type},
+        "columns": [
+            {"name": c.name, "ident": c.ident, "type": c.type, "sql_type": c.sql_type, "nullable": c.nullable,
+             "primary_key": c.primary_key, "unique": c.unique, "references": bool(c.references_sql)}
+            for c in t.columns.values()
+        ],
+        "params": [
+            {"name": p.name, "ident": p.ident, "sql_type": p.sql_type,
+             "role": op.param_roles[p.name][0], "column": op.param_roles[p.name][1]}
+            for p in op.params
+        ],
+        "key_param": op.key_param.name if op.key_param else None,
+        "source_param": op.source_param.name if op.source_param else None,
+        "count_sql": op.count_sql,
+        "assignments": assignments,
+        "conflict_columns": [c.name for c in op.conflict_columns],
+        "compared_values": op.compared_values,
+        "batch_size": op.batch_size,
+        "transaction": op.transaction,
+        "error_handling": op.error_handling,
+        "max_errors": op.max_errors,
+        "max_records": op.max_records,
+        "requires_confirmation": op.requires_confirmation,
+        "has_preconditions": bool(op.preconditions),
+        "timeout": op.timeout,
+        "logs_batches": op.logs_batches,
+        "log_table": op.log_table,
+        "progress_interval": op.progress_interval,
+        "notify": op.notify,
+        "collect_metrics": op.collect_metrics,
+        "metrics_table": op.metrics_table,
+    }
+
+
+def module_name(op: Operation) -> str:
+    slug = re.sub(r"[^0-9a-zA-Z_]+", "_", f"{op.schema}_{op.name}").strip("_").lower()
+    return f"test_{slug}.py"
+
+
+def render_tests(op: Operation) -> str:
+    template = environment().get_template("tests/test_operation.py.j2")
+    text = pprint.pformat(facts(op), indent=4, width=100, sort_dicts=True)
+    return template.render(op=op, facts=text)
+
+
+def generate_tests(paths: list[str], out_dir: str | Path, *, check: bool = False) -> GenerateResult:
+    project = load_project(paths)
+    files = [PlannedFile(module_name(op), render_tests(op)) for e in project.entities for op in e.operations]
+    result = GenerateResult(files=files, warnings=project.warnings)
+    target = Path(out_dir) / TESTS
+    existing = {p.name: p for p in target.glob("test_*.py")} if target.is_dir() else {}
+    if check:
+        for f in files:
+            if f.name not in existing or existing[f.name].read_text("utf-8") != f.content:
+                result.stale.append(f.name)
+        return result
+    target.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        path = target / f.name
+        if not path.exists() or path.read_text("utf-8") != f.content:
+            _write_atomic(path, f.content)
+        result.written.append(path)
+    return result

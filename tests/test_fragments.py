@@ -1,0 +1,306 @@
+"""specql.sqlfragment (SQL written in entity files) and specql.sqlnames (quoting)."""
+
+from __future__ import annotations
+
+import pytest
+from pglast import parser
+
+from specql import sqlfragment as sf
+from specql.sqlnames import literal, qi, qname
+
+
+def one_expression(sql: str) -> bool:
+    """True when `sql` is exactly one expression (what the generated WHERE (...) relies on)."""
+    try:
+        stmts = parser.parse_sql(f"SELECT 1 FROM t WHERE ({sql})")
+    except parser.ParseError:
+        return False
+    select = stmts[0].stmt
+    return len(stmts) == 1 and select.whereClause is not None and len(select.targetList) == 1
+
+
+def render_all(text: str) -> str:
+    frag = sf.parse_fragment(text)
+    return sf.render(frag, {p.number: f"op.{p.name}" for p in frag.placeholders},
+                     set(sf.array_param_columns(frag)))
+
+
+# ----------------------------------------------------------------------------- accepted
+
+
+@pytest.mark.parametrize("text", [
+    "status = 'active'",
+    "id = ANY(:user_ids)",
+    "last_login_at < NOW() - INTERVAL '1 year'\nAND status = 'active'\nAND is_admin = false\n",
+    "status = 'x' -- trailing comment",
+    "status = 'x' /* inline */ AND id IS NOT NULL",
+    "(SELECT count(*) FROM pg_class) > 0",
+    "status IN ('a', 'b') AND NOT (id = ANY(:ids))",
+    "status = 'it''s'",
+    "\"Mixed Case\" = 1",
+    "coalesce(total_amount, 0) BETWEEN :lo AND :hi",
+    "COUNT(*) FILTER (WHERE status = 'pending') > 0",
+])
+def test_accepts_one_expression(text):
+    frag = sf.parse_fragment(text)
+    assert frag.text == text
+    assert one_expression(render_all(text))
+
+
+def test_parenthesis_games_stay_one_expression():
+    # `true) OR (1=1` balances inside the wrapper: it is one (silly) boolean expression,
+    # and what reaches the routine is the deparsed expression, not the raw text.
+    rendered = render_all("true) OR (1=1")
+    assert rendered == "TRUE OR 1 = 1"
+    assert one_expression(rendered)
+
+
+# ----------------------------------------------------------------------------- refused
+
+
+@pytest.mark.parametrize("text", [
+    "a), (b",
+    "a) AS x, (b",
+    "1; DROP TABLE x",
+    "status = 'x'; DELETE FROM users",
+    "a) UNION SELECT (b",
+    "a) UNION ALL SELECT (b",
+    "a) EXCEPT SELECT (b",
+    "a) FROM x WHERE (b",
+    "a)) FROM x WHERE ((b",
+    "status = 'x') AS foo WHERE (true",
+    "a) FROM pg_authid --",
+    "a) GROUP BY (a",
+    "a) HAVING (true",
+    "a) ORDER BY (a",
+    "a) LIMIT (1",
+    "a) OFFSET (1",
+    "a) WINDOW w AS (",
+    "a) FOR UPDATE --",
+    "a) INTO x FROM (b",
+    "a = 1\n)\nUNION SELECT (1",
+    "a)",
+    "(a",
+    "",
+    "   ",
+    "-- only a comment",
+    "status = = 'x'",
+    "x\x00",
+])
+def test_refuses_everything_but_one_expression(text):
+    with pytest.raises(sf.FragmentError) as exc:
+        sf.parse_fragment(text)
+    assert exc.value.message
+    assert 0 <= exc.value.offset <= len(text)
+
+
+def test_semicolon_offset_is_exact():
+    with pytest.raises(sf.FragmentError) as exc:
+        sf.parse_fragment("status = 'a;b' AND x = 1; DROP TABLE t")
+    assert exc.value.offset == 24
+    assert "';'" in exc.value.message
+
+
+def test_second_clause_is_reported_as_such():
+    with pytest.raises(sf.FragmentError) as exc:
+        sf.parse_fragment("a) FROM x WHERE (b")
+    assert "one SQL expression" in exc.value.message
+
+
+def test_syntax_error_offset_is_exact():
+    with pytest.raises(sf.FragmentError) as exc:
+        sf.parse_fragment("status = = 'x'")
+    assert exc.value.offset == 9
+    assert exc.value.message == 'SQL does not parse: syntax error at or near "="'
+
+
+@pytest.mark.parametrize("text", ["NOW() +", "status = 'x' AND", "(a"])
+def test_incomplete_sql_says_end_of_input_at_the_end(text):
+    # The wrapper's own ")" must never show up in a message about the user's text.
+    with pytest.raises(sf.FragmentError) as exc:
+        sf.parse_fragment(text)
+    assert exc.value.message == "SQL does not parse: syntax error at end of input"
+    assert exc.value.offset == len(text)
+
+
+def test_error_messages_are_single_lines():
+    with pytest.raises(sf.FragmentError) as exc:
+        sf.parse_fragment("status = 'x' /* not closed")
+    assert "\n" not in exc.value.message
+    assert exc.value.offset == 13
+
+
+@pytest.mark.parametrize("text", [
+    "status = 'x' -- keep; old rows",
+    "status = 'x' /* a; b */",
+    "note = $$a;b$$",
+    "note = $t$a;b$t$",
+    "note = E'\\';'",
+])
+def test_semicolon_inside_comments_and_strings_is_not_a_second_statement(text):
+    frag = sf.parse_fragment(text)
+    assert one_expression(render_all(frag.text))
+
+
+# ----------------------------------------------------------------------------- placeholders
+
+
+@pytest.mark.parametrize("text, sql, found", [
+    ("id = ANY(:ids)", "id = ANY($1  )", [("ids", None, 9)]),
+    ("a = :x AND b = :x", "a = $1 AND b = $2", [("x", None, 4), ("x", None, 15)]),
+    ("name = :rec.name", "name = $1       ", [("rec", "name", 7)]),
+    ("a = ':x'", "a = ':x'", []),
+    ("a = 'it''s :x'", "a = 'it''s :x'", []),
+    ("a = E'\\':x'", "a = E'\\':x'", []),
+    ("\"col:x\" = 1", "\"col:x\" = 1", []),
+    ("a = 1 -- :x\nAND b = :yy", "a = 1 -- :x\nAND b = $1 ", [("yy", None, 20)]),
+    ("a = 1 /* :x */ AND b = :yy", "a = 1 /* :x */ AND b = $1 ", [("yy", None, 23)]),
+    ("a = $$:x$$", "a = $$:x$$", []),
+    ("a = $q$ :x $q$ AND b = :yy", "a = $q$ :x $q$ AND b = $1 ", [("yy", None, 23)]),
+    ("a::int = :yy::int", "a::int = $1 ::int", [("yy", None, 9)]),
+    ("a::text", "a::text", []),
+])
+def test_substitute_placeholders(text, sql, found):
+    out, placeholders = sf.substitute_placeholders(text)
+    assert out == sql
+    assert [(p.name, p.field, p.offset) for p in placeholders] == found
+    assert [p.number for p in placeholders] == list(range(1, len(found) + 1))
+    for p in placeholders:
+        assert text[p.offset] == ":"
+
+
+def test_params_and_record_refs_are_told_apart():
+    frag = sf.parse_fragment("a = :p AND b = :rec.b")
+    assert [p.name for p in frag.params()] == ["p"]
+    assert [(p.name, p.field) for p in frag.record_refs()] == [("rec", "b")]
+
+
+@pytest.mark.parametrize("text", [
+    "status = :s AND stauts = 1",
+    "id = ANY(:user_ids) AND emial LIKE '%x'",
+    "a = 'x' AND /* c */ stauts = :p",
+    "x = :a AND y = :b AND z = :c AND w = :d AND v = :e AND u = :f AND t = :g AND "
+    "s = :h AND r = :i AND q = :j AND p = :k AND stauts = :l",
+])
+def test_column_offsets_point_into_the_original_text(text):
+    frag = sf.parse_fragment(text)
+    assert frag.columns
+    for name, offset in frag.columns:
+        assert text[offset:offset + len(name)] == name, (name, offset)
+
+
+def test_qualified_and_subquery_columns():
+    frag = sf.parse_fragment("t.a = 1 AND b = 2 AND EXISTS (SELECT 1 FROM x WHERE x.c = zzz)")
+    assert frag.columns == [("b", 12)]
+    assert frag.qualified == [("t.a", 0)]
+
+
+@pytest.mark.parametrize("text, aggregate", [
+    ("count(*) > 0", True),
+    ("COUNT(*) FILTER (WHERE status = 'pending') > 0", True),
+    ("bool_and(active)", True),
+    ("max(x) > :p", True),
+    ("count(*) OVER () > 0", False),
+    ("(SELECT count(*) FROM t) > 0", False),
+    ("lower(status) = 'a'", False),
+])
+def test_aggregate_detection(text, aggregate):
+    assert sf.parse_fragment(text).has_aggregate is aggregate
+
+
+# ----------------------------------------------------------------------------- inference
+
+
+def test_array_parameter_inference():
+    frag = sf.parse_fragment("id = ANY(:ids) AND status IN (:old) AND x NOT IN (:bad) AND y <> ALL(:nope)")
+    assert sf.array_param_columns(frag) == {1: "id", 2: "status", 3: "x", 4: "y"}
+    assert sf.scalar_param_columns(frag) == {}
+
+
+def test_scalar_parameter_inference():
+    frag = sf.parse_fragment("a = :p AND :q < b AND c BETWEEN :lo AND :hi AND d IN (:x, :y) "
+                             "AND e IS DISTINCT FROM :z AND lower(f) = :fn")
+    assert sf.scalar_param_columns(frag) == {1: "a", 2: "b", 3: "c", 4: "c", 5: "d", 6: "d", 7: "e"}
+    assert sf.array_param_columns(frag) == {}
+
+
+def test_cast_parameter_inference():
+    frag = sf.parse_fragment("a = :p::int AND b = CAST(:q AS text[]) AND c = :r")
+    assert sf.cast_params(frag) == {1: "integer", 2: "text[]"}
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def test_in_with_array_param_renders_as_any():
+    frag = sf.parse_fragment("status IN (:statuses)")
+    assert sf.render(frag, {1: "op.statuses"}, {1}) == "status = ANY(op.statuses)"
+
+
+def test_not_in_with_array_param_renders_as_all():
+    frag = sf.parse_fragment("status NOT IN (:statuses)")
+    assert sf.render(frag, {1: "op.statuses"}, {1}) == "status <> ALL(op.statuses)"
+
+
+def test_in_with_scalar_params_is_kept():
+    frag = sf.parse_fragment("status IN (:a, :b)")
+    assert sf.render(frag, {1: "op.a", 2: "op.b"}, set()) == "status IN (op.a, op.b)"
+    frag = sf.parse_fragment("status IN (:a)")
+    assert sf.render(frag, {1: "op.a"}, set()) == "status IN (op.a)"
+
+
+def test_render_swaps_each_placeholder_and_nothing_else():
+    frag = sf.parse_fragment("id = ANY(:ids) AND note = ':ids' AND status = :s")
+    rendered = sf.render(frag, {1: "_keys", 2: 'bulk."s"'}, {1})
+    assert rendered == "id = ANY(_keys) AND note = ':ids' AND status = bulk.s"
+
+
+def test_render_never_leaks_raw_text():
+    # comments and odd spacing are gone: the routine gets the parser's expression
+    rendered = render_all("status   =   'x'  -- DROP TABLE users\n AND /* x */ id = ANY(:ids)")
+    assert rendered == "status = 'x' AND id = ANY(op.ids)"
+
+
+def test_render_keeps_quoted_identifiers_quoted():
+    assert render_all('"Mixed Case" = :v AND "user" = 1') == '"Mixed Case" = op.v AND "user" = 1'
+
+
+# ----------------------------------------------------------------------------- sqlnames
+
+
+@pytest.mark.parametrize("name, quoted", [
+    ("status", "status"),
+    ("_x", "_x"),
+    ("name", "name"),
+    ("user", '"user"'),
+    ("order", '"order"'),
+    ("select", '"select"'),
+    ("between", '"between"'),
+    ("authorization", '"authorization"'),
+    ("end", '"end"'),
+    ("loop", '"loop"'),
+    ("Mixed Case", '"Mixed Case"'),
+    ("Status", '"Status"'),
+    ("1abc", '"1abc"'),
+    ("actor name", '"actor name"'),
+    ('say "hi"', '"say ""hi"""'),
+    ('"', '""""'),
+    ("é", '"é"'),
+])
+def test_qi(name, quoted):
+    assert qi(name) == quoted
+
+
+@pytest.mark.parametrize("name", ["user", "order", "Mixed Case", 'say "hi"', "status", "select", "é", "a-b"])
+def test_qi_round_trips_through_the_postgres_parser(name):
+    stmt = parser.parse_sql(f"SELECT 1 AS {qi(name)} FROM {qname('public', name)}")[0].stmt
+    assert stmt.targetList[0].name == name
+    assert stmt.fromClause[0].relname == name
+    assert stmt.fromClause[0].schemaname == "public"
+
+
+def test_qname_and_literal():
+    assert qname("public", "order") == 'public."order"'
+    assert qname("My Schema", "t") == '"My Schema".t'
+    assert literal("it's") == "'it''s'"
+    assert literal("a\\b") == "'a\\b'"
