@@ -110,6 +110,37 @@ def generate(paths: tuple[str, ...], out_dir: str, check: bool) -> None:
         click.echo(f"wrote {path}")
 
 
+@main.group()
+def test() -> None:
+    """Run the generated tests of entity files."""
+
+
+@test.command("run")
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--database-url", help="Server to create the throwaway database on "
+              "(default: SPECQL_DATABASE_URL, then DATABASE_URL, else an embedded PostgreSQL).")
+@click.option("--junit-xml", type=click.Path(dir_okay=False), help="Also write a JUnit XML report here.")
+@click.option("-k", "keyword", help="Only tests matching this pytest -k expression.")
+@click.option("-v", "--verbose", is_flag=True, help="Show pytest's output.")
+@_guard
+def test_run(paths: tuple[str, ...], database_url: str | None, junit_xml: str | None, keyword: str | None,
+             verbose: bool) -> None:
+    """Generate into a temporary folder, apply to a throwaway database, lint, run the tests."""
+    from .database import DatabaseError, resolve_database_url
+    from .generate import load_project
+    from .testrun import run
+
+    project = load_project(list(paths))  # invalid specs fail here, with their diagnostics
+    _report(project.warnings)
+    try:
+        code = run(list(paths), database_url=resolve_database_url(database_url), junit_xml=junit_xml,
+                   keyword=keyword, echo=click.echo, verbose=verbose)
+    except DatabaseError as exc:
+        click.echo(f"specql: {exc}", err=True)
+        sys.exit(1)
+    sys.exit(code)
+
+
 @main.command()
 def schema() -> None:
     """Print the JSON Schema of entity files."""

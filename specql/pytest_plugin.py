@@ -19,6 +19,7 @@ from . import database
 from .migrate import migrate
 
 MIGRATIONS_ENV = "SPECQL_MIGRATIONS"
+TEMPLATE_ENV = "SPECQL_TEMPLATE_DATABASE"  # set by `specql test run`: migrations already applied there
 
 
 @pytest.fixture(scope="session")
@@ -32,8 +33,9 @@ def _specql_templates(specql_server_url):
     """migrations folder -> name of a template database with it applied."""
     made: dict[Path, str] = {}
     yield specql_server_url, made
+    given = os.environ.get(TEMPLATE_ENV)
     with contextlib.closing(database.connect(specql_server_url, autocommit=True)) as conn:
-        for name in made.values():
+        for name in set(made.values()) - {given}:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
@@ -49,7 +51,10 @@ def specql_database_url(request, _specql_templates):
     """URL of a fresh database holding the migrations next to the test module's folder."""
     server, made = _specql_templates
     folder = _migrations_for(request)
-    if folder not in made:
+    if folder not in made and os.environ.get(TEMPLATE_ENV):
+        template = os.environ[TEMPLATE_ENV]
+        made[folder] = template
+    elif folder not in made:
         name = f"specql_tmpl_{uuid.uuid4().hex[:12]}"
         with contextlib.closing(database.connect(server, autocommit=True)) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')

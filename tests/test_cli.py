@@ -233,6 +233,18 @@ def test_generate_through_the_console_script_is_deterministic(tmp_path: Path):
     assert outs[0] == outs[1] and outs[0]
 
 
+def test_generate_tests_writes_pytest_modules(tmp_path: Path):
+    # SPEC §1: `specql generate tests PATH... [-o DIR]` writes DIR/tests/test_*.py
+    out = tmp_path / "gen"
+    result = run("generate", "tests", "entities/", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    assert no_traceback(result)
+    modules = sorted((out / "tests").glob("test_*.py"))
+    assert modules
+    for module in modules:
+        compile(module.read_text("utf-8"), str(module), "exec")
+
+
 # ----------------------------------------------------------------------------- schema
 
 
