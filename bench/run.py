@@ -16,6 +16,7 @@ See bench/README.md for what is measured and the targets.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import statistics
@@ -172,6 +173,43 @@ def insert_payloads(n: int) -> tuple[bytes, str]:
 
 # ------------------------------------------------------------------------ measuring
 
+TICKS = os.sysconf("SC_CLK_TCK")
+NCPU = os.cpu_count() or 1
+
+
+def _cpu_total() -> tuple[int, int]:
+    """(all jiffies, busy jiffies) of the machine."""
+    vals = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(vals), sum(vals) - vals[3] - vals[4]  # idle + iowait
+
+
+def _cpu_of(pid: int) -> int:
+    """utime + stime of a process, in jiffies (0 when unreadable)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def wait_quiet(max_wait: float, threshold: float = 0.25) -> float:
+    """Wait (up to max_wait s) until the machine's CPUs are mostly idle: other people's
+    work on this shared machine distorts timings. Returns the last busy fraction."""
+    deadline = time.monotonic() + max_wait
+    waited = False
+    while True:
+        a = _cpu_total()
+        time.sleep(0.5)
+        b = _cpu_total()
+        busy = (b[1] - a[1]) / max(1, b[0] - a[0])
+        if busy < threshold or time.monotonic() >= deadline:
+            if waited:
+                log(f"    machine {'quiet' if busy < threshold else 'still busy'} ({busy:.0%} CPU busy)")
+            return busy
+        if not waited:
+            log(f"    machine busy ({busy:.0%} CPU), waiting up to {max_wait:.0f}s")
+            waited = True
+
 
 class MemorySampler:
     """Polls /proc/<pid>/status of a backend: peak VmRSS and RssAnon, final VmHWM (kB)."""
@@ -230,9 +268,10 @@ class Measurement:
     server_ms: float | None = None  # routine: completed_at - started_at
     batches: int | None = None
     mem: dict = field(default_factory=dict)
+    others_cpu: float = 0.0  # CPUs used by other processes during the timing (0..NCPU)
 
 
-def _measure(url: str, admin, fn, sample_memory: bool) -> Measurement:
+def _measure(url: str, admin, fn, sample_memory: bool, quiet_wait: float) -> Measurement:
     with connect(url, autocommit=True) as conn:
         # Blocking libpq: in psycopg's default non-blocking mode libpq memmoves its output
         # buffer after every partial send, which makes sending one big parameter (the 140 MB
@@ -242,17 +281,23 @@ def _measure(url: str, admin, fn, sample_memory: bool) -> Measurement:
         conn.execute("SELECT 1 FROM bench.bench_item LIMIT 1")  # relcache warm in this backend
         lsn0 = admin.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
         sampler = MemorySampler(pid) if sample_memory else None
+        if quiet_wait > 0:
+            wait_quiet(quiet_wait)
         if sampler:
             sampler.__enter__()
         try:
+            cpu0, mine0, backend0 = _cpu_total(), time.process_time(), _cpu_of(pid)
             t0 = time.perf_counter()
             rows, extra = fn(conn)
             seconds = time.perf_counter() - t0
+            cpu1, mine1, backend1 = _cpu_total(), time.process_time(), _cpu_of(pid)
         finally:
             if sampler:
                 sampler.__exit__(None, None, None)
+        others = ((cpu1[1] - cpu0[1]) - (backend1 - backend0)) / TICKS - (mine1 - mine0)
         wal = admin.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s)", (lsn0,)).fetchone()[0]
     m = Measurement(seconds, rows, int(wal), table_fingerprint(admin), **extra)
+    m.others_cpu = max(0.0, others / seconds)
     if sampler and sampler.ok:
         m.mem = {"peak_anon_mb": sampler.peak_anon / 1024, "peak_rss_mb": sampler.peak_rss / 1024,
                  "vmhwm_mb": sampler.hwm / 1024}
@@ -315,6 +360,7 @@ class Result:
     n: int
     plain: list[Measurement]
     routine: list[Measurement]
+    parse: Measurement | None = None  # insert: sending + parsing the jsonb argument alone
 
     @staticmethod
     def _median(ms: list[Measurement]) -> float:
@@ -329,7 +375,8 @@ class Result:
         return self._median(self.routine)
 
 
-def run_case(url: str, admin, case: str, n: int, repeats: int, order_seed: int, data) -> Result:
+def run_case(url: str, admin, case: str, n: int, repeats: int, order_seed: int, data,
+             quiet_wait: float) -> Result:
     plain, routine = [], []
     expected_rows = n
     for r in range(repeats):
@@ -337,18 +384,29 @@ def run_case(url: str, admin, case: str, n: int, repeats: int, order_seed: int, 
         for side in sides:
             fresh_table(admin, with_rows=(case != "insert"))
             fn = plain_fn(case, data) if side == "plain" else routine_fn(case, data)
-            m = _measure(url, admin, fn, sample_memory=(case == "insert"))
+            m = _measure(url, admin, fn, sample_memory=(case == "insert"), quiet_wait=quiet_wait)
             (plain if side == "plain" else routine).append(m)
             extra = f", {m.batches} batches, server {m.server_ms / 1000:.3f}s" if m.batches is not None else ""
             mem = f", backend peak anon {m.mem['peak_anon_mb']:.0f} MB" if m.mem else ""
+            noise = f", other processes used {m.others_cpu:.2f} CPU" if m.others_cpu >= 0.1 else ""
             log(f"  {case} N={n:,} {side:7s}: {m.seconds:.3f}s, {m.rows:,} rows, "
-                f"WAL {m.wal_bytes / 2**20:.0f} MB{extra}{mem}")
+                f"WAL {m.wal_bytes / 2**20:.0f} MB{extra}{mem}{noise}")
             if m.rows != expected_rows:
                 raise SystemExit(f"FAIL: {case} N={n} {side} changed {m.rows} rows, expected {expected_rows}")
         if plain[-1].fingerprint != routine[-1].fingerprint:
             raise SystemExit(f"FAIL: {case} N={n}: tables differ after plain and routine:\n"
                              f"  plain   {plain[-1].fingerprint}\n  routine {routine[-1].fingerprint}")
-    return Result(case, n, plain, routine)
+    result = Result(case, n, plain, routine)
+    if case == "insert":
+        # Reference: what the jsonb argument alone costs (client -> server, jsonb_in), before
+        # the routine runs a single statement.
+        m = _measure(url, admin, lambda c: (c.execute("SELECT jsonb_array_length(%s::jsonb)", (data[1],))
+                                            .fetchone()[0], {}),
+                     sample_memory=True, quiet_wait=quiet_wait)
+        log(f"  insert N={n:,} jsonb argument alone (send + parse): {m.seconds:.3f}s, "
+            f"backend peak anon {m.mem.get('peak_anon_mb', 0):.0f} MB")
+        result.parse = m
+    return result
 
 
 # ------------------------------------------------------------------------ reporting
@@ -357,7 +415,7 @@ def run_case(url: str, admin, case: str, n: int, repeats: int, order_seed: int, 
 def report(results: list[Result], sizes: list[int], batch_size: int, out=sys.stdout) -> bool:
     print(f"\nbatch_size {batch_size}; times are medians; ratio = routine rec/s / plain rec/s", file=out)
     hdr = (f"{'case':<24} {'N':>9} {'plain s':>8} {'routine s':>9} {'plain rec/s':>12} {'routine rec/s':>13} "
-           f"{'ratio':>6} {'WAL p/r MB':>11} {'srv s':>7}")
+           f"{'ratio':>6} {'WAL p/r MB':>11} {'srv s':>7} {'noise':>5}")
     print(hdr, file=out)
     print("-" * len(hdr), file=out)
     by = {(r.case, r.n): r for r in results}
@@ -366,17 +424,23 @@ def report(results: list[Result], sizes: list[int], batch_size: int, out=sys.std
         wal = f"{statistics.median(m.wal_bytes for m in r.plain) / 2**20:.0f}/" \
               f"{statistics.median(m.wal_bytes for m in r.routine) / 2**20:.0f}"
         srv = statistics.median(m.server_ms for m in r.routine) / 1000
+        noise = max(m.others_cpu for m in r.plain + r.routine)
         print(f"{CASES[r.case][0]:<24} {r.n:>9,} {tp:>8.3f} {tr:>9.3f} {r.n / tp:>12,.0f} {r.n / tr:>13,.0f} "
-              f"{tp / tr:>6.2f} {wal:>11} {srv:>7.3f}", file=out)
+              f"{tp / tr:>6.2f} {wal:>11} {srv:>7.3f} {noise:>5.2f}", file=out)
+    print("srv s = the routine's own time (completed_at - started_at), median; noise = most CPUs other "
+          "processes (incl. the server's WAL writer/checkpointer) used during one timing", file=out)
     mems = [r for r in results if r.case == "insert"]
     if mems:
         print("\njsonb insert: backend memory (peak private RssAnon / peak VmRSS / VmHWM, MB)", file=out)
         for r in mems:
-            for side, ms in (("COPY", r.plain), ("routine", r.routine)):
+            sides = [("COPY", r.plain), ("routine", r.routine)]
+            if r.parse:
+                sides.append(("jsonb argument alone", [r.parse]))
+            for side, ms in sides:
                 m = max(ms, key=lambda m: m.mem.get("peak_anon_mb", 0))
                 if m.mem:
                     print(f"  N={r.n:>9,} {side:<8} {m.mem['peak_anon_mb']:>8.0f} / {m.mem['peak_rss_mb']:>6.0f} / "
-                          f"{m.mem['vmhwm_mb']:>6.0f}", file=out)
+                          f"{m.mem['vmhwm_mb']:>6.0f}   ({m.seconds:.2f}s)", file=out)
                 else:
                     print(f"  N={r.n:>9,} {side:<8} (no /proc access to the backend)", file=out)
     small, large = min(sizes), max(sizes)
@@ -427,6 +491,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="share of the table the update/delete condition matches (default 1.0)")
     ap.add_argument("--id-order", choices=("sorted", "shuffled"), default="sorted",
                     help="order of the id array for update_ids (default sorted, as SELECT ... ORDER BY id)")
+    ap.add_argument("--quiet-wait", type=float, default=20,
+                    help="before each timing wait up to this many seconds for the CPUs to be idle "
+                         "(shared machine; 0 = never wait; default %(default)s)")
     ap.add_argument("--keep-sql", metavar="DIR", help="copy the generated migrations here")
     args = ap.parse_args(argv)
 
@@ -473,7 +540,8 @@ def main(argv: list[str] | None = None) -> int:
                             data = insert_payloads(n)
                         else:
                             data = None
-                        results.append(run_case(url, admin, case, n, repeats, order_seed, data))
+                        results.append(run_case(url, admin, case, n, repeats, order_seed, data,
+                                                args.quiet_wait))
                         order_seed += 1
                         data = None
     ok = report(results, sizes, args.batch_size)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .diagnostics import Diagnostic, SpecError
-from .loader import collect_files, load_file
+from .loader import collect_files, load_file, source_names
 from .model import Project, build_project
 from .plan import PlannedFile, plan
 
@@ -26,10 +26,11 @@ class GenerateResult:
 def load_project(paths: list[str]) -> Project:
     """Load and check every entity file under `paths`; raises SpecError with all problems."""
     files, problems = collect_files(paths)
+    sources = source_names(paths)
     docs = []
     for path in files:
         try:
-            docs.append(load_file(path, display_path(path)))
+            docs.append(load_file(path, display_path(path), sources.get(path.resolve())))
         except SpecError as exc:
             problems.extend(exc.diagnostics)
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+import re
 from typing import Any
 
 import yaml
@@ -24,13 +25,16 @@ class Mark:
     col: int  # 1-based
     style: str | None = None  # YAML scalar style: None (plain), "'", '"', "|", ">"
     block_indent: int | None = None  # for "|" / ">" scalars: the content's indentation
+    start: int = 0  # character index of the node in the file
+    end: int = 0
 
 
 @dataclass
 class Document:
-    path: str
+    path: str  # as the user named it: diagnostics point here
     data: Any
     text: str
+    source: str = ""  # stable name for generated output: the entity folder's name + the file's path in it
     value_marks: dict[PathKey, Mark] = field(default_factory=dict)
     key_marks: dict[PathKey, Mark] = field(default_factory=dict)
 
@@ -47,21 +51,23 @@ class Document:
         return self.key_marks.get(path) or self.mark(path)
 
     def fragment_mark(self, path: PathKey, offset: int) -> Mark:
-        """Position of character `offset` inside the string scalar at `path`."""
+        """Position of character `offset` inside the string scalar at `path`.
+
+        YAML quoting, escapes, folding and block indentation all move characters away
+        from where the loaded string has them; the scalar's source is re-read to map back.
+        """
         mark = self.mark(path)
         value = self._value_at(path)
-        if not isinstance(value, str) or offset <= 0:
-            if mark.style in ("|", ">") and mark.block_indent is not None:
-                return Mark(mark.line + 1, mark.block_indent + 1)
+        if not isinstance(value, str) or not mark.end:
             return mark
-        before = value[: min(offset, len(value))]
-        if mark.style == "|" and mark.block_indent is not None:
-            lines = before.split("\n")
-            return Mark(mark.line + len(lines), mark.block_indent + len(lines[-1]) + 1)
-        if "\n" in before or mark.style == ">":
-            return mark  # folded text: the start is the best honest answer
-        quote = 1 if mark.style in ("'", '"') else 0
-        return Mark(mark.line, mark.col + quote + len(before))
+        positions = scalar_positions(self.text, mark)
+        if len(positions) != len(value) or not positions:
+            return mark  # a form this mapper does not follow: the start is the honest answer
+        offset = max(0, offset)
+        index = positions[offset] if offset < len(positions) else positions[-1] + 1
+        line = self.text.count("\n", 0, index)
+        col = index - (self.text.rfind("\n", 0, index) + 1)
+        return Mark(line + 1, col + 1)
 
     def _value_at(self, path: PathKey) -> Any:
         node = self.data
@@ -90,21 +96,26 @@ class _Builder:
         self.lines = doc.text.splitlines()
         self.scalars = yaml.SafeLoader("")
 
-    def _mark(self, node: yaml.Node) -> Mark:
+    def _mark(self, node: yaml.Node, parent_indent: int = 0) -> Mark:
         style = getattr(node, "style", None)
         indent = None
         if style in ("|", ">"):
-            indent = self._block_indent(node.start_mark.line)
-        return Mark(node.start_mark.line + 1, node.start_mark.column + 1, style, indent)
+            indent = self._block_indent(node, parent_indent)
+        return Mark(node.start_mark.line + 1, node.start_mark.column + 1, style, indent,
+                    node.start_mark.index, node.end_mark.index)
 
-    def _block_indent(self, indicator_line: int) -> int | None:
-        for line in self.lines[indicator_line + 1:]:
+    def _block_indent(self, node: yaml.Node, parent_indent: int) -> int | None:
+        header = self.doc.text[node.start_mark.index:].split("\n", 1)[0]
+        digits = [c for c in header[:3] if c.isdigit()]
+        if digits:  # an explicit indentation indicator, relative to the parent
+            return parent_indent + int(digits[0])
+        for line in self.lines[node.start_mark.line + 1:]:
             if line.strip():
                 return len(line) - len(line.lstrip(" "))
         return None
 
-    def build(self, node: yaml.Node, path: PathKey) -> Any:
-        self.doc.value_marks[path] = self._mark(node)
+    def build(self, node: yaml.Node, path: PathKey, parent_indent: int = 0) -> Any:
+        self.doc.value_marks[path] = self._mark(node, parent_indent)
         if isinstance(node, yaml.MappingNode):
             result: dict[Any, Any] = {}
             for key_node, value_node in node.value:
@@ -118,10 +129,12 @@ class _Builder:
                     self._problem(key_node, f"duplicate key '{key}'")
                     continue
                 self.doc.key_marks[path + (key,)] = self._mark(key_node)
-                result[key] = self.build(value_node, path + (key,))
+                result[key] = self.build(value_node, path + (key,), key_node.start_mark.column)
             return result
         if isinstance(node, yaml.SequenceNode):
-            return [self.build(item, path + (i,)) for i, item in enumerate(node.value)]
+            return [self.build(item, path + (i,), node.start_mark.column) for i, item in enumerate(node.value)]
+        if node.tag == "tag:yaml.org,2002:timestamp":
+            return node.value  # dates stay text as written: PostgreSQL reads them, not Python
         return self.scalars.construct_object(node)
 
     def _problem(self, node: yaml.Node, message: str) -> None:
@@ -135,10 +148,7 @@ def load_text(text: str, path: str) -> Document:
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        problem = exc.problem or exc.context or "invalid YAML"
-        raise SpecError([Diagnostic(path, line, col, f"invalid YAML: {problem}")]) from None
+        raise SpecError([_yaml_error(exc, text, path)]) from None
     except yaml.YAMLError as exc:
         raise SpecError([Diagnostic(path, 1, 1, f"invalid YAML: {exc}")]) from None
     if node is None:
@@ -155,7 +165,115 @@ def load_text(text: str, path: str) -> Document:
     return doc
 
 
-def load_file(path: Path, display: str | None = None) -> Document:
+def _yaml_error(exc: yaml.MarkedYAMLError, text: str, path: str) -> Diagnostic:
+    """A located, one-line message for a YAML syntax error, pointing where the fix goes."""
+    context = exc.context or ""
+    mark = exc.problem_mark or exc.context_mark
+    message = exc.problem or context or "invalid YAML"
+    if context.startswith("while scanning a quoted scalar") and exc.context_mark:
+        mark, message = exc.context_mark, "this quoted string is missing its closing quote"
+    elif context.startswith("while parsing a flow") and exc.context_mark and ("end" in message):
+        opener = text[exc.context_mark.index] if exc.context_mark.index < len(text) else "["
+        mark, message = exc.context_mark, f"this '{opener}' is never closed"
+    elif context.startswith("expected a single document"):
+        message = f"{context}, {message}"
+    else:
+        opener = _unclosed_quote_before(text, exc.problem_mark.line if exc.problem_mark else 0)
+        if opener is not None:
+            line, col = opener
+            return Diagnostic(path, line, col, "invalid YAML: this quoted string is missing its closing quote")
+    line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+    return Diagnostic(path, line, col, "invalid YAML: " + " ".join(message.split()))
+
+
+_QUOTED_VALUE = re.compile(r"""^\s*(?:-\s+)?[^#'"]*:\s+(["'])""")
+
+
+def _unclosed_quote_before(text: str, error_line: int) -> tuple[int, int] | None:
+    """(line, col) of a `key: "...` value on or before error_line whose quote never closes on its line.
+
+    A missing closing quote makes YAML read on into the next lines and fail there; the
+    opener is where the user has to look.
+    """
+    for number, line in enumerate(text.splitlines()[:error_line + 1]):
+        m = _QUOTED_VALUE.match(line)
+        if not m:
+            continue
+        quote, rest = m.group(1), line[m.end():]
+        closed = re.search(r'(?<!\\)"', rest) if quote == '"' else re.search(r"'(?!')", rest.replace("''", ""))
+        if not closed:
+            return number + 1, m.end()
+    return None
+
+
+def scalar_positions(text: str, mark: Mark) -> list[int]:
+    """For each character of a string scalar's value, its index in the file text."""
+    if mark.style in ("|", ">"):
+        return _block_positions(text, mark)
+    start, end = mark.start, mark.end
+    if mark.style in ("'", '"'):
+        start, end = start + 1, end - 1
+    out: list[int] = []
+    i = start
+    while i < end:
+        c = text[i]
+        if c in " \t":
+            j = i
+            while j < end and text[j] in " \t":
+                j += 1
+            if j < end and text[j] == "\n":
+                i = j  # trailing white space before a line break is not part of the value
+                continue
+            out.extend(range(i, j))
+            i = j
+        elif c == "\n":
+            j, blank = i + 1, []
+            while j < end and text[j] in " \t":
+                j += 1
+            while j < end and text[j] == "\n":
+                blank.append(j)
+                j += 1
+                while j < end and text[j] in " \t":
+                    j += 1
+            out.extend(blank if blank else [i])  # one break folds to a space, n blank lines to n breaks
+            i = j
+        elif mark.style == "'" and c == "'":
+            out.append(i)
+            i += 2
+        elif mark.style == '"' and c == "\\":
+            nxt = text[i + 1] if i + 1 < end else ""
+            if nxt == "\n":
+                i += 2
+                while i < end and text[i] in " \t":
+                    i += 1
+                continue
+            out.append(i)
+            i += {"x": 4, "u": 6, "U": 10}.get(nxt, 2)
+        else:
+            out.append(i)
+            i += 1
+    return out
+
+
+def _block_positions(text: str, mark: Mark) -> list[int]:
+    indent = mark.block_indent
+    if indent is None:
+        return []
+    first = text.find("\n", mark.start) + 1
+    out: list[int] = []
+    pos = first
+    while pos < mark.end:
+        nl = text.find("\n", pos)
+        nl = len(text) if nl < 0 else nl
+        line = text[pos:nl]
+        if line.strip() or len(line) > indent:
+            out.extend(range(pos + indent, nl))
+        out.append(nl)
+        pos = nl + 1
+    return out
+
+
+def load_file(path: Path, display: str | None = None, source: str | None = None) -> Document:
     shown = display or str(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -163,7 +281,24 @@ def load_file(path: Path, display: str | None = None) -> Document:
         raise SpecError([Diagnostic(shown, 1, 1, f"not UTF-8 text: {exc.reason}")]) from None
     except OSError as exc:
         raise SpecError([Diagnostic(shown, 1, 1, f"cannot read file: {exc.strerror}")]) from None
-    return load_text(text, shown)
+    doc = load_text(text, shown)
+    doc.source = source or path.name
+    return doc
+
+
+def source_names(paths: list[str]) -> dict[Path, str]:
+    """resolved file -> the name generated output calls it by, the same from any working
+    folder: `entities/user.yaml` whether given `entities/`, `./entities` or an absolute path."""
+    names: dict[Path, str] = {}
+    for raw in paths:
+        p = Path(raw).resolve()
+        if p.is_dir():
+            for f in sorted(p.rglob("*")):
+                if f.suffix in (".yaml", ".yml"):
+                    names.setdefault(f.resolve(), (Path(p.name) / f.relative_to(p)).as_posix())
+        elif p.is_file():
+            names.setdefault(p, f"{p.parent.name}/{p.name}" if p.parent.name else p.name)
+    return names
 
 
 def collect_files(paths: list[str]) -> tuple[list[Path], list[Diagnostic]]:

@@ -16,7 +16,7 @@ from . import sqlfragment as sf
 from .diagnostics import Diagnostic, SpecError, did_you_mean
 from .loader import Document
 from .sqlnames import MAX_IDENTIFIER_BYTES, SQL_TYPES, literal, qi, qname
-from .validate import schema_diagnostics
+from .validate import schema_check
 
 DEFAULT_BATCH_SIZE = 1000
 
@@ -124,7 +124,8 @@ class Operation:
     notify: bool
     channels: list[str]
     message_parts: list[tuple[str, str]]  # ("text", literal) / ("field", result field)
-    source_path: str
+    source_path: str  # where diagnostics point
+    source_name: str  # what generated files name as their source (independent of the working folder)
     # For generated tests: the condition with $1..$n for params (in `params` order), each
     # parameter's role, and constants the conditions compare columns with.
     count_sql: str | None = None
@@ -181,6 +182,7 @@ class Entity:
     manage_table: bool
     description: str | None
     source_path: str
+    source_name: str = ""
     depends_on: set[str] = field(default_factory=set)
     operations: list[Operation] = field(default_factory=list)
     extra_tables: list[tuple[str, str]] = field(default_factory=list)  # (qualified name, like)
@@ -222,6 +224,8 @@ def parse_interval(text: str) -> str | None:
 
 
 def _check_identifier(doc: Document, path: tuple, name: str, what: str, problems: list, *, key=False) -> None:
+    if not name:
+        problems.append(doc.diag(path, f"{what} must not be empty", key=key))
     if len(name.encode("utf-8")) > MAX_IDENTIFIER_BYTES:
         problems.append(doc.diag(path, f"{what} '{name}' is longer than {MAX_IDENTIFIER_BYTES} bytes", key=key))
     if "\x00" in name:
@@ -289,6 +293,8 @@ class _OperationBuilder:
         self.record_alias: str | None = None
         self.record_alias_at: tuple | None = None
         self.roles: dict[str, tuple[str, str | None]] = {}
+        self.first_site: dict[str, tuple[tuple, int | None]] = {}
+        self.bad_declarations: set[str] = set()
         self.compared: dict[str, set] = {}
 
     def error(self, path: tuple, message: str, *, key=False, offset=None) -> None:
@@ -305,6 +311,7 @@ class _OperationBuilder:
     def note_param(self, name: str, sql_type: str | None, path: tuple, offset: int | None) -> None:
         if name not in self.param_order:
             self.param_order.append(name)
+            self.first_site[name] = (path, offset)
         if sql_type is None:
             return
         known = self.param_types.get(name)
@@ -369,10 +376,17 @@ class _OperationBuilder:
 
     def parse(self, text: str, path: tuple) -> sf.Fragment | None:
         try:
-            return sf.parse_fragment(text)
+            frag = sf.parse_fragment(text)
         except sf.FragmentError as exc:
             self.error(path, exc.message, offset=exc.offset)
             return None
+        for op, offset in frag.bad_operators:
+            self.error(path, f"unknown operator '{op}' (did you mean '='?)", offset=offset)
+        names = {ph.number: ph.name for ph in frag.placeholders}
+        for name, offset, number in frag.bad_casts:
+            self.error(path, f"unknown type '{name}' in the cast of :{names.get(number, '?')}"
+                             f"{did_you_mean(name, sf.KNOWN_TYPES)}", offset=offset)
+        return None if frag.bad_operators or frag.bad_casts else frag
 
     def check_columns(self, frag: sf.Fragment, path: tuple) -> None:
         cols = self.target.columns
@@ -384,7 +398,7 @@ class _OperationBuilder:
             qualifier, _, column = name.rpartition(".")
             if qualifier != self.target.table or column not in cols:
                 self.error(path, f"unknown column reference '{name}' (columns of {self.target.name} are "
-                                 f"written by name, or as {self.target.table}.column)", offset=offset)
+                                 f"written by name, or as {qi(self.target.table)}.column)", offset=offset)
 
     def infer_fragment_params(self, frag: sf.Fragment, path: tuple) -> None:
         arrays = sf.array_param_columns(frag)
@@ -461,6 +475,7 @@ class _OperationBuilder:
             if not m or not base:
                 self.error(ppath, f"unknown parameter type '{ptype}'{did_you_mean(ptype, list(SQL_TYPES) + ['interval'])}"
                                   f" (use a field type, optionally with [])")
+                self.bad_declarations.add(pname)
                 continue
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", pname):
                 self.error(ppath, f"parameter name '{pname}' must be a plain identifier", key=True)
@@ -492,7 +507,10 @@ class _OperationBuilder:
             wpath = at("where_condition")
             if op_type in ("insert", "upsert"):
                 self.error(wpath, f"where_condition does not apply to {op_type}", key=True)
-            elif (frag := self.parse(spec["where_condition"], wpath)) is not None:
+            elif (frag := self.parse(spec["where_condition"], wpath)) is not None and frag.has_aggregate:
+                self.error(wpath, f"aggregate function {frag.aggregate_name}() is not allowed in where_condition; "
+                                  f"use preconditions to check the whole table", offset=frag.aggregate_offset)
+            elif frag is not None:
                 where_frag = frag
                 self.check_columns(frag, wpath)
                 driver_ph = self.key_driver(frag)
@@ -568,9 +586,10 @@ class _OperationBuilder:
                 params.append(Param(pname, declared[pname]))
             elif pname in self.param_types:
                 params.append(Param(pname, self.param_types[pname][0]))
-            else:
-                self.error(self.param_site(pname), f"cannot infer the type of parameter :{pname}; "
-                                                   f"declare it under params (e.g. params: {{{pname}: text}})")
+            elif pname not in self.bad_declarations:
+                site, offset = self.first_site[pname]
+                self.error(site, f"cannot infer the type of parameter :{pname}; "
+                                 f"declare it under params (e.g. params: {{{pname}: text}})", offset=offset)
         for pname in declared:
             if pname not in self.param_order:
                 self.warn(at("params", pname), f"parameter '{pname}' is declared but never used", key=True)
@@ -658,7 +677,8 @@ class _OperationBuilder:
             progress_interval=spec.get("progress_notification_interval"), heartbeat_interval=heartbeat,
             logging_level=logging_level, log_table=log_table, metrics_table=metrics_table,
             collect_metrics=spec.get("collect_metrics", False), notify=notify, channels=list(channels),
-            message_parts=message_parts, source_path=self.doc.path, count_sql=count_sql,
+            message_parts=message_parts, source_path=self.doc.path, source_name=self.doc.source or self.doc.path,
+            count_sql=count_sql,
             param_roles={p.name: self.roles.get(p.name, ("other", None)) for p in params},
             compared_values={k: sorted(v, key=str) for k, v in sorted(self.compared.items())},
         )
@@ -760,7 +780,7 @@ def _build_entity(doc: Document, problems: list[Diagnostic]) -> Entity | None:
         return None
     return Entity(name=name, schema=schema, table=table, primary_key=pk, columns=columns,
                   manage_table=data.get("manage_table", True), description=data.get("description"),
-                  source_path=doc.path)
+                  source_path=doc.path, source_name=doc.source or doc.path)
 
 
 def _resolve_field_details(doc: Document, entity: Entity, registry: dict[str, Entity],
@@ -809,11 +829,16 @@ def build_project(docs: list[Document]) -> Project:
     problems: list[Diagnostic] = []
     warnings: list[Diagnostic] = []
     valid: list[tuple[Document, Entity]] = []
+    skipped_patterns: dict[int, set[int]] = {}
     for doc in docs:
-        structural = schema_diagnostics(doc)
-        if structural:
-            problems.extend(structural)
+        structural, bad_paths = schema_check(doc)
+        problems.extend(structural)
+        # Problems inside one pattern only keep that pattern from the semantic checks;
+        # anywhere else they keep the whole file out (its shape cannot be trusted).
+        in_patterns = {p[1] for p in bad_paths if len(p) >= 2 and p[0] == "patterns" and isinstance(p[1], int)}
+        if any(not (len(p) >= 2 and p[0] == "patterns" and isinstance(p[1], int)) for p in bad_paths):
             continue
+        skipped_patterns[id(doc)] = in_patterns
         entity = _build_entity(doc, problems)
         if entity is not None:
             valid.append((doc, entity))
@@ -836,6 +861,8 @@ def build_project(docs: list[Document]) -> Project:
     for doc, entity in valid:
         _resolve_field_details(doc, entity, registry, problems)
         for i, spec in enumerate(doc.data.get("patterns") or []):
+            if i in skipped_patterns.get(id(doc), ()):
+                continue
             path = ("patterns", i)
             target_name = spec.get("target_entity", entity.name)
             target = registry.get(target_name)
@@ -848,8 +875,10 @@ def build_project(docs: list[Document]) -> Project:
                 continue
             key = f"{op.schema}.{op.name}"
             if key in routines:
-                problems.append(doc.diag(path + ("operation",), f"operation '{op.name}' is also defined in "
-                                                                f"{routines[key][0]}"))
+                _, first_doc, first_path = routines[key]
+                mark = first_doc.mark(first_path + ("operation",))
+                problems.append(doc.diag(path + ("operation",), f"operation '{op.name}' is also defined at "
+                                                                f"{first_doc.path}:{mark.line}:{mark.col}"))
                 continue
             routines[key] = (doc.path, doc, path)
             entity.operations.append(op)

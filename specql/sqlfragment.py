@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 
 from pglast import ast, parser, stream, visitors
+from pglast.keywords import COL_NAME_KEYWORDS, RESERVED_KEYWORDS, TYPE_FUNC_NAME_KEYWORDS, UNRESERVED_KEYWORDS
 from pglast.enums import A_Expr_Kind
 
 # Aggregates that make a precondition "over the target table" (SPEC §3 preconditions).
@@ -48,6 +49,10 @@ class Fragment:
     columns: list[tuple[str, int]] = field(default_factory=list)  # unqualified column refs
     qualified: list[tuple[str, int]] = field(default_factory=list)  # a.b refs (not allowed)
     has_aggregate: bool = False
+    aggregate_offset: int = 0
+    aggregate_name: str = ""
+    bad_operators: list[tuple[str, int]] = field(default_factory=list)
+    bad_casts: list[tuple[str, int, int]] = field(default_factory=list)  # (type, offset, $n)
 
     def params(self) -> list[Placeholder]:
         return [p for p in self.placeholders if p.field is None]
@@ -60,90 +65,127 @@ _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 _PLACEHOLDER = re.compile(rf":({_IDENT})(?:\.({_IDENT}))?")
 
 
-def substitute_placeholders(text: str) -> tuple[str, list[Placeholder]]:
+@dataclass
+class _Substituted:
+    sql: str
+    placeholders: list[Placeholder]
+    origin: list[int]  # origin[i]: offset in the original text of sql[i]
+    semicolons: list[int]  # offsets of ';' outside strings, quoted names and comments
+
+    def original(self, offset: int) -> int:
+        if not self.origin:
+            return 0
+        return self.origin[min(max(offset, 0), len(self.origin) - 1)] if offset < len(self.origin) \
+            else self.origin[-1] + 1
+
+
+def substitute_placeholders(text: str) -> _Substituted:
     """Replace `:name` / `:rec.field` outside strings, quoted names and comments with `$n`."""
     out: list[str] = []
+    origin: list[int] = []
     found: list[Placeholder] = []
+    semicolons: list[int] = []
+
+    def keep(start: int, stop: int) -> None:
+        out.append(text[start:stop])
+        origin.extend(range(start, stop))
+
     i, n = 0, len(text)
     while i < n:
         ch = text[i]
         if ch == "'" or ch == '"':
+            escapes = ch == "'" and i > 0 and text[i - 1] in "eE"
             j = i + 1
             while j < n:
+                if escapes and text[j] == "\\":
+                    j += 2
+                    continue
                 if text[j] == ch:
-                    if j + 1 < n and text[j + 1] == ch:  # doubled quote escapes itself
+                    if j + 1 < n and text[j + 1] == ch:  # a doubled quote stands for itself
                         j += 2
                         continue
                     break
-                if ch == "'" and text[j] == "\\" and i > 0 and text[i - 1] in "eE":
-                    j += 2
-                    continue
                 j += 1
-            out.append(text[i:j + 1])
+            keep(i, min(j + 1, n))
             i = j + 1
         elif text.startswith("--", i):
             j = text.find("\n", i)
             j = n if j < 0 else j
-            out.append(text[i:j])
+            keep(i, j)
             i = j
         elif text.startswith("/*", i):
             j = text.find("*/", i + 2)
             j = n if j < 0 else j + 2
-            out.append(text[i:j])
+            keep(i, j)
             i = j
         elif ch == "$" and (m := re.match(r"\$([A-Za-z_][A-Za-z0-9_]*)?\$", text[i:])):
             tag = m.group(0)
             j = text.find(tag, i + len(tag))
             j = n if j < 0 else j + len(tag)
-            out.append(text[i:j])
+            keep(i, j)
             i = j
         elif ch == ":" and text.startswith("::", i):
-            out.append("::")
+            keep(i, i + 2)
             i += 2
         elif ch == ":" and (m := _PLACEHOLDER.match(text, i)):
             number = len(found) + 1
             found.append(Placeholder(number, m.group(1), m.group(2), i))
-            out.append(f"${number}")
-            # keep offsets stable enough for error positions: pad to the same length
-            out.append(" " * max(0, len(m.group(0)) - len(f"${number}")))
+            ref = f"${number}"
+            out.append(ref)
+            origin.extend([i] * len(ref))
             i = m.end()
         else:
-            out.append(ch)
+            if ch == ";":
+                semicolons.append(i)
+            keep(i, i + 1)
             i += 1
-    return "".join(out), found
+    return _Substituted("".join(out), found, origin, semicolons)
 
 
-_PREFIX = "SELECT ("
-_SUFFIX = ")"
+_PREFIX = "SELECT "
+_KEYWORDS = frozenset(RESERVED_KEYWORDS) | frozenset(UNRESERVED_KEYWORDS) | frozenset(COL_NAME_KEYWORDS) | frozenset(TYPE_FUNC_NAME_KEYWORDS)
+
+# Types a parameter may be cast to (`:days::integer`): the cast becomes its declared type.
+KNOWN_TYPES = frozenset("""
+    integer int int4 bigint int8 smallint int2 numeric decimal real float4 float8 text varchar
+    boolean bool uuid date timestamp timestamptz interval jsonb json time timetz bytea
+""".split()) | {"double precision", "character varying", "timestamp with time zone",
+                "timestamp without time zone", "time with time zone", "time without time zone"}
+
+
+def _one_line(message: str) -> str:
+    return " ".join(str(message).split())
 
 
 def parse_fragment(text: str) -> Fragment:
     """Parse `text` as exactly one SQL expression; raises FragmentError with an offset."""
     if "\x00" in text:
         raise FragmentError("NUL character in SQL", text.index("\x00"))
-    sql, placeholders = substitute_placeholders(text)
-    if ";" in _strip_quoted(sql):
-        raise FragmentError("must be one SQL expression; ';' is not allowed", _strip_quoted(sql).index(";"))
+    sub = substitute_placeholders(text)
+    if sub.semicolons:
+        raise FragmentError("must be one SQL expression; ';' is not allowed", sub.semicolons[0])
     try:
-        stmts = parser.parse_sql(_PREFIX + sql + "\n" + _SUFFIX)
+        stmts = parser.parse_sql(_PREFIX + sub.sql)
     except parser.ParseError as exc:
         location = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], int) else len(_PREFIX)
-        offset = max(0, min(len(text), location - len(_PREFIX)))
-        message = str(exc.args[0]) if exc.args else "syntax error"
-        raise FragmentError(f"SQL does not parse: {message}", offset) from None
+        message = exc.args[0] if exc.args else "syntax error"
+        offset = len(text) if "end of input" in message else sub.original(location - len(_PREFIX))
+        raise FragmentError(f"SQL does not parse: {_one_line(message)}", min(offset, len(text))) from None
     select = stmts[0].stmt if len(stmts) == 1 else None
-    if (not isinstance(select, ast.SelectStmt) or select.op != 0 or not select.targetList
-            or len(select.targetList) != 1 or _has_other_clauses(select)):
-        raise FragmentError("must be exactly one SQL expression (no second statement, clause or column)")
-    expr = select.targetList[0].val
-    frag = Fragment(text=text, expr=expr, placeholders=placeholders)
-    _Inspector(frag)(expr)
+    target = select.targetList[0] if isinstance(select, ast.SelectStmt) and select.targetList else None
+    if target is not None and target.name and target.name.lower() in _KEYWORDS and len(select.targetList) == 1:
+        # `a = 1 AND` parses as `a = 1` labelled "and": it is an unfinished expression
+        raise FragmentError("SQL does not parse: syntax error at end of input", len(text))
+    if (target is None or select.op != 0 or len(select.targetList) != 1 or target.name
+            or _has_other_clauses(select) or _is_star(target.val)):
+        raise FragmentError("must be exactly one SQL expression (no second statement, clause, alias or column)")
+    frag = Fragment(text=text, expr=target.val, placeholders=sub.placeholders)
+    _Inspector(frag, sub)(target.val)
     return frag
 
 
-def _strip_quoted(sql: str) -> str:
-    """The text with quoted strings and identifiers blanked (same length)."""
-    return re.sub(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"", lambda m: " " * len(m.group(0)), sql)
+def _is_star(node) -> bool:
+    return isinstance(node, ast.ColumnRef) and any(isinstance(f, ast.A_Star) for f in node.fields)
 
 
 def _has_other_clauses(select: ast.SelectStmt) -> bool:
@@ -156,23 +198,41 @@ def _has_other_clauses(select: ast.SelectStmt) -> bool:
 
 
 class _Inspector(visitors.Visitor):
-    def __init__(self, frag: Fragment):
+    def __init__(self, frag: Fragment, sub: _Substituted):
         self.frag = frag
+        self.sub = sub
+
+    def offset(self, node) -> int:
+        return self.sub.original((getattr(node, "location", None) or len(_PREFIX)) - len(_PREFIX))
 
     def visit_ColumnRef(self, ancestors, node):
         fields = node.fields
-        offset = max(0, (node.location or 0) - len(_PREFIX))
         if len(fields) == 1 and isinstance(fields[0], ast.String):
-            self.frag.columns.append((fields[0].sval, offset))
+            self.frag.columns.append((fields[0].sval, self.offset(node)))
         elif not (len(fields) == 1 and isinstance(fields[0], ast.A_Star)):
-            self.frag.qualified.append((".".join(getattr(f, "sval", "*") for f in fields), offset))
+            self.frag.qualified.append((".".join(getattr(f, "sval", "*") for f in fields), self.offset(node)))
         return None
 
     def visit_FuncCall(self, ancestors, node):
         name = node.funcname[-1].sval.lower()
-        if node.agg_star or node.agg_filter is not None or node.over is None and name in AGGREGATES:
-            if node.over is None:
-                self.frag.has_aggregate = True
+        if node.over is None and (node.agg_star or node.agg_filter is not None or name in AGGREGATES):
+            if not self.frag.has_aggregate:
+                self.frag.aggregate_offset = self.offset(node)
+                self.frag.aggregate_name = name
+            self.frag.has_aggregate = True
+        return None
+
+    def visit_A_Expr(self, ancestors, node):
+        op = node.name[-1].sval if node.name and isinstance(node.name[-1], ast.String) else None
+        if op in ("==", "===", "!=="):
+            self.frag.bad_operators.append((op, self.offset(node)))
+        return None
+
+    def visit_TypeCast(self, ancestors, node):
+        if isinstance(node.arg, ast.ParamRef):
+            name = " ".join(n.sval for n in node.typeName.names if n.sval != "pg_catalog")
+            if name.lower() not in KNOWN_TYPES:
+                self.frag.bad_casts.append((name, self.offset(node.typeName), node.arg.number))
         return None
 
     def visit_SubLink(self, ancestors, node):

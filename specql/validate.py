@@ -75,6 +75,23 @@ def _message(error: jsonschema.ValidationError, root: dict, doc: Document) -> tu
     return path, f"{where}: {error.message}", False
 
 
+# Names people write for the field types: a suggestion closer than spelling distance.
+TYPE_ALIASES = {"int": "integer", "int4": "integer", "int8": "bigint", "long": "bigint", "str": "string",
+                "varchar": "string", "char": "string", "bool": "boolean", "float": "decimal",
+                "double": "decimal", "money": "decimal", "real": "decimal", "timestamptz": "timestamp",
+                "datetime": "timestamp", "json": "jsonb", "guid": "uuid"}
+
+
+def _object_branch_keys(error: jsonschema.ValidationError, root: dict) -> list[str]:
+    keys: list[str] = []
+    for branch in error.validator_value:
+        if "$ref" in branch:
+            branch = root["$defs"][branch["$ref"].rsplit("/", 1)[-1]]
+        if branch.get("type") == "object":
+            keys.extend(k for k in branch.get("properties", {}) if k not in keys)
+    return keys
+
+
 def _one_of_message(where: str, error: jsonschema.ValidationError) -> str:
     inst = error.instance
     if isinstance(inst, dict):
@@ -83,20 +100,38 @@ def _one_of_message(where: str, error: jsonschema.ValidationError) -> str:
             return f"{where}: a field mapping takes type, nullable, default, unique, references (got {keys})"
         return f"{where}: a mapping value must be {{sql: ...}} or {{value: ...}} (got {keys})"
     if where.startswith("fields."):
-        hint = did_you_mean(str(inst), ["uuid", "string", "text", "integer", "bigint", "decimal", "numeric",
-                                         "boolean", "timestamp", "date", "jsonb"])
+        hint = (f" (did you mean '{TYPE_ALIASES[str(inst).lower()]}'?)" if str(inst).lower() in TYPE_ALIASES
+                else did_you_mean(str(inst), ["uuid", "string", "text", "integer", "bigint", "decimal", "numeric",
+                                              "boolean", "timestamp", "date", "jsonb"]))
         return f"{where}: unknown type {_describe(inst)}{hint}"
     return f"{where}: {_describe(inst)} is not allowed here"
 
 
 def schema_diagnostics(doc: Document) -> list[Diagnostic]:
     """Every structural problem of one document, located."""
+    return schema_check(doc)[0]
+
+
+def schema_check(doc: Document) -> tuple[list[Diagnostic], set[tuple]]:
+    """Structural problems, and the paths of the values they were found in."""
     root = entity_schema()
+    paths: set[tuple] = set()
     validator = jsonschema.Draft202012Validator(root)
     found: dict[tuple, Diagnostic] = {}
     if not isinstance(doc.data, dict):
-        return [doc.diag((), "an entity file must be a mapping with 'name' and 'fields'")]
+        return [doc.diag((), "an entity file must be a mapping with 'name' and 'fields'")], {()}
     for error in validator.iter_errors(doc.data):
+        paths.add(tuple(error.absolute_path))
+        # A mapping where a oneOf allows mappings: its unknown keys, each with a suggestion.
+        if error.validator == "oneOf" and isinstance(error.instance, dict):
+            allowed = _object_branch_keys(error, root)
+            unknown = [k for k in error.instance if k not in allowed]
+            if allowed and unknown:
+                for key in unknown:
+                    kpath = tuple(error.absolute_path) + (key,)
+                    d = doc.diag(kpath, f"unknown key '{key}'{did_you_mean(key, allowed)}", key=True)
+                    found.setdefault((d.line, d.col, d.message), d)
+                continue
         errors = [error]
         # For oneOf, prefer the deepest sub-error when one branch clearly matched the shape.
         if error.validator == "oneOf" and error.context:
@@ -115,4 +150,4 @@ def schema_diagnostics(doc: Document) -> list[Diagnostic]:
                     kpath = tuple(error.absolute_path) + (key,)
                     d = doc.diag(kpath, f"unknown key '{key}'{did_you_mean(key, allowed)}", key=True)
                     found.setdefault((d.line, d.col, d.message), d)
-    return sorted(found.values())
+    return sorted(found.values()), paths

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from pglast import parser
 
@@ -47,12 +49,12 @@ def test_accepts_one_expression(text):
     assert one_expression(render_all(text))
 
 
-def test_parenthesis_games_stay_one_expression():
-    # `true) OR (1=1` balances inside the wrapper: it is one (silly) boolean expression,
-    # and what reaches the routine is the deparsed expression, not the raw text.
-    rendered = render_all("true) OR (1=1")
-    assert rendered == "TRUE OR 1 = 1"
-    assert one_expression(rendered)
+def test_parenthesis_games_are_refused_where_they_start():
+    # The fragment is parsed on its own, never inside a wrapper it could balance against.
+    with pytest.raises(sf.FragmentError) as exc:
+        sf.parse_fragment("true) OR (1=1")
+    assert exc.value.message == 'SQL does not parse: syntax error at or near ")"'
+    assert exc.value.offset == 4
 
 
 # ----------------------------------------------------------------------------- refused
@@ -101,9 +103,12 @@ def test_semicolon_offset_is_exact():
     assert "';'" in exc.value.message
 
 
-def test_second_clause_is_reported_as_such():
+def test_second_clause_is_refused():
     with pytest.raises(sf.FragmentError) as exc:
         sf.parse_fragment("a) FROM x WHERE (b")
+    assert exc.value.offset == 1
+    with pytest.raises(sf.FragmentError) as exc:
+        sf.parse_fragment("a FROM pg_authid")
     assert "one SQL expression" in exc.value.message
 
 
@@ -161,9 +166,16 @@ def test_semicolon_inside_comments_and_strings_is_not_a_second_statement(text):
     ("a::text", "a::text", []),
 ])
 def test_substitute_placeholders(text, sql, found):
-    out, placeholders = sf.substitute_placeholders(text)
-    assert out == sql
+    sub = sf.substitute_placeholders(text)
+    placeholders = sub.placeholders
+    expected = text
+    for p in reversed(placeholders):  # no padding: an offset map keeps positions instead
+        length = len(p.name) + 1 + (len(p.field) + 1 if p.field else 0)
+        expected = expected[:p.offset] + f"${p.number}" + expected[p.offset + length:]
+    assert sub.sql == expected
     assert [(p.name, p.field, p.offset) for p in placeholders] == found
+    for p in placeholders:
+        assert sub.origin[sub.sql.index(f"${p.number}")] == p.offset
     assert [p.number for p in placeholders] == list(range(1, len(found) + 1))
     for p in placeholders:
         assert text[p.offset] == ":"
