@@ -192,7 +192,7 @@ def _cpu_of(pid: int) -> int:
         return 0
 
 
-def wait_quiet(max_wait: float, threshold: float = 0.25) -> float:
+def wait_quiet(max_wait: float, threshold: float = 0.3) -> float:
     """Wait (up to max_wait s) until the machine's CPUs are mostly idle: other people's
     work on this shared machine distorts timings. Returns the last busy fraction."""
     deadline = time.monotonic() + max_wait
@@ -485,13 +485,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", default="100000,1000000", help="comma-separated row counts (default %(default)s)")
     ap.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {', '.join(CASES)}")
     ap.add_argument("--batch-size", type=int, default=1000, help="batch_size for every operation (default 1000)")
-    ap.add_argument("--repeat", type=int, default=1, help="measurements per side for N >= 500k (default 1)")
+    ap.add_argument("--repeat", type=int, default=3, help="measurements per side for N >= 500k (default 3)")
     ap.add_argument("--repeat-small", type=int, default=3, help="measurements per side for N < 500k (default 3)")
     ap.add_argument("--match-fraction", type=float, default=1.0,
                     help="share of the table the update/delete condition matches (default 1.0)")
     ap.add_argument("--id-order", choices=("sorted", "shuffled"), default="sorted",
                     help="order of the id array for update_ids (default sorted, as SELECT ... ORDER BY id)")
-    ap.add_argument("--quiet-wait", type=float, default=20,
+    ap.add_argument("--quiet-wait", type=float, default=10,
                     help="before each timing wait up to this many seconds for the CPUs to be idle "
                          "(shared machine; 0 = never wait; default %(default)s)")
     ap.add_argument("--keep-sql", metavar="DIR", help="copy the generated migrations here")

@@ -45,7 +45,7 @@ def _seed_expression(column: dict, salt: int, values: list) -> str:
     if t == "uuid":
         return f"md5('{salt}:' || g)::uuid"
     if t in ("integer", "bigint"):
-        return spread
+        return f"({spread} % 10)"  # few distinct values: `col = :p` matches a tenth of the rows
     if t in ("decimal", "numeric"):
         return f"round({spread} * 1.25 + 0.5, 2)"
     if t == "boolean":

@@ -63,7 +63,6 @@ DECLARE
     _batch_from integer;
     _batch_to integer;
     _count integer;            -- elements in the data_source array
-    _i integer;
     _n bigint;
     _batch_processed bigint;
     _batch_failed bigint;
@@ -71,7 +70,6 @@ DECLARE
     _batch_ms numeric;
     _sum_batch_ms numeric := 0;
     _max_batch_ms numeric := 0;
-    _status text;
     _stop text;                -- set when the run ends early: failed or timed_out
     _sqlstate text;
     _errmsg text;
@@ -121,7 +119,6 @@ BEGIN
             GET DIAGNOSTICS _n = ROW_COUNT;
             _batch_processed := _n;
             _batch_failed := 0;
-            _status := 'completed';
         EXCEPTION WHEN OTHERS THEN
             -- The savepoint rolled the whole batch back.
             GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
@@ -129,7 +126,6 @@ BEGIN
             -- so the good records stay and each failing one gets its own error row.
             _batch_processed := 0;
             _batch_failed := 0;
-            _status := 'completed_with_errors';
             _batch_from := _from;
             _batch_to := _to;
             FOR _i IN _batch_from.._batch_to LOOP

@@ -67,7 +67,6 @@ DECLARE
     _batch_from integer;
     _batch_to integer;
     _count integer;            -- elements in the data_source array
-    _i integer;
     _n bigint;
     _batch_processed bigint;
     _batch_failed bigint;
@@ -75,7 +74,7 @@ DECLARE
     _batch_ms numeric;
     _sum_batch_ms numeric := 0;
     _max_batch_ms numeric := 0;
-    _status text;
+    _status text;              -- outcome of the current batch
     _stop text;                -- set when the run ends early: failed or timed_out
     _sqlstate text;
     _errmsg text;
@@ -247,10 +246,7 @@ DECLARE
     -- specql:generated from entities/product.yaml; edit the entity file, not this body.
     _result specql.batch_operation_result;
     _keys uuid[];        -- primary keys of the current batch
-    _batch_keys uuid[];
-    _key uuid;
     _last uuid;          -- keyset position: the last key of the previous batch
-    _i integer;
     _n bigint;
     _batch_processed bigint;
     _batch_failed bigint;
@@ -258,7 +254,7 @@ DECLARE
     _batch_ms numeric;
     _sum_batch_ms numeric := 0;
     _max_batch_ms numeric := 0;
-    _status text;
+    _status text;              -- outcome of the current batch
     _stop text;                -- set when the run ends early: failed or timed_out
     _sqlstate text;
     _errmsg text;

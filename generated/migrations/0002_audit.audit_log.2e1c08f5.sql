@@ -60,10 +60,7 @@ DECLARE
     -- specql:generated from entities/audit_log.yaml; edit the entity file, not this body.
     _result specql.batch_operation_result;
     _keys bigint[];        -- primary keys of the current batch
-    _batch_keys bigint[];
-    _key bigint;
     _last bigint;          -- keyset position: the last key of the previous batch
-    _i integer;
     _n bigint;
     _batch_processed bigint;
     _batch_failed bigint;
@@ -71,7 +68,7 @@ DECLARE
     _batch_ms numeric;
     _sum_batch_ms numeric := 0;
     _max_batch_ms numeric := 0;
-    _status text;
+    _status text;              -- outcome of the current batch
     _stop text;                -- set when the run ends early: failed or timed_out
     _sqlstate text;
     _errmsg text;

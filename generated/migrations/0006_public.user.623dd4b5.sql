@@ -69,12 +69,9 @@ DECLARE
     -- specql:generated from entities/user.yaml; edit the entity file, not this body.
     _result specql.batch_operation_result;
     _keys uuid[];        -- primary keys of the current batch
-    _batch_keys uuid[];
-    _key uuid;
     _from integer;             -- subscripts of the current batch in the id array
     _to integer;
     _last_index integer;
-    _i integer;
     _n bigint;
     _batch_processed bigint;
     _batch_failed bigint;
@@ -82,7 +79,7 @@ DECLARE
     _batch_ms numeric;
     _sum_batch_ms numeric := 0;
     _max_batch_ms numeric := 0;
-    _status text;
+    _status text;              -- outcome of the current batch
     _stop text;                -- set when the run ends early: failed or timed_out
     _sqlstate text;
     _errmsg text;
@@ -243,10 +240,7 @@ DECLARE
     -- specql:generated from entities/user.yaml; edit the entity file, not this body.
     _result specql.batch_operation_result;
     _keys uuid[];        -- primary keys of the current batch
-    _batch_keys uuid[];
-    _key uuid;
     _last uuid;          -- keyset position: the last key of the previous batch
-    _i integer;
     _n bigint;
     _batch_processed bigint;
     _batch_failed bigint;
@@ -254,7 +248,7 @@ DECLARE
     _batch_ms numeric;
     _sum_batch_ms numeric := 0;
     _max_batch_ms numeric := 0;
-    _status text;
+    _status text;              -- outcome of the current batch
     _stop text;                -- set when the run ends early: failed or timed_out
     _sqlstate text;
     _errmsg text;

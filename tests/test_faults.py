@@ -1,0 +1,111 @@
+"""The generated tests catch real bugs: each fault below is injected into the generated SQL
+of the example entities, one at a time, and the generated tests must fail."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from specql.generate import generate
+from specql.testgen import generate_tests
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# name -> (migration file part, generated test module, regex, replacement)
+FAULTS = {
+    "processed count off by one": (
+        "public.user", "test_public_bulk_update_user_status",
+        r"_batch_processed := _n;", "_batch_processed := _n + 1;"),
+    "continue_on_error stops at the first error": (
+        "public.user", "test_public_bulk_update_user_status",
+        r"(_batch_failed := cardinality\(_keys\);)", r"\1 _stop := 'failed';"),
+    "batch size not respected": (
+        "public.user", "test_public_bulk_update_user_status",
+        r"_to := least\(_from \+ 99,", "_to := least(_from + 149,"),
+    "a record skipped per batch": (
+        "public.user", "test_public_bulk_update_user_status",
+        r"_from := _to \+ 1;", "_from := _to + 2;"),
+    "timeout never checked": (
+        "public.user", "test_public_bulk_update_user_status",
+        r"IF _result\.batch_count > 0 AND clock_timestamp\(\)", "IF false AND clock_timestamp()"),
+    "WHERE clause dropped from the batch UPDATE": (
+        "public.user", "test_public_bulk_update_user_status",
+        r"\n\s*WHERE id = ANY\(_keys\);", ";"),
+    "condition dropped from a delete": (
+        "audit.audit_log", "test_audit_purge_audit_log",
+        r"occurred_at < purge_audit_log\.cutoff", "true"),
+    "transaction single without rollback (errors swallowed per batch)": (
+        "audit.audit_log", "test_audit_purge_audit_log",
+        r"(DELETE FROM audit\.audit_log\s+WHERE [^;]*;)", r"BEGIN \1 EXCEPTION WHEN OTHERS THEN NULL; END;"),
+    "max_records not enforced": (
+        "public.order", "test_public_bulk_approve_orders",
+        r"IF _n > 1000 THEN", "IF false THEN"),
+    "confirmation ignored": (
+        "public.order", "test_public_bulk_approve_orders",
+        r"IF confirm IS NOT TRUE THEN", "IF false THEN"),
+    "collect_errors does not retry the good records": (
+        "public.product.", "test_public_import_products",
+        r"FOR _i IN _batch_from\.\._batch_to LOOP", "FOR _i IN _batch_from.._batch_from - 1 LOOP"),
+    "failed records miscounted": (
+        "public.product.", "test_public_reprice_category",
+        r"_batch_failed := cardinality\(_keys\);", "_batch_failed := 1;"),
+    "upsert never updates": (
+        "public.product_cache", "test_public_upsert_product_cache",
+        r"DO UPDATE SET name = EXCLUDED\.name,\s*price = EXCLUDED\.price,\s*last_updated = EXCLUDED\.last_updated;",
+        "DO NOTHING;"),
+    "completion notification not sent": (
+        "public.product_cache", "test_public_upsert_product_cache",
+        r"PERFORM pg_notify\(", "PERFORM concat("),
+}
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    out = tmp_path_factory.mktemp("generated")
+    generate([str(ROOT / "entities")], out)
+    generate_tests([str(ROOT / "entities")], out)
+    return out
+
+
+def run_generated_tests(out: Path, migrations: Path, module: str, server: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, SPECQL_DATABASE_URL=server, SPECQL_MIGRATIONS=str(migrations))
+    env.pop("SPECQL_TEMPLATE_DATABASE", None)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", str(out / "tests" / f"{module}.py"), "-q", "-p", "no:cacheprovider",
+         "--rootdir", str(out)],
+        cwd=out, env=env, capture_output=True, text=True, timeout=600)
+
+
+def with_fault(out: Path, tmp_path: Path, part: str, pattern: str, replacement: str) -> Path:
+    faulty = tmp_path / "migrations"
+    shutil.copytree(out / "migrations", faulty)
+    [target] = [p for p in faulty.glob("*.sql") if part in p.name]
+    sql = target.read_text()
+    mutated, count = re.subn(pattern, replacement, sql)
+    assert count >= 1, f"the fault's pattern no longer matches {target.name}: update FAULTS"
+    target.write_text(mutated)
+    return faulty
+
+
+def test_the_unchanged_sql_passes_its_generated_tests(generated, pg_server_url):
+    modules = sorted({module for _, module, _, _ in FAULTS.values()})
+    for module in modules:
+        proc = run_generated_tests(generated, generated / "migrations", module, pg_server_url)
+        assert proc.returncode == 0, f"{module}:\n{proc.stdout[-3000:]}"
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_the_generated_tests_catch_the_fault(fault, generated, pg_server_url, tmp_path):
+    part, module, pattern, replacement = FAULTS[fault]
+    faulty = with_fault(generated, tmp_path, part, pattern, replacement)
+    proc = run_generated_tests(generated, faulty, module, pg_server_url)
+    assert proc.returncode == 1, f"fault not caught: {fault}\n{proc.stdout[-3000:]}"
+    caught_by = re.findall(r"^FAILED \S+::(\w+)", proc.stdout, flags=re.M)
+    assert caught_by, proc.stdout[-3000:]
+    print(f"{fault}: caught by {', '.join(sorted(set(caught_by)))}")
