@@ -491,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="share of the table the update/delete condition matches (default 1.0)")
     ap.add_argument("--id-order", choices=("sorted", "shuffled"), default="sorted",
                     help="order of the id array for update_ids (default sorted, as SELECT ... ORDER BY id)")
-    ap.add_argument("--quiet-wait", type=float, default=10,
+    ap.add_argument("--quiet-wait", type=float, default=5,
                     help="before each timing wait up to this many seconds for the CPUs to be idle "
                          "(shared machine; 0 = never wait; default %(default)s)")
     ap.add_argument("--keep-sql", metavar="DIR", help="copy the generated migrations here")

@@ -432,3 +432,20 @@ def test_psql_f_of_the_same_files_gives_the_same_schema(tmp_path, server_url, da
     assert any(kind == "function" and item.startswith("app.account_label(p_id bigint) ") for kind, item in by_migrate)
     assert ("relation", "public.note r ") in by_migrate
     assert by_migrate == by_psql
+
+
+def test_generated_examples_apply_the_same_with_psql_and_twice(tmp_path, server_url, database_url_any):
+    """The committed generated/ output: specql migrate and `psql -f` (twice) agree."""
+    generated = Path(__file__).resolve().parent.parent / "generated"
+    assert run(generated, database_url_any)[0] == 0
+    psql = find_psql()
+    with throwaway_database(server_url, prefix="specql_psql") as psql_url:
+        for _ in range(2):  # re-applying is harmless
+            for path in sorted((generated / "migrations").glob("*.sql")):
+                result = subprocess.run([str(psql), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", psql_url, "-f",
+                                         str(path)], capture_output=True, text=True)
+                assert result.returncode == 0, f"{path.name}: {result.stderr}"
+        by_psql = query(psql_url, SCHEMA_SNAPSHOT)
+    by_migrate = query(database_url_any, SCHEMA_SNAPSHOT)
+    assert any(kind == "function" and item.startswith("public.bulk_update_user_status(") for kind, item in by_migrate)
+    assert by_migrate == by_psql
