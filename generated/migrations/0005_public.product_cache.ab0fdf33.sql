@@ -53,6 +53,9 @@ RETURNS specql.batch_operation_result
 LANGUAGE plpgsql
 VOLATILE
 SET search_path = pg_catalog, public, pg_temp
+-- Generic plans: a custom plan folds each argument into the plan as a constant, which
+-- copies a large id array or jsonb data_source once per batch (quadratic in the input).
+SET plan_cache_mode = force_generic_plan
 AS $specql$
 #variable_conflict use_column
 DECLARE
@@ -151,8 +154,7 @@ BEGIN
                         (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at)
                     VALUES
                         (_result.operation_id, _result.operation, _result.batch_count + 1, _sqlstate, _errmsg, _detail,
-                         coalesce((SELECT jsonb_agg(jsonb_build_object('index', _g._i, 'record', upsert_product_cache.fresh_rows -> _g._i) ORDER BY _g._i)
-                     FROM generate_series(_from, _to) AS _g(_i)), '[]'::jsonb), clock_timestamp());
+                         coalesce((SELECT jsonb_agg(jsonb_build_object('index', _g._i, 'record', upsert_product_cache.fresh_rows -> _g._i) ORDER BY _g._i) FROM generate_series(_from, _to) AS _g(_i)), '[]'::jsonb), clock_timestamp());
                     _result.error_count := _result.error_count + 1;
                     _batch_failed := _batch_failed + 1;
                     -- max_errors: stop as soon as more errors than allowed were logged.

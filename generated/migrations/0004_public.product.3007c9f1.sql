@@ -57,6 +57,9 @@ RETURNS specql.batch_operation_result
 LANGUAGE plpgsql
 VOLATILE
 SET search_path = pg_catalog, public, pg_temp
+-- Generic plans: a custom plan folds each argument into the plan as a constant, which
+-- copies a large id array or jsonb data_source once per batch (quadratic in the input).
+SET plan_cache_mode = force_generic_plan
 AS $specql$
 #variable_conflict use_column
 DECLARE
@@ -145,8 +148,7 @@ BEGIN
                         (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at)
                     VALUES
                         (_result.operation_id, _result.operation, _result.batch_count + 1, _sqlstate, _errmsg, _detail,
-                         coalesce((SELECT jsonb_agg(jsonb_build_object('index', _g._i, 'record', import_products.products_array -> _g._i) ORDER BY _g._i)
-                     FROM generate_series(_from, _to) AS _g(_i)), '[]'::jsonb), clock_timestamp());
+                         coalesce((SELECT jsonb_agg(jsonb_build_object('index', _g._i, 'record', import_products.products_array -> _g._i) ORDER BY _g._i) FROM generate_series(_from, _to) AS _g(_i)), '[]'::jsonb), clock_timestamp());
                     _result.error_count := _result.error_count + 1;
                     _batch_failed := _batch_failed + 1;
                 END;
@@ -262,8 +264,10 @@ DECLARE
     _notified bigint := 0;
     _search_path text := pg_catalog.current_setting('search_path');
 BEGIN
-    -- A procedure that commits cannot pin search_path with SET; pin it per transaction.
+    -- A procedure that commits cannot carry SET clauses: pin search_path and generic
+    -- plans (see the functions) per transaction, again after every COMMIT.
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, public, pg_temp', true);
+    PERFORM pg_catalog.set_config('plan_cache_mode', 'force_generic_plan', true);
 
     _result.operation_id := gen_random_uuid();
     _result.operation := 'reprice_category';
@@ -281,6 +285,7 @@ BEGIN
     VALUES (_result.operation_id, _result.operation, _result.total_records, _result.started_at, _result.started_at);
     COMMIT;
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, public, pg_temp', true);
+    PERFORM pg_catalog.set_config('plan_cache_mode', 'force_generic_plan', true);
 
     LOOP
         -- Select the next batch.
@@ -342,6 +347,7 @@ BEGIN
         END IF;
         COMMIT;
         PERFORM pg_catalog.set_config('search_path', 'pg_catalog, public, pg_temp', true);
+        PERFORM pg_catalog.set_config('plan_cache_mode', 'force_generic_plan', true);
     END LOOP;
 
     -- Finish: status, run row, metrics, notification.
