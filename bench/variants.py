@@ -41,8 +41,18 @@ class Variant:
 
 
 GENERIC = "SET plan_cache_mode = force_generic_plan"
+# The function-level SET (and its comment) the templates emit since commit a247fa2.
+GENERIC_LINE = re.compile(r"(?:--[^\n]*\n)*SET plan_cache_mode = force_generic_plan\n")
+AUTO_PLANS = Variant("auto_plans", "as generated WITHOUT its 'SET plan_cache_mode = force_generic_plan' "
+                     "(PostgreSQL's default plan choice; what the templates emitted before a247fa2)",
+                     edits=[(GENERIC_LINE, "")])
 
 KEYSET_SELECT = re.compile(r"        IF _last IS NULL THEN\n.*?\n        END IF;\n", re.S)
+# The batch's EXCEPTION clause (what makes the block a savepoint), up to the end of the block.
+HANDLER = re.compile(r"\n        EXCEPTION WHEN OTHERS THEN\n.*?(?=\n        END;\n)", re.S)
+
+NO_SAVEPOINT = Variant("no_savepoint", "diagnostic only: the batch block without its EXCEPTION clause "
+                       "(no savepoint per batch; NOT a valid per_batch routine)", edits=[(HANDLER, "")])
 
 
 
@@ -59,64 +69,79 @@ def ctid_keyset_select(param: str) -> str:
             + "        END IF;\n")
 
 
+def auto(v: Variant) -> Variant:
+    """v without the generated function-level SET plan_cache_mode (PostgreSQL's default plan choice)."""
+    return Variant(v.name + "_auto", v.what + "; without SET plan_cache_mode", [*v.edits, (GENERIC_LINE, "")],
+                   v.declare, v.set_clause)
+
+
+IDS_SLICE = "_keys := ARRAY(SELECT {fn}.ids[_g._i] FROM generate_series(_from, _to) AS _g(_i));"
+PLPGSQL_LOOP = Variant(
+    "plpgsql_loop", "FOR _i IN _from.._to LOOP _keys[_i - _from + 1] := ids[_i]; END LOOP  (no SQL statement "
+    "sees the array, so no plan can copy it)",
+    edits=[(IDS_SLICE, "_keys := '{{}}';\n"
+                       "        FOR _i IN _from.._to LOOP\n"
+                       "            _keys[_i - _from + 1] := {fn}.ids[_i];\n"
+                       "        END LOOP;")])
+FIXED_SERIES = Variant(
+    "fixed_series", "_keys := ARRAY(SELECT ids[_from + _g._i] FROM generate_series(0, {bs1}) _g(_i) WHERE _g._i "
+    "<= _to - _from)  (row estimate independent of _from/_to)",
+    edits=[(IDS_SLICE, "_keys := ARRAY(SELECT {fn}.ids[_from + _g._i] FROM generate_series(0, {bs1}) AS _g(_i)"
+                       " WHERE _g._i <= _to - _from);")])
+PATH_SLICE = Variant(
+    "path_slice", "_batch := jsonb_path_query_array(rows, '$[$f to $t]', ...) (a plpgsql simple expression: "
+    "never custom-planned) + INSERT ... FROM jsonb_array_elements(_batch) AS _source(_rec)",
+    declare="    _batch jsonb;",
+    edits=[("        _batch_started := clock_timestamp();",
+            "        _batch := jsonb_path_query_array({fn}.rows, '$[$f to $t]',\n"
+            "                                         jsonb_build_object('f', _from, 't', _to));\n"
+            "        _batch_started := clock_timestamp();"),
+           ("FROM (SELECT {fn}.rows -> _g._i AS _rec\n"
+            "                  FROM generate_series(_from, _to) AS _g(_i)) AS _source;",
+            "FROM jsonb_array_elements(_batch) AS _source(_rec);")])
+
+
+def ctid_variant(kind: str, param: str) -> Variant:
+    return Variant("ctid", f"keyset SELECT of ids and ctids, then {kind} ... WHERE ctid = ANY(_tids) AND (cond)",
+                   declare="    _tids tid[];",
+                   edits=[(KEYSET_SELECT, ctid_keyset_select(param)),
+                          (f"WHERE id = ANY(_keys) AND (status = {{fn}}.{param});",
+                           f"WHERE ctid = ANY(_tids) AND (status = {{fn}}.{param});")])
+
+
 VARIANTS: dict[str, list[Variant]] = {
     "update_ids": [
-        Variant("generated", "as generated: _keys := ARRAY(SELECT ids[_g._i] FROM generate_series(_from, _to))"),
-        Variant("generic_plan", "as generated + SET plan_cache_mode = force_generic_plan on the function",
-                set_clause=GENERIC),
-        Variant("fixed_series",
-                "_keys := ARRAY(SELECT ids[_from + _g._i] FROM generate_series(0, {bs1}) _g(_i) "
-                "WHERE _g._i <= _to - _from)  (row estimate no longer depends on _from/_to)",
-                edits=[("_keys := ARRAY(SELECT {fn}.ids[_g._i] FROM generate_series(_from, _to) AS _g(_i));",
-                        "_keys := ARRAY(SELECT {fn}.ids[_from + _g._i] FROM generate_series(0, {bs1}) AS _g(_i)"
-                        " WHERE _g._i <= _to - _from);")]),
-        Variant("plpgsql_loop", "FOR _i IN _from.._to LOOP _keys[_i - _from + 1] := ids[_i]; END LOOP",
-                edits=[("_keys := ARRAY(SELECT {fn}.ids[_g._i] FROM generate_series(_from, _to) AS _g(_i));",
-                        "_keys := '{{}}';\n"
-                        "        FOR _i IN _from.._to LOOP\n"
-                        "            _keys[_i - _from + 1] := {fn}.ids[_i];\n"
-                        "        END LOOP;")]),
+        Variant("generated", "as generated"),
+        AUTO_PLANS,
+        Variant("generic_plan", "+ SET plan_cache_mode = force_generic_plan", set_clause=GENERIC),
+        PLPGSQL_LOOP, auto(PLPGSQL_LOOP),
+        FIXED_SERIES, auto(FIXED_SERIES),
         Variant("naive_slice", "_keys := ids[_from:_to]  (copies the whole array per batch: the issue's 'naive')",
-                edits=[("_keys := ARRAY(SELECT {fn}.ids[_g._i] FROM generate_series(_from, _to) AS _g(_i));",
-                        "_keys := {fn}.ids[_from:_to];")]),
+                edits=[(IDS_SLICE, "_keys := {fn}.ids[_from:_to];")]),
+        NO_SAVEPOINT,
     ],
     "insert": [
-        Variant("generated", "as generated: FROM (SELECT rows -> _g._i AS _rec FROM generate_series(_from, _to))"),
-        Variant("generic_plan", "as generated + SET plan_cache_mode = force_generic_plan on the function",
-                set_clause=GENERIC),
-        Variant("generic_offset0", "generic_plan + OFFSET 0 in the source subquery (each element extracted once)",
+        Variant("generated", "as generated"),
+        AUTO_PLANS,
+        Variant("generic_plan", "+ SET plan_cache_mode = force_generic_plan", set_clause=GENERIC),
+        Variant("offset0", "OFFSET 0 in the source subquery (each element extracted once, not once per column)",
                 edits=[("FROM generate_series(_from, _to) AS _g(_i)) AS _source;",
-                        "FROM generate_series(_from, _to) AS _g(_i) OFFSET 0) AS _source;")],
-                set_clause=GENERIC),
-        Variant("path_slice",
-                "_batch := jsonb_path_query_array(rows, '$[$f to $t]', ...) (a simple expression: never "
-                "custom-planned) + INSERT ... FROM jsonb_array_elements(_batch) AS _source(_rec)",
-                declare="    _batch jsonb;",
-                edits=[("        _batch_started := clock_timestamp();",
-                        "        _batch := jsonb_path_query_array({fn}.rows, '$[$f to $t]',\n"
-                        "                                         jsonb_build_object('f', _from, 't', _to));\n"
-                        "        _batch_started := clock_timestamp();"),
-                       ("FROM (SELECT {fn}.rows -> _g._i AS _rec\n"
-                        "                  FROM generate_series(_from, _to) AS _g(_i)) AS _source;",
-                        "FROM jsonb_array_elements(_batch) AS _source(_rec);")]),
+                        "FROM generate_series(_from, _to) AS _g(_i) OFFSET 0) AS _source;")]),
+        PATH_SLICE, auto(PATH_SLICE),
     ],
     "update_cond": [
-        Variant("generated", "as generated: keyset SELECT of ids, then UPDATE ... WHERE id = ANY(_keys) AND (cond)"),
-        Variant("ctid", "keyset SELECT of ids and ctids, then UPDATE ... WHERE ctid = ANY(_tids) AND (cond)",
-                declare="    _tids tid[];",
-                edits=[(KEYSET_SELECT,
-                        ctid_keyset_select("from_status")),
-                       ("WHERE id = ANY(_keys) AND (status = {fn}.from_status);",
-                        "WHERE ctid = ANY(_tids) AND (status = {fn}.from_status);")]),
+        Variant("generated", "as generated"),
+        AUTO_PLANS,
+        Variant("generic_plan", "+ SET plan_cache_mode = force_generic_plan", set_clause=GENERIC),
+        ctid_variant("UPDATE", "from_status"),
+        NO_SAVEPOINT,
     ],
     "delete": [
-        Variant("generated", "as generated: keyset SELECT of ids, then DELETE ... WHERE id = ANY(_keys) AND (cond)"),
-        Variant("ctid", "keyset SELECT of ids and ctids, then DELETE ... WHERE ctid = ANY(_tids) AND (cond)",
-                declare="    _tids tid[];",
-                edits=[(KEYSET_SELECT,
-                        ctid_keyset_select("del_status")),
-                       ("WHERE id = ANY(_keys) AND (status = {fn}.del_status);",
-                        "WHERE ctid = ANY(_tids) AND (status = {fn}.del_status);")]),
+        Variant("generated", "as generated"),
+        AUTO_PLANS,
+        Variant("generic_plan", "+ SET plan_cache_mode = force_generic_plan", set_clause=GENERIC),
+        ctid_variant("DELETE", "del_status"),
+        NO_SAVEPOINT,
     ],
 }
 
@@ -148,6 +173,8 @@ def variant_sql(base: str, routine: str, v: Variant, batch_size: int) -> str | N
     if v.declare:
         text = text.replace("DECLARE\n", "DECLARE\n" + v.declare + "\n", 1)
     if v.set_clause:
+        if v.set_clause in text:
+            return None  # the generated routine has it already
         text = text.replace("\nSET search_path", f"\n{v.set_clause}\nSET search_path", 1)
     name = f"{routine}__{v.name}" if v.name != "generated" else routine
     text = text.replace(f"FUNCTION {B.SCHEMA}.{routine}(", f"FUNCTION {B.SCHEMA}.{name}(", 1)
@@ -193,7 +220,8 @@ def main(argv=None) -> int:
                 for v in variants:
                     text = variant_sql(base, routine, v, args.batch_size)
                     if text is None:
-                        B.log(f"variant {v.name}: n/a (an edit does not match the generated SQL)")
+                        B.log(f"variant {v.name}: n/a (an edit does not match the generated SQL, or it is "
+                              "what is generated already)")
                         continue
                     admin.execute(text)
                     names[v.name] = routine if v.name == "generated" else f"{routine}__{v.name}"

@@ -113,8 +113,10 @@ BEGIN
                    (_rec ->> 'name'),
                    (_rec ->> 'price')::numeric,
                    now()
+            -- OFFSET 0 keeps the subquery whole: each element is extracted once, not once per field.
             FROM (SELECT upsert_product_cache.fresh_rows -> _g._i AS _rec
-                  FROM generate_series(_from, _to) AS _g(_i)) AS _source
+                  FROM generate_series(_from, _to) AS _g(_i)
+                  OFFSET 0) AS _source
             ON CONFLICT (product_id)
             DO UPDATE SET name = EXCLUDED.name,
                           price = EXCLUDED.price,
@@ -140,8 +142,10 @@ BEGIN
                            (_rec ->> 'name'),
                            (_rec ->> 'price')::numeric,
                            now()
+                    -- OFFSET 0 keeps the subquery whole: each element is extracted once, not once per field.
                     FROM (SELECT upsert_product_cache.fresh_rows -> _g._i AS _rec
-                          FROM generate_series(_from, _to) AS _g(_i)) AS _source
+                          FROM generate_series(_from, _to) AS _g(_i)
+                          OFFSET 0) AS _source
                     ON CONFLICT (product_id)
                     DO UPDATE SET name = EXCLUDED.name,
                                   price = EXCLUDED.price,

@@ -113,8 +113,10 @@ BEGIN
                    (_rec ->> 'price')::numeric,
                    (_rec ->> 'category_id')::integer,
                    now()
+            -- OFFSET 0 keeps the subquery whole: each element is extracted once, not once per field.
             FROM (SELECT import_products.products_array -> _g._i AS _rec
-                  FROM generate_series(_from, _to) AS _g(_i)) AS _source;
+                  FROM generate_series(_from, _to) AS _g(_i)
+                  OFFSET 0) AS _source;
             GET DIAGNOSTICS _n = ROW_COUNT;
             _batch_processed := _n;
             _batch_failed := 0;
@@ -138,8 +140,10 @@ BEGIN
                            (_rec ->> 'price')::numeric,
                            (_rec ->> 'category_id')::integer,
                            now()
+                    -- OFFSET 0 keeps the subquery whole: each element is extracted once, not once per field.
                     FROM (SELECT import_products.products_array -> _g._i AS _rec
-                          FROM generate_series(_from, _to) AS _g(_i)) AS _source;
+                          FROM generate_series(_from, _to) AS _g(_i)
+                          OFFSET 0) AS _source;
                     GET DIAGNOSTICS _n = ROW_COUNT;
                     _batch_processed := _batch_processed + _n;
                 EXCEPTION WHEN OTHERS THEN
