@@ -268,10 +268,9 @@ DECLARE
     _notified bigint := 0;
     _search_path text := pg_catalog.current_setting('search_path');
 BEGIN
-    -- A procedure that commits cannot carry SET clauses: pin search_path and generic
-    -- plans (see the functions) per transaction, again after every COMMIT.
+    -- A procedure that commits cannot carry SET clauses: pin search_path
+    -- per transaction, again after every COMMIT.
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, public, pg_temp', true);
-    PERFORM pg_catalog.set_config('plan_cache_mode', 'force_generic_plan', true);
 
     _result.operation_id := gen_random_uuid();
     _result.operation := 'reprice_category';
@@ -289,7 +288,6 @@ BEGIN
     VALUES (_result.operation_id, _result.operation, _result.total_records, _result.started_at, _result.started_at);
     COMMIT;
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, public, pg_temp', true);
-    PERFORM pg_catalog.set_config('plan_cache_mode', 'force_generic_plan', true);
 
     LOOP
         -- Select the next batch.
@@ -351,7 +349,6 @@ BEGIN
         END IF;
         COMMIT;
         PERFORM pg_catalog.set_config('search_path', 'pg_catalog, public, pg_temp', true);
-        PERFORM pg_catalog.set_config('plan_cache_mode', 'force_generic_plan', true);
     END LOOP;
 
     -- Finish: status, run row, metrics, notification.

@@ -54,9 +54,6 @@ RETURNS specql.batch_operation_result
 LANGUAGE plpgsql
 VOLATILE
 SET search_path = pg_catalog, audit, pg_temp
--- Generic plans: a custom plan folds each argument into the plan as a constant, which
--- copies a large id array or jsonb data_source once per batch (quadratic in the input).
-SET plan_cache_mode = force_generic_plan
 AS $specql$
 #variable_conflict use_column
 DECLARE
