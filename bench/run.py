@@ -487,16 +487,16 @@ def report(results: list[Result], sizes: list[int], batch_size: int, out=sys.std
     small, large = min(sizes), max(sizes)
     cases = list(dict.fromkeys(r.case for r in results))
     if small != large:
-        print(f"\ngrowth = t({large:,}) / t({small:,}) from the best (minimum) times, which other load on the "
-              "machine inflates least; growth ratio = routine growth / plain growth; (from medians)", file=out)
-        print(f"{'case':<24} {'plain growth':>12} {'routine growth':>14} {'growth ratio':>12} {'(from medians)':>15}",
+        print(f"\ngrowth = t({large:,}) / t({small:,}) from the median times; growth ratio = routine growth / "
+              "plain growth; (from best times) = the same ratio from each side's minimum time", file=out)
+        print(f"{'case':<24} {'plain growth':>12} {'routine growth':>14} {'growth ratio':>12} {'(from best times)':>18}",
               file=out)
         for c in cases:
             a, b = by.get((c, small)), by.get((c, large))
             if a and b:
-                gp, gr = b.best_plain / a.best_plain, b.best_routine / a.best_routine
-                gm = (b.t_routine / a.t_routine) / (b.t_plain / a.t_plain)
-                print(f"{CASES[c][0]:<24} {gp:>12.2f} {gr:>14.2f} {gr / gp:>12.2f} {gm:>15.2f}", file=out)
+                gp, gr = b.t_plain / a.t_plain, b.t_routine / a.t_routine
+                gb = (b.best_routine / a.best_routine) / (b.best_plain / a.best_plain)
+                print(f"{CASES[c][0]:<24} {gp:>12.2f} {gr:>14.2f} {gr / gp:>12.2f} {gb:>18.2f}", file=out)
     print(f"\nverdict (targets are for batch_size 1000 at N={large:,}"
           f"{'' if batch_size == 1000 else f'; this run used batch_size {batch_size}'})", file=out)
     ok = True
@@ -511,14 +511,17 @@ def report(results: list[Result], sizes: list[int], batch_size: int, out=sys.std
         vs = "COPY" if c == "insert" else "plain statement"
         lo, hi = (float(x) for x in b.ratio_range.split("-"))
         shaky = " (the repeats straddle the target: within run-to-run noise)" if lo < target <= hi else ""
-        print(f"  {'PASS' if passed else 'FAIL'}  {label}: ratio {ratio:.2f} (target >= {target} x {vs}){shaky}",
+        print(f"  {'PASS' if passed else 'FAIL'}  {label}: ratio {ratio:.3f} (target >= {target} x {vs}){shaky}",
               file=out)
         a = by.get((c, small))
         if a and small != large:
-            g = (b.best_routine / a.best_routine) / (b.best_plain / a.best_plain)
+            g = (b.t_routine / a.t_routine) / (b.t_plain / a.t_plain)
+            gb = (b.best_routine / a.best_routine) / (b.best_plain / a.best_plain)
             passed = g <= GROWTH_LIMIT
             ok &= passed
-            print(f"  {'PASS' if passed else 'FAIL'}  {label}: growth ratio {g:.2f} (target <= {GROWTH_LIMIT})",
+            shaky = (f" (from best times {gb:.2f}: within run-to-run noise)"
+                     if (gb <= GROWTH_LIMIT) != passed else "")
+            print(f"  {'PASS' if passed else 'FAIL'}  {label}: growth ratio {g:.3f} (target <= {GROWTH_LIMIT}){shaky}",
                   file=out)
     return ok
 
