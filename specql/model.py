@@ -81,6 +81,8 @@ class Param:
 class Assignment:
     column: Column
     sql: str
+    kind: str = "sql"  # "param" (a routine argument), "record" (a data_source field) or "sql"
+    ref: str | None = None  # the parameter or the record field it reads
 
 
 @dataclass
@@ -338,6 +340,16 @@ class _OperationBuilder:
             return f"(_rec ->> {key})"
         return f"(_rec ->> {key})::{column.sql_type}"
 
+    def assignment(self, raw: Any, column: Column, path: tuple) -> Assignment | None:
+        """The value written to `column`, remembering whether it reads an argument or a record field."""
+        if isinstance(raw, str) and (m := _PARAM_REF.match(raw.strip())):
+            sql, kind, ref = self.value_sql(raw, column, path), "param", m.group(1)
+        elif isinstance(raw, str) and (m := _RECORD_REF.match(raw.strip())):
+            sql, kind, ref = self.value_sql(raw, column, path), "record", m.group(2)
+        else:
+            sql, kind, ref = self.value_sql(raw, column, path), "sql", None
+        return None if sql is None else Assignment(column, sql, kind, ref)
+
     def value_sql(self, raw: Any, column: Column, path: tuple) -> str | None:
         if isinstance(raw, dict) and "value" in raw:
             return self.literal_or_error(raw["value"], column, path + ("value",))
@@ -534,9 +546,9 @@ class _OperationBuilder:
             if op_type == "update" and column.primary_key:
                 self.error(vpath, f"update_data cannot change the primary key '{column_name}'", key=True)
                 continue
-            sql = self.value_sql(raw, column, vpath)
-            if sql is not None:
-                assignments.append(Assignment(column, sql))
+            assignment = self.assignment(raw, column, vpath)
+            if assignment is not None:
+                assignments.append(assignment)
         if self.record_alias and not source_name and "data_source" not in spec:
             self.error(self.record_alias_at, f":{self.record_alias}.… refers to a data_source element, "
                                              f"but this operation has no data_source")

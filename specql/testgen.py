@@ -20,14 +20,9 @@ def facts(op: Operation) -> dict:
     t = op.target
     assignments = []
     for a in op.assignments:
-        m = re.fullmatch(r"\(_rec ->>? '((?:[^']|'')*)'\)(?:::\w+)?", a.sql)
-        if m:
-            assignments.append({"column": a.column.name, "kind": "record", "field": m.group(1).replace("''", "'")})
-        elif a.sql.startswith(f"{qi(op.name)}.") and a.sql[len(qi(op.name)) + 1:] in {p.ident for p in op.params}:
-            name = next(p.name for p in op.params if p.ident == a.sql[len(qi(op.name)) + 1:])
-            assignments.append({"column": a.column.name, "kind": "param", "param": name})
-        else:
-            assignments.append({"column": a.column.name, "kind": "sql", "sql": a.sql})
+        entry = {"column": a.column.name, "kind": a.kind}
+        entry.update({"param": a.ref} if a.kind == "param" else {"field": a.ref} if a.kind == "record" else {"sql": a.sql})
+        assignments.append(entry)
     return {
         "name": op.name,
         "name_ident": qi(op.name),

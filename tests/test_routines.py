@@ -270,10 +270,9 @@ def test_condition_walk_counts_exactly_and_second_run_changes_nothing(db):
     seed(db, 12_345)
     db.execute("UPDATE public.widget SET status = 'other' WHERE qty %% 3 = 0", ())
     pending = status_counts(db)["pending"]
-    with db.cursor() as cur:
-        notices = []
-        db.add_notice_handler(lambda d: notices.append(d.message_primary))
-        r = call(db, "public.widget_promote", from_status="pending", to_status="active")
+    notices = []
+    db.add_notice_handler(lambda d: notices.append(d.message_primary))
+    r = call(db, "public.widget_promote", from_status="pending", to_status="active")
     assert r["status"] == "completed"
     assert r["processed_records"] == pending == r["total_records"]
     assert status_counts(db) == {"active": pending, "other": 12_345 - pending}
