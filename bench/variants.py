@@ -21,7 +21,6 @@ import re
 import statistics
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,26 +46,11 @@ AUTO_PLANS = Variant("auto_plans", "as generated WITHOUT its 'SET plan_cache_mod
                      "(PostgreSQL's default plan choice; what the templates emitted before a247fa2)",
                      edits=[(GENERIC_LINE, "")])
 
-KEYSET_SELECT = re.compile(r"        IF _last IS NULL THEN\n.*?\n        END IF;\n", re.S)
 # The batch's EXCEPTION clause (what makes the block a savepoint), up to the end of the block.
 HANDLER = re.compile(r"\n        EXCEPTION WHEN OTHERS THEN\n.*?(?=\n        END;\n)", re.S)
 
 NO_SAVEPOINT = Variant("no_savepoint", "diagnostic only: the batch block without its EXCEPTION clause "
                        "(no savepoint per batch; NOT a valid per_batch routine)", edits=[(HANDLER, "")])
-
-
-
-def ctid_keyset_select(param: str) -> str:
-    """The generated keyset step, also collecting each row's ctid (same index scan)."""
-    one = ("SELECT coalesce(array_agg(_s.id ORDER BY _s.id), '{{{{}}}}'), array_agg(_s.ctid ORDER BY _s.id)\n"
-           "            INTO _keys, _tids\n"
-           "            FROM (SELECT id, ctid FROM bench.bench_item\n"
-           "                  WHERE {where}\n"
-           "                  ORDER BY id LIMIT {{bs}}) AS _s;\n")
-    cond = f"status = {{fn}}.{param}"
-    return ("        IF _last IS NULL THEN\n            " + one.format(where=cond)
-            + "        ELSE\n            " + one.format(where=f"id > _last AND ({cond})")
-            + "        END IF;\n")
 
 
 def auto(v: Variant) -> Variant:
@@ -101,12 +85,10 @@ PATH_SLICE = Variant(
             "FROM jsonb_array_elements(_batch) AS _source(_rec);")])
 
 
-def ctid_variant(kind: str, param: str) -> Variant:
-    return Variant("ctid", f"keyset SELECT of ids and ctids, then {kind} ... WHERE ctid = ANY(_tids) AND (cond)",
-                   declare="    _tids tid[];",
-                   edits=[(KEYSET_SELECT, ctid_keyset_select(param)),
-                          (f"WHERE id = ANY(_keys) AND (status = {{fn}}.{param});",
-                           f"WHERE ctid = ANY(_tids) AND (status = {{fn}}.{param});")])
+LISTED_ONLY = Variant(
+    "listed_only", "every batch's keys listed first (SELECT ... LIMIT n, then = ANY(_keys)); no key range "
+    "batches: what the templates generated before key ranges",
+    edits=[("_ranged := _dense;", "_ranged := false;")])
 
 
 VARIANTS: dict[str, list[Variant]] = {
@@ -131,16 +113,14 @@ VARIANTS: dict[str, list[Variant]] = {
     ],
     "update_cond": [
         Variant("generated", "as generated"),
-        AUTO_PLANS,
         Variant("generic_plan", "+ SET plan_cache_mode = force_generic_plan", set_clause=GENERIC),
-        ctid_variant("UPDATE", "from_status"),
+        LISTED_ONLY,
         NO_SAVEPOINT,
     ],
     "delete": [
         Variant("generated", "as generated"),
-        AUTO_PLANS,
         Variant("generic_plan", "+ SET plan_cache_mode = force_generic_plan", set_clause=GENERIC),
-        ctid_variant("DELETE", "del_status"),
+        LISTED_ONLY,
         NO_SAVEPOINT,
     ],
 }

@@ -92,6 +92,9 @@ class Precondition:
     over_table: bool
 
 
+INTEGER_KEY_MAX = {"integer": 2**31 - 1, "bigint": 2**63 - 1}
+
+
 @dataclass
 class Operation:
     name: str
@@ -168,6 +171,22 @@ class Operation:
         """Whether the routine counts its target rows before changing anything."""
         return bool(self.max_records or self.requires_confirmation
                     or (self.progress_interval and self.driver == "keyset"))
+
+    @property
+    def range_batches(self) -> bool:
+        """Whether a condition walk may take a dense stretch of keys as one key range: an
+        integer key is unique, so batch_size consecutive values hold at most batch_size rows."""
+        return self.driver == "keyset" and self.target.primary_key.sql_type in INTEGER_KEY_MAX
+
+    @property
+    def counts_batch_records(self) -> bool:
+        """Whether a condition walk counts each batch's records: to add up total_records when
+        it was not counted up front, and to see a key range past the last matching key."""
+        return self.driver == "keyset" and (self.range_batches or not self.counts_up_front)
+
+    @property
+    def key_max(self) -> int:
+        return INTEGER_KEY_MAX[self.target.primary_key.sql_type]
 
     @property
     def logs_batches(self) -> bool:
@@ -371,7 +390,8 @@ class _OperationBuilder:
         sql = _literal_sql(raw, column)
         if sql is None:
             shown = raw if not isinstance(raw, str) else repr(raw)
-            self.error(path, f"{shown} is not a valid {column.type} value for column '{column.name}'")
+            hint = " (an SQL expression is written as {sql: \"...\"})" if isinstance(raw, str) else ""
+            self.error(path, f"{shown} is not a valid {column.type} value for column '{column.name}'{hint}")
         return sql
 
     def fragment_value(self, text: str, column: Column | None, path: tuple) -> str | None:

@@ -143,6 +143,22 @@ class Harness:
                 return params, target
             chunk = min(chunk * 2, cap - self.seeded)
 
+    def make_target_dense(self, params_for) -> tuple[dict, list[str]]:
+        """Renumber the integer keys so the target rows come first, with consecutive keys
+        from 1 (the other rows follow): a condition walk then meets a dense stretch of
+        matching keys. Returns (params, target) recomputed, as both may depend on keys."""
+        target = self.target_keys(params_for())
+        # Through negative keys, so no two rows ever share a key (seeded keys are positive).
+        self.conn.execute(sql.SQL("UPDATE {t} SET {k} = -{k}").format(t=self.table, k=self.pk))
+        self.conn.execute(
+            sql.SQL("UPDATE {t} SET {k} = m.new FROM (SELECT {k} AS old, row_number() OVER "
+                    "(ORDER BY (-{k})::text = ANY(%s) DESC, {k} DESC) AS new FROM {t}) AS m "
+                    "WHERE {t}.{k} = m.old").format(t=self.table, k=self.pk),
+            (target,))
+        self.conn.execute(sql.SQL("ANALYZE {}").format(self.table))
+        params = params_for()
+        return params, self.target_keys(params)
+
     def snapshot(self) -> dict[str, str]:
         rows = self.conn.execute(
             sql.SQL("SELECT {}::text, to_jsonb(t)::text FROM {} AS t").format(self.pk, self.table)).fetchall()
@@ -199,11 +215,12 @@ class Harness:
         """Keys of the rows the operation should touch, in primary key order, computed by
         running the entity's condition as its own prepared statement."""
         where = self.f["count_sql"]
+        # ORDER BY table.pk: a bare name would sort by the output column, the key's text.
         if not where:
             return [r[0] for r in self.conn.execute(
-                sql.SQL("SELECT {}::text FROM {} ORDER BY {}").format(self.pk, self.table, self.pk)).fetchall()]
-        query = sql.SQL("SELECT {}::text FROM {} WHERE {} ORDER BY {}").format(
-            self.pk, self.table, sql.SQL(_placeholders(where, self.f["params"])), self.pk)
+                sql.SQL("SELECT {k}::text FROM {t} ORDER BY {t}.{k}").format(k=self.pk, t=self.table)).fetchall()]
+        query = sql.SQL("SELECT {k}::text FROM {t} WHERE {w} ORDER BY {t}.{k}").format(
+            k=self.pk, t=self.table, w=sql.SQL(_placeholders(where, self.f["params"])))
         args = {f"p{i}": self._adapt(params.get(p["name"]), p["sql_type"])
                 for i, p in enumerate(self.f["params"], start=1)}
         rows = self.conn.execute(query, args).fetchall()

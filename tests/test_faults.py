@@ -40,6 +40,12 @@ FAULTS = {
     "condition dropped from a delete": (
         "audit.audit_log", "test_audit_purge_audit_log",
         r"occurred_at < purge_audit_log\.cutoff", "true"),
+    "key range batch not topped up": (
+        "audit.audit_log", "test_audit_purge_audit_log",
+        r"IF _n < 1000 THEN", "IF false THEN"),
+    "key range wider than a batch": (
+        "audit.audit_log", "test_audit_purge_audit_log",
+        r"ELSE _last \+ 1000 END;", "ELSE _last + 1500 END;"),
     "transaction single without rollback (errors swallowed per batch)": (
         "audit.audit_log", "test_audit_purge_audit_log",
         r"(DELETE FROM audit\.audit_log\s+WHERE [^;]*;)", r"BEGIN \1 EXCEPTION WHEN OTHERS THEN NULL; END;"),

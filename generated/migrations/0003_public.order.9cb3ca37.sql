@@ -126,7 +126,8 @@ BEGIN
             EXIT;
         END IF;
         -- Select the next batch.
-        -- Keyset pagination on the primary key: each batch starts after the last key seen.
+        -- Keyset pagination on the primary key: each batch is the next 1000 matching keys
+        -- after the last key seen.
         IF _last IS NULL THEN
             _keys := ARRAY(SELECT id FROM public."order"
                            WHERE status = 'pending' AND total_amount <= bulk_approve_orders.max_amount
@@ -138,6 +139,7 @@ BEGIN
         END IF;
         EXIT WHEN cardinality(_keys) = 0;
         _last := _keys[cardinality(_keys)];
+
         _batch_started := clock_timestamp();
 
         BEGIN

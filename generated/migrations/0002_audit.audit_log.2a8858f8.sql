@@ -61,6 +61,11 @@ DECLARE
     _result specql.batch_operation_result;
     _keys bigint[];        -- primary keys of the current batch
     _last bigint;          -- keyset position: the last key of the previous batch
+    _batch_records bigint;     -- records in the current batch
+    _upto bigint;          -- a key range batch covers (_last, _upto]
+    _dense boolean := false;   -- keys come densely: take the next batch as a key range
+    _ranged boolean;           -- the current batch is a key range
+    _topped bigint;
     _n bigint;
     _batch_processed bigint;
     _batch_failed bigint;
@@ -91,29 +96,69 @@ BEGIN
 
         LOOP
             -- Select the next batch.
-            -- Keyset pagination on the primary key: each batch starts after the last key seen.
-            IF _last IS NULL THEN
-                _keys := ARRAY(SELECT id FROM audit.audit_log
-                               WHERE occurred_at < purge_audit_log.cutoff
-                               ORDER BY id LIMIT 1000);
-            ELSE
-                _keys := ARRAY(SELECT id FROM audit.audit_log
-                               WHERE id > _last AND (occurred_at < purge_audit_log.cutoff)
-                               ORDER BY id LIMIT 1000);
+            -- Keyset pagination on the primary key: each batch is the next 1000 matching keys
+            -- after the last key seen.
+            -- While the keys come densely, a batch starts as the key range (_last, _last + 1000]:
+            -- it is changed directly, without listing its keys first (the key is unique, so the
+            -- range holds at most 1000 rows), and topped up with the next matching keys
+            -- when it holds fewer. Each row is then visited once instead of twice.
+            _ranged := _dense;
+            IF NOT _ranged THEN
+                IF _last IS NULL THEN
+                    _keys := ARRAY(SELECT id FROM audit.audit_log
+                                   WHERE occurred_at < purge_audit_log.cutoff
+                                   ORDER BY id LIMIT 1000);
+                ELSE
+                    _keys := ARRAY(SELECT id FROM audit.audit_log
+                                   WHERE id > _last AND (occurred_at < purge_audit_log.cutoff)
+                                   ORDER BY id LIMIT 1000);
+                END IF;
+                EXIT WHEN cardinality(_keys) = 0;
+                _last := _keys[cardinality(_keys)];
+                _batch_records := cardinality(_keys);
+                -- Dense: a full batch whose keys span fewer than 2 x batch_size values. The next
+                -- batch then starts as the key range after it.
+                _dense := _batch_records = 1000 AND _last::numeric - _keys[1] < 2000;
             END IF;
-            EXIT WHEN cardinality(_keys) = 0;
-            _last := _keys[cardinality(_keys)];
-            _result.total_records := coalesce(_result.total_records, 0) + cardinality(_keys);
+
             _batch_started := clock_timestamp();
 
-            DELETE FROM audit.audit_log
-            WHERE id = ANY(_keys) AND (occurred_at < purge_audit_log.cutoff);
-            GET DIAGNOSTICS _n = ROW_COUNT;
+            IF _ranged THEN
+                -- The key range (_last, _upto]: at most 1000 rows, as the key is unique.
+                _upto := CASE WHEN _last > 9223372036854774807 THEN 9223372036854775807 ELSE _last + 1000 END;
+                DELETE FROM audit.audit_log
+                WHERE id > _last AND id <= _upto AND (occurred_at < purge_audit_log.cutoff);
+                GET DIAGNOSTICS _n = ROW_COUNT;
+                _batch_records := _n;
+                _last := _upto;
+                IF _n < 1000 THEN
+                    -- Fewer rows than a batch: top it up with the next matching keys, and list the keys
+                    -- again from the next batch on when the range was less than half full.
+                    _dense := _n >= 500;
+                    _keys := ARRAY(SELECT id FROM audit.audit_log
+                                   WHERE id > _upto AND (occurred_at < purge_audit_log.cutoff)
+                                   ORDER BY id LIMIT 1000 - _n);
+                    IF cardinality(_keys) > 0 THEN
+                        DELETE FROM audit.audit_log
+                        WHERE id = ANY(_keys) AND (occurred_at < purge_audit_log.cutoff);
+                        GET DIAGNOSTICS _topped = ROW_COUNT;
+                        _n := _n + _topped;
+                        _batch_records := _batch_records + cardinality(_keys);
+                        _last := _keys[cardinality(_keys)];
+                    END IF;
+                END IF;
+                EXIT WHEN _batch_records = 0;  -- past the last matching key: nothing was changed
+            ELSE
+                DELETE FROM audit.audit_log
+                WHERE id = ANY(_keys) AND (occurred_at < purge_audit_log.cutoff);
+                GET DIAGNOSTICS _n = ROW_COUNT;
+            END IF;
             _batch_processed := _n;
             _batch_failed := 0;
             _status := 'completed';
 
             -- Account for the batch.
+            _result.total_records := coalesce(_result.total_records, 0) + _batch_records;
             _result.batch_count := _result.batch_count + 1;
             _result.processed_records := _result.processed_records + _batch_processed;
             _result.failed_records := _result.failed_records + _batch_failed;

@@ -289,7 +289,8 @@ BEGIN
 
     LOOP
         -- Select the next batch.
-        -- Keyset pagination on the primary key: each batch starts after the last key seen.
+        -- Keyset pagination on the primary key: each batch is the next 200 matching keys
+        -- after the last key seen.
         IF _last IS NULL THEN
             _keys := ARRAY(SELECT id FROM public."user"
                            WHERE last_login_at < now() - CAST('1 year' AS interval) AND status = 'active' AND is_admin = FALSE
@@ -301,6 +302,7 @@ BEGIN
         END IF;
         EXIT WHEN cardinality(_keys) = 0;
         _last := _keys[cardinality(_keys)];
+
         _batch_started := clock_timestamp();
 
         BEGIN

@@ -291,7 +291,8 @@ BEGIN
 
     LOOP
         -- Select the next batch.
-        -- Keyset pagination on the primary key: each batch starts after the last key seen.
+        -- Keyset pagination on the primary key: each batch is the next 500 matching keys
+        -- after the last key seen.
         IF _last IS NULL THEN
             _keys := ARRAY(SELECT id FROM public.product
                            WHERE category_id = reprice_category.category_id
@@ -303,6 +304,7 @@ BEGIN
         END IF;
         EXIT WHEN cardinality(_keys) = 0;
         _last := _keys[cardinality(_keys)];
+
         _batch_started := clock_timestamp();
 
         BEGIN
