@@ -304,3 +304,4 @@ def test_walk_without_condition_changes_every_row_once(db):
     assert (r["status"], r["processed_records"]) == ("completed", len(keys))
     assert seen(db) == expected_batches(keys)
     assert db.execute("SELECT min(amount), max(amount) FROM ledger.entry").fetchone() == (1, 1)
+
