@@ -66,7 +66,6 @@ DECLARE
     _dense boolean := false;   -- keys come densely: take the next batch as a key range
     _ranged boolean;           -- the current batch is a key range
     _topped bigint;
-    _plan_cache_mode text := pg_catalog.current_setting('plan_cache_mode');
     _n bigint;
     _batch_processed bigint;
     _batch_failed bigint;
@@ -127,13 +126,9 @@ BEGIN
             IF _ranged THEN
                 -- The key range (_last, _upto]: at most 1000 rows, as the key is unique.
                 _upto := CASE WHEN _last > 9223372036854774807 THEN 9223372036854775807 ELSE _last + 1000 END;
-                -- With a generic plan: on a large table the range's custom plans look cheaper than the
-                -- generic one, so it would be planned again for every batch.
-                PERFORM pg_catalog.set_config('plan_cache_mode', 'force_generic_plan', true);
                 DELETE FROM audit.audit_log
                 WHERE id > _last AND id <= _upto AND (occurred_at < purge_audit_log.cutoff);
                 GET DIAGNOSTICS _n = ROW_COUNT;
-                PERFORM pg_catalog.set_config('plan_cache_mode', _plan_cache_mode, true);
                 _batch_records := _n;
                 _last := _upto;
                 IF _n < 1000 THEN
