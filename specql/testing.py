@@ -26,8 +26,10 @@ MAX_SEED_ROWS = 200_000
 POISON_TABLE = "public.specql_test_poison"
 
 
-def _seed_expression(column: dict, salt: int, values: list) -> str:
-    """SQL producing a realistic value for row number g (an integer column `g`)."""
+def _seed_expression(column: dict, salt: int, values: list, few: bool = False) -> str:
+    """SQL producing a realistic value for row number g (an integer column `g`). few: a
+    column a parameter is compared with gets few distinct values, so `col = :p` matches
+    a share of the rows rather than one."""
     t = column["type"]
     # hashtext decorrelates the columns: each condition matches about its own share of rows
     spread = f"(abs(hashtext('{salt}:' || g)) % 1000)"
@@ -57,6 +59,8 @@ def _seed_expression(column: dict, salt: int, values: list) -> str:
     if t == "jsonb":
         return "jsonb_build_object('n', g)"
     name = column["name"].lower()
+    if few:
+        return f"'{column['name'][:20].replace(chr(39), '')} ' || ({spread} % 10)"
     if "email" in name:
         return "'user' || g || '@example.com'"
     return f"'{column['name'][:20].replace(chr(39), '')} ' || g"
@@ -112,6 +116,7 @@ class Harness:
     def seed(self, n: int) -> None:
         """Append n rows with values derived from the field types."""
         columns, exprs = [], []
+        compared = {p["column"] for p in self.f["params"] if p["role"] == "compare"}
         for salt, column in enumerate(self.f["columns"]):
             if column["references"] and column["nullable"]:
                 continue  # no rows to point at; NULL keeps the foreign key satisfied
@@ -120,7 +125,8 @@ class Harness:
             elif column["primary_key"] and column["type"] not in ("uuid",):
                 expr = "'key-' || g"
             else:
-                expr = _seed_expression(column, salt, self.f["compared_values"].get(column["name"], []))
+                expr = _seed_expression(column, salt, self.f["compared_values"].get(column["name"], []),
+                                        few=column["name"] in compared and not column["unique"])
             columns.append(column["ident"])
             exprs.append(expr)
         start, stop = self.seeded + 1, self.seeded + n
