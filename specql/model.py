@@ -15,6 +15,7 @@ from typing import Any
 from . import sqlfragment as sf
 from .diagnostics import Diagnostic, SpecError, did_you_mean
 from .loader import Document
+from .reserved import routine_locals
 from .sqlnames import MAX_IDENTIFIER_BYTES, SQL_TYPES, literal, qi, qname
 from .validate import schema_check
 
@@ -23,13 +24,8 @@ DEFAULT_BATCH_SIZE = 1000
 RESULT_FIELDS = ("operation_id", "operation", "status", "total_records", "processed_records",
                  "failed_records", "error_count", "batch_count", "started_at", "completed_at")
 
-# Local variable names of generated routines; a target column of the same name would be
-# read instead of the variable under `#variable_conflict use_column`, so it is refused.
-ROUTINE_LOCALS = frozenset("""
-    _result _keys _key _lo _hi _n _total _last _batch _batch_started _batch_processed
-    _batch_failed _status _timeout _deadline _heartbeat_at _notified _pos _rec _message
-    _search_path _batch_ms _max_batch_ms _sum_batch_ms _stop _sqlstate _errmsg _payload
-""".split())
+MAX_COLUMNS = 1600  # PostgreSQL's limit of columns in a table
+MAX_CHANNELS = 32  # notification channels travel in a NOTIFY payload, which must stay under 8000 bytes
 
 SQL_KEYWORD_VALUES = frozenset("""
     current_timestamp current_date current_time localtimestamp localtime current_user
@@ -136,6 +132,9 @@ class Operation:
     count_sql: str | None = None
     param_roles: dict[str, tuple[str, str | None]] = field(default_factory=dict)  # name -> (role, column)
     compared_values: dict[str, list] = field(default_factory=dict)
+    # Functions its SQL calls, with where they are written ("file:line:col"): `specql test run`
+    # reports one the database lacks before any test fails on it.
+    functions: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def ident(self) -> str:
@@ -192,6 +191,20 @@ class Operation:
     def logs_batches(self) -> bool:
         return self.progress_tracking or self.logging_level == "detailed"
 
+    @property
+    def conflict_updates(self) -> list[Assignment]:
+        """An upsert's assignments to columns outside the conflict target: what DO UPDATE sets."""
+        return [a for a in self.assignments if a.column not in self.conflict_columns]
+
+    @property
+    def partial_updates(self) -> list[Assignment]:
+        """An upsert's updated columns read from a record field: a record may leave the field out,
+        and the existing row then keeps its value (the routine groups each batch's records by
+        the fields they carry)."""
+        if self.operation_type != "upsert":
+            return []
+        return [a for a in self.conflict_updates if a.kind == "record"]
+
 
 @dataclass
 class Entity:
@@ -226,31 +239,67 @@ class Project:
 # --------------------------------------------------------------------------- helpers
 
 
+# Microseconds in each unit up to a day; days and months are PostgreSQL's separate interval fields.
+_MICROS = {"microsecond": 1, "millisecond": 10**3, "second": 10**6, "minute": 60 * 10**6, "hour": 3600 * 10**6}
+_DAYS = {"day": 1, "week": 7}
+_MONTHS = {"month": 1, "year": 12}
+# Beyond these an interval fails to apply, or overflows when added to a timestamp; a century
+# is longer than any batch operation needs to wait.
+MAX_INTERVAL_DAYS = 36525
+
+
 def parse_interval(text: str) -> str | None:
-    """Normalise '30 minutes' / '1h 30m' to PostgreSQL interval text; None if invalid."""
-    if not _INTERVAL.match(text):
+    """Normalise '30 minutes' / '1h 30m' to PostgreSQL interval text; None if invalid.
+
+    A duration beyond a century (MAX_INTERVAL_DAYS) is invalid too: PostgreSQL would refuse
+    some of them outright ("9999999999999 hours" overflows its microseconds field) and the
+    rest would make `started_at + timeout` overflow at call time.
+    """
+    if len(text) > 200 or not _INTERVAL.match(text):
         return None
     parts = []
     total = 0.0
+    days = 0.0
     for amount, unit in _INTERVAL_PART.findall(text):
         unit = unit.lower()
         unit = _UNIT_ALIASES.get(unit, unit.rstrip("s") if unit.endswith("s") and unit != "s" else unit)
         if unit not in _INTERVAL_UNITS:
             return None
         total += float(amount)
+        days += float(amount) * (_MICROS.get(unit, 0) / (86400 * 10**6) + _DAYS.get(unit, 0)
+                                 + _MONTHS.get(unit, 0) * 31)
         parts.append(f"{amount} {unit}{'' if amount == '1' else 's'}")
-    if total <= 0:
+    if total <= 0 or days > MAX_INTERVAL_DAYS:
         return None
     return " ".join(parts)
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """A value as a diagnostic quotes it: on one line, control characters escaped, cut short."""
+    text = value if isinstance(value, str) else str(value)
+    escaped = text.encode("unicode_escape").decode("ascii") if not text.isprintable() else text
+    cut = escaped if len(escaped) <= limit else escaped[:limit] + "…"
+    return repr(cut) if isinstance(value, str) else cut
+
+
+def display_name(text: str) -> str:
+    """A file name as generated SQL comments and Python docstrings carry it: every character
+    that could end a comment line or a string (control characters, quotes, backslashes) is
+    written as a \\x / \\u escape, so a hostile file name stays text."""
+    return "".join(c if c.isprintable() and c not in '\\"' else
+                   (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}" if ord(c) < 0x10000
+                    else f"\\U{ord(c):08x}") for c in text)
 
 
 def _check_identifier(doc: Document, path: tuple, name: str, what: str, problems: list, *, key=False) -> None:
     if not name:
         problems.append(doc.diag(path, f"{what} must not be empty", key=key))
     if len(name.encode("utf-8")) > MAX_IDENTIFIER_BYTES:
-        problems.append(doc.diag(path, f"{what} '{name}' is longer than {MAX_IDENTIFIER_BYTES} bytes", key=key))
+        problems.append(doc.diag(path, f"{what} {_shown(name, 80)} is longer than {MAX_IDENTIFIER_BYTES} bytes", key=key))
     if "\x00" in name:
         problems.append(doc.diag(path, f"{what} contains a NUL character", key=key))
+    if what == "schema name" and name.lower().startswith("pg_"):
+        problems.append(doc.diag(path, f"schema names starting with 'pg_' are reserved by PostgreSQL", key=key))
 
 
 def _literal_sql(value: Any, column: Column) -> str | None:
@@ -317,6 +366,8 @@ class _OperationBuilder:
         self.first_site: dict[str, tuple[tuple, int | None]] = {}
         self.bad_declarations: set[str] = set()
         self.compared: dict[str, set] = {}
+        self.relations: dict[str, tuple[tuple, int | None]] = {}  # tables and aliases named in SQL
+        self.functions: list[tuple[str, tuple, int | None]] = []  # (function name, path, offset)
 
     def error(self, path: tuple, message: str, *, key=False, offset=None) -> None:
         self.problems.append(self.doc.diag(path, message, key=key, offset=offset))
@@ -352,12 +403,22 @@ class _OperationBuilder:
     # -- values
 
     def record_sql(self, field_name: str, column: Column) -> str:
+        """A data_source field as the column's type. A record that leaves the field out gets
+        the column's default when the entity declares one (an explicit JSON null stays NULL):
+        an INSERT ... SELECT cannot say DEFAULT per row, so the default is written here."""
         key = literal(field_name)
         if column.type == "jsonb":
-            return f"(_rec -> {key})"
-        if column.sql_type == "text":
-            return f"(_rec ->> {key})"
-        return f"(_rec ->> {key})::{column.sql_type}"
+            value = f"(_rec -> {key})"
+        elif column.sql_type == "text":
+            value = f"(_rec ->> {key})"
+        else:
+            value = f"(_rec ->> {key})::{column.sql_type}"
+        default = column.default_sql
+        if default is None and column.primary_key and column.type == "uuid" and self.target.manage_table:
+            default = "gen_random_uuid()"  # what the table specql creates defaults its key to
+        if default is None:
+            return value
+        return f"CASE WHEN _rec ? {key} THEN {value} ELSE {default} END"
 
     def assignment(self, raw: Any, column: Column, path: tuple) -> Assignment | None:
         """The value written to `column`, remembering whether it reads an argument or a record field."""
@@ -414,11 +475,29 @@ class _OperationBuilder:
             return None
         for op, offset in frag.bad_operators:
             self.error(path, f"unknown operator '{op}' (did you mean '='?)", offset=offset)
+        self.note_names(frag, path)
         names = {ph.number: ph.name for ph in frag.placeholders}
         for name, offset, number in frag.bad_casts:
             self.error(path, f"unknown type '{name}' in the cast of :{names.get(number, '?')}"
                              f"{did_you_mean(name, sf.KNOWN_TYPES)}", offset=offset)
         return None if frag.bad_operators or frag.bad_casts else frag
+
+    def note_names(self, frag: sf.Fragment, path: tuple) -> None:
+        """Remember the relations (which could capture parameter references) and the functions
+        (which `specql test run` checks exist) that a fragment names, subqueries included."""
+        for node in _walk_all(frag.expr):
+            if isinstance(node, sf.ast.RangeVar):
+                self.relations.setdefault(node.relname, (path, None))
+                if node.alias is not None:
+                    self.relations.setdefault(node.alias.aliasname, (path, None))
+            elif isinstance(node, sf.ast.RangeSubselect) and node.alias is not None:
+                self.relations.setdefault(node.alias.aliasname, (path, None))
+            elif isinstance(node, sf.ast.CommonTableExpr):
+                self.relations.setdefault(node.ctename, (path, None))
+            elif isinstance(node, sf.ast.FuncCall):
+                name = ".".join(n.sval for n in node.funcname)
+                found = frag.text.lower().find(node.funcname[-1].sval.lower())
+                self.functions.append((name, path, found if found >= 0 else None))
 
     def check_columns(self, frag: sf.Fragment, path: tuple) -> None:
         cols = self.target.columns
@@ -639,10 +718,7 @@ class _OperationBuilder:
             key_param = None  # declared with another type: walk by condition instead
             driver = "keyset"
 
-        for column in self.target.columns.values():
-            if column.name in ROUTINE_LOCALS:
-                self.error(at("operation"), f"column '{column.name}' of {self.target.name} has the name of a "
-                                            f"variable of the generated routine; rename the column")
+        self.check_names_not_captured()
 
         transaction = spec.get("transaction", "per_batch")
         error_handling = spec.get("error_handling", "stop_on_error")
@@ -652,17 +728,8 @@ class _OperationBuilder:
         if "max_errors" in spec and error_handling == "stop_on_error":
             self.warn(at("max_errors"), "max_errors has no effect with error_handling: stop_on_error", key=True)
 
-        timeout = heartbeat = None
-        if "timeout" in spec:
-            timeout = parse_interval(spec["timeout"])
-            if timeout is None:
-                self.error(at("timeout"), f"timeout '{spec['timeout']}' is not a positive duration "
-                                          f"such as \"30 minutes\"")
-        if "heartbeat_interval" in spec:
-            heartbeat = parse_interval(spec["heartbeat_interval"])
-            if heartbeat is None:
-                self.error(at("heartbeat_interval"), f"heartbeat_interval '{spec['heartbeat_interval']}' is "
-                                                     f"not a positive duration such as \"10 seconds\"")
+        timeout = self.duration("timeout", "30 minutes")
+        heartbeat = self.duration("heartbeat_interval", "10 seconds")
 
         logging_level = spec.get("logging_level", "summary")
         progress_tracking = spec.get("progress_tracking", False)
@@ -677,6 +744,13 @@ class _OperationBuilder:
 
         notify = spec.get("notify_on_completion", False)
         channels = spec.get("notification_channels") or []
+        if len(channels) > MAX_CHANNELS:
+            self.error(at("notification_channels"), f"{len(channels)} notification channels: at most "
+                                                    f"{MAX_CHANNELS} fit in a notification")
+        for i, channel in enumerate(channels):
+            if len(channel.encode("utf-8")) > MAX_IDENTIFIER_BYTES:
+                self.error(at("notification_channels", i), f"notification channel {_shown(channel)} is longer "
+                                                           f"than {MAX_IDENTIFIER_BYTES} bytes")
         if (channels or "notification_message" in spec) and not notify:
             key = "notification_channels" if channels else "notification_message"
             self.warn(at(key), f"'{key}' has no effect without notify_on_completion: true", key=True)
@@ -709,11 +783,51 @@ class _OperationBuilder:
             progress_interval=spec.get("progress_notification_interval"), heartbeat_interval=heartbeat,
             logging_level=logging_level, log_table=log_table, metrics_table=metrics_table,
             collect_metrics=spec.get("collect_metrics", False), notify=notify, channels=list(channels),
-            message_parts=message_parts, source_path=self.doc.path, source_name=self.doc.source or self.doc.path,
+            message_parts=message_parts, source_path=self.doc.path, source_name=display_name(self.doc.source or self.doc.path),
             count_sql=count_sql,
             param_roles={p.name: self.roles.get(p.name, ("other", None)) for p in params},
             compared_values={k: sorted(v, key=str) for k, v in sorted(self.compared.items())},
+            functions=[(name, self.location(path, offset)) for name, path, offset in self.functions],
         )
+
+    def location(self, path: tuple, offset: int | None) -> str:
+        d = self.doc.diag(path, "", offset=offset)
+        return f"{d.path}:{d.line}:{d.col}"
+
+    def check_names_not_captured(self) -> None:
+        """Refuse names that PostgreSQL would resolve to something other than what specql means.
+
+        Under `#variable_conflict use_column` a column named like a routine variable is read
+        instead of the variable; and a parameter is referenced as `operation.param`, which a
+        table (or alias) of the same name as the operation would capture: `item.status` in an
+        operation `item` on table `item` reads the column and makes the condition always true.
+        """
+        reserved = routine_locals()
+        for column in self.target.columns.values():
+            if column.name in reserved:
+                self.error(self.at("operation"), f"column '{column.name}' of {self.target.name} has the name of "
+                                                 f"a variable of the generated routine; rename the column")
+        if self.name in reserved or self.name.lower() == "excluded":
+            self.error(self.at("operation"), f"operation name '{self.name}' is a name the generated routine "
+                                             f"uses itself; choose another")
+        relations = {self.target.table: (self.at("operation"), None)}
+        relations.update(self.relations)
+        if self.name in relations:
+            site, offset = relations[self.name]
+            where = ("the table it operates on" if site == self.at("operation") and offset is None
+                     else "a table or alias this operation's SQL names")
+            self.error(self.at("operation"), f"operation name '{self.name}' is also {where}; its parameters "
+                                             f"(written {qi(self.name)}.param in the routine) would read that "
+                                             f"table's columns instead: rename the operation")
+
+    def duration(self, key: str, example: str) -> str | None:
+        if key not in self.spec:
+            return None
+        normalised = parse_interval(self.spec[key])
+        if normalised is None:
+            self.error(self.at(key), f"{key} {_shown(self.spec[key])} is not a positive duration of at most "
+                                     f"100 years, such as \"{example}\"")
+        return normalised
 
     def key_driver(self, frag: sf.Fragment) -> sf.Placeholder | None:
         """The `pk = ANY(:ids)` conjunct that lets the routine slice an id array."""
@@ -766,6 +880,18 @@ class _OperationBuilder:
         return ident
 
 
+def _walk_all(node):
+    """Every node under `node`, inside subqueries too."""
+    todo = [node]
+    while todo:
+        cur = todo.pop()
+        if isinstance(cur, tuple):
+            todo.extend(cur)
+        elif isinstance(cur, sf.ast.Node):
+            yield cur
+            todo.extend(getattr(cur, name) for name in cur)
+
+
 def _mentions_param(node, number: int) -> bool:
     return any(isinstance(n, sf.ast.ParamRef) and n.number == number for n in sf._walk(node))
 
@@ -789,6 +915,9 @@ def _build_entity(doc: Document, problems: list[Diagnostic]) -> Entity | None:
     if schema == "specql":
         problems.append(doc.diag(("schema",), "schema 'specql' is reserved for specql's runtime tables"))
     columns: dict[str, Column] = {}
+    if len(data["fields"]) > MAX_COLUMNS:
+        problems.append(doc.diag(("fields",), f"{len(data['fields'])} fields: PostgreSQL allows at most "
+                                              f"{MAX_COLUMNS} columns in a table", key=True))
     for fname, fspec in data["fields"].items():
         fpath = ("fields", fname)
         _check_identifier(doc, fpath, fname, "field name", problems, key=True)
@@ -812,7 +941,7 @@ def _build_entity(doc: Document, problems: list[Diagnostic]) -> Entity | None:
         return None
     return Entity(name=name, schema=schema, table=table, primary_key=pk, columns=columns,
                   manage_table=data.get("manage_table", True), description=data.get("description"),
-                  source_path=doc.path, source_name=doc.source or doc.path)
+                  source_path=doc.path, source_name=display_name(doc.source or doc.path))
 
 
 def _resolve_field_details(doc: Document, entity: Entity, registry: dict[str, Entity],
