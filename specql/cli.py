@@ -106,15 +106,18 @@ def generate(paths: tuple[str, ...], out_dir: str, check: bool) -> None:
 
     `specql generate tests PATH...` writes pytest modules for each operation instead.
     """
+    from . import generate as pipeline
+
     paths_list = list(paths)
-    if paths_list and paths_list[0] == "tests" and len(paths_list) > 1:
+    tests = bool(paths_list and paths_list[0] == "tests" and len(paths_list) > 1)
+    sources = paths_list[1:] if tests else paths_list
+    project = pipeline.load_project(sources)
+    if tests:
         from .testgen import generate_tests
 
-        result = generate_tests(paths_list[1:], out_dir, check=check)
+        result = generate_tests(project, out_dir, check=check)
     else:
-        from .generate import generate as run
-
-        result = run(paths_list, out_dir, check=check)
+        result = pipeline.generate(project, out_dir, check=check)
     _report(result.warnings)
     if check:
         if result.stale:
@@ -124,8 +127,12 @@ def generate(paths: tuple[str, ...], out_dir: str, check: bool) -> None:
             sys.exit(1)
         click.echo(f"{out_dir} is up to date ({len(result.files)} files)")
         return
-    for path in result.written:
+    for path in result.changed:
         click.echo(f"wrote {path}")
+    for path in result.removed:
+        click.echo(f"removed {path} (not generated any more)")
+    unchanged = len(result.written) - len(result.changed)
+    click.echo(f"{len(result.changed)} written, {len(result.removed)} removed, {unchanged} unchanged")
 
 
 @main.group()
@@ -151,7 +158,7 @@ def test_run(paths: tuple[str, ...], database_url: str | None, junit_xml: str | 
     project = load_project(list(paths))  # invalid specs fail here, with their diagnostics
     _report(project.warnings)
     try:
-        code = run(list(paths), database_url=resolve_database_url(database_url), junit_xml=junit_xml,
+        code = run(project, database_url=resolve_database_url(database_url), junit_xml=junit_xml,
                    keyword=keyword, echo=click.echo, verbose=verbose)
     except DatabaseError as exc:
         click.echo(f"specql: {exc}", err=True)

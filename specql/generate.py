@@ -1,9 +1,12 @@
-"""The pipeline, top to bottom: load -> validate -> model -> plan -> write."""
+"""The pipeline, top to bottom: load -> validate -> model -> plan -> write.
+
+A project is loaded (and validated) once; `generate`, `generate_tests` and `specql test run`
+all take the loaded Project, so one command never parses or validates a file twice. They
+still accept a list of paths for callers that have not loaded one (tests, bench/).
+"""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,16 +14,25 @@ from .diagnostics import Diagnostic, SpecError
 from .loader import collect_files, load_file, source_names
 from .model import Project, build_project
 from .plan import PlannedFile, plan
+from .writer import FolderResult, sync
 
 MIGRATIONS = "migrations"
+MIGRATION_PATTERNS = ("*.sql",)  # every .sql file in migrations/ is ours (see writer.py)
 
 
 @dataclass
 class GenerateResult:
     files: list[PlannedFile]
     warnings: list[Diagnostic] = field(default_factory=list)
-    written: list[Path] = field(default_factory=list)
-    stale: list[str] = field(default_factory=list)  # with check=True: what differs
+    written: list[Path] = field(default_factory=list)  # every planned file's path
+    changed: list[Path] = field(default_factory=list)  # files whose bytes were written now
+    removed: list[Path] = field(default_factory=list)  # orphans removed
+    stale: list[str] = field(default_factory=list)  # with check=True: what differs, is missing or orphaned
+
+    @classmethod
+    def of(cls, files: list[PlannedFile], warnings: list[Diagnostic], folder: FolderResult) -> "GenerateResult":
+        return cls(files=files, warnings=warnings, written=folder.written, changed=folder.changed,
+                   removed=folder.removed, stale=folder.problems())
 
 
 def load_project(paths: list[str]) -> Project:
@@ -43,6 +55,13 @@ def load_project(paths: list[str]) -> Project:
     return project
 
 
+def as_project(project_or_paths: Project | list[str]) -> Project:
+    """The loaded project: given one, itself; given paths, loaded from them."""
+    if isinstance(project_or_paths, Project):
+        return project_or_paths
+    return load_project(list(project_or_paths))
+
+
 def display_path(path: Path) -> str:
     """The path as people read it: relative to the working folder when inside it, with '/'."""
     resolved = path.resolve()
@@ -52,34 +71,11 @@ def display_path(path: Path) -> str:
         return resolved.as_posix()
 
 
-def generate(paths: list[str], out_dir: str | Path, *, check: bool = False) -> GenerateResult:
+def generate(project: Project | list[str], out_dir: str | Path, *, check: bool = False) -> GenerateResult:
     """Generate migrations into out_dir/migrations. With check, write nothing and report staleness."""
-    project = load_project(paths)
+    project = as_project(project)
     planned = plan(project)
-    result = GenerateResult(files=planned, warnings=project.warnings)
-    target = Path(out_dir) / MIGRATIONS
-    wanted = {f.name: f.content for f in planned}
-    existing = {p.name: p for p in target.glob("*.sql")} if target.is_dir() else {}
-    if check:
-        for name, content in wanted.items():
-            if name not in existing or existing[name].read_text("utf-8") != content:
-                result.stale.append(name)
-        result.stale.extend(f"{name} (not generated any more)" for name in existing if name not in wanted)
-        return result
-    target.mkdir(parents=True, exist_ok=True)
-    for name, content in wanted.items():
-        path = target / name
-        if not path.exists() or path.read_text("utf-8") != content:
-            _write_atomic(path, content)
-        result.written.append(path)
-    for name, path in existing.items():
-        if name not in wanted:
-            path.unlink()  # a spec change renamed it; the old name is in the ledger if applied
-    return result
+    folder = sync(Path(out_dir) / MIGRATIONS, {f.name: f.content for f in planned}, MIGRATION_PATTERNS,
+                  check=check)
+    return GenerateResult.of(planned, project.warnings, folder)
 
-
-def _write_atomic(path: Path, content: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".specql-", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-        fh.write(content)
-    os.replace(tmp, path)

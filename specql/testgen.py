@@ -1,4 +1,8 @@
-"""`specql generate tests`: one pytest module per operation, from templates/tests."""
+"""`specql generate tests`: one pytest module per operation, from templates/tests.
+
+The modules go through the same writer as the migrations (writer.py): a module whose
+operation was renamed or removed is an orphan, removed on write and reported by --check.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,15 @@ import pprint
 import re
 from pathlib import Path
 
-from .generate import GenerateResult, _write_atomic, load_project
-from .model import Operation
+from .generate import GenerateResult, as_project
+from .model import Operation, Project
 from .plan import PlannedFile
 from .render import environment
 from .sqlnames import qi
+from .writer import sync
 
 TESTS = "tests"
+TEST_PATTERNS = ("test_*.py",)  # the only names testgen writes into tests/
 
 
 def facts(op: Operation) -> dict:
@@ -77,21 +83,14 @@ def render_tests(op: Operation) -> str:
     return template.render(op=op, facts=text)
 
 
-def generate_tests(paths: list[str], out_dir: str | Path, *, check: bool = False) -> GenerateResult:
-    project = load_project(paths)
-    files = [PlannedFile(module_name(op), render_tests(op)) for e in project.entities for op in e.operations]
-    result = GenerateResult(files=files, warnings=project.warnings)
-    target = Path(out_dir) / TESTS
-    existing = {p.name: p for p in target.glob("test_*.py")} if target.is_dir() else {}
-    if check:
-        for f in files:
-            if f.name not in existing or existing[f.name].read_text("utf-8") != f.content:
-                result.stale.append(f.name)
-        return result
-    target.mkdir(parents=True, exist_ok=True)
-    for f in files:
-        path = target / f.name
-        if not path.exists() or path.read_text("utf-8") != f.content:
-            _write_atomic(path, f.content)
-        result.written.append(path)
-    return result
+def plan_tests(project: Project) -> list[PlannedFile]:
+    """One module per operation, in entity then declaration order."""
+    return [PlannedFile(module_name(op), render_tests(op)) for e in project.entities for op in e.operations]
+
+
+def generate_tests(project: Project | list[str], out_dir: str | Path, *, check: bool = False) -> GenerateResult:
+    """Write out_dir/tests/test_*.py (removing orphans). With check, write nothing and report."""
+    project = as_project(project)
+    files = plan_tests(project)
+    folder = sync(Path(out_dir) / TESTS, {f.name: f.content for f in files}, TEST_PATTERNS, check=check)
+    return GenerateResult.of(files, project.warnings, folder)

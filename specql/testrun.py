@@ -1,4 +1,8 @@
-"""`specql test run`: generate, apply to a throwaway database, lint, run the generated tests."""
+"""`specql test run`: generate, apply to a throwaway database, lint, run the generated tests.
+
+It takes the project the command line already loaded and validated: the migrations and
+the tests are generated from that one load.
+"""
 
 from __future__ import annotations
 
@@ -16,8 +20,9 @@ from typing import Callable
 from psycopg.conninfo import conninfo_to_dict
 
 from . import database, lint
-from .generate import generate
+from .generate import as_project, generate
 from .migrate import migrate
+from .model import Project
 from .testgen import generate_tests
 
 TEMPLATE_ENV = "SPECQL_TEMPLATE_DATABASE"
@@ -54,14 +59,15 @@ def summarize(junit: Path) -> list[OperationSummary]:
     return sorted(by_module.values(), key=lambda s: s.module)
 
 
-def run(paths: list[str], *, database_url: str | None, junit_xml: str | None, keyword: str | None,
+def run(project: Project | list[str], *, database_url: str | None, junit_xml: str | None, keyword: str | None,
         echo: Callable[[str], None], verbose: bool = False) -> int:
     """Returns the exit code: 0 all passed, 1 a failure (tests, lint or migrations)."""
     started = time.monotonic()
+    project = as_project(project)
     with tempfile.TemporaryDirectory(prefix="specql-test-") as tmp:
         out = Path(tmp)
-        generate(paths, out)
-        tests = generate_tests(paths, out)
+        generate(project, out)
+        tests = generate_tests(project, out)
         echo(f"generated {len(tests.files)} test modules")
         with database.server_url(database_url) as server:
             with database.throwaway_database(server, prefix="specql_run") as url:

@@ -45,3 +45,53 @@ def test_a_spec_change_renames_only_its_file(tmp_path, monkeypatch):
     changed = before ^ after
     assert len(changed) == 2 and all("public.user." in name for name in changed)
     assert sorted(p.name for p in (tmp_path / "out" / "migrations").iterdir()) == sorted(after)
+
+
+def cli(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+# ------------------------------------------------------------------ orphans
+
+GADGET = """\
+name: gadget
+fields: {id: uuid, state: string}
+patterns:
+  - name: batch_operations
+    operation: close_gadgets
+    operation_type: update
+    update_data: {state: closed}
+    where_condition: "state = 'open'"
+"""
+
+
+def test_renaming_an_operation_removes_its_old_test_module(tmp_path):
+    (tmp_path / "e").mkdir()
+    spec = tmp_path / "e" / "gadget.yaml"
+    spec.write_text(GADGET)
+    out = tmp_path / "out"
+    assert cli("generate", "tests", str(spec), "-o", str(out)).exit_code == 0
+    assert (out / "tests" / "test_public_close_gadgets.py").exists()
+    (out / "tests" / "conftest.py").write_text("# the user's\n")
+    (out / "tests" / "notes.md").write_text("the user's\n")
+
+    spec.write_text(GADGET.replace("close_gadgets", "shut_gadgets"))
+    check = cli("generate", "tests", str(spec), "-o", str(out), "--check")
+    assert check.exit_code == 1
+    assert "stale: test_public_close_gadgets.py (not generated any more)" in check.output
+    result = cli("generate", "tests", str(spec), "-o", str(out))
+    assert result.exit_code == 0, result.output
+    assert "removed " in result.output
+    assert sorted(p.name for p in (out / "tests").iterdir()) == ["conftest.py", "notes.md",
+                                                                  "test_public_shut_gadgets.py"]
+    assert cli("generate", "tests", str(spec), "-o", str(out), "--check").exit_code == 0
+
+
+def test_an_unchanged_file_is_not_rewritten(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "out"
+    assert cli("generate", "entities/", "-o", str(out)).exit_code == 0
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "migrations").iterdir()}
+    again = cli("generate", "entities/", "-o", str(out))
+    assert "wrote" not in again.output and f"0 written, 0 removed, {len(stamps)} unchanged" in again.output
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "migrations").iterdir()} == stamps
