@@ -76,3 +76,26 @@ def test_unreachable_server_is_one_line(tmp_path):
     assert result.exit_code == 1
     errors = [line for line in result.output.splitlines() if "cannot connect" in line]
     assert len(errors) == 1 and "Traceback" not in result.output
+
+
+def test_the_project_is_loaded_once(monkeypatch):
+    # `specql test run` used to load and validate every entity file three times (the
+    # command, generate, generate tests); the pipeline now takes the loaded project.
+    import specql.database
+    import specql.generate
+
+    loaded: list[str] = []
+    real = specql.generate.load_file
+
+    def counting(path, *args, **kwargs):
+        loaded.append(Path(path).name)
+        return real(path, *args, **kwargs)
+
+    def no_server(url):
+        raise specql.database.DatabaseError("no server in this test")
+
+    monkeypatch.setattr(specql.generate, "load_file", counting)
+    monkeypatch.setattr(specql.database, "server_url", no_server)
+    result = CliRunner().invoke(main, ["test", "run", str(ROOT / "entities")])
+    assert sorted(loaded) == sorted(p.name for p in (ROOT / "entities").glob("*.yaml"))
+    assert result.exit_code == 1 and "no server in this test" in result.output
