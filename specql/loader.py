@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from . import yamlbounds
 from .diagnostics import Diagnostic, SpecError
 
 PathKey = tuple  # e.g. ("patterns", 0, "where_condition")
@@ -122,7 +123,7 @@ class _Builder:
                 if not isinstance(key_node, yaml.ScalarNode):
                     self._problem(key_node, "mapping keys must be plain strings")
                     continue
-                key = self.scalars.construct_object(key_node)
+                key = self.scalar(key_node)
                 if not isinstance(key, str):
                     key = str(key) if not isinstance(key, bool) else key_node.value
                 if key in result:
@@ -133,9 +134,36 @@ class _Builder:
             return result
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, path + (i,), node.start_mark.column) for i, item in enumerate(node.value)]
+        return self.scalar(node)
+
+    def scalar(self, node: yaml.Node) -> Any:
+        """The value of a scalar node; a value its tag cannot hold, or a NUL, is a located problem."""
         if node.tag == "tag:yaml.org,2002:timestamp":
-            return node.value  # dates stay text as written: PostgreSQL reads them, not Python
-        return self.scalars.construct_object(node)
+            value = node.value  # dates stay text as written: PostgreSQL reads them, not Python
+        else:
+            try:
+                value = self.scalars.construct_object(node)
+            except yaml.constructor.ConstructorError as exc:
+                self._problem(node, f"invalid YAML value: {exc.problem}")
+                return node.value
+            except (ValueError, TypeError, LookupError, OverflowError, ArithmeticError) as exc:
+                self._problem(node, f"invalid YAML value: {node.tag.rsplit(':', 1)[-1]} {node.value!r} ({exc})")
+                return node.value
+        if isinstance(value, str) and "\0" in value:
+            self._nul_problem(node, value)
+        elif isinstance(value, (bytes, bytearray)):
+            self._problem(node, "invalid YAML value: binary data (!!binary) is not supported; write text")
+            return node.value
+        return value
+
+    def _nul_problem(self, node: yaml.Node, value: str) -> None:
+        mark = self._mark(node)
+        positions = scalar_positions(self.doc.text, mark)
+        index = positions[value.index("\0")] if len(positions) == len(value) else mark.start
+        line = self.doc.text.count("\n", 0, index)
+        col = index - (self.doc.text.rfind("\n", 0, index) + 1)
+        self.problems.append(Diagnostic(self.doc.path, line + 1, col + 1, "a NUL character (\\0) is not "
+                                        "allowed; PostgreSQL text cannot hold it"))
 
     def _problem(self, node: yaml.Node, message: str) -> None:
         mark = self._mark(node)
@@ -146,9 +174,16 @@ def load_text(text: str, path: str) -> Document:
     """Parse one YAML document; raises SpecError with located problems."""
     doc = Document(path=path, data=None, text=text)
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yamlbounds.compose(text)
+    except yamlbounds.LimitError as exc:
+        mark = exc.problem_mark
+        raise SpecError([Diagnostic(path, mark.line + 1, mark.column + 1, exc.problem)]) from None
     except yaml.MarkedYAMLError as exc:
         raise SpecError([_yaml_error(exc, text, path)]) from None
+    except yaml.reader.ReaderError as exc:
+        line, col = _line_col(text, exc.position)
+        what = f"unacceptable character #x{exc.character:04X}" if isinstance(exc.character, int) else "bad input"
+        raise SpecError([Diagnostic(path, line, col, f"invalid YAML: {what}: {exc.reason}")]) from None
     except yaml.YAMLError as exc:
         raise SpecError([Diagnostic(path, 1, 1, f"invalid YAML: {exc}")]) from None
     if node is None:
@@ -163,6 +198,12 @@ def load_text(text: str, path: str) -> Document:
     if problems:
         raise SpecError(problems)
     return doc
+
+
+def _line_col(text: str, index: int) -> tuple[int, int]:
+    """1-based (line, col) of character `index` of `text`."""
+    index = max(0, min(index, len(text)))
+    return text.count("\n", 0, index) + 1, index - (text.rfind("\n", 0, index) + 1) + 1
 
 
 def _yaml_error(exc: yaml.MarkedYAMLError, text: str, path: str) -> Diagnostic:

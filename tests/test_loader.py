@@ -6,6 +6,8 @@ YAML text of the test.
 
 from __future__ import annotations
 
+import re
+import time
 from pathlib import Path
 
 import pytest
@@ -316,3 +318,112 @@ def test_collect_files_reports_missing_and_empty(tmp_path: Path):
         (str(tmp_path / "missing.yaml"), "no such file or folder"),
         (str(empty), "no *.yaml or *.yml files in this folder"),
     ]
+
+
+# ----------------------------------------------------------------------------- hostile files (issue 8)
+
+
+def load_errors(text: str) -> list[str]:
+    with pytest.raises(SpecError) as exc:
+        load_text(text, "f.yaml")
+    return [d.format() for d in exc.value.diagnostics]
+
+
+def alias_bomb(levels: int) -> str:
+    """A 'billion laughs' file: each level is a list of nine aliases of the level below."""
+    lines = ['  a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for i in range(1, levels):
+        lines.append(f"  a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]")
+    return "name: x\nfields: {id: integer}\nbomb:\n" + "\n".join(lines) + "\n"
+
+
+def test_alias_bomb_is_refused_quickly_at_the_value_that_explodes():
+    text = alias_bomb(9)  # 9^9 = 387 million values from about 500 bytes
+    assert len(text) < 1000
+    started = time.perf_counter()
+    errors = load_errors(text)
+    elapsed = time.perf_counter() - started
+    assert elapsed < 2, f"took {elapsed:.1f} s"  # a correctness bound: today it never finishes
+    # a5 (line 9, its anchor at col 7) is 9^6 = 531,441 values: the first over 100,000 + the file size.
+    assert errors == ["f.yaml:9:7: error: this value expands, through its aliases, to more than "
+                      f"{100_000 + len(text):,} values; write it out or use fewer aliases"]
+
+
+def test_a_few_aliases_are_fine():
+    text = ("name: x\nfields: {id: integer}\ndefaults: &d {batch_size: 10, timeout: 1 minute}\n"
+            "copies: [*d, *d, *d]\n")
+    doc = load_text(text, "f.yaml")
+    assert doc.data["copies"] == [{"batch_size": 10, "timeout": "1 minute"}] * 3
+    assert lc(doc.mark(("copies", 2, "batch_size"))) == (3, 27)  # an alias points at its anchor
+
+
+def test_self_referencing_alias_is_a_located_error():
+    assert load_errors("name: x\nfields: {id: integer}\na: &x [1, *x]\n") == [
+        "f.yaml:3:11: error: the alias *x is used inside the value it names (a recursive structure)"]
+    assert load_errors("name: x\nm: &m\n  k: *m\n") == [
+        "f.yaml:3:6: error: the alias *m is used inside the value it names (a recursive structure)"]
+
+
+@pytest.mark.parametrize("deep", [
+    "deep: " + "[" * 1500 + "]" * 1500,
+    "deep:\n" + "".join("  " * i + f"k{i}:\n" for i in range(1, 1200)) + "  " * 1200 + "end: 1",
+    "deep: " + "{a: " * 1000 + "1" + "}" * 1000,
+])
+def test_values_nested_too_deep_are_a_located_error(deep):
+    errors = load_errors("name: x\nfields: {id: integer}\n" + deep + "\n")
+    assert len(errors) == 1
+    assert re.fullmatch(r"f\.yaml:\d+:\d+: error: values are nested more than 64 levels deep", errors[0])
+
+
+def test_nesting_through_aliases_is_bounded_too():
+    # Each level is shallow, but each alias puts the previous one 60 levels deeper.
+    lines = ["a0: &a0 " + "[" * 60 + "]" * 60]
+    lines += [f"a{i}: &a{i} " + "[" * 60 + f"*a{i - 1}" + "]" * 60 for i in range(1, 30)]
+    errors = load_errors("\n".join(lines) + "\n")
+    assert errors == ["f.yaml:2:64: error: values are nested more than 64 levels deep (through an alias)"]
+
+
+def test_sixty_levels_are_fine():
+    doc = load_text("name: x\nfields: {id: integer}\ndeep: " + "[" * 60 + "1" + "]" * 60 + "\n", "f.yaml")
+    assert doc.data["name"] == "x"
+
+
+@pytest.mark.parametrize("text, where", [
+    ('name: "us\\0er"\nfields: {id: integer}\n', "1:10"),
+    ("name: user\nfields:\n  id: integer\n  \"a\\x00b\": text\n", "4:5"),
+    ('name: user\nfields: {id: integer}\ndescription: |\n  line one\n  line\0two\n', "5:7"),
+])
+def test_nul_in_any_string_is_refused_where_it_is(text, where):
+    if "\0" in text:  # a raw NUL is refused by the YAML reader itself, located too
+        errors = load_errors(text)
+        assert errors == [f"f.yaml:{where}: error: invalid YAML: unacceptable character #x0000: "
+                          "special characters are not allowed"]
+        return
+    errors = load_errors(text)
+    assert errors == [f"f.yaml:{where}: error: a NUL character (\\0) is not allowed; "
+                      "PostgreSQL text cannot hold it"]
+
+
+def test_raw_control_character_is_located():
+    errors = load_errors("name: user\nfields:\n  id: integer\n  st\x01atus: text\n")
+    assert errors == ["f.yaml:4:5: error: invalid YAML: unacceptable character #x0001: "
+                      "special characters are not allowed"]
+
+
+@pytest.mark.parametrize("value", ["!!int abc", "!!float x", "!!bool maybe", "!!binary '***'",
+                                   "!foo bar", "!!python/object:os.system x", "!!int 0x", "!!binary AAAA"])
+def test_bad_tagged_values_are_located_errors(value):
+    errors = load_errors(f"name: user\nfields: {{id: integer}}\nx: {value}\n")
+    assert len(errors) == 1
+    assert errors[0].startswith("f.yaml:3:4: error: invalid YAML value: "), errors
+    assert "\n" not in errors[0]
+
+
+def test_every_yaml_error_is_one_located_line():
+    for text in ["a: *nope\n", "a: &x 1\nb: &x 2\nc: *x\n", "a: [1, 2\n", "? [a]\n: 1\n", "%YAML 9.9\n---\na: 1\n",
+                 "a: 1\n---\nb: 2\n", "\ufeffa: 'x\n", "a: !!set {x, y}\n"]:
+        try:
+            load_text(text, "f.yaml")
+        except SpecError as exc:
+            for d in exc.diagnostics:
+                assert re.fullmatch(r"f\.yaml:\d+:\d+: error: [^\n]+", d.format()), d.format()
