@@ -25,10 +25,22 @@ def cli(*args: str):
     return CliRunner().invoke(main, list(args))
 
 
-def test_generated_folder_is_current(monkeypatch):
+@pytest.mark.parametrize("kind", [(), ("tests",)], ids=["migrations", "tests"])
+def test_generated_folder_is_current(monkeypatch, kind):
     monkeypatch.chdir(ROOT)
-    result = cli("generate", "entities/", "-o", "generated", "--check")
-    assert result.exit_code == 0, f"generated/ is stale; run `specql generate entities/`:\n{result.output}"
+    result = cli("generate", *kind, "entities/", "-o", "generated", "--check")
+    assert result.exit_code == 0, (f"generated/ is stale; run `python tests/golden/regen.py` "
+                                   f"(or `specql generate {' '.join(kind)} entities/`):\n{result.output}")
+
+
+def test_generated_tests_are_not_collected_by_the_project_suite():
+    # pytest's testpaths is `tests`; generated/tests/ must stay outside it (its modules need
+    # the specql plugin's database and would run twice).
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+    assert config["testpaths"] == ["tests"]
+    assert any((ROOT / "generated" / "tests").glob("test_*.py"))
 
 
 def test_every_file_names_its_source(monkeypatch):
