@@ -1,15 +1,22 @@
-"""Structural validation of entity documents against the shipped JSON Schema."""
+"""Structural validation of entity documents against the shipped JSON Schema.
+
+Beyond the schema, every name that reaches generated SQL (as an identifier, or in the
+`--` comment that says where a routine comes from) is checked for control characters:
+a line break in a comment ends it, and the rest of the line would run as SQL. The check
+is done here, on the document, so that the model never sees such a name.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 from functools import lru_cache
 from importlib import resources
 
 import jsonschema
 
-from .diagnostics import Diagnostic, did_you_mean
-from .loader import Document
+from .diagnostics import Diagnostic, did_you_mean, shown
+from .loader import Document, scalar_positions
 
 
 @lru_cache(maxsize=1)
@@ -30,7 +37,7 @@ def _describe(value) -> str:
         return "null"
     if isinstance(value, (dict, list)):
         return "a mapping" if isinstance(value, dict) else "a list"
-    return repr(value) if isinstance(value, str) else str(value)
+    return f"'{shown(value)}'" if isinstance(value, str) else shown(value)
 
 
 _TYPE_WORDS = {"string": "a string", "integer": "a whole number", "number": "a number",
@@ -40,16 +47,16 @@ _TYPE_WORDS = {"string": "a string", "integer": "a whole number", "number": "a n
 def _message(error: jsonschema.ValidationError, root: dict, doc: Document) -> tuple[tuple, str, bool]:
     """(path, message, point-at-key) for one schema error."""
     path = tuple(error.absolute_path)
-    where = ".".join(str(p) for p in path) or "the file"
+    where = _where(path)
     v = error.validator
     if v == "additionalProperties":
         allowed = _allowed_keys(error.schema, root)
         extras = [k for k in error.instance if k not in allowed]
         key = sorted(extras)[0]
-        return path + (key,), f"unknown key '{key}'{did_you_mean(key, allowed)}", True
+        return path + (key,), f"unknown key '{shown(key)}'{did_you_mean(key, allowed)}", True
     if v == "required":
         missing = error.message.split("'")[1]
-        return path, f"missing required key '{missing}' in {where}", False
+        return path, f"missing required key '{shown(missing)}' in {where}", False
     if v == "enum":
         options = ", ".join(str(o) for o in error.validator_value)
         hint = did_you_mean(str(error.instance), [str(o) for o in error.validator_value])
@@ -63,7 +70,7 @@ def _message(error: jsonschema.ValidationError, root: dict, doc: Document) -> tu
         return path, f"{where} must be {words}, got {_describe(error.instance)}", False
     if v in ("minimum", "maximum"):
         bound = "at least" if v == "minimum" else "at most"
-        return path, f"{where} must be {bound} {error.validator_value}, got {error.instance}", False
+        return path, f"{where} must be {bound} {error.validator_value}, got {shown(error.instance)}", False
     if v == "minLength":
         return path, f"{where} must not be empty", False
     if v == "maxLength":
@@ -72,7 +79,11 @@ def _message(error: jsonschema.ValidationError, root: dict, doc: Document) -> tu
         return path, f"{where} must not be empty", False
     if v == "oneOf":
         return path, _one_of_message(where, error), False
-    return path, f"{where}: {error.message}", False
+    return path, f"{where}: {shown(error.message, 200)}", False
+
+
+def _where(path: tuple) -> str:
+    return ".".join(shown(p, 40) for p in path) or "the file"
 
 
 # Names people write for the field types: a suggestion closer than spelling distance.
@@ -95,7 +106,7 @@ def _object_branch_keys(error: jsonschema.ValidationError, root: dict) -> list[s
 def _one_of_message(where: str, error: jsonschema.ValidationError) -> str:
     inst = error.instance
     if isinstance(inst, dict):
-        keys = ", ".join(sorted(map(str, inst)))
+        keys = shown(", ".join(sorted(map(str, inst))))
         if where.startswith("fields."):
             return f"{where}: a field mapping takes type, nullable, default, unique, references (got {keys})"
         return f"{where}: a mapping value must be {{sql: ...}} or {{value: ...}} (got {keys})"
@@ -120,6 +131,9 @@ def schema_check(doc: Document) -> tuple[list[Diagnostic], set[tuple]]:
     found: dict[tuple, Diagnostic] = {}
     if not isinstance(doc.data, dict):
         return [doc.diag((), "an entity file must be a mapping with 'name' and 'fields'")], {()}
+    for path, d in text_check(doc):
+        paths.add(path)
+        found.setdefault((d.line, d.col, d.message), d)
     for error in validator.iter_errors(doc.data):
         paths.add(tuple(error.absolute_path))
         # A mapping where a oneOf allows mappings: its unknown keys, each with a suggestion.
@@ -129,7 +143,7 @@ def schema_check(doc: Document) -> tuple[list[Diagnostic], set[tuple]]:
             if allowed and unknown:
                 for key in unknown:
                     kpath = tuple(error.absolute_path) + (key,)
-                    d = doc.diag(kpath, f"unknown key '{key}'{did_you_mean(key, allowed)}", key=True)
+                    d = doc.diag(kpath, f"unknown key '{shown(key)}'{did_you_mean(key, allowed)}", key=True)
                     found.setdefault((d.line, d.col, d.message), d)
                 continue
         errors = [error]
@@ -148,6 +162,77 @@ def schema_check(doc: Document) -> tuple[list[Diagnostic], set[tuple]]:
             for key in error.instance:
                 if key not in allowed:
                     kpath = tuple(error.absolute_path) + (key,)
-                    d = doc.diag(kpath, f"unknown key '{key}'{did_you_mean(key, allowed)}", key=True)
+                    d = doc.diag(kpath, f"unknown key '{shown(key)}'{did_you_mean(key, allowed)}", key=True)
                     found.setdefault((d.line, d.col, d.message), d)
     return sorted(found.values()), paths
+
+
+# ----------------------------------------------------------------------------- names
+
+KEYS, ANY = object(), object()  # in a name path: every key of a mapping; every item or value
+
+_DATA = ("update_data", "insert_data", "upsert_data", "field_mapping")
+_IN_OPERATION = ["operation", "name", "target_entity", "log_table", "metrics_table", "data_source", "function",
+                 "output", ("params", KEYS), ("params", ANY), ("conflict_target",), ("conflict_target", ANY),
+                 ("notification_channels", ANY), ("select_fields", ANY), ("depends_on",), ("depends_on", ANY),
+                 ("field_mapping", ANY)] + [(data, KEYS) for data in _DATA]
+NAME_PATHS = [("name",), ("schema",), ("table",), ("primary_key",), ("fields", KEYS), ("fields", ANY, "references")] \
+    + [base + (tuple(p) if isinstance(p, tuple) else (p,))
+       for base in (("patterns", ANY), ("patterns", ANY, "steps", ANY)) for p in _IN_OPERATION]
+
+# What PostgreSQL or a terminal would read as the end of a line or as a control: C0, DEL,
+# C1 (with U+0085, next line) and the Unicode line and paragraph separators.
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_CHAR_NAMES = {"\n": "a line break (\\n)", "\r": "a carriage return (\\r)", "\t": "a tab (\\t)",
+               "\x85": "a next line (U+0085)", "\u2028": "a line separator (U+2028)",
+               "\u2029": "a paragraph separator (U+2029)"}
+_NAME_RULE = "names cannot hold line breaks or other control characters"
+
+
+def text_check(doc: Document) -> list[tuple[tuple, Diagnostic]]:
+    """(path, diagnostic) for each name that holds a control character, at that character."""
+    found = []
+    for path, is_key, name in _names(doc.data, NAME_PATHS):
+        m = CONTROL.search(name)
+        if m is None:
+            continue
+        what = _CHAR_NAMES.get(m.group(0)) or f"a control character (U+{ord(m.group(0)):04X})"
+        if is_key:
+            where = _where(path[:-1])
+            d = _key_diag(doc, path, m.start(), f"the name '{shown(name)}' in {where} contains {what}; {_NAME_RULE}")
+        else:
+            d = doc.diag(path, f"{_where(path)} contains {what}; {_NAME_RULE}", offset=m.start())
+        found.append((path, d))
+    return found
+
+
+def _names(data, patterns: list[tuple]):
+    """(path, is_key, text) of every string that one of `patterns` leads to in `data`."""
+    for pattern in patterns:
+        todo = [((), data, pattern)]
+        while todo:
+            path, node, rest = todo.pop()
+            if not rest:
+                if isinstance(node, str):
+                    yield path, False, node
+                continue
+            step, rest = rest[0], rest[1:]
+            if step is KEYS and isinstance(node, dict) and not rest:
+                yield from ((path + (k,), True, k) for k in node if isinstance(k, str))
+            elif step is ANY and isinstance(node, (dict, list)):
+                items = node.items() if isinstance(node, dict) else enumerate(node)
+                todo.extend((path + (k,), v, rest) for k, v in items)
+            elif isinstance(node, dict) and step in node:
+                todo.append((path + (step,), node[step], rest))
+
+
+def _key_diag(doc: Document, path: tuple, offset: int, message: str) -> Diagnostic:
+    """A diagnostic at character `offset` of the key that names `path`."""
+    mark = doc.key_mark(path)
+    positions = scalar_positions(doc.text, mark) if mark.end else []
+    if len(positions) != len(path[-1]):
+        return Diagnostic(doc.path, mark.line, mark.col, message)
+    index = positions[offset]
+    line = doc.text.count("\n", 0, index)
+    col = index - (doc.text.rfind("\n", 0, index) + 1)
+    return Diagnostic(doc.path, line + 1, col + 1, message)
