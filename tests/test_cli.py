@@ -284,9 +284,9 @@ def test_internal_error_with_debug_shows_the_traceback(monkeypatch):
 
 
 def test_internal_error_in_the_model_exits_2(monkeypatch):
-    import specql.model
+    import specql.model.build
 
-    monkeypatch.setattr(specql.model, "schema_check", _boom)
+    monkeypatch.setattr(specql.model.build, "schema_check", _boom)
     result = run("validate", "entities/")
     assert result.exit_code == 2
     assert no_traceback(result)

@@ -1,0 +1,152 @@
+"""Entities and their columns: the tables operations work on (SPEC §2).
+
+An entity is checked on its own first (names, field types, the primary key); defaults and
+references are resolved once every entity is known, since a reference names another one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ..diagnostics import Diagnostic, did_you_mean
+from ..loader import Document
+from ..sqlnames import SQL_TYPES, qi, qname
+from .names import MAX_COLUMNS, check_identifier, display_name
+
+if TYPE_CHECKING:
+    from .operation import Operation
+
+
+@dataclass
+class Column:
+    name: str
+    type: str  # specql type name
+    sql_type: str
+    nullable: bool = True
+    default_sql: str | None = None
+    unique: bool = False
+    references_sql: str | None = None
+    primary_key: bool = False
+
+    @property
+    def ident(self) -> str:
+        return qi(self.name)
+
+
+@dataclass
+class Entity:
+    name: str
+    schema: str
+    table: str
+    primary_key: Column
+    columns: dict[str, Column]
+    manage_table: bool
+    description: str | None
+    source_path: str
+    source_name: str = ""
+    depends_on: set[str] = field(default_factory=set)
+    operations: list["Operation"] = field(default_factory=list)
+    extra_tables: list[tuple[str, str]] = field(default_factory=list)  # (qualified name, like)
+
+    @property
+    def ident(self) -> str:
+        return qname(self.schema, self.table)
+
+    @property
+    def key(self) -> str:
+        return f"{self.schema}.{self.table}"
+
+
+@dataclass
+class Project:
+    entities: list[Entity]
+    warnings: list[Diagnostic]
+
+
+def build_entity(doc: Document, problems: list[Diagnostic]) -> Entity | None:
+    data = doc.data
+    n = len(problems)
+    name = data["name"]
+    check_identifier(doc, ("name",), name, "entity name", problems)
+    schema = data.get("schema", "public")
+    table = data.get("table", name)
+    check_identifier(doc, ("schema",), schema, "schema name", problems)
+    check_identifier(doc, ("table",), table, "table name", problems)
+    if schema == "specql":
+        problems.append(doc.diag(("schema",), "schema 'specql' is reserved for specql's runtime tables"))
+    columns: dict[str, Column] = {}
+    if len(data["fields"]) > MAX_COLUMNS:
+        problems.append(doc.diag(("fields",), f"{len(data['fields'])} fields: PostgreSQL allows at most "
+                                              f"{MAX_COLUMNS} columns in a table", key=True))
+    for fname, fspec in data["fields"].items():
+        fpath = ("fields", fname)
+        check_identifier(doc, fpath, fname, "field name", problems, key=True)
+        spec = {"type": fspec} if isinstance(fspec, str) else fspec
+        columns[fname] = Column(
+            name=fname, type=spec["type"], sql_type=SQL_TYPES[spec["type"]],
+            nullable=spec.get("nullable", True), unique=spec.get("unique", False),
+        )
+    pk_name = data.get("primary_key", "id")
+    pk = columns.get(pk_name)
+    if pk is None:
+        where = ("primary_key",) if "primary_key" in data else ("fields",)
+        problems.append(doc.diag(where, f"primary key '{pk_name}' is not one of the fields"
+                                        f"{did_you_mean(pk_name, columns)}"))
+    elif pk.type in ("jsonb", "boolean"):
+        problems.append(doc.diag(("fields", pk_name), f"a {pk.type} field cannot be the primary key"))
+    else:
+        pk.primary_key = True
+        pk.nullable = False
+    if len(problems) > n:
+        return None
+    return Entity(name=name, schema=schema, table=table, primary_key=pk, columns=columns,
+                  manage_table=data.get("manage_table", True), description=data.get("description"),
+                  source_path=doc.path, source_name=display_name(doc.source or doc.path))
+
+
+def resolve_field_details(doc: Document, entity: Entity, registry: dict[str, Entity],
+                          problems: list[Diagnostic]) -> None:
+    """Defaults and references need the column types and the other entities."""
+    from .context import Context  # a default is a value like any other, read in an operation's context
+
+    for fname, fspec in doc.data["fields"].items():
+        if not isinstance(fspec, dict):
+            continue
+        column = entity.columns[fname]
+        if "default" in fspec:
+            raw = fspec["default"]
+            ctx = Context(doc, ("fields", fname), {"operation": entity.name}, entity, entity, problems, [])
+            if isinstance(raw, str) and raw.startswith(":"):
+                problems.append(doc.diag(("fields", fname, "default"), "a default cannot use a parameter"))
+            else:
+                sql = ctx.value_sql(raw, column, ("fields", fname, "default"))
+                if ctx.scope.order or ctx.scope.record_alias:
+                    problems.append(doc.diag(("fields", fname, "default"), "a default cannot use a parameter"))
+                else:
+                    column.default_sql = sql
+        if "references" in fspec:
+            _resolve_reference(doc, entity, fname, fspec["references"], registry, problems)
+
+
+def _resolve_reference(doc: Document, entity: Entity, fname: str, ref: str, registry: dict[str, Entity],
+                       problems: list[Diagnostic]) -> None:
+    column = entity.columns[fname]
+    target_name, _, target_col = ref.partition(".")
+    target = registry.get(target_name)
+    if target is None:
+        problems.append(doc.diag(("fields", fname, "references"),
+                                 f"unknown entity '{target_name}'{did_you_mean(target_name, registry)}"))
+        return
+    ref_col = target.columns.get(target_col) if target_col else target.primary_key
+    if ref_col is None:
+        problems.append(doc.diag(("fields", fname, "references"), f"unknown column '{target_col}' of "
+                                 f"{target.name}{did_you_mean(target_col, target.columns)}"))
+        return
+    if ref_col.sql_type != column.sql_type:
+        problems.append(doc.diag(("fields", fname, "references"), f"'{fname}' is {column.type} but "
+                                 f"{target.name}.{ref_col.name} is {ref_col.type}"))
+        return
+    column.references_sql = f"{target.ident} ({ref_col.ident})"
+    if target is not entity:
+        entity.depends_on.add(target.key)

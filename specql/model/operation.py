@@ -1,0 +1,83 @@
+"""One batch operation: the routine specql writes for a `batch_operations` pattern.
+
+An operation is its name and parameters, the `statement` it applies to each batch, and the
+`policy` it runs the batches by. Templates read `op.driver` or `op.transaction` directly: an
+attribute the operation lacks is looked up on its statement, then on its policy. The flags
+that depend on both are defined here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..sqlnames import qi, qname
+from .policy import Policy
+from .scope import Param
+from .statement import Statement
+
+
+@dataclass
+class Operation:
+    name: str
+    schema: str
+    description: str | None
+    entity: object  # the entity whose file declares it
+    target: object  # the entity it operates on
+    params: list[Param]
+    statement: Statement
+    policy: Policy
+    source_path: str  # where diagnostics point
+    source_name: str  # what generated files name as their source (independent of the working folder)
+    # For generated tests: each parameter's role, and constants the conditions compare columns with.
+    param_roles: dict[str, tuple[str, str | None]] = field(default_factory=dict)  # name -> (role, column)
+    compared_values: dict[str, list] = field(default_factory=dict)
+    # Functions its SQL calls, with where they are written ("file:line:col"): `specql test run`
+    # reports one the database lacks before any test fails on it.
+    functions: list[tuple[str, str]] = field(default_factory=list)
+
+    def __getattr__(self, name: str):
+        # Only called for names the operation itself lacks (and never for its own fields).
+        if name.startswith("__") or name in ("statement", "policy"):
+            raise AttributeError(name)
+        for part in (self.statement, self.policy):
+            if hasattr(part, name):
+                return getattr(part, name)
+        raise AttributeError(f"'Operation' object has no attribute {name!r}")
+
+    @property
+    def ident(self) -> str:
+        return qname(self.schema, self.name)
+
+    def param_ref(self, name: str) -> str:
+        return f"{qi(self.name)}.{qi(name)}"
+
+    @property
+    def all_params(self) -> list[Param]:
+        extra = [Param("confirm", "boolean")] if self.policy.requires_confirmation else []
+        return self.params + extra
+
+    @property
+    def signature_types(self) -> str:
+        """Input argument types as `to_regprocedure` reads them."""
+        types = [p.sql_type for p in self.all_params]
+        if self.policy.is_procedure:
+            types.append("specql.batch_operation_result")
+        return ", ".join(types)
+
+    @property
+    def argument_names(self) -> list[str]:
+        names = [p.name for p in self.all_params]
+        return (names + ["result"]) if self.policy.is_procedure else names
+
+    @property
+    def counts_up_front(self) -> bool:
+        """Whether the routine counts its target rows before changing anything."""
+        p = self.policy
+        return bool(p.max_records or p.requires_confirmation
+                    or (p.progress_interval and self.statement.driver == "keyset"))
+
+    @property
+    def counts_batch_records(self) -> bool:
+        """Whether a condition walk counts each batch's records: to add up total_records when
+        it was not counted up front, and to see a key range past the last matching key."""
+        return self.statement.driver == "keyset" and (self.statement.range_batches or not self.counts_up_front)

@@ -1,0 +1,177 @@
+"""How an operation runs its batches: transaction and error modes, limits, time-outs, and what
+it records and tells (SPEC §3-§4). Everything here is the routine's policy, independent of the
+statement it applies.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ..diagnostics import did_you_mean
+from ..sqlnames import MAX_IDENTIFIER_BYTES, qname
+from .names import shown
+from .values import parse_interval
+
+DEFAULT_BATCH_SIZE = 1000
+MAX_CHANNELS = 32  # notification channels travel in a NOTIFY payload, which must stay under 8000 bytes
+RESULT_FIELDS = ("operation_id", "operation", "status", "total_records", "processed_records",
+                 "failed_records", "error_count", "batch_count", "started_at", "completed_at")
+DEFAULT_MESSAGE = ("{operation} {status}: {processed_records} of {total_records} records processed, "
+                   "{failed_records} failed")
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+
+
+@dataclass
+class Precondition:
+    text: str
+    sql: str
+    over_table: bool
+
+
+@dataclass
+class Policy:
+    batch_size: int
+    transaction: str
+    error_handling: str
+    max_errors: int | None
+    max_records: int | None
+    requires_confirmation: bool
+    preconditions: list[Precondition]
+    timeout: str | None  # normalised interval text
+    progress_tracking: bool
+    progress_interval: int | None
+    heartbeat_interval: str | None
+    logging_level: str
+    log_table: str  # quoted, schema-qualified
+    metrics_table: str
+    collect_metrics: bool
+    notify: bool
+    channels: list[str]
+    message_parts: list[tuple[str, str]]  # ("text", literal) / ("field", result field)
+
+    @property
+    def is_procedure(self) -> bool:
+        return self.transaction == "commit_per_batch"
+
+    @property
+    def logs_batches(self) -> bool:
+        return self.progress_tracking or self.logging_level == "detailed"
+
+
+def read_preconditions(ctx) -> list[Precondition]:
+    preconditions: list[Precondition] = []
+    for i, text in enumerate(ctx.spec.get("preconditions") or []):
+        ppath = ctx.at("preconditions", i)
+        frag = ctx.parse(text, ppath)
+        if frag is None:
+            continue
+        if frag.has_aggregate:
+            ctx.check_columns(frag, ppath)
+        elif frag.columns:
+            name, offset = frag.columns[0]
+            ctx.error(ppath, f"precondition refers to column '{name}' outside an aggregate; use an "
+                             f"aggregate such as count(*) or bool_and(...) to check the table", offset=offset)
+            continue
+        preconditions.append(Precondition(text.strip(), ctx.render_fragment(frag, ppath), frag.has_aggregate))
+    return preconditions
+
+
+def read_policy(ctx, preconditions: list[Precondition]) -> Policy:
+    spec, at = ctx.spec, ctx.at
+    transaction = spec.get("transaction", "per_batch")
+    error_handling = spec.get("error_handling", "stop_on_error")
+    if transaction == "single" and error_handling != "stop_on_error":
+        ctx.error(at("error_handling"), f"error_handling '{error_handling}' cannot work with "
+                                        f"transaction: single (all-or-nothing stops at the first error)")
+    if "max_errors" in spec and error_handling == "stop_on_error":
+        ctx.warn(at("max_errors"), "max_errors has no effect with error_handling: stop_on_error", key=True)
+
+    timeout = _duration(ctx, "timeout", "30 minutes")
+    heartbeat = _duration(ctx, "heartbeat_interval", "10 seconds")
+
+    logging_level = spec.get("logging_level", "summary")
+    progress_tracking = spec.get("progress_tracking", False)
+    if progress_tracking and logging_level == "none":
+        ctx.error(at("logging_level"), "logging_level: none contradicts progress_tracking: true")
+
+    for key in ("parallel", "max_workers", "worker_batch_size", "max_errors_per_worker"):
+        if key in spec and spec[key] is not False:
+            ctx.warn(at(key), f"'{key}' is accepted, but this version runs the batches sequentially "
+                              f"in one session", key=True)
+            break
+
+    notify, channels, message_parts = _notification(ctx)
+    return Policy(
+        batch_size=spec.get("batch_size", DEFAULT_BATCH_SIZE), transaction=transaction,
+        error_handling=error_handling, max_errors=spec.get("max_errors"), max_records=spec.get("max_records"),
+        requires_confirmation=spec.get("requires_confirmation", False), preconditions=preconditions,
+        timeout=timeout, progress_tracking=progress_tracking,
+        progress_interval=spec.get("progress_notification_interval"), heartbeat_interval=heartbeat,
+        logging_level=logging_level,
+        log_table=_runtime_table(ctx, "log_table", "batch_operation_logs"),
+        metrics_table=_runtime_table(ctx, "metrics_table", "batch_performance_metrics"),
+        collect_metrics=spec.get("collect_metrics", False), notify=notify, channels=channels,
+        message_parts=message_parts)
+
+
+def _duration(ctx, key: str, example: str) -> str | None:
+    if key not in ctx.spec:
+        return None
+    normalised = parse_interval(ctx.spec[key])
+    if normalised is None:
+        ctx.error(ctx.at(key), f"{key} {shown(ctx.spec[key])} is not a positive duration of at most "
+                               f"100 years, such as \"{example}\"")
+    return normalised
+
+
+def _notification(ctx) -> tuple[bool, list[str], list[tuple[str, str]]]:
+    spec, at = ctx.spec, ctx.at
+    notify = spec.get("notify_on_completion", False)
+    channels = spec.get("notification_channels") or []
+    if len(channels) > MAX_CHANNELS:
+        ctx.error(at("notification_channels"), f"{len(channels)} notification channels: at most "
+                                               f"{MAX_CHANNELS} fit in a notification")
+    for i, channel in enumerate(channels):
+        if len(channel.encode("utf-8")) > MAX_IDENTIFIER_BYTES:
+            ctx.error(at("notification_channels", i), f"notification channel {shown(channel)} is longer "
+                                                      f"than {MAX_IDENTIFIER_BYTES} bytes")
+    if (channels or "notification_message" in spec) and not notify:
+        key = "notification_channels" if channels else "notification_message"
+        ctx.warn(at(key), f"'{key}' has no effect without notify_on_completion: true", key=True)
+    message = spec.get("notification_message", DEFAULT_MESSAGE)
+    return notify, list(channels), _message_parts(ctx, message, at("notification_message"))
+
+
+def _message_parts(ctx, message: str, path: tuple) -> list[tuple[str, str]]:
+    parts: list[tuple[str, str]] = []
+    pos = 0
+    for m in _PLACEHOLDER.finditer(message):
+        if m.start() > pos:
+            parts.append(("text", message[pos:m.start()]))
+        name = m.group(1).strip()
+        if name not in RESULT_FIELDS:
+            ctx.error(path, f"unknown placeholder '{{{name}}}' in notification_message"
+                            f"{did_you_mean(name, RESULT_FIELDS)}", offset=m.start())
+        parts.append(("field", name))
+        pos = m.end()
+    if pos < len(message):
+        parts.append(("text", message[pos:]))
+    return parts
+
+
+def _runtime_table(ctx, key: str, default: str) -> str:
+    """A log or metrics table: specql's own, or one the entity names (created LIKE specql's)."""
+    name = ctx.spec.get(key, default)
+    schema, _, table = name.rpartition(".")
+    schema = schema or "specql"
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_$]*", table) or (schema and not re.fullmatch(
+            r"[A-Za-z_][A-Za-z0-9_$]*", schema)):
+        ctx.error(ctx.at(key), f"{key} must be a table name or schema.table, got '{name}'")
+        return qname("specql", default)
+    ident = qname(schema, table)
+    if ident != qname("specql", default):
+        like = qname("specql", default)
+        if (ident, like) not in ctx.entity.extra_tables:
+            ctx.entity.extra_tables.append((ident, like))
+    return ident
