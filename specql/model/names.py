@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..diagnostics import shown as one_line
 from ..loader import Document
 from ..sqlnames import MAX_IDENTIFIER_BYTES
 
@@ -29,11 +30,9 @@ def check_identifier(doc: Document, path: tuple, name: str, what: str, problems:
 
 
 def shown(value: Any, limit: int = 60) -> str:
-    """A value as a diagnostic quotes it: on one line, control characters escaped, cut short."""
-    text = value if isinstance(value, str) else str(value)
-    escaped = text.encode("unicode_escape").decode("ascii") if not text.isprintable() else text
-    cut = escaped if len(escaped) <= limit else escaped[:limit] + "…"
-    return repr(cut) if isinstance(value, str) else cut
+    """A value as a diagnostic quotes it: quoted when text, on one line, cut short."""
+    text = one_line(value, limit)
+    return f"'{text}'" if isinstance(value, str) else text
 
 
 def display_name(text: str) -> str:
