@@ -16,6 +16,8 @@ from pglast import ast, parser, stream, visitors
 from pglast.keywords import COL_NAME_KEYWORDS, RESERVED_KEYWORDS, TYPE_FUNC_NAME_KEYWORDS, UNRESERVED_KEYWORDS
 from pglast.enums import A_Expr_Kind
 
+from .fragchecks import MAX_EXPRESSION_DEPTH, deeper_than, non_boolean_reason  # noqa: F401 (re-exported)
+
 # Aggregates that make a precondition "over the target table" (SPEC §3 preconditions).
 AGGREGATES = frozenset("""
     count sum avg min max bool_and bool_or every array_agg string_agg jsonb_agg json_agg
@@ -71,6 +73,7 @@ class _Substituted:
     placeholders: list[Placeholder]
     origin: list[int]  # origin[i]: offset in the original text of sql[i]
     semicolons: list[int]  # offsets of ';' outside strings, quoted names and comments
+    positional: list[tuple[int, str]] = field(default_factory=list)  # (offset, "$1") written by the user
 
     def original(self, offset: int) -> int:
         if not self.origin:
@@ -85,6 +88,7 @@ def substitute_placeholders(text: str) -> _Substituted:
     origin: list[int] = []
     found: list[Placeholder] = []
     semicolons: list[int] = []
+    positional: list[tuple[int, str]] = []
 
     def keep(start: int, stop: int) -> None:
         out.append(text[start:stop])
@@ -134,12 +138,21 @@ def substitute_placeholders(text: str) -> _Substituted:
             out.append(ref)
             origin.extend([i] * len(ref))
             i = m.end()
+        elif ch == "$" and (m := re.match(r"\$[0-9]+", text[i:i + 12])) and not _continues_name(text, i):
+            positional.append((i, m.group(0)))
+            keep(i, i + len(m.group(0)))
+            i += len(m.group(0))
         else:
             if ch == ";":
                 semicolons.append(i)
             keep(i, i + 1)
             i += 1
-    return _Substituted("".join(out), found, origin, semicolons)
+    return _Substituted("".join(out), found, origin, semicolons, positional)
+
+
+def _continues_name(text: str, i: int) -> bool:
+    """Whether the '$' at `i` is inside a name (`a$1` is an identifier)."""
+    return i > 0 and (text[i - 1].isalnum() or text[i - 1] in "_$")
 
 
 _PREFIX = "SELECT "
@@ -164,6 +177,9 @@ def parse_fragment(text: str) -> Fragment:
     sub = substitute_placeholders(text)
     if sub.semicolons:
         raise FragmentError("must be one SQL expression; ';' is not allowed", sub.semicolons[0])
+    if sub.positional:
+        offset, written = sub.positional[0]
+        raise FragmentError(f"positional parameters like {written} are not supported; write :name", offset)
     try:
         stmts = parser.parse_sql(_PREFIX + sub.sql)
     except parser.ParseError as exc:
@@ -171,6 +187,8 @@ def parse_fragment(text: str) -> Fragment:
         message = exc.args[0] if exc.args else "syntax error"
         offset = len(text) if "end of input" in message else sub.original(location - len(_PREFIX))
         raise FragmentError(f"SQL does not parse: {_one_line(message)}", min(offset, len(text))) from None
+    except Exception as exc:  # pglast has more ways to fail than ParseError; none is a crash of specql
+        raise FragmentError(f"SQL does not parse: {_one_line(exc) or type(exc).__name__}") from None
     select = stmts[0].stmt if len(stmts) == 1 else None
     target = select.targetList[0] if isinstance(select, ast.SelectStmt) and select.targetList else None
     if target is not None and target.name and target.name.lower() in _KEYWORDS and len(select.targetList) == 1:
@@ -179,6 +197,10 @@ def parse_fragment(text: str) -> Fragment:
     if (target is None or select.op != 0 or len(select.targetList) != 1 or target.name
             or _has_other_clauses(select) or _is_star(target.val)):
         raise FragmentError("must be exactly one SQL expression (no second statement, clause, alias or column)")
+    deepest = deeper_than(target.val, MAX_EXPRESSION_DEPTH)
+    if deepest is not None:
+        raise FragmentError(f"the expression is nested more than {MAX_EXPRESSION_DEPTH} levels deep",
+                            sub.original((getattr(deepest, "location", None) or len(_PREFIX)) - len(_PREFIX)))
     frag = Fragment(text=text, expr=target.val, placeholders=sub.placeholders)
     _Inspector(frag, sub)(target.val)
     return frag

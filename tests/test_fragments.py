@@ -315,3 +315,94 @@ def test_qname_and_literal():
     assert qname("My Schema", "t") == '"My Schema".t'
     assert literal("it's") == "'it''s'"
     assert literal("a\\b") == "'a\\b'"
+
+
+# ----------------------------------------------------------------------------- hostile fragments (issue 8)
+
+
+@pytest.mark.parametrize("text, offset", [
+    ("id = ANY($1)", 9),
+    ('"a b" $1', 6),
+    ("status = :s AND id = $12", 21),
+])
+def test_positional_parameters_are_refused_where_they_are(text, offset):
+    with pytest.raises(sf.FragmentError) as exc:
+        sf.parse_fragment(text)
+    assert exc.value.message == f"positional parameters like {text[offset:].split(')')[0]} are not supported; write :name"
+    assert exc.value.offset == offset
+
+
+@pytest.mark.parametrize("text", ["a$1 = 1", "x = '$1'", "x = $$ $1 $$", 'x = "$1"', "x = 1 -- $1"])
+def test_dollar_digits_inside_names_strings_and_comments_are_fine(text):
+    sf.parse_fragment(text)
+
+
+@pytest.mark.parametrize("text", ['"abc', 'a = "abc', "U&\"a\" UESCAPE '", "x::\"abc", "'abc"])
+def test_unterminated_quotes_are_fragment_errors(text):
+    with pytest.raises(sf.FragmentError) as exc:
+        sf.parse_fragment(text)
+    assert exc.value.message.startswith("SQL does not parse: ")
+
+
+@pytest.mark.parametrize("text", [
+    "x = " + "1 + " * 300 + "1",
+    "NOT " * 1000 + "true",
+    "a" + "::int" * 500 + " = 1",
+    "f(" * 300 + "1" + ")" * 300 + " = 1",
+    "x = " + "ARRAY[" * 200 + "1" + "]" * 200,
+])
+def test_deep_expressions_are_refused_not_a_recursion_error(text):
+    with pytest.raises(sf.FragmentError) as exc:
+        frag = sf.parse_fragment(text)
+        sf.render(frag, {})
+    assert exc.value.message.startswith(("the expression is nested more than", "SQL does not parse"))
+
+
+def test_parentheses_alone_do_not_nest_the_tree():
+    assert sf.render(sf.parse_fragment("x = " + "(" * 3000 + "1" + ")" * 3000), {}) == "x = 1"
+
+
+def test_expressions_at_the_depth_limit_render():
+    text = "x = " + "1 + " * (sf.MAX_EXPRESSION_DEPTH - 4) + "1"
+    assert sf.render(sf.parse_fragment(text), {}).startswith("x = 1 + 1")
+
+
+def test_any_other_parser_failure_is_a_fragment_error(monkeypatch):
+    def boom(sql):
+        raise ValueError("something pglast did not expect")
+
+    monkeypatch.setattr(sf.parser, "parse_sql", boom)
+    with pytest.raises(sf.FragmentError) as exc:
+        sf.parse_fragment("status = 'x'")
+    assert exc.value.message == "SQL does not parse: something pglast did not expect"
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("7", "7 is a number, not a boolean"),
+    ("1.5", "1.5 is a number, not a boolean"),
+    ("'abc'", "'abc' is a string, not a boolean"),
+    ("x + 1", "'+' gives a number, not a boolean"),
+    ("-x", "'-' gives a number, not a boolean"),
+    ("name || 'x'", "'||' gives text or an array, not a boolean"),
+    ("data -> 'flag'", "'->' gives jsonb, not a boolean"),
+    ("status::int", "a cast to integer is not a boolean"),
+    ("CAST(status AS text)", "a cast to text is not a boolean"),
+    ("now()", "now() does not give a boolean"),
+    ("count(*)", "count() does not give a boolean"),
+    ("CURRENT_DATE", "CURRENT_DATE is not a boolean"),
+    ("ARRAY[1, 2]", "an array is not a boolean"),
+    ("active AND 7", "7 is a number, not a boolean"),
+    ("NOT (x || y)", "'||' gives text or an array, not a boolean"),
+])
+def test_non_boolean_reason(text, reason):
+    assert sf.non_boolean_reason(sf.parse_fragment(text)) == reason
+
+
+@pytest.mark.parametrize("text", [
+    "true", "'t'", "'yes'", "' off '", "NULL", "active", ":flag", "status = 'x'", "x > 1 AND y < 2",
+    "flag::boolean", "CAST(flag AS bool)", "coalesce(active, false)", "EXISTS (SELECT 1)", "x IS NULL",
+    "(SELECT count(*) FROM t) > 0", "count(*) < 10", "my_check(id)", "CASE WHEN a THEN true ELSE false END",
+    "tags @> ARRAY['a']", "x::my_domain", "(a)", "NOT active",
+])
+def test_boolean_or_unknown_is_not_refused(text):
+    assert sf.non_boolean_reason(sf.parse_fragment(text)) is None
