@@ -174,3 +174,20 @@ def test_console_script_generate_writes_nothing(tmp_path: Path):
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr + proc.stdout
     assert not out.exists() or list(out.rglob("*")) == []
+
+
+def test_console_script_refuses_an_alias_bomb_in_bounded_time_and_memory():
+    """Before the alias budget, this 1 KB file ran for minutes and passed 6 GB (issue 8)."""
+    import resource
+    import time
+
+    bad = BAD_DIR / "yaml_alias_bomb.yaml"
+    started = time.perf_counter()
+    proc = subprocess.run([_console_script(), "validate", rel(bad)], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+    elapsed = time.perf_counter() - started
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest child so far
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == expected_lines(bad)
+    assert elapsed < 10, f"{elapsed:.1f} s"  # interpreter start-up included; the refusal itself is ~0.05 s
+    assert peak_mb < 400, f"{peak_mb:.0f} MB"
