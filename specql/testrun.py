@@ -23,6 +23,7 @@ from . import database, lint
 from .generate import as_project, generate
 from .migrate import migrate
 from .model import Project
+from .preflight import missing_functions
 from .testgen import generate_tests
 
 TEMPLATE_ENV = "SPECQL_TEMPLATE_DATABASE"
@@ -76,6 +77,13 @@ def run(project: Project | list[str], *, database_url: str | None, junit_xml: st
                     for line in lines:
                         echo(line)
                     echo("FAILED: the generated migrations did not apply")
+                    return 1
+                with database.connect(url, autocommit=True) as conn:
+                    missing = missing_functions(conn, project)
+                if missing:
+                    for line in missing:
+                        echo(line)
+                    echo(f"FAILED: {len(missing)} function(s) the entity files call are missing; no test was run")
                     return 1
                 lint_failed = _lint(url, out / "migrations", echo)
                 code = _pytest(out, server, url, junit_xml, keyword, echo, verbose)

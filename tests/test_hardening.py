@@ -183,3 +183,26 @@ def test_a_hostile_entity_file_name_stays_text_in_generated_tests(tmp_path):
     for path in written:
         compile(path.read_text("utf-8"), str(path), "exec")  # a syntax error would fail here
         assert "\nimport os" not in path.read_text("utf-8")
+
+
+def test_test_run_names_a_missing_function_once_before_running_tests(tmp_path, pg_server_url, monkeypatch):
+    """The seed calls CURRENT_USER_HAS_PERMISSION(...): a database without it is reported
+    by name, at the entity's line, instead of every generated test failing without a word of why."""
+    from specql.generate import load_project
+    from specql.testrun import run
+
+    text = ACCOUNT.replace('    where_condition: "status = :from_status"\n',
+                           '    where_condition: "status = :from_status"\n'
+                           '    preconditions: ["CURRENT_USER_HAS_PERMISSION(\'accounts.close\')"]\n')
+    entities = write_entities(tmp_path / "entities", account=text)
+    monkeypatch.chdir(tmp_path)
+    lines: list[str] = []
+    code = run(load_project(["entities"]), database_url=pg_server_url, junit_xml=None, keyword=None,
+               echo=lines.append)
+    assert code == 1
+    missing = [line for line in lines if "does not exist" in line]
+    assert missing == [
+        "entities/account.yaml:37:22: error: function current_user_has_permission() does not exist in the "
+        "database the tests run on (operation close_accounts calls it); create it before the specql "
+        "migrations, e.g. in a migration of your own, or the routine fails at every call"], lines
+    assert not any("passed" in line for line in lines)
