@@ -6,8 +6,10 @@ operation was renamed or removed is an orphan, removed on write and reported by 
 
 from __future__ import annotations
 
+import hashlib
 import pprint
 import re
+from collections import Counter
 from pathlib import Path
 
 from .generate import GenerateResult, as_project
@@ -84,8 +86,22 @@ def render_tests(op: Operation) -> str:
 
 
 def plan_tests(project: Project) -> list[PlannedFile]:
-    """One module per operation, in entity then declaration order."""
-    return [PlannedFile(module_name(op), render_tests(op)) for e in project.entities for op in e.operations]
+    """One module per operation, in entity then declaration order.
+
+    Slugs can collide (schema a_b + operation c, schema a + operation b_c; names differing
+    only in case): every colliding module then gets a hash of its schema.operation too, so
+    no module silently overwrites another and each name depends on its operation alone.
+    """
+    ops = [op for e in project.entities for op in e.operations]
+    names = Counter(module_name(op) for op in ops)
+    files = []
+    for op in ops:
+        name = module_name(op)
+        if names[name] > 1:
+            digest = hashlib.sha256(f"{op.schema}.{op.name}".encode("utf-8")).hexdigest()[:8]
+            name = f"{name[:-3]}_{digest}.py"
+        files.append(PlannedFile(name, render_tests(op)))
+    return files
 
 
 def generate_tests(project: Project | list[str], out_dir: str | Path, *, check: bool = False) -> GenerateResult:

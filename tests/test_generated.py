@@ -192,3 +192,20 @@ def test_an_unchanged_file_is_not_rewritten(tmp_path, monkeypatch):
     again = cli("generate", "entities/", "-o", str(out))
     assert "wrote" not in again.output and f"0 written, 0 removed, {len(stamps)} unchanged" in again.output
     assert {p.name: p.stat().st_mtime_ns for p in (out / "migrations").iterdir()} == stamps
+
+
+def test_operations_whose_module_names_collide_get_one_module_each(tmp_path):
+    # schema a_b + operation c and schema a + operation b_c both slug to test_a_b_c.py: one
+    # would silently overwrite the other.
+    (tmp_path / "e").mkdir()
+    for schema, op in (("a_b", "c"), ("a", "b_c")):
+        (tmp_path / "e" / f"{schema}.yaml").write_text(GADGET.replace("close_gadgets", op).replace(
+            "name: gadget\n", f"name: gadget_{schema}\nschema: {schema}\n"))
+    out = tmp_path / "out"
+    result = cli("generate", "tests", str(tmp_path / "e"), "-o", str(out))
+    assert result.exit_code == 0, result.output
+    modules = sorted(p.name for p in (out / "tests").glob("test_*.py"))
+    assert len(modules) == 2, modules
+    routines = sorted(next(line for line in (out / "tests" / m).read_text().splitlines() if "tests of" in line)
+                      for m in modules)
+    assert "a.b_c" in routines[0] and "a_b.c" in routines[1]
