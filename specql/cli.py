@@ -179,16 +179,29 @@ def schema() -> None:
 @click.option("--database-url", envvar=None, help="Target database (default: SPECQL_DATABASE_URL, then DATABASE_URL).")
 @click.option("--status", is_flag=True, help="List applied, pending and changed migrations; apply nothing.")
 @click.option("--dry-run", is_flag=True, help="Print what would be applied; apply nothing.")
+@click.option("--lock-wait", type=click.FloatRange(min=0), show_default="60",
+              envvar="SPECQL_LOCK_WAIT", metavar="SECONDS",
+              help="Give up (exit 1, nothing half applied) when the migrate lock or a lock a file needs "
+                   "is not obtained within this time; names the session holding it [env SPECQL_LOCK_WAIT].")
+@click.option("--lock-timeout", type=click.FloatRange(min=0, min_open=True), show_default="3",
+              envvar="SPECQL_LOCK_TIMEOUT", metavar="SECONDS",
+              help="Longest a file's DDL waits for a table lock before its transaction is rolled back "
+                   "and retried with backoff, so readers never queue long behind it [env SPECQL_LOCK_TIMEOUT].")
 @_guard
-def migrate(directory: str, database_url: str | None, status: bool, dry_run: bool) -> None:
-    """Apply DIRECTORY/migrations/*.sql in name order, with a ledger, under an advisory lock."""
+def migrate(directory: str, database_url: str | None, status: bool, dry_run: bool, lock_wait: float | None,
+            lock_timeout: float | None) -> None:
+    """Apply DIRECTORY/migrations/*.sql in name order, with a ledger, under an advisory lock.
+
+    SIGTERM and Ctrl-C roll the current file back and exit 143 / 130.
+    """
     from .database import resolve_database_url
     from .migrate import migrate as run
 
     url = resolve_database_url(database_url)
     if not url:
         raise click.UsageError("no database: pass --database-url or set SPECQL_DATABASE_URL")
-    sys.exit(run(directory, url, status=status, dry_run=dry_run, echo=click.echo))
+    waits = {k: v for k, v in (("lock_wait", lock_wait), ("lock_timeout", lock_timeout)) if v is not None}
+    sys.exit(run(directory, url, status=status, dry_run=dry_run, echo=click.echo, **waits))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -116,14 +116,20 @@ def _one_line(message: object) -> str:
     return " ".join(line.strip() for line in str(message).splitlines() if line.strip())
 
 
-def connect(url: str, **kwargs) -> psycopg.Connection:
-    """``psycopg.connect`` that reports an unusable URL or server as DatabaseError."""
+def connect(url: str, *, application_name: str | None = None, **kwargs) -> psycopg.Connection:
+    """``psycopg.connect`` that reports an unusable URL or server as DatabaseError.
+
+    *application_name* (what pg_stat_activity shows, so a DBA can tell who holds a lock)
+    applies unless the URL or $PGAPPNAME already names one: the user's choice wins.
+    """
     try:
         params = conninfo_to_dict(url)
     except psycopg.ProgrammingError as e:
         raise DatabaseError(f"invalid database URL {redact_url(url)}: {_one_line(e)}") from None
     if "connect_timeout" not in params and "PGCONNECT_TIMEOUT" not in os.environ:
         kwargs.setdefault("connect_timeout", DEFAULT_CONNECT_TIMEOUT)
+    if application_name and "application_name" not in params and "PGAPPNAME" not in os.environ:
+        kwargs.setdefault("application_name", application_name)
     try:
         return psycopg.connect(url, **kwargs)
     except psycopg.OperationalError as e:

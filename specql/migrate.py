@@ -9,11 +9,18 @@ every file is applied exactly once.
 Generated file names embed a content hash, so a changed entity produces a *new* file;
 an applied file whose content changed under the *same* name means someone edited
 history, and the run is refused before anything is applied.
+
+Waiting is bounded (``lock_wait``): for the advisory lock, and for the table locks a
+file's DDL needs, which it takes under a short ``lock_timeout`` and retries with
+backoff, so it never queues for long in front of the readers of a busy table (see
+lockwait.py).  SIGTERM is handled like Ctrl-C: the current file rolls back, the
+connection closes, and the exit status says so (143; 130 for Ctrl-C).
 """
 
 from __future__ import annotations
 
 import hashlib
+import random
 import re
 import time
 from collections.abc import Callable
@@ -25,12 +32,21 @@ import psycopg
 from pglast.parser import ParseError
 
 from .database import DatabaseError, connect
+from .lockwait import (APPLICATION_NAME, BlockerWatch, Terminated, check_client_connection, sigterm_as_interrupt,
+                       take_advisory_lock)
 
-__all__ = ["ADVISORY_LOCK_KEY", "DEFAULT_DIRECTORY", "LEDGER_TABLE", "Migration",
-           "find_migrations_dir", "load_migrations", "migrate"]
+__all__ = ["ADVISORY_LOCK_KEY", "DEFAULT_DIRECTORY", "DEFAULT_LOCK_TIMEOUT", "DEFAULT_LOCK_WAIT", "LEDGER_TABLE",
+           "Migration", "find_migrations_dir", "load_migrations", "migrate"]
 
 DEFAULT_DIRECTORY = "generated"
 LEDGER_TABLE = "specql.schema_migrations"
+
+# Seconds.  LOCK_WAIT bounds every wait for a lock (the migrate lock, or all attempts
+# of one file); LOCK_TIMEOUT is one attempt of a file's DDL: readers of a table queue
+# behind a waiting ALTER TABLE, so no attempt may keep them queued for long.
+DEFAULT_LOCK_WAIT = 60.0
+DEFAULT_LOCK_TIMEOUT = 3.0
+_LOCK_NOT_AVAILABLE = "55P03"
 
 # A fixed bigint every specql process agrees on without coordination: the first eight
 # bytes of sha256("specql.migrate"), signed because pg_advisory_lock takes a bigint.
@@ -76,6 +92,19 @@ class _FileFailed(Exception):
         super().__init__(str(error))
         self.line = line
         self.error = error
+        self.blockers: list[str] = []
+        self.gave_up_after: float | None = None  # seconds, when lock waits were exhausted
+
+    @property
+    def lock_timeout(self) -> bool:
+        return self.error.sqlstate == _LOCK_NOT_AVAILABLE
+
+
+@dataclass(frozen=True)
+class _Waits:
+    url: str
+    lock_wait: float
+    lock_timeout: float
 
 
 # ----------------------------------------------------------------------- files
@@ -190,25 +219,62 @@ def _execute_file(conn: psycopg.Connection, migration: Migration) -> None:
             raise _FileFailed(_error_line(sql, offset, statement, e), e) from None
 
 
-def _apply_one(conn: psycopg.Connection, migration: Migration) -> float:
+def _apply_once(conn: psycopg.Connection, migration: Migration, waits: _Waits, remaining: float) -> float:
     start = time.perf_counter()
-    with conn.transaction():
-        _execute_file(conn, migration)
+    pid = conn.info.backend_pid
+    with conn.transaction(), BlockerWatch(waits.url, pid, delay=min(0.5, waits.lock_timeout / 3)) as watch:
+        timeout_ms = max(1, int(min(waits.lock_timeout, max(remaining, 0.001)) * 1000))
+        conn.execute("SELECT set_config('lock_timeout', %s, true)", [f"{timeout_ms}ms"])
+        try:
+            _execute_file(conn, migration)
+        except _FileFailed as failure:
+            failure.blockers = watch.blockers
+            raise
         elapsed_ms = (time.perf_counter() - start) * 1000
         conn.execute(
             f"INSERT INTO {LEDGER_TABLE} (name, checksum, duration_ms) VALUES (%s, %s, %s)",
             [migration.name, migration.checksum, round(elapsed_ms, 3)],
         )
+    _reset(conn)
+    return elapsed_ms
+
+
+def _reset(conn: psycopg.Connection) -> None:
     # A file's SET (search_path, role settings...) must not leak into the next file:
     # each should behave as it would when run alone with psql -f.
     conn.execute("RESET ALL")
-    return elapsed_ms
+    check_client_connection(conn)  # which RESET ALL just turned off
+
+
+def _apply_one(conn: psycopg.Connection, migration: Migration, waits: _Waits, echo: Echo) -> float:
+    """Apply *migration*, retrying with backoff while its DDL cannot get a lock in time."""
+    started = time.monotonic()
+    for attempt in range(1, 1000):
+        try:
+            return _apply_once(conn, migration, waits, waits.lock_wait - (time.monotonic() - started))
+        except _FileFailed as failure:
+            waited = time.monotonic() - started
+            # Doubling, jittered so that two waiting runs do not retry in step.
+            pause = min(0.25 * 2 ** attempt, 5.0) * random.uniform(0.75, 1.25)
+            if not failure.lock_timeout or waited + pause >= waits.lock_wait:
+                if failure.lock_timeout:
+                    failure.gave_up_after = waited
+                raise
+            _reset(conn)
+            holder = "; ".join(failure.blockers) or "another session"
+            echo(f"{migration.name}: waiting for a lock held by {holder}: rolled back, "
+                 f"attempt {attempt + 1} in {pause:.1f} s")
+            time.sleep(pause)
+    raise AssertionError("unreachable")
 
 
 def _report_failure(migration: Migration, failure: _FileFailed, echo: Echo) -> None:
     diag = failure.error.diag
     message = diag.message_primary or " ".join(str(failure.error).split())
     where = f"{migration.path}:{failure.line}" if failure.line else f"{migration.path}"
+    if failure.gave_up_after is not None:
+        holder = "; ".join(failure.blockers) or "another session"
+        message = f"gave up after {failure.gave_up_after:.0f} s waiting for a lock held by {holder} ({message})"
     echo(f"{where}: error: {message}")
     if diag.message_detail:
         echo(f"  DETAIL: {diag.message_detail}")
@@ -219,10 +285,10 @@ def _report_failure(migration: Migration, failure: _FileFailed, echo: Echo) -> N
 # ---------------------------------------------------------------------- modes
 
 
-def _run(conn: psycopg.Connection, migrations: list[Migration], echo: Echo) -> int:
-    if not conn.execute("SELECT pg_try_advisory_lock(%s)", [ADVISORY_LOCK_KEY]).fetchone()[0]:
-        echo("waiting for another specql migrate to finish...")
-        conn.execute("SELECT pg_advisory_lock(%s)", [ADVISORY_LOCK_KEY])
+def _run(conn: psycopg.Connection, migrations: list[Migration], waits: _Waits, echo: Echo,
+         progress: dict) -> int:
+    if not take_advisory_lock(conn, ADVISORY_LOCK_KEY, waits.lock_wait, echo):
+        return 1
     # The lock is session-level and dies with the connection, which the caller closes
     # on every path; no explicit unlock that could itself fail on a broken connection.
     with conn.transaction():
@@ -240,15 +306,18 @@ def _run(conn: psycopg.Connection, migrations: list[Migration], echo: Echo) -> i
     for m in migrations:
         if m.name in ledger:
             echo(f"skip {m.name} (already applied)")
+    progress["pending"] = len(pending)
     for done, m in enumerate(pending):
+        progress.update(current=m.name, done=done)
         try:
-            elapsed_ms = _apply_one(conn, m)
+            elapsed_ms = _apply_one(conn, m, waits, echo)
         except _FileFailed as failure:
             _report_failure(m, failure, echo)
             echo(f"rolled back {m.name}; {done} migration(s) applied before it, "
                  f"{len(pending) - done - 1} not attempted")
             return 1
         echo(f"applied {m.name} ({elapsed_ms:.0f} ms)")
+    progress.update(current=None, done=len(pending))
     echo(f"{len(pending)} migration(s) applied" if pending else "nothing to apply")
     return 0
 
@@ -291,29 +360,55 @@ def _status(conn: psycopg.Connection, migrations: list[Migration], echo: Echo) -
 
 
 def migrate(directory: str | Path | None, url: str | None, *, status: bool = False, dry_run: bool = False,
+            lock_wait: float = DEFAULT_LOCK_WAIT, lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
             echo: Echo = print) -> int:
     """Apply (or with *status* / *dry_run* only describe) the migrations in *directory*.
 
-    Returns the exit code: 0 on success, 1 when refused or failed.  Everything,
-    failures included, is reported as lines through *echo*; no exception escapes for
-    problems a user can cause.
+    Returns the exit code: 0 on success, 1 when refused or failed (a lock not obtained
+    within *lock_wait* seconds included), 130 / 143 when interrupted by SIGINT / SIGTERM.
+    Everything, failures included, is reported as lines through *echo*; no exception
+    escapes for problems a user can cause.
     """
     if not url:
         echo("error: no database: pass --database-url or set SPECQL_DATABASE_URL")
         return 1
+    progress: dict = {"current": None, "done": 0, "pending": None}
     try:
-        migrations = load_migrations(find_migrations_dir(directory))
-        # prepare_threshold=None: identical statements repeated across files must not
-        # become server-side prepared statements (DDL cannot be prepared).
-        with connect(url, autocommit=True, prepare_threshold=None) as conn:
-            if status:
-                return _status(conn, migrations, echo)
-            if dry_run:
-                return _dry_run(conn, migrations, echo)
-            return _run(conn, migrations, echo)
+        with sigterm_as_interrupt():
+            return _connect_and_run(directory, url, status, dry_run, _Waits(url, lock_wait, lock_timeout),
+                                    echo, progress)
     except (MigrationError, DatabaseError) as e:
         echo(f"error: {e}")
     except psycopg.Error as e:
         # Lost connection, no permission to create the ledger, ...
         echo(f"error: {' '.join(str(e).split())}")
+    except KeyboardInterrupt as e:
+        return _report_interrupt(e, progress, echo)
     return 1
+
+
+def _connect_and_run(directory, url: str, status: bool, dry_run: bool, waits: _Waits, echo: Echo,
+                     progress: dict) -> int:
+    migrations = load_migrations(find_migrations_dir(directory))
+    # prepare_threshold=None: identical statements repeated across files must not
+    # become server-side prepared statements (DDL cannot be prepared).
+    with connect(url, autocommit=True, prepare_threshold=None, application_name=APPLICATION_NAME) as conn:
+        check_client_connection(conn)
+        if status:
+            return _status(conn, migrations, echo)
+        if dry_run:
+            return _dry_run(conn, migrations, echo)
+        return _run(conn, migrations, waits, echo, progress)
+
+
+def _report_interrupt(e: KeyboardInterrupt, progress: dict, echo: Echo) -> int:
+    name, code = ("SIGTERM", 143) if isinstance(e, Terminated) else ("SIGINT", 130)
+    if progress["current"]:
+        left = progress["pending"] - progress["done"] - 1
+        echo(f"interrupted by {name} while applying {progress['current']}: rolled back; "
+             f"{progress['done']} migration(s) applied before it, {left} not attempted")
+    elif progress["pending"] is None:
+        echo(f"interrupted by {name}: nothing was applied")
+    else:
+        echo(f"interrupted by {name} after {progress['done']} migration(s) were applied")
+    return code

@@ -127,3 +127,18 @@ def test_servers_run_the_expected_major_version(server_url, request):
     with connect(server_url) as conn:
         major = int(conn.execute("SHOW server_version_num").fetchone()[0]) // 10000
     assert major == expected
+
+
+def test_application_name_applies_unless_the_user_named_one(database_url, monkeypatch):
+    monkeypatch.delenv("PGAPPNAME", raising=False)
+    show = "SELECT current_setting('application_name')"
+    with connect(database_url, application_name="specql migrate") as conn:
+        assert conn.execute(show).fetchone()[0] == "specql migrate"
+        conn.execute("RESET ALL")  # what migrate runs between files: the name stays
+        assert conn.execute(show).fetchone()[0] == "specql migrate"
+    sep = "&" if "?" in database_url else "?"
+    with connect(f"{database_url}{sep}application_name=deploy-42", application_name="specql migrate") as conn:
+        assert conn.execute(show).fetchone()[0] == "deploy-42"
+    monkeypatch.setenv("PGAPPNAME", "from-env")
+    with connect(database_url, application_name="specql migrate") as conn:
+        assert conn.execute(show).fetchone()[0] == "from-env"
