@@ -101,6 +101,7 @@ SENTINELS = [
     ("declare", "batch records counted", "_batch_records bigint;     -- records in the current batch"),
     ("declare", "key range start of a batch in a savepoint", "-- _last before the current batch"),
     ("declare", "key range variables", "-- a key range batch covers (_last, _upto]"),
+    ("declare", "field groups of partial records", "_shape boolean[];"),
     ("declare", "status of a batch", "_status text;              -- outcome of the current batch"),
     ("declare", "progress notices", "_notified bigint := 0;"),
     ("declare", "heartbeat", "_heartbeat_at timestamptz;"),
@@ -116,6 +117,8 @@ SENTINELS = [
     ("prologue", "precondition without an aggregate", "IF NOT coalesce((SELECT CAST(current_setting("),
     ("prologue", "records of an id array", "-- Records: the id array, cut into slices in input order."),
     ("prologue", "records of a jsonb array", "-- Records: the elements of the jsonb array"),
+    ("prologue", "a jsonb source must be an array", "must be a jsonb array of objects, not a jsonb %"),
+    ("prologue", "a walk that counts per batch starts from zero", "-- the walk found no batch"),
     ("prologue", "count up front of a jsonb array", "    _n := _count;"),
     ("prologue", "count up front with a condition", "SELECT count(*) INTO _n FROM public.ledger_entry WHERE "),
     ("prologue", "count up front of every row", "SELECT count(*) INTO _n FROM public.member;"),
@@ -168,6 +171,11 @@ SENTINELS = [
     ("dml", "insert or upsert from the jsonb array", "OFFSET 0) AS _source"),
     ("dml", "upsert that updates", "DO UPDATE SET amount = "),
     ("dml", "upsert with nothing to update", "DO NOTHING;"),
+    ("dml", "records that may leave fields out: one statement per group of present fields", "FOR _shape IN"),
+    ("dml", "a group's statement takes its records only", "WHERE ARRAY[_rec ? "),
+    ("dml", "upsert column written only when the record carries it", "CASE WHEN _shape["),
+    ("dml", "upsert column always written", "= EXCLUDED."),
+    ("dml", "one statement per batch, counted", "GET DIAGNOSTICS _n = ROW_COUNT;"),
     ("dml", "key filter of an id array", "WHERE id = ANY(mark_invoices_paid.invoice_ids)"),
     ("dml", "key filter of a key range with a condition", "id > _last AND id <= _upto AND ("),
     ("dml", "key filter of a key range, every row", "WHERE id > _last AND id <= _upto;"),
@@ -237,3 +245,13 @@ def test_every_template_branch_appears_in_some_golden_file():
                if not (sentinel.search(text) if isinstance(sentinel, re.Pattern) else sentinel in text)]
     assert not missing, ("no golden expected file takes these template branches (add a case to "
                          "tests/golden/ and run python tests/golden/regen.py):\n" + "\n".join(missing))
+
+
+def test_the_table_grows_with_the_templates():
+    # A rough guard that the table is kept complete: at least one sentinel per branch tag
+    # ({% if %}, {% elif %}, {% else %}) in templates/sql/. A new branch needs its entry.
+    templates = Path(__file__).resolve().parent.parent / "templates" / "sql"
+    tags = sum(len(re.findall(r"\{%-?\s*(?:if|elif|else)\b", p.read_text("utf-8")))
+               for p in templates.rglob("*.j2"))
+    assert len(SENTINELS) >= tags, (f"templates/sql has {tags} branch tags, SENTINELS {len(SENTINELS)} entries: "
+                                    "add one entry per new branch")
