@@ -9,6 +9,7 @@ is done here, on the document, so that the model never sees such a name.
 from __future__ import annotations
 
 import json
+import math
 import re
 from functools import lru_cache
 from importlib import resources
@@ -131,7 +132,7 @@ def schema_check(doc: Document) -> tuple[list[Diagnostic], set[tuple]]:
     found: dict[tuple, Diagnostic] = {}
     if not isinstance(doc.data, dict):
         return [doc.diag((), "an entity file must be a mapping with 'name' and 'fields'")], {()}
-    for path, d in text_check(doc):
+    for path, d in text_check(doc) + number_check(doc):
         paths.add(path)
         found.setdefault((d.line, d.col, d.message), d)
     for error in validator.iter_errors(doc.data):
@@ -203,6 +204,24 @@ def text_check(doc: Document) -> list[tuple[tuple, Diagnostic]]:
         else:
             d = doc.diag(path, f"{_where(path)} contains {what}; {_NAME_RULE}", offset=m.start())
         found.append((path, d))
+    return found
+
+
+def number_check(doc: Document) -> list[tuple[tuple, Diagnostic]]:
+    """(path, diagnostic) for each .inf or .nan: a jsonb value cannot hold one, and a
+    numeric column should say so in SQL rather than through a YAML spelling."""
+    found = []
+    todo = [((), doc.data)]
+    while todo:
+        path, node = todo.pop()
+        if isinstance(node, dict):
+            todo.extend((path + (k,), v) for k, v in node.items())
+        elif isinstance(node, list):
+            todo.extend((path + (i,), v) for i, v in enumerate(node))
+        elif isinstance(node, float) and not math.isfinite(node):
+            spelt = ".nan" if math.isnan(node) else ("-.inf" if node < 0 else ".inf")
+            found.append((path, doc.diag(path, f"{_where(path)}: {spelt} is not a finite number, and jsonb cannot "
+                                               "hold it (for a numeric column write {sql: \"'NaN'::numeric\"})")))
     return found
 
 

@@ -146,3 +146,17 @@ def test_a_refused_name_never_reaches_the_model():
         build_project([doc])
     assert [d.format() for d in exc.value.diagnostics] == [
         f"e.yaml:1:9: error: name contains a line break (\\n); {MESSAGE}"]
+
+
+# ----------------------------------------------------------------------------- values PostgreSQL cannot read back
+
+
+@pytest.mark.parametrize("value, where, shown_as", [
+    ("{type: jsonb, default: {value: [1, .inf]}}", "4:46", "fields.status.default.value.1: .inf"),
+    ("{type: decimal, default: .nan}", "4:36", "fields.status.default: .nan"),
+    ("{type: decimal, default: -.Inf}", "4:36", "fields.status.default: -.inf"),
+])
+def test_non_finite_numbers_are_refused(value, where, shown_as):
+    text = BASE.replace("  status: string", f"  status: {value}")
+    assert problems(text) == [f"e.yaml:{where}: error: {shown_as} is not a finite number, and jsonb cannot hold it "
+                              "(for a numeric column write {sql: \"'NaN'::numeric\"})"]
