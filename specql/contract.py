@@ -1,0 +1,207 @@
+"""The runtime contract in one place: the result every routine returns and the tables it writes.
+
+Why a module of its own: the result type's fields were spelled in four places (the
+runtime template, the model's check of result references, the test harness and the test
+helpers) and the runtime migration could only *create* what was missing, so a field added
+by a later version never reached a database that already had the type.  Now
+``templates/sql/runtime.sql.j2`` renders everything from the definitions below, both the
+``CREATE`` for a fresh database and the ``ADD ATTRIBUTE`` / ``ADD COLUMN IF NOT EXISTS``
+that bring an existing one up to date; the model and the harness read the names from here.
+
+Rules for changing it (``tests/test_runtime_upgrade.py`` checks them):
+
+- append only: never rename, retype, reorder or drop a field or column.  An existing
+  database keeps what it has; the runtime migration only adds what is missing.
+- a column added after the first release is nullable or has a ``DEFAULT``: ``ADD COLUMN``
+  on a table that has rows needs a value for them.
+- types are written as PostgreSQL accepts them after ``::`` (``timestamptz``, ``text[]``):
+  the runtime migration checks each existing field and column against them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Column", "CompositeType", "Index", "RESULT_FIELDS", "RESULT_STATUSES", "RESULT_TYPE",
+           "RUNTIME_TABLES", "SCHEMA", "Table", "render_runtime", "runtime_columns", "table"]
+
+SCHEMA = "specql"
+
+
+@dataclass(frozen=True)
+class Column:
+    """A field of the result type or a column of a runtime table."""
+
+    name: str
+    type: str
+    constraints: str = ""  # what follows the type in CREATE TABLE: NOT NULL, DEFAULT, PRIMARY KEY
+
+    @property
+    def definition(self) -> str:
+        """``name type constraints``, padded so a column list reads as a table."""
+        return f"{self.name:<17} {self.type} {self.constraints}".rstrip()
+
+
+@dataclass(frozen=True)
+class Index:
+    name: str
+    columns: str  # "(operation_id, batch_number)"
+    where: str = ""  # a partial index's predicate
+
+
+@dataclass(frozen=True)
+class CompositeType:
+    name: str
+    comment: str  # the SQL comment above its definition
+    description: str  # COMMENT ON TYPE
+    fields: tuple[Column, ...]
+
+    @property
+    def qualified(self) -> str:
+        return f"{SCHEMA}.{self.name}"
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    comment: str  # the SQL comment above its definition
+    columns: tuple[Column, ...]
+    indexes: tuple[Index, ...] = ()
+
+    @property
+    def qualified(self) -> str:
+        return f"{SCHEMA}.{self.name}"
+
+
+# Statuses a routine's result can carry; the runs table also has 'running' while it runs.
+RESULT_STATUSES = ("completed", "completed_with_errors", "failed", "timed_out", "awaiting_confirmation")
+
+RESULT_TYPE = CompositeType(
+    name="batch_operation_result",
+    comment="What every generated routine returns (a procedure returns it through INOUT result).",
+    description=f"Result of a specql batch operation. status: {', '.join(RESULT_STATUSES)}.",
+    fields=(
+        Column("operation_id", "uuid"),
+        Column("operation", "text"),
+        Column("status", "text"),
+        Column("total_records", "bigint"),
+        Column("processed_records", "bigint"),
+        Column("failed_records", "bigint"),
+        Column("error_count", "integer"),
+        Column("batch_count", "integer"),
+        Column("started_at", "timestamptz"),
+        Column("completed_at", "timestamptz"),
+    ),
+)
+
+# The names in order: what `SELECT * FROM routine(...)` returns, and what `:result.field`
+# references in an entity file may name.
+RESULT_FIELDS = tuple(f.name for f in RESULT_TYPE.fields)
+
+_KEY = Column("id", "bigint", "GENERATED ALWAYS AS IDENTITY PRIMARY KEY")
+
+RUNTIME_TABLES = (
+    Table(
+        name="batch_operation_runs",
+        comment="One row per operation run: its state while it runs (heartbeat) and its result after.",
+        columns=(
+            Column("operation_id", "uuid", "PRIMARY KEY"),
+            Column("operation", "text", "NOT NULL"),
+            Column("status", "text", "NOT NULL DEFAULT 'running'"),
+            Column("total_records", "bigint"),
+            Column("processed_records", "bigint", "NOT NULL DEFAULT 0"),
+            Column("failed_records", "bigint", "NOT NULL DEFAULT 0"),
+            Column("error_count", "integer", "NOT NULL DEFAULT 0"),
+            Column("batch_count", "integer", "NOT NULL DEFAULT 0"),
+            Column("started_at", "timestamptz", "NOT NULL"),
+            Column("heartbeat_at", "timestamptz", "NOT NULL"),
+            Column("completed_at", "timestamptz"),
+            Column("run_by", "text", "NOT NULL DEFAULT current_user"),
+        ),
+        indexes=(Index("batch_operation_runs_operation_idx", "(operation, started_at)"),),
+    ),
+    Table(
+        name="batch_operation_logs",
+        comment="One row per batch when progress tracking (or detailed logging) is on.",
+        columns=(
+            _KEY,
+            Column("operation_id", "uuid", "NOT NULL"),
+            Column("operation", "text", "NOT NULL"),
+            Column("batch_number", "integer", "NOT NULL"),
+            Column("records_processed", "bigint", "NOT NULL"),
+            Column("records_failed", "bigint", "NOT NULL DEFAULT 0"),
+            Column("started_at", "timestamptz", "NOT NULL"),
+            Column("completed_at", "timestamptz", "NOT NULL"),
+            Column("status", "text", "NOT NULL"),
+        ),
+        indexes=(Index("batch_operation_logs_operation_idx", "(operation_id, batch_number)"),),
+    ),
+    Table(
+        name="batch_operation_errors",
+        comment="One row per failed batch (continue_on_error, stop_on_error) or failed record (collect_errors).",
+        columns=(
+            _KEY,
+            Column("operation_id", "uuid", "NOT NULL"),
+            Column("operation", "text", "NOT NULL"),
+            Column("batch_number", "integer", "NOT NULL"),
+            Column("sqlstate", "text"),
+            Column("error_message", "text", "NOT NULL"),
+            Column("error_detail", "text"),
+            Column("failed_records", "jsonb", "NOT NULL"),
+            Column("occurred_at", "timestamptz", "NOT NULL"),
+        ),
+        indexes=(Index("batch_operation_errors_operation_idx", "(operation_id, batch_number)"),),
+    ),
+    Table(
+        name="batch_performance_metrics",
+        comment="Metrics written at the end of a run when collect_metrics is on.",
+        columns=(
+            _KEY,
+            Column("operation_id", "uuid", "NOT NULL"),
+            Column("operation", "text", "NOT NULL"),
+            Column("metric_name", "text", "NOT NULL"),
+            Column("metric_value", "numeric"),
+            Column("recorded_at", "timestamptz", "NOT NULL"),
+        ),
+        indexes=(Index("batch_performance_metrics_operation_idx", "(operation_id)"),),
+    ),
+    Table(
+        name="batch_operation_notifications",
+        comment="Completion notifications: pg_notify('specql_batch_operations', payload) is sent at\n"
+                "commit; this outbox keeps them for workers that deliver to email, webhooks, etc.",
+        columns=(
+            _KEY,
+            Column("operation_id", "uuid", "NOT NULL"),
+            Column("operation", "text", "NOT NULL"),
+            Column("channels", "text[]", "NOT NULL DEFAULT '{}'"),
+            Column("message", "text", "NOT NULL"),
+            Column("payload", "jsonb", "NOT NULL"),
+            Column("created_at", "timestamptz", "NOT NULL"),
+            Column("delivered_at", "timestamptz"),
+        ),
+        indexes=(Index("batch_operation_notifications_pending_idx", "(created_at)", where="delivered_at IS NULL"),),
+    ),
+)
+
+
+def runtime_columns() -> list[tuple[str, Column]]:
+    """(qualified relation, column) for every result field and every table column, in order."""
+    pairs = [(RESULT_TYPE.qualified, f) for f in RESULT_TYPE.fields]
+    return pairs + [(t.qualified, c) for t in RUNTIME_TABLES for c in t.columns]
+
+
+def table(name: str) -> Table:
+    """The runtime table called *name* (``batch_operation_logs``...)."""
+    for t in RUNTIME_TABLES:
+        if t.name == name:
+            return t
+    raise KeyError(name)
+
+
+def render_runtime() -> str:
+    """The runtime migration's SQL, rendered from this module."""
+    import sys
+
+    from .render import environment
+
+    return environment().get_template("sql/runtime.sql.j2").render(contract=sys.modules[__name__])
