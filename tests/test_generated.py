@@ -34,13 +34,17 @@ def test_generated_folder_is_current(monkeypatch, kind):
 
 
 def test_generated_tests_are_not_collected_by_the_project_suite():
-    # pytest's testpaths is `tests`; generated/tests/ must stay outside it (its modules need
-    # the specql plugin's database and would run twice).
-    import tomllib
+    # generated/tests/ and the golden cases' expected tests are data for this suite: they
+    # need the specql plugin's database and a run of their own (`specql test run`).
+    import subprocess
+    import sys
 
-    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
-    assert config["testpaths"] == ["tests"]
     assert any((ROOT / "generated" / "tests").glob("test_*.py"))
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    collected = [line for line in proc.stdout.splitlines() if "::" in line]
+    assert collected and proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert not [line for line in collected if line.startswith(("generated/", "tests/golden/"))]
 
 
 def test_every_file_names_its_source(monkeypatch):
