@@ -98,7 +98,7 @@ class _Builder:
         self.scalars = yaml.SafeLoader("")
 
     def _mark(self, node: yaml.Node, parent_indent: int = 0) -> Mark:
-        style = getattr(node, "style", None)
+        style = getattr(node, "style", None) or None  # libyaml writes a plain style as ""
         indent = None
         if style in ("|", ">"):
             indent = self._block_indent(node, parent_indent)
@@ -173,6 +173,9 @@ class _Builder:
 def load_text(text: str, path: str) -> Document:
     """Parse one YAML document; raises SpecError with located problems."""
     doc = Document(path=path, data=None, text=text)
+    if len(text) > yamlbounds.MAX_FILE_CHARS:
+        raise SpecError([Diagnostic(path, 1, 1, f"the file has {len(text):,} characters; an entity file may have "
+                                                f"at most {yamlbounds.MAX_FILE_CHARS:,}")])
     try:
         node = yamlbounds.compose(text)
     except yamlbounds.LimitError as exc:

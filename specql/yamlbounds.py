@@ -14,8 +14,14 @@ from __future__ import annotations
 
 import yaml
 
+try:
+    from yaml.cyaml import CParser  # libyaml, when PyYAML was built with it
+except ImportError:  # pragma: no cover
+    CParser = None
+
 MAX_DEPTH = 64  # nesting levels; an entity file needs about ten
 MAX_EXPANDED = 100_000  # values an alias may add beyond the file's own size
+MAX_FILE_CHARS = 1_000_000  # entity files are a few KB; a megabyte of YAML already takes seconds
 
 
 class LimitError(yaml.composer.ComposerError):
@@ -25,11 +31,10 @@ class LimitError(yaml.composer.ComposerError):
         super().__init__(problem=message, problem_mark=mark)
 
 
-class BoundedLoader(yaml.SafeLoader):
-    """A SafeLoader whose composer refuses recursive aliases, deep nesting and alias bombs."""
+class _Bounds:
+    """A composer that refuses recursive aliases, deep nesting and alias bombs (a mixin over Composer)."""
 
-    def __init__(self, text: str):
-        super().__init__(text)
+    def _start_bounds(self, text: str) -> None:
         self.budget = MAX_EXPANDED + len(text)
         self._depth = 0
         self._open: set[str] = set()  # anchors whose node is still being composed
@@ -78,8 +83,45 @@ class BoundedLoader(yaml.SafeLoader):
         self._measured[id(node)] = (size, depth)
 
 
+class BoundedLoader(_Bounds, yaml.SafeLoader):
+    """PyYAML's pure-Python loader, bounded: slow, but its errors say the most."""
+
+    def __init__(self, text: str):
+        super().__init__(text)
+        self._start_bounds(text)
+
+
+if CParser is not None:
+    class FastBoundedLoader(_Bounds, yaml.composer.Composer, CParser, yaml.constructor.SafeConstructor,
+                            yaml.resolver.Resolver):
+        """libyaml's parser (about ten times faster) under the same bounded composer."""
+
+        def __init__(self, text: str):
+            CParser.__init__(self, text)
+            yaml.composer.Composer.__init__(self)
+            yaml.constructor.SafeConstructor.__init__(self)
+            yaml.resolver.Resolver.__init__(self)
+            self._start_bounds(text)
+else:  # pragma: no cover - PyYAML built without libyaml
+    FastBoundedLoader = None
+
+
 def compose(text: str) -> yaml.Node | None:
-    """The node graph of the single YAML document in `text` (None when empty)."""
+    """The node graph of the single YAML document in `text` (None when empty).
+
+    libyaml reads the file when it can; when it finds a problem, the pure-Python parser
+    reads it again, because its messages are the ones the diagnostics are built from.
+    """
+    if FastBoundedLoader is not None:
+        loader = FastBoundedLoader(text)
+        try:
+            return loader.get_single_node()
+        except LimitError:
+            raise
+        except (yaml.YAMLError, ValueError):  # ValueError: text libyaml cannot encode (a lone surrogate)
+            pass
+        finally:
+            loader.dispose()
     loader = BoundedLoader(text)
     try:
         return loader.get_single_node()

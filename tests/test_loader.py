@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from specql.diagnostics import SpecError
 from specql.loader import Mark, collect_files, load_file, load_text
@@ -366,7 +367,7 @@ def test_self_referencing_alias_is_a_located_error():
 
 @pytest.mark.parametrize("deep", [
     "deep: " + "[" * 1500 + "]" * 1500,
-    "deep:\n" + "".join("  " * i + f"k{i}:\n" for i in range(1, 1200)) + "  " * 1200 + "end: 1",
+    "deep:\n" + "".join("  " * i + f"k{i}:\n" for i in range(1, 200)) + "  " * 200 + "end: 1",
     "deep: " + "{a: " * 1000 + "1" + "}" * 1000,
 ])
 def test_values_nested_too_deep_are_a_located_error(deep):
@@ -427,3 +428,32 @@ def test_every_yaml_error_is_one_located_line():
         except SpecError as exc:
             for d in exc.diagnostics:
                 assert re.fullmatch(r"f\.yaml:\d+:\d+: error: [^\n]+", d.format()), d.format()
+
+
+def test_a_file_over_a_million_characters_is_refused_before_parsing():
+    text = "name: x\nfields:\n" + "".join(f"  f{i}: integer\n" for i in range(80_000))
+    assert len(text) > 1_000_000
+    started = time.perf_counter()
+    assert load_errors(text) == [f"f.yaml:1:1: error: the file has {len(text):,} characters; "
+                                 "an entity file may have at most 1,000,000"]
+    assert time.perf_counter() - started < 0.5
+
+
+def test_libyaml_and_pure_python_compose_the_same_marks():
+    from specql import yamlbounds
+
+    if yamlbounds.FastBoundedLoader is None:
+        pytest.skip("PyYAML without libyaml")
+    fast = yamlbounds.FastBoundedLoader(ENTITY).get_single_node()
+    slow = yamlbounds.BoundedLoader(ENTITY).get_single_node()
+
+    def marks(node):
+        out = [(type(node).__name__, node.tag, node.start_mark.index, node.end_mark.index,
+                node.start_mark.line, node.start_mark.column, getattr(node, "style", None) or None)]
+        children = node.value if isinstance(node, yaml.SequenceNode) else \
+            [c for pair in node.value for c in pair] if isinstance(node, yaml.MappingNode) else []
+        for child in children:
+            out.extend(marks(child))
+        return out
+
+    assert marks(fast) == marks(slow)
