@@ -113,15 +113,20 @@ def compose(text: str) -> yaml.Node | None:
     reads it again, because its messages are the ones the diagnostics are built from.
     """
     if FastBoundedLoader is not None:
-        loader = FastBoundedLoader(text)
         try:
-            return loader.get_single_node()
+            loader = FastBoundedLoader(text)
+        except ValueError:  # text libyaml cannot encode (a lone surrogate): the reader below says where
+            loader = None
+        try:
+            if loader is not None:
+                return loader.get_single_node()
         except LimitError:
             raise
-        except (yaml.YAMLError, ValueError):  # ValueError: text libyaml cannot encode (a lone surrogate)
+        except yaml.YAMLError:
             pass
         finally:
-            loader.dispose()
+            if loader is not None:
+                loader.dispose()
     loader = BoundedLoader(text)
     try:
         return loader.get_single_node()

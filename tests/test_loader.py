@@ -457,3 +457,8 @@ def test_libyaml_and_pure_python_compose_the_same_marks():
         return out
 
     assert marks(fast) == marks(slow)
+
+
+def test_a_lone_surrogate_is_a_located_error():
+    assert load_errors('name: user\nfields: {id: integer}\nx: "a\ud800"\n') == [
+        "f.yaml:3:6: error: invalid YAML: unacceptable character #xD800: special characters are not allowed"]
