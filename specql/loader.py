@@ -125,7 +125,7 @@ class _Builder:
                     continue
                 key = self.scalar(key_node)
                 if not isinstance(key, str):
-                    key = str(key) if not isinstance(key, bool) else key_node.value
+                    key = key_node.value  # a key as written: `~`, `null`, `true`, `1e3`
                 if key in result:
                     self._problem(key_node, f"duplicate key '{key}'")
                     continue

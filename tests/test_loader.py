@@ -462,3 +462,8 @@ def test_libyaml_and_pure_python_compose_the_same_marks():
 def test_a_lone_surrogate_is_a_located_error():
     assert load_errors('name: user\nfields: {id: integer}\nx: "a\ud800"\n') == [
         "f.yaml:3:6: error: invalid YAML: unacceptable character #xD800: special characters are not allowed"]
+
+
+def test_keys_that_are_not_strings_are_kept_as_written():
+    doc = load_text("~: 1\nnull: 2\ntrue: 3\n1e3: 4\n0x10: 5\n", "f.yaml")
+    assert doc.data == {"~": 1, "null": 2, "true": 3, "1e3": 4, "0x10": 5}
