@@ -26,12 +26,21 @@ _spec.loader.exec_module(regen)
 CASES = regen.cases()
 
 
-def _first_difference(name: str, want: str, have: bytes | None, context: int = 12) -> str:
+def _first_difference(old: str, new: str, want: str, have: bytes | None, context: int = 12) -> str:
+    """The first lines that differ between the expected file `old` and the generated `new`."""
     if have is None:
-        return f"{name}: expected file is missing"
+        return f"{new}: generated, but no expected file has its name"
+    if have == want.encode("utf-8"):
+        return f"{new}: same content as the expected {old}, under another name"
     diff = difflib.unified_diff(have.decode("utf-8", "replace").splitlines(), want.splitlines(),
-                                f"expected/{name}", f"generated/{name}", lineterm="", n=2)
+                                f"expected: {old}", f"generated: {new}", lineterm="", n=2)
     return "\n".join(list(diff)[:context])
+
+
+def _same_stem(files: dict, name: str) -> str | None:
+    """The file in `files` that `name` renames (same level and table, another hash)."""
+    stem = name.rsplit(".", 2)[0] + "."
+    return next((other for other in files if other.startswith(stem)), None)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
@@ -41,11 +50,12 @@ def test_case_output_equals_its_expected_files(case: Path):
     problems = []
     for folder, files in expected.items():
         for name, content in files.items():
-            have = disk[folder].get(name)
-            if have != content.encode("utf-8"):
-                problems.append(_first_difference(f"{folder}/{name}", content, have))
-        problems += [f"{folder}/{name}: expected but not generated any more" for name in disk[folder]
-                     if name not in files]
+            old = name if name in disk[folder] else _same_stem(disk[folder], name)
+            have = disk[folder].get(old) if old else None
+            if old != name or have != content.encode("utf-8"):
+                problems.append(_first_difference(f"{folder}/{old or name}", f"{folder}/{name}", content, have))
+        problems += [f"{folder}/{name}: expected, not generated any more" for name in disk[folder]
+                     if name not in files and not _same_stem(files, name)]
     assert not problems, ("\n\n".join(problems)
                           + f"\n\nIf the change is intended: python tests/golden/regen.py {case.name}")
 
