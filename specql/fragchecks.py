@@ -72,6 +72,19 @@ def non_boolean_reason(frag: Fragment) -> str | None:
     return _reason(frag.expr)
 
 
+def boolean_operand_columns(frag: Fragment) -> list[str]:
+    """Columns that stand where a boolean must be (`active`, `NOT a`, `a AND b = 1`): the model
+    knows their types, and one that is not boolean makes the condition fail at every call."""
+    found, todo = [], [frag.expr]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.BoolExpr):
+            todo.extend(reversed(node.args))
+        elif isinstance(node, ast.ColumnRef) and len(node.fields) == 1 and isinstance(node.fields[0], ast.String):
+            found.append(node.fields[0].sval)
+    return found
+
+
 def _reason(node) -> str | None:
     if isinstance(node, ast.BoolExpr):  # AND, OR, NOT: each argument must be a boolean
         return next((r for r in map(_reason, node.args) if r), None)

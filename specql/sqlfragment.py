@@ -16,7 +16,8 @@ from pglast import ast, parser, stream, visitors
 from pglast.keywords import COL_NAME_KEYWORDS, RESERVED_KEYWORDS, TYPE_FUNC_NAME_KEYWORDS, UNRESERVED_KEYWORDS
 from pglast.enums import A_Expr_Kind
 
-from .fragchecks import MAX_EXPRESSION_DEPTH, deeper_than, non_boolean_reason  # noqa: F401 (re-exported)
+from .fragchecks import (MAX_EXPRESSION_DEPTH, boolean_operand_columns, deeper_than,  # noqa: F401 (re-exported)
+                         non_boolean_reason)
 
 # Aggregates that make a precondition "over the target table" (SPEC §3 preconditions).
 AGGREGATES = frozenset("""

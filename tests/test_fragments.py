@@ -406,3 +406,14 @@ def test_non_boolean_reason(text, reason):
 ])
 def test_boolean_or_unknown_is_not_refused(text):
     assert sf.non_boolean_reason(sf.parse_fragment(text)) is None
+
+
+@pytest.mark.parametrize("text, columns", [
+    ("active", ["active"]),
+    ("NOT active AND (archived OR status = 'x')", ["active", "archived"]),
+    ("status = 'x'", []),
+    ("coalesce(active, false)", []),
+    ("t.active", []),
+])
+def test_boolean_operand_columns(text, columns):
+    assert sf.boolean_operand_columns(sf.parse_fragment(text)) == columns
