@@ -227,6 +227,7 @@ SENTINELS = [
     ("entity", "unmanaged table: no CREATE TABLE", "(entity stock).\n"),
     ("entity", "custom log table like the runtime's", "CREATE TABLE IF NOT EXISTS specql.tag_batches (LIKE specql.batch_operation_logs"),
     ("table", "uuid key with a default", "id uuid PRIMARY KEY DEFAULT gen_random_uuid()"),
+    ("table", "uuid key with its own default", "id uuid PRIMARY KEY DEFAULT CAST(md5("),
     ("table", "integer key", "id integer PRIMARY KEY,"),
     ("table", "NOT NULL and UNIQUE", "code text NOT NULL UNIQUE"),
     ("table", "SQL default", "opened_on date DEFAULT CURRENT_DATE"),
