@@ -35,7 +35,7 @@ APPLICATION_NAME = "specql migrate"
 # someone else's session is mostly NULL, hence the coalesces.
 _DESCRIBE = """
 SELECT pid,
-       coalesce(nullif(application_name, ''), '-'),
+       coalesce(quote_literal(nullif(application_name, '')), 'no application_name'),
        coalesce(usename::text, '?'),
        coalesce(state, 'state unknown'),
        to_char(xact_start AT TIME ZONE 'UTC', 'HH24:MI:SS'),
@@ -57,12 +57,12 @@ SELECT pid FROM pg_locks
 
 
 def describe_backends(conn: psycopg.Connection, pids: list[int]) -> list[str]:
-    """``pid 123 ('psql', user app, idle in transaction, transaction started 18:02:11 UTC, 40 s ago)``."""
+    """``pid 123 ('psql', user app, idle in transaction, transaction started 18:02:11 UTC, 40 s ago, ...)``."""
     found = {}
     for pid, app, user, state, xact_at, xact_age, connected_at, query in conn.execute(_DESCRIBE, [pids]):
         since = (f"transaction started {xact_at} UTC, {xact_age} s ago" if xact_at
                  else f"connected at {connected_at} UTC" if connected_at else "since unknown")
-        text = f"pid {pid} ('{app}', user {user}, {state}, {since}"
+        text = f"pid {pid} ({app}, user {user}, {state}, {since}"
         found[pid] = text + (f", last query: {query!r})" if query else ")")
     # A pid that has just gone is still worth naming.
     return [found.get(pid, f"pid {pid}") for pid in pids]

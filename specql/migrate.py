@@ -221,10 +221,12 @@ def _execute_file(conn: psycopg.Connection, migration: Migration) -> None:
 
 def _apply_once(conn: psycopg.Connection, migration: Migration, waits: _Waits, remaining: float) -> float:
     start = time.perf_counter()
-    pid = conn.info.backend_pid
-    with conn.transaction(), BlockerWatch(waits.url, pid, delay=min(0.5, waits.lock_timeout / 3)) as watch:
-        timeout_ms = max(1, int(min(waits.lock_timeout, max(remaining, 0.001)) * 1000))
-        conn.execute("SELECT set_config('lock_timeout', %s, true)", [f"{timeout_ms}ms"])
+    timeout = min(waits.lock_timeout, max(remaining, 0.001))
+    # Sampled often enough to see a blocker before this attempt's lock_timeout ends.
+    every = max(0.05, min(1.0, timeout / 3))
+    watch = BlockerWatch(waits.url, conn.info.backend_pid, delay=min(0.5, every), interval=every)
+    with conn.transaction(), watch:
+        conn.execute("SELECT set_config('lock_timeout', %s, true)", [f"{max(1, int(timeout * 1000))}ms"])
         try:
             _execute_file(conn, migration)
         except _FileFailed as failure:
@@ -249,10 +251,12 @@ def _reset(conn: psycopg.Connection) -> None:
 def _apply_one(conn: psycopg.Connection, migration: Migration, waits: _Waits, echo: Echo) -> float:
     """Apply *migration*, retrying with backoff while its DDL cannot get a lock in time."""
     started = time.monotonic()
+    seen: list[str] = []  # the last blockers any attempt saw: a short last attempt may see none
     for attempt in range(1, 1000):
         try:
             return _apply_once(conn, migration, waits, waits.lock_wait - (time.monotonic() - started))
         except _FileFailed as failure:
+            seen = failure.blockers = failure.blockers or seen
             waited = time.monotonic() - started
             # Doubling, jittered so that two waiting runs do not retry in step.
             pause = min(0.25 * 2 ** attempt, 5.0) * random.uniform(0.75, 1.25)
