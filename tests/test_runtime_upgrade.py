@@ -68,6 +68,13 @@ def psql_f(url: str, path: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True)
 
 
+def call_status(url: str, call: str) -> str:
+    """The status in the INOUT result of a procedure CALL."""
+    with connect(url, autocommit=True) as conn:
+        result = conn.execute(call).fetchone()[0]  # the composite, as text
+        return conn.execute("SELECT (%s::specql.batch_operation_result).status", [result]).fetchone()[0]
+
+
 def catalog(url: str) -> dict[str, list[tuple[str, str]]]:
     """relation -> [(column, type)] in column order, for the type and the runtime tables."""
     relations = [contract.RESULT_TYPE.qualified] + [t.qualified for t in contract.RUNTIME_TABLES]
@@ -183,7 +190,10 @@ def test_upgrade_from_release_0_1_0_keeps_old_routines_working_and_runs_new_ones
     with connect(url, autocommit=True) as conn:
         row = conn.execute("SELECT status, processed_records FROM "
                            "public.bulk_update_user_status(user_ids => %s, new_status => 'older')", [ids[2:4]]).fetchone()
+        conn.execute("INSERT INTO public.product (name, category_id) SELECT 'p' || i, 3 FROM generate_series(1, 4) i")
     assert row == ("completed", 2)
+    assert call_status(url, "CALL public.reprice_category(category_id => 3, new_price => 9.90)") == "completed"
+    assert scalar(url, "SELECT count(*) FROM public.product WHERE price = 9.90") == 4
 
     # ...and so do the routines the current version generates from the examples.
     out = tmp_path / "generated"
@@ -196,7 +206,7 @@ def test_upgrade_from_release_0_1_0_keeps_old_routines_working_and_runs_new_ones
                            "public.bulk_update_user_status(user_ids => %s, new_status => 'new')", [ids]).fetchone()
         assert row == ("completed", 5, 1)
         assert conn.execute("SELECT count(*) FROM public.\"user\" WHERE status = 'new'").fetchone()[0] == 5
-        assert conn.execute("SELECT count(*) FROM specql.batch_operation_runs").fetchone()[0] == 3
+        assert conn.execute("SELECT count(*) FROM specql.batch_operation_runs").fetchone()[0] == 4
     assert catalog(url) == expected(url)
 
 
@@ -209,7 +219,10 @@ def test_a_field_and_columns_added_to_the_contract_reach_an_existing_database(tm
                  "VALUES (gen_random_uuid(), 'before', now(), now())")
     execute(url, "CREATE FUNCTION public.made_before() RETURNS specql.batch_operation_result LANGUAGE plpgsql AS "
                  "$$ DECLARE r specql.batch_operation_result; BEGIN r.status := 'completed'; RETURN r; END $$")
+    execute(url, "CREATE PROCEDURE public.called_before(INOUT result specql.batch_operation_result DEFAULT NULL) "
+                 "LANGUAGE plpgsql AS $$ BEGIN result.status := 'completed'; END $$")
     assert scalar(url, "SELECT status FROM public.made_before()") == "completed"
+    assert call_status(url, "CALL public.called_before()") == "completed"
 
     grown = dataclasses.replace(contract.RESULT_TYPE, fields=contract.RESULT_TYPE.fields + (
         contract.Column("cancelled_at", "timestamptz"),))
@@ -226,8 +239,9 @@ def test_a_field_and_columns_added_to_the_contract_reach_an_existing_database(tm
     assert catalog(url)["specql.batch_operation_result"][-1] == ("cancelled_at", "timestamp with time zone")
     assert query(url, "SELECT operation, cancel_requested, worker FROM specql.batch_operation_runs") == [
         ("before", False, None)]
-    # A routine compiled against the old shape still returns the type, new field NULL.
+    # Routines compiled against the old shape still return the type, new field NULL.
     assert query(url, "SELECT status, cancelled_at FROM public.made_before()") == [("completed", None)]
+    assert call_status(url, "CALL public.called_before()") == "completed"
     # And the grown runtime is as re-appliable as the first.
     result = psql_f(url, next((later / "migrations").glob("*.sql")))
     assert result.returncode == 0 and result.stderr == "", result.stderr
