@@ -233,8 +233,14 @@ def test_a_field_and_columns_added_to_the_contract_reach_an_existing_database(tm
     monkeypatch.setattr(contract, "RESULT_TYPE", grown)
     monkeypatch.setattr(contract, "RUNTIME_TABLES", tables)
 
+    # A pooled session that ran the routine before the upgrade and runs it again after.
+    pooled = connect(url, autocommit=True)
+    assert pooled.execute("SELECT status FROM public.made_before()").fetchone() == ("completed",)
+
     later = runtime_folder(tmp_path / "later", "0000_specql_runtime.later.sql")
     apply(later, url)
+    with pooled:
+        assert pooled.execute("SELECT status, cancelled_at FROM public.made_before()").fetchone() == ("completed", None)
     assert catalog(url) == expected(url)
     assert catalog(url)["specql.batch_operation_result"][-1] == ("cancelled_at", "timestamp with time zone")
     assert query(url, "SELECT operation, cancel_requested, worker FROM specql.batch_operation_runs") == [
