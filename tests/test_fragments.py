@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 
 import pytest
 from pglast import parser
@@ -377,7 +378,7 @@ def test_any_other_parser_failure_is_a_fragment_error(monkeypatch):
     assert exc.value.message == "SQL does not parse: something pglast did not expect"
 
 
-@pytest.mark.parametrize("text, reason", [
+NON_BOOLEAN = [
     ("7", "7 is a number, not a boolean"),
     ("1.5", "1.5 is a number, not a boolean"),
     ("'abc'", "'abc' is a string, not a boolean"),
@@ -392,18 +393,24 @@ def test_any_other_parser_failure_is_a_fragment_error(monkeypatch):
     ("CURRENT_DATE", "CURRENT_DATE is not a boolean"),
     ("ARRAY[1, 2]", "an array is not a boolean"),
     ("active AND 7", "7 is a number, not a boolean"),
-    ("NOT (x || y)", "'||' gives text or an array, not a boolean"),
-])
+    ("NOT (name || status)", "'||' gives text or an array, not a boolean"),
+]
+
+
+@pytest.mark.parametrize("text, reason", NON_BOOLEAN)
 def test_non_boolean_reason(text, reason):
     assert sf.non_boolean_reason(sf.parse_fragment(text)) == reason
 
 
-@pytest.mark.parametrize("text", [
+NOT_REFUSED = [
     "true", "'t'", "'yes'", "' off '", "NULL", "active", ":flag", "status = 'x'", "x > 1 AND y < 2",
     "flag::boolean", "CAST(flag AS bool)", "coalesce(active, false)", "EXISTS (SELECT 1)", "x IS NULL",
     "(SELECT count(*) FROM t) > 0", "count(*) < 10", "my_check(id)", "CASE WHEN a THEN true ELSE false END",
     "tags @> ARRAY['a']", "x::my_domain", "(a)", "NOT active",
-])
+]
+
+
+@pytest.mark.parametrize("text", NOT_REFUSED)
 def test_boolean_or_unknown_is_not_refused(text):
     assert sf.non_boolean_reason(sf.parse_fragment(text)) is None
 
@@ -417,3 +424,29 @@ def test_boolean_or_unknown_is_not_refused(text):
 ])
 def test_boolean_operand_columns(text, columns):
     assert sf.boolean_operand_columns(sf.parse_fragment(text)) == columns
+
+
+_TABLE = """CREATE TABLE t (id integer, x integer, y integer, name text, status text, data jsonb, tags text[],
+             active boolean, archived boolean, a boolean, flag boolean);
+             CREATE DOMAIN my_domain AS boolean;
+             CREATE FUNCTION my_check(integer) RETURNS boolean LANGUAGE sql AS 'SELECT true';"""
+
+
+def _condition_sql(text: str) -> str:
+    clause = "HAVING" if "count(" in text else "WHERE"  # an aggregate is a precondition over the table
+    return f"SELECT 1 FROM t {clause} {sf.render(sf.parse_fragment(text), {})}"
+
+
+def test_postgres_agrees_with_non_boolean_reason(database_url):
+    """Every refused condition fails in PostgreSQL for not being a boolean; every kept one runs."""
+    import psycopg
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(_TABLE)
+        for text, _ in NON_BOOLEAN:
+            with pytest.raises(psycopg.Error) as exc:
+                conn.execute(_condition_sql(text))
+            assert re.search(r"must be type boolean|invalid input syntax for type boolean", str(exc.value)), text
+        for text in NOT_REFUSED:
+            if text != ":flag":
+                conn.execute(_condition_sql(text))
