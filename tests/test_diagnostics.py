@@ -66,14 +66,15 @@ def test_did_you_mean_ignores_huge_words():
     assert did_you_mean("statsu" * 100_000, ["status"]) == ""
 
 
-def test_a_million_character_name_gives_short_output(tmp_path: Path):
+def test_a_huge_name_gives_short_output(tmp_path: Path):
     path = tmp_path / "huge.yaml"
-    path.write_text(BASE.replace("name: user", "name: " + "u" * 1_000_000).replace("status: string", "status: strnig"))
+    path.write_text(BASE.replace("name: user", "name: " + "u" * 990_000))
     result = CliRunner().invoke(main, ["validate", str(path)], catch_exceptions=False)
     assert result.exit_code == 1
     assert len(result.stderr) < 4_000, len(result.stderr)
     lines = result.stderr.splitlines()
     assert all(ONE_LINE.fullmatch(line) for line in lines[:-1]), lines
+    assert "u" * 60 + "…" in result.stderr  # the name is echoed, cut short
 
 
 def test_schema_messages_quote_values_short_and_escaped():
