@@ -21,17 +21,15 @@ from __future__ import annotations
 
 import hashlib
 import random
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import pglast
 import psycopg
-from pglast.parser import ParseError
 
 from .database import DatabaseError, connect
+from .sqlfile import FileFailed, execute_file
 from .lockwait import (APPLICATION_NAME, BlockerWatch, Terminated, check_client_connection, sigterm_as_interrupt,
                        take_advisory_lock)
 
@@ -46,7 +44,6 @@ LEDGER_TABLE = "specql.schema_migrations"
 # behind a waiting ALTER TABLE, so no attempt may keep them queued for long.
 DEFAULT_LOCK_WAIT = 60.0
 DEFAULT_LOCK_TIMEOUT = 3.0
-_LOCK_NOT_AVAILABLE = "55P03"
 
 # A fixed bigint every specql process agrees on without coordination: the first eight
 # bytes of sha256("specql.migrate"), signed because pg_advisory_lock takes a bigint.
@@ -87,17 +84,13 @@ class _Applied:
     duration_ms: object
 
 
-class _FileFailed(Exception):
-    def __init__(self, line: int | None, error: psycopg.Error):
-        super().__init__(str(error))
-        self.line = line
-        self.error = error
-        self.blockers: list[str] = []
-        self.gave_up_after: float | None = None  # seconds, when lock waits were exhausted
+@dataclass
+class _Progress:
+    """Where a run is, for the message when a signal interrupts it."""
 
-    @property
-    def lock_timeout(self) -> bool:
-        return self.error.sqlstate == _LOCK_NOT_AVAILABLE
+    pending: int | None = None  # None: the ledger was not read yet
+    done: int = 0
+    current: str | None = None  # the file being applied
 
 
 @dataclass(frozen=True)
@@ -159,64 +152,7 @@ def _report_changed(changed: list[Migration], ledger: dict[str, _Applied], echo:
     echo("refusing to migrate: applied migrations must not be edited; nothing was applied")
 
 
-# ------------------------------------------------------------------- execution
-
-
-def _split(sql: str) -> list[tuple[int, str]] | None:
-    """(offset, text) of each statement, or None when pglast cannot parse the file.
-
-    Statements run one at a time (still in one transaction) only so that an error can
-    be pinned to its statement: many errors ("relation already exists") carry no
-    position.  Unparseable files run whole; the server then reports the syntax error
-    with a position of its own.
-    """
-    try:
-        slices = pglast.split(sql, only_slices=True)
-    except (ParseError, ValueError):
-        return None
-    return [(s.start, sql[s]) for s in slices]
-
-
-def _line_at(text: str, index: int) -> int:
-    return text.count("\n", 0, max(index, 0)) + 1
-
-
-_DO_BODY = re.compile(r"\s*DO\s+(?:LANGUAGE\s+\w+\s+)?\$\w*\$", re.IGNORECASE)
-_DO_LINE = re.compile(r"inline_code_block line (\d+)")
-
-
-def _error_line(sql: str, offset: int, statement: str | None, error: psycopg.Error) -> int | None:
-    """Line in the file that *error* (raised by *statement* at *offset*) points at."""
-    diag = error.diag
-    if diag.statement_position:
-        # 1-based and counted in characters, like Python string indices.
-        return _line_at(sql, offset + int(diag.statement_position) - 1)
-    if statement is None:
-        return None
-    # Errors raised while a DO block runs only say "inline_code_block line N", counted
-    # from the line holding the opening dollar quote.
-    match = _DO_LINE.search(diag.context or "")
-    body = _DO_BODY.match(statement)
-    if match and body:
-        return _line_at(sql, offset + body.end()) + int(match.group(1)) - 1
-    return _line_at(sql, offset)
-
-
-def _execute_file(conn: psycopg.Connection, migration: Migration) -> None:
-    sql = migration.sql
-    statements = _split(sql)
-    if statements is None:
-        try:
-            # No parameters: psycopg sends a simple query, which may hold many statements.
-            conn.execute(sql)
-        except psycopg.Error as e:
-            raise _FileFailed(_error_line(sql, 0, None, e), e) from None
-        return
-    for offset, statement in statements:
-        try:
-            conn.execute(statement)
-        except psycopg.Error as e:
-            raise _FileFailed(_error_line(sql, offset, statement, e), e) from None
+# ------------------------------------------------------------------- applying
 
 
 def _apply_once(conn: psycopg.Connection, migration: Migration, waits: _Waits, remaining: float) -> float:
@@ -228,8 +164,8 @@ def _apply_once(conn: psycopg.Connection, migration: Migration, waits: _Waits, r
     with conn.transaction(), watch:
         conn.execute("SELECT set_config('lock_timeout', %s, true)", [f"{max(1, int(timeout * 1000))}ms"])
         try:
-            _execute_file(conn, migration)
-        except _FileFailed as failure:
+            execute_file(conn, migration.sql)
+        except FileFailed as failure:
             failure.blockers = watch.blockers
             raise
         elapsed_ms = (time.perf_counter() - start) * 1000
@@ -255,7 +191,7 @@ def _apply_one(conn: psycopg.Connection, migration: Migration, waits: _Waits, ec
     for attempt in range(1, 1000):
         try:
             return _apply_once(conn, migration, waits, waits.lock_wait - (time.monotonic() - started))
-        except _FileFailed as failure:
+        except FileFailed as failure:
             seen = failure.blockers = failure.blockers or seen
             waited = time.monotonic() - started
             # Doubling, jittered so that two waiting runs do not retry in step.
@@ -272,7 +208,7 @@ def _apply_one(conn: psycopg.Connection, migration: Migration, waits: _Waits, ec
     raise AssertionError("unreachable")
 
 
-def _report_failure(migration: Migration, failure: _FileFailed, echo: Echo) -> None:
+def _report_failure(migration: Migration, failure: FileFailed, echo: Echo) -> None:
     diag = failure.error.diag
     message = diag.message_primary or " ".join(str(failure.error).split())
     where = f"{migration.path}:{failure.line}" if failure.line else f"{migration.path}"
@@ -290,7 +226,7 @@ def _report_failure(migration: Migration, failure: _FileFailed, echo: Echo) -> N
 
 
 def _run(conn: psycopg.Connection, migrations: list[Migration], waits: _Waits, echo: Echo,
-         progress: dict) -> int:
+         progress: _Progress) -> int:
     if not take_advisory_lock(conn, ADVISORY_LOCK_KEY, waits.lock_wait, echo):
         return 1
     # The lock is session-level and dies with the connection, which the caller closes
@@ -310,18 +246,18 @@ def _run(conn: psycopg.Connection, migrations: list[Migration], waits: _Waits, e
     for m in migrations:
         if m.name in ledger:
             echo(f"skip {m.name} (already applied)")
-    progress["pending"] = len(pending)
+    progress.pending = len(pending)
     for done, m in enumerate(pending):
-        progress.update(current=m.name, done=done)
+        progress.done, progress.current = done, m.name
         try:
             elapsed_ms = _apply_one(conn, m, waits, echo)
-        except _FileFailed as failure:
+        except FileFailed as failure:
             _report_failure(m, failure, echo)
             echo(f"rolled back {m.name}; {done} migration(s) applied before it, "
                  f"{len(pending) - done - 1} not attempted")
             return 1
         echo(f"applied {m.name} ({elapsed_ms:.0f} ms)")
-    progress.update(current=None, done=len(pending))
+    progress.done, progress.current = len(pending), None
     echo(f"{len(pending)} migration(s) applied" if pending else "nothing to apply")
     return 0
 
@@ -376,7 +312,7 @@ def migrate(directory: str | Path | None, url: str | None, *, status: bool = Fal
     if not url:
         echo("error: no database: pass --database-url or set SPECQL_DATABASE_URL")
         return 1
-    progress: dict = {"current": None, "done": 0, "pending": None}
+    progress = _Progress()
     try:
         with sigterm_as_interrupt():
             return _connect_and_run(directory, url, status, dry_run, _Waits(url, lock_wait, lock_timeout),
@@ -392,7 +328,7 @@ def migrate(directory: str | Path | None, url: str | None, *, status: bool = Fal
 
 
 def _connect_and_run(directory, url: str, status: bool, dry_run: bool, waits: _Waits, echo: Echo,
-                     progress: dict) -> int:
+                     progress: _Progress) -> int:
     migrations = load_migrations(find_migrations_dir(directory))
     # prepare_threshold=None: identical statements repeated across files must not
     # become server-side prepared statements (DDL cannot be prepared).
@@ -405,14 +341,15 @@ def _connect_and_run(directory, url: str, status: bool, dry_run: bool, waits: _W
         return _run(conn, migrations, waits, echo, progress)
 
 
-def _report_interrupt(e: KeyboardInterrupt, progress: dict, echo: Echo) -> int:
+def _report_interrupt(e: KeyboardInterrupt, progress: _Progress, echo: Echo) -> int:
     name, code = ("SIGTERM", 143) if isinstance(e, Terminated) else ("SIGINT", 130)
-    if progress["current"]:
-        left = progress["pending"] - progress["done"] - 1
-        echo(f"interrupted by {name} while applying {progress['current']}: rolled back; "
-             f"{progress['done']} migration(s) applied before it, {left} not attempted")
-    elif progress["pending"] is None:
+    if progress.current:
+        # Rolled back by the transaction's exit; closing the connection would have too.
+        left = progress.pending - progress.done - 1
+        echo(f"interrupted by {name} while applying {progress.current}: rolled back; "
+             f"{progress.done} migration(s) applied before it, {left} not attempted")
+    elif progress.pending is None:
         echo(f"interrupted by {name}: nothing was applied")
     else:
-        echo(f"interrupted by {name} after {progress['done']} migration(s) were applied")
+        echo(f"interrupted by {name} after {progress.done} migration(s) were applied")
     return code

@@ -273,3 +273,20 @@ def test_readers_never_queue_long_behind_a_waiting_migrate(tmp_path, database_ur
     assert len(latencies) > 20
     # Without the timeout a reader would wait the whole 4 s; with it, one attempt at most.
     assert max(latencies) < 1.5, sorted(latencies)[-5:]
+
+
+@pytest.mark.parametrize("key", [ADVISORY_LOCK_KEY, -ADVISORY_LOCK_KEY, -1], ids=["migrate", "negative", "minus-one"])
+def test_advisory_lock_holders_finds_the_session_holding_a_key(database_url, key):
+    from specql.lockwait import advisory_lock_holders, describe_backends
+
+    with connect(database_url, autocommit=True, application_name="it's me") as holder, \
+            connect(database_url, autocommit=True) as other:
+        holder.execute("SELECT pg_advisory_lock(%s)", [key])
+        holder.execute("SELECT pg_advisory_lock(%s)", [key + 1])  # a neighbouring key is not it
+        pid = holder.info.backend_pid
+        assert advisory_lock_holders(other, key) == [pid]
+        assert advisory_lock_holders(holder, key) == []  # never ourselves
+        described = describe_backends(other, [pid, 999_999_999])
+        assert described[0].startswith(f"pid {pid} ('it''s me', user ")
+        assert "connected at " in described[0] and "idle" in described[0]
+        assert described[1] == "pid 999999999"  # gone: still named
