@@ -14,6 +14,7 @@ from .. import sqlfragment as sf
 from ..diagnostics import Diagnostic, did_you_mean
 from ..loader import Document
 from ..sqlnames import qi
+from .names import shown
 from .scope import Scope
 from .values import PARAM_REF, RECORD_REF, Assignment, literal_sql, looks_like_sql, record_sql
 
@@ -79,9 +80,8 @@ class Context:
     def literal_or_error(self, raw: Any, column, path: tuple) -> str | None:
         sql = literal_sql(raw, column)
         if sql is None:
-            shown = raw if not isinstance(raw, str) else repr(raw)
             hint = " (an SQL expression is written as {sql: \"...\"})" if isinstance(raw, str) else ""
-            self.error(path, f"{shown} is not a valid {column.type} value for column '{column.name}'{hint}")
+            self.error(path, f"{shown(raw)} is not a valid {column.type} value for column '{column.name}'{hint}")
         return sql
 
     def fragment_value(self, text: str, path: tuple) -> str | None:
@@ -124,6 +124,20 @@ class Context:
                 name = ".".join(n.sval for n in node.funcname)
                 found = frag.text.lower().find(node.funcname[-1].sval.lower())
                 self.functions.append((name, path, found if found >= 0 else None))
+
+    def check_boolean(self, frag: sf.Fragment, path: tuple, what: str) -> bool:
+        """A condition whose type is known not to be boolean would fail at every call: refuse it."""
+        reason = sf.non_boolean_reason(frag)
+        if reason:
+            self.error(path, f"{what} must be a boolean condition: {reason}")
+            return False
+        cols = self.target.columns
+        for name in sf.boolean_operand_columns(frag):
+            if name in cols and cols[name].type != "boolean":
+                self.error(path, f"{what} must be a boolean condition: column '{name}' is {cols[name].type}, "
+                                 f"not boolean (compare it, e.g. {name} = ...)")
+                return False
+        return True
 
     def check_columns(self, frag: sf.Fragment, path: tuple) -> None:
         cols = self.target.columns

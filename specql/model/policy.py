@@ -64,7 +64,7 @@ def read_preconditions(ctx) -> list[Precondition]:
     for i, text in enumerate(ctx.spec.get("preconditions") or []):
         ppath = ctx.at("preconditions", i)
         frag = ctx.parse(text, ppath)
-        if frag is None:
+        if frag is None or not ctx.check_boolean(frag, ppath, "a precondition"):
             continue
         if frag.has_aggregate:
             ctx.check_columns(frag, ppath)

@@ -117,6 +117,8 @@ class StatementReader:
             ctx.error(wpath, f"aggregate function {frag.aggregate_name}() is not allowed in where_condition; "
                              f"use preconditions to check the whole table", offset=frag.aggregate_offset)
             return
+        if not ctx.check_boolean(frag, wpath, "where_condition"):
+            return
         self.where_frag = frag
         ctx.check_columns(frag, wpath)
         driver_ph = key_driver(frag, ctx.target.primary_key.name)
