@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import signal
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -81,7 +80,6 @@ def take_advisory_lock(conn: psycopg.Connection, key: int, lock_wait: float, ech
     holders = describe_backends(conn, advisory_lock_holders(conn, key))
     echo(f"waiting for another specql migrate to finish: the migrate lock is held by "
          f"{'; '.join(holders) or 'another session'}; giving up after {lock_wait:g} s")
-    started = time.monotonic()
     try:
         # A blocking wait (not polling) keeps our place in the lock's queue and shows
         # us in pg_locks as waiting; lock_timeout bounds it.
@@ -89,7 +87,7 @@ def take_advisory_lock(conn: psycopg.Connection, key: int, lock_wait: float, ech
         conn.execute("SELECT pg_advisory_lock(%s)", [key])
     except psycopg.errors.LockNotAvailable:
         holders = describe_backends(conn, advisory_lock_holders(conn, key))
-        echo(f"error: gave up after {time.monotonic() - started:.0f} s waiting for the migrate lock, held by "
+        echo(f"error: gave up after {lock_wait:g} s waiting for the migrate lock, held by "
              f"{'; '.join(holders) or 'another session'}; nothing was applied")
         return False
     conn.execute("RESET lock_timeout")

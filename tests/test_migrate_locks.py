@@ -230,7 +230,7 @@ def test_cli_lock_wait_option(tmp_path, database_url):
         proc = start_migrate(root, database_url, "--lock-wait", "0.5")
         out = proc.communicate(timeout=30)[0]
     assert proc.returncode == 1, out
-    assert out.strip().splitlines()[-1].startswith("error: gave up after 1 s waiting for the migrate lock"), out
+    assert out.strip().splitlines()[-1].startswith("error: gave up after 0.5 s waiting for the migrate lock"), out
 
     with connect(database_url, autocommit=True) as holder:  # the same from the environment
         holder.execute("SELECT pg_advisory_lock(%s)", [ADVISORY_LOCK_KEY])
