@@ -144,6 +144,8 @@ def test_signal_while_a_statement_runs(tmp_path, database_url, signum, code):
 def test_sigkill_leaves_no_backend_waiting(tmp_path, database_url):
     """Even killed outright, the server drops the backend (client_connection_check_interval)."""
     root = applied_busy_table(tmp_path, database_url)
+    # Applied first, so the setting must survive the RESET ALL between files.
+    write_migrations(root, {"0001b_quick.sql": "CREATE TABLE quick (id int);\n"})
     with connect(database_url) as holder:
         holder.execute("SELECT * FROM busy")  # holder keeps its transaction open
         proc = start_migrate(root, database_url, "--lock-timeout", "60")
