@@ -7,6 +7,7 @@ from pathlib import Path
 
 import psycopg
 
+from specql.contract import RESULT_FIELDS
 from specql.generate import generate
 from specql.sqlnames import qi
 from specql.migrate import migrate
@@ -45,8 +46,7 @@ def call_procedure(conn: psycopg.Connection, routine: str, **args) -> dict:
     cur = conn.cursor()
     row = cur.execute(f"CALL {routine}({names})", args).fetchone()
     # the INOUT result comes back as one composite column
-    fields = ("operation_id", "operation", "status", "total_records", "processed_records", "failed_records",
-              "error_count", "batch_count", "started_at", "completed_at")
+    fields = RESULT_FIELDS
     cur2 = conn.cursor()
     values = cur2.execute("SELECT (%s::specql.batch_operation_result).*", (row[0],)).fetchone()
     return dict(zip(fields, values))

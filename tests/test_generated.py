@@ -18,7 +18,7 @@ from specql.migrate import migrate
 from specql.render import environment
 
 ROOT = Path(__file__).resolve().parent.parent
-PREVIOUS_RELEASE = Path(__file__).resolve().parent / "previous_release"
+PREVIOUS_RELEASE = Path(__file__).resolve().parent / "fixtures" / "release_0_1_0"
 
 
 def cli(*args: str):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ..contract import RESULT_FIELDS
 from ..diagnostics import did_you_mean
 from ..sqlnames import MAX_IDENTIFIER_BYTES, qname
 from .names import shown
@@ -15,8 +16,6 @@ from .values import parse_interval
 
 DEFAULT_BATCH_SIZE = 1000
 MAX_CHANNELS = 32  # notification channels travel in a NOTIFY payload, which must stay under 8000 bytes
-RESULT_FIELDS = ("operation_id", "operation", "status", "total_records", "processed_records",
-                 "failed_records", "error_count", "batch_count", "started_at", "completed_at")
 DEFAULT_MESSAGE = ("{operation} {status}: {processed_records} of {total_records} records processed, "
                    "{failed_records} failed")
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
