@@ -204,5 +204,59 @@ def migrate(directory: str, database_url: str | None, status: bool, dry_run: boo
     sys.exit(run(directory, url, status=status, dry_run=dry_run, echo=click.echo, **waits))
 
 
+@main.command("run")
+@click.argument("operation")
+@click.argument("paths", nargs=-1)
+@click.option("--database-url", help="Target database (default: SPECQL_DATABASE_URL, then DATABASE_URL).")
+@click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
+              help="A parameter: NAME=VALUE, or NAME=@FILE (arrays: JSON or one value a line; jsonb: JSON).")
+@click.option("--confirm", is_flag=True, help="Pass confirm => true (operations with requires_confirmation).")
+@click.option("--batch-size", type=click.IntRange(1, 1_000_000), help="Override the file's batch_size for this run.")
+@click.option("--resume", metavar="OPERATION_ID", help="Resume a commit_per_batch run from its last committed batch.")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Parallel workers (operations with parallel: true).")
+@click.option("--csv", "csv_file", type=click.Path(dir_okay=False), help="CSV file (data_source: csv_file).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+              help="The result as a table, or as one JSON object.")
+@_guard
+def run_operation(operation: str, paths: tuple[str, ...], database_url: str | None, params: tuple[str, ...],
+                  confirm: bool, batch_size: int | None, resume: str | None, workers: int, csv_file: str | None,
+                  fmt: str) -> None:
+    """Run OPERATION (looked up in PATH..., default entities/) with a live progress bar.
+
+    Exit 0 when the run ends `completed`, 1 for any other status or a refused run.
+    Ctrl-C stops it after the current batch (status `cancelled`).
+    """
+    from .database import resolve_database_url
+    from .generate import load_project
+    from .progress import LiveBar, show_result
+    from .run import RunError, bind_params, execute, find_operation
+
+    url = resolve_database_url(database_url)
+    if not url:
+        raise click.UsageError("no database: pass --database-url or set SPECQL_DATABASE_URL")
+    try:
+        project = load_project(list(paths) or ["entities/"])
+        op = find_operation(project, operation)
+        if workers > 1:
+            raise RunError(f"--workers {workers}: parallel workers are not supported yet; run without --workers")
+        if csv_file:
+            raise RunError("--csv: CSV import is not supported yet")
+        if resume and not op.is_procedure:
+            raise RunError(f"--resume: {op.name} is not resumable (only transaction: commit_per_batch runs are)")
+        bound = bind_params(op, list(params))
+        with LiveBar(op.name, enabled=fmt == "text") as bar:
+            result = execute(url, op, bound, confirm=confirm, batch_size=batch_size, resume=resume,
+                             on_progress=bar.update, on_notice=bar.notice)
+    except RunError as exc:
+        click.echo(f"specql run: {exc}", err=True)
+        sys.exit(1)
+    show_result(result, fmt)
+    if result.get("status") == "cancelled" and op.is_procedure:
+        click.echo(f"cancelled: resume with `specql run {op.name} --resume {result['operation_id']}` "
+                   f"and the same parameters", err=True)
+    sys.exit(0 if result.get("status") == "completed" else 1)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
