@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from fuzz.apply import Applier, psql_path
 from fuzz.checks import check_cli, check_sql_static
 from fuzz.known import KNOWN, known_defect
-from fuzz.mutate import APPLY_MUTATIONS, DrawChooser, RandomChooser, field_class, load_seeds, make_case
+from fuzz.mutate import APPLY_MUTATIONS, DrawChooser, FuzzCase, RandomChooser, field_class, load_seeds, make_case
 from fuzz.payloads import PWNED_MARKER
 from fuzz.worker import Worker
 
@@ -64,12 +64,19 @@ def applier(pg_server_url):
     return Applier(pg_server_url)
 
 
+def _note(text: str) -> None:
+    try:
+        note(text)
+    except Exception:  # outside a Hypothesis test (the corpus): plain output
+        print(text)
+
+
 def assert_only_known(outcome, failures, run_seed: int) -> None:
     unknown = [(cls, detail) for cls, detail in failures if not known_defect(outcome.case, cls)]
     for cls, detail in failures:
         entry = known_defect(outcome.case, cls)
         if entry:
-            note(f"known open defect {cls} ({entry.issue}): {detail}")
+            _note(f"known open defect {cls} ({entry.issue}): {detail}")
     assert not unknown, (f"{outcome.case.describe()}\n{unknown}\nspecql printed:\n{outcome.output[:2000]}\n"
                          f"replay: SPECQL_FUZZ_SEED={run_seed} pytest tests/test_fuzz.py")
 
@@ -128,6 +135,29 @@ def test_generated_sql_applies_and_creates_only_what_is_declared_fixed_seed(work
 @given(data=st.data())
 def test_generated_sql_applies_and_creates_only_what_is_declared_random_seed(worker, seeds, applier, data):
     _apply_property(worker, seeds, applier, data, RANDOM_SEED)
+
+
+# ----------------------------------------------------------------------------- the corpus
+
+CORPUS = sorted((Path(__file__).parent / "fuzz" / "corpus").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CORPUS, ids=lambda p: p.stem)
+def test_corpus_file(worker, applier, path):
+    """Each defect the fuzzer (or issue 8) found, kept as a file: same checks, always run."""
+    case = FuzzCase(f"corpus/{path.name}", path.name, path.read_bytes(), [f"corpus_{path.stem}"])
+    outcome = worker.run(case)
+    failures = list(outcome.failures)
+    try:
+        if outcome.generate_code == 0 and not failures:
+            failures += applier.apply(Path(outcome.entity_file), outcome.sql_files)
+    finally:
+        worker.cleanup(outcome)
+    assert_only_known(outcome, failures, FIXED_SEED)
+
+
+def test_corpus_is_there():
+    assert len(CORPUS) >= 15
 
 
 # ----------------------------------------------------------------------------- the oracle itself

@@ -18,10 +18,12 @@ class Known:
     issue: str  # the issue 8 text it matches
 
 
+_SURROGATE = ("Internal errors (exit 2) on user input: a lone surrogate escape (\"\\ud800\") in any string "
+              "-> UnicodeEncodeError when diagnostics or SQL are written (found by the fuzzer, not in the issue list)")
+
 KNOWN: list[Known] = [
-    Known("exit_2", "surrogate@*",
-          "Internal errors (exit 2) on user input: a lone surrogate escape (\"\\ud800\") in any string "
-          "-> UnicodeEncodeError when diagnostics or SQL are written (found by the fuzzer, not in the issue list)"),
+    Known("exit_2", "surrogate@*", _SURROGATE),
+    Known("exit_2", "corpus_surrogate_*", _SURROGATE),
 ]
 
 
