@@ -20,6 +20,15 @@ def _oneline(text: str) -> str:
     return " ".join(str(text).split())
 
 
+def _block(text, width: int = 0) -> str:
+    """A part of a routine that may write nothing, placed as `{% filter block(4) %}{{ part }}{% endfilter %}`:
+    its lines indented by width and ended by a newline, or nothing at all (no empty line)."""
+    text = str(text).strip("\n")
+    if not text.strip():
+        return ""
+    return "\n".join((" " * width + line) if line.strip() else line for line in text.split("\n")) + "\n"
+
+
 @lru_cache(maxsize=1)
 def environment() -> jinja2.Environment:
     env = jinja2.Environment(
@@ -30,7 +39,7 @@ def environment() -> jinja2.Environment:
         keep_trailing_newline=True,
         autoescape=False,
     )
-    env.filters.update(qi=qi, lit=literal, text_array=_text_array, oneline=_oneline)
+    env.filters.update(qi=qi, lit=literal, text_array=_text_array, oneline=_oneline, block=_block)
     env.globals.update(version=__version__)
     return env
 
@@ -39,14 +48,6 @@ def search_path(op: Operation) -> str:
     """pg_catalog first so no object can shadow a built-in; pg_temp last, never implicit."""
     schemas = [op.schema] + ([op.target.schema] if op.target.schema != op.schema else [])
     return ", ".join(["pg_catalog"] + [qi(s) for s in schemas] + ["pg_temp"])
-
-
-def driver_text(op: Operation) -> str:
-    if op.driver == "keys":
-        return f"slicing :{op.key_param.name} in input order"
-    if op.driver == "source":
-        return f"taking the elements of :{op.source_param.name} in order"
-    return "walking the primary key (keyset pagination)"
 
 
 def render_runtime() -> str:
@@ -84,8 +85,7 @@ def _strings(value, seen: set[int]):
 
 def render_entity(entity: Entity) -> str:
     template = environment().get_template("sql/entity.sql.j2")
-    return _tidy(template.render(entity=entity, search_path_of=search_path, driver_text_of=driver_text,
-                                 tag_of=dollar_tag))
+    return _tidy(template.render(entity=entity, search_path_of=search_path, tag_of=dollar_tag))
 
 
 def _tidy(sql: str) -> str:

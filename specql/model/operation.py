@@ -81,3 +81,13 @@ class Operation:
         """Whether a condition walk counts each batch's records: to add up total_records when
         it was not counted up front, and to see a key range past the last matching key."""
         return self.statement.driver == "keyset" and (self.statement.range_batches or not self.counts_up_front)
+
+    @property
+    def adds_up_total(self) -> bool:
+        """Whether total_records is the sum of the batches' records (a walk not counted up front)."""
+        return self.counts_batch_records and not self.counts_up_front
+
+    @property
+    def optional_args(self) -> bool:
+        """Whether every argument has a default (a procedure, or a routine that asks for confirm)."""
+        return self.policy.is_procedure or self.policy.requires_confirmation

@@ -57,6 +57,47 @@ class Policy:
     def logs_batches(self) -> bool:
         return self.progress_tracking or self.logging_level == "detailed"
 
+    # Flags the routine templates branch on (derived here, not with {% set %} in a template).
+    @property
+    def routine_kind(self) -> str:
+        return "PROCEDURE" if self.is_procedure else "FUNCTION"
+
+    @property
+    def logs_run(self) -> bool:
+        return self.logging_level != "none"
+
+    @property
+    def heartbeats(self) -> bool:
+        return bool(self.heartbeat_interval) and self.logs_run
+
+    @property
+    def batch_savepoints(self) -> bool:
+        """Whether each batch runs in its own savepoint (every transaction mode but single)."""
+        return self.transaction != "single"
+
+    @property
+    def isolates(self) -> bool:
+        """Whether a failed batch is applied again record by record (collect_errors)."""
+        return self.batch_savepoints and self.error_handling == "collect_errors"
+
+    @property
+    def stops_on_failed_batch(self) -> bool:
+        return self.batch_savepoints and self.error_handling == "stop_on_error"
+
+    @property
+    def stops_at_max_errors(self) -> bool:
+        return self.max_errors is not None and self.error_handling != "stop_on_error"
+
+    @property
+    def may_stop(self) -> bool:
+        """Whether a batch may end the run early (_stop), checked after each batch."""
+        return self.batch_savepoints and (self.error_handling == "stop_on_error" or self.max_errors is not None)
+
+    @property
+    def tracks_status(self) -> bool:
+        """Whether the routine keeps each batch's outcome in _status (for its log row or to stop)."""
+        return self.logs_batches or self.stops_on_failed_batch
+
 
 def read_preconditions(ctx) -> list[Precondition]:
     preconditions: list[Precondition] = []

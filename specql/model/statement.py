@@ -41,6 +41,22 @@ class Statement:
         return self.driver == "keyset" and self.target.primary_key.sql_type in INTEGER_KEY_MAX
 
     @property
+    def driver_template(self) -> str:
+        """The file of templates/sql/drivers/ that writes this driver's pieces (the same macro set
+        in each): a condition walk that may take key ranges has its own (key_ranges)."""
+        return "key_ranges" if self.range_batches else self.driver
+
+    @property
+    def key_type(self) -> str:
+        return self.target.primary_key.sql_type
+
+    @property
+    def generic_plans(self) -> bool:
+        """A custom plan folds each argument into the plan as a constant, copying a large id array
+        or jsonb data_source once per batch (quadratic in the input): those routines use generic plans."""
+        return self.driver in ("keys", "source")
+
+    @property
     def key_max(self) -> int:
         return INTEGER_KEY_MAX[self.target.primary_key.sql_type]
 
