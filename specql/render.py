@@ -22,10 +22,12 @@ def _oneline(text: str) -> str:
 
 def _block(text, width: int = 0) -> str:
     """A part of a routine that may write nothing, placed as `{% filter block(4) %}{{ part }}{% endfilter %}`:
-    its lines indented by width and ended by a newline, or nothing at all (no empty line)."""
-    text = str(text).strip("\n")
+    its lines indented by width and ended by a newline (a part ending in an empty line keeps
+    it), or nothing at all, not even an empty line."""
+    text = str(text)
     if not text.strip():
         return ""
+    text = text.lstrip("\n").removesuffix("\n")
     return "\n".join((" " * width + line) if line.strip() else line for line in text.split("\n")) + "\n"
 
 

@@ -63,6 +63,11 @@ class Policy:
         return "PROCEDURE" if self.is_procedure else "FUNCTION"
 
     @property
+    def kind_template(self) -> str:
+        """The file of templates/sql/kinds/ that writes what differs between a function and a procedure."""
+        return "procedure" if self.is_procedure else "function"
+
+    @property
     def logs_run(self) -> bool:
         return self.logging_level != "none"
 
