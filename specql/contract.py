@@ -22,8 +22,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Column", "CompositeType", "Index", "RESULT_FIELDS", "RESULT_STATUSES", "RESULT_TYPE",
-           "RUNTIME_TABLES", "SCHEMA", "Table", "render_runtime", "runtime_columns", "table"]
+__all__ = ["Column", "CompositeType", "Index", "RESULT_FIELDS", "RESULT_STATUSES", "RESULT_TYPE", "RUN_STATES",
+           "RUNTIME_TABLES", "SCHEMA", "STATUS_COLUMNS", "STATUS_VIEW", "Table", "render_runtime", "runtime_columns", "table"]
 
 SCHEMA = "specql"
 
@@ -74,7 +74,8 @@ class Table:
 
 
 # Statuses a routine's result can carry; the runs table also has 'running' while it runs.
-RESULT_STATUSES = ("completed", "completed_with_errors", "failed", "timed_out", "awaiting_confirmation")
+RESULT_STATUSES = ("completed", "completed_with_errors", "failed", "timed_out", "awaiting_confirmation",
+                   "cancelled")
 
 RESULT_TYPE = CompositeType(
     name="batch_operation_result",
@@ -117,8 +118,20 @@ RUNTIME_TABLES = (
             Column("heartbeat_at", "timestamptz", "NOT NULL"),
             Column("completed_at", "timestamptz"),
             Column("run_by", "text", "NOT NULL DEFAULT current_user"),
+            # Added for issue 10 (resume, cancel, liveness); NULL in rows of earlier routines.
+            Column("backend_pid", "integer"),  # the backend running it: pg_backend_pid()
+            Column("backend_start", "timestamptz"),  # that backend's start: tells a reused pid apart
+            Column("resumed_at", "timestamptz"),  # the latest resume's start
+            Column("routine", "text"),  # the routine's regprocedure text
+            Column("transaction_mode", "text"),
+            Column("params", "jsonb"),  # what a resume must match: scalars as JSON, arrays/jsonb as {"md5": ...}
+            Column("position", "jsonb"),  # where the run got to: {"last": key} or {"next": index}
+            Column("batch_size", "integer"),
+            Column("cancel_requested_at", "timestamptz"),
+            Column("waited_ms", "numeric"),  # time spent throttled, left out of the rate
         ),
-        indexes=(Index("batch_operation_runs_operation_idx", "(operation, started_at)"),),
+        indexes=(Index("batch_operation_runs_operation_idx", "(operation, started_at)"),
+                 Index("batch_operation_runs_started_idx", "(started_at)")),  # specql status: newest first
     ),
     Table(
         name="batch_operation_logs",
@@ -133,6 +146,12 @@ RUNTIME_TABLES = (
             Column("started_at", "timestamptz", "NOT NULL"),
             Column("completed_at", "timestamptz", "NOT NULL"),
             Column("status", "text", "NOT NULL"),
+            # Added for issue 10: a throttle wait or a retry's backoff is a row with its reason.
+            Column("batch_size", "integer"),
+            Column("worker", "integer", "DEFAULT 1"),  # SPEC §9
+            Column("attempt", "integer"),
+            Column("wait_reason", "text"),
+            Column("wait_ms", "numeric"),
         ),
         indexes=(Index("batch_operation_logs_operation_idx", "(operation_id, batch_number)"),),
     ),
@@ -181,7 +200,28 @@ RUNTIME_TABLES = (
         ),
         indexes=(Index("batch_operation_notifications_pending_idx", "(created_at)", where="delivered_at IS NULL"),),
     ),
+    Table(
+        name="batch_operation_cancellations",
+        comment="Cancel requests (specql.cancel_operation). A per_batch function's run row is invisible to\n"
+                "other sessions until its caller commits, so the request goes here, where the routine\n"
+                "reads it after each batch (READ COMMITTED sees rows committed since).",
+        columns=(
+            Column("operation_id", "uuid", "PRIMARY KEY"),
+            Column("requested_at", "timestamptz", "NOT NULL DEFAULT clock_timestamp()"),
+        ),
+    ),
 )
+
+# View specql.batch_operation_status (templates/sql/runtime.sql.j2): every run with its
+# state, 'abandoned' for a run marked running whose backend is gone.  Its columns, in
+# order; like the tables it only ever grows at the end (CREATE OR REPLACE VIEW demands it).
+STATUS_VIEW = "batch_operation_status"
+STATUS_COLUMNS = ("operation_id", "operation", "state", "status", "total_records", "processed_records",
+                  "failed_records", "error_count", "batch_count", "percent_done", "records_per_second",
+                  "eta_seconds", "started_at", "heartbeat_at", "completed_at", "resumed_at", "cancel_requested",
+                  "run_by", "backend_pid", "transaction_mode", "batch_size")
+# The states the view adds to the statuses a run can have.
+RUN_STATES = ("running", "abandoned") + RESULT_STATUSES
 
 
 def runtime_columns() -> list[tuple[str, Column]]:

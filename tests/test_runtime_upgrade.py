@@ -39,8 +39,18 @@ SPEC_TABLE_COLUMNS = {
                                "failed_records", "occurred_at"},
     "batch_performance_metrics": {"operation_id", "operation", "metric_name", "metric_value", "recorded_at"},
     "batch_operation_notifications": set(),
-    "batch_operation_runs": set(),
+    # §7 and issue 10: liveness, resume, cancel, throttle.
+    "batch_operation_runs": {"operation_id", "operation", "status", "heartbeat_at", "backend_pid", "backend_start",
+                             "resumed_at", "routine", "transaction_mode", "params", "position", "batch_size",
+                             "cancel_requested_at", "waited_ms"},
+    "batch_operation_cancellations": {"operation_id", "requested_at"},
 }
+SHIPPED_STATUS_COLUMNS = ("operation_id", "operation", "state", "status", "total_records", "processed_records",
+                          "failed_records", "error_count", "batch_count", "percent_done", "records_per_second",
+                          "eta_seconds", "started_at", "heartbeat_at", "completed_at", "resumed_at",
+                          "cancel_requested", "run_by", "backend_pid", "transaction_mode", "batch_size")
+RUNTIME_BEFORE_ISSUE_10 = Path(__file__).resolve().parent / "fixtures" / "runtime_before_issue10"
+STATUS_VIEW = f"{contract.SCHEMA}.{contract.STATUS_VIEW}"
 
 
 def execute(url: str, sql: str) -> None:
@@ -79,12 +89,18 @@ def catalog(url: str) -> dict[str, list[tuple[str, str]]]:
     """relation -> [(column, type)] in column order, for the type and the runtime tables."""
     relations = [contract.RESULT_TYPE.qualified] + [t.qualified for t in contract.RUNTIME_TABLES]
     rows = query(url, "SELECT a.attrelid::regclass::text, a.attname, format_type(a.atttypid, a.atttypmod) "
-                      "FROM pg_attribute a WHERE a.attrelid = ANY(%s::regclass[]) AND a.attnum > 0 "
+                      "FROM pg_attribute a WHERE a.attrelid IN (SELECT to_regclass(r) FROM unnest(%s::text[]) r) "
+                      "AND a.attnum > 0 "
                       "AND NOT a.attisdropped ORDER BY a.attrelid, a.attnum", [relations])
     shape: dict[str, list[tuple[str, str]]] = {}
     for relation, name, type_ in rows:
         shape.setdefault(relation, []).append((name, type_))
     return shape
+
+
+def view_columns(url: str) -> list[str]:
+    return [name for (name,) in query(url, "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass "
+                                           "AND attnum > 0 ORDER BY attnum", [STATUS_VIEW])]
 
 
 def expected(url: str) -> dict[str, list[tuple[str, str]]]:
@@ -108,8 +124,13 @@ def test_contract_keeps_the_names_and_types_of_spec_section_4():
     assert {t.name for t in contract.RUNTIME_TABLES} == set(SPEC_TABLE_COLUMNS)
     for name, columns in SPEC_TABLE_COLUMNS.items():
         assert columns <= {c.name for c in contract.table(name).columns}, name
+    assert {"worker", "attempt", "wait_reason", "wait_ms", "batch_size"} <= {
+        c.name for c in contract.table("batch_operation_logs").columns}
+    assert "cancelled" in contract.RESULT_STATUSES and {"running", "abandoned"} <= set(contract.RUN_STATES)
     with pytest.raises(KeyError):
         contract.table("no_such_table")
+    # The status view, as first shipped (issue 10): CREATE OR REPLACE VIEW only takes appended columns.
+    assert contract.STATUS_COLUMNS[:len(SHIPPED_STATUS_COLUMNS)] == SHIPPED_STATUS_COLUMNS
 
 
 def test_runtime_sql_is_rendered_from_the_contract():
@@ -122,23 +143,27 @@ def test_runtime_sql_is_rendered_from_the_contract():
             assert f"ADD COLUMN IF NOT EXISTS {column.definition}" in sql
         for index in table.indexes:
             assert f"CREATE INDEX IF NOT EXISTS {index.name}\n" in sql
+    assert f"CREATE OR REPLACE VIEW {STATUS_VIEW} AS" in sql
+    assert "CREATE OR REPLACE FUNCTION specql.cancel_operation(operation_id uuid)" in sql
     # psql -f and specql migrate both apply it: no transaction control of its own.
     statements = [line.strip().upper() for line in sql.splitlines()]
     assert not {"BEGIN;", "COMMIT;", "ROLLBACK;"} & set(statements)
 
 
-def test_contract_only_appends_to_release_0_1_0(database_url):
-    """Fields and columns are never renamed, retyped or reordered; new NOT NULL ones have a DEFAULT."""
-    apply(RELEASE_0_1_0 / "migrations", database_url)
+@pytest.mark.parametrize("earlier", ["release_0_1_0", "runtime_before_issue10"])
+def test_contract_only_appends_to_an_earlier_runtime(database_url, earlier):
+    """Fields and columns are never renamed, retyped or reordered; new NOT NULL ones have a DEFAULT
+    (a table new since then may have NOT NULL columns: it is created, not altered)."""
+    apply(Path(__file__).resolve().parent / "fixtures" / earlier / "migrations", database_url)
     old, new = catalog(database_url), expected(database_url)
-    assert set(old) == set(new)
+    assert set(old) <= set(new)
     for relation, columns in old.items():
         assert new[relation][:len(columns)] == columns, relation
     by_relation = {}
     for relation, column in contract.runtime_columns():
         by_relation.setdefault(relation, []).append(column)
     for relation, columns in by_relation.items():
-        for column in columns[len(old[relation]):]:
+        for column in columns[len(old.get(relation, columns)):]:
             assert "NOT NULL" not in column.constraints or "DEFAULT" in column.constraints, (relation, column)
 
 
@@ -207,7 +232,45 @@ def test_upgrade_from_release_0_1_0_keeps_old_routines_working_and_runs_new_ones
         assert row == ("completed", 5, 1)
         assert conn.execute("SELECT count(*) FROM public.\"user\" WHERE status = 'new'").fetchone()[0] == 5
         assert conn.execute("SELECT count(*) FROM specql.batch_operation_runs").fetchone()[0] == 4
+        # Runs of old and new routines alike are in the status view; an ended run cannot be cancelled.
+        assert conn.execute(f"SELECT state, count(*) FROM {STATUS_VIEW} GROUP BY 1").fetchall() == [("completed", 4)]
+        assert conn.execute("SELECT specql.cancel_operation(operation_id) FROM specql.batch_operation_runs "
+                            "LIMIT 1").fetchone() == (False,)
     assert catalog(url) == expected(url)
+    assert view_columns(url) == list(contract.STATUS_COLUMNS)
+
+
+def test_upgrade_from_the_runtime_before_issue_10(tmp_path, database_url_any):
+    """Liveness, cancel and throttle columns, the cancellations table, the status view and
+    cancel_operation reach a database holding the previous runtime, rows kept."""
+    url = database_url_any
+    apply(RUNTIME_BEFORE_ISSUE_10 / "migrations", url)
+    assert scalar(url, f"SELECT to_regclass('{STATUS_VIEW}')") is None
+    stuck, done = uuid.uuid4(), uuid.uuid4()
+    with connect(url, autocommit=True) as conn:
+        conn.execute("INSERT INTO specql.batch_operation_runs (operation_id, operation, status, started_at, "
+                     "heartbeat_at, total_records, processed_records) VALUES "
+                     "(%s, 'stuck', 'running', now(), now(), 10, 4), (%s, 'done', 'completed', now(), now(), 2, 2)",
+                     [stuck, done])
+        conn.execute("INSERT INTO specql.batch_operation_logs (operation_id, operation, batch_number, "
+                     "records_processed, started_at, completed_at, status) VALUES (%s, 'done', 1, 2, now(), now(), "
+                     "'completed')", [done])
+
+    root = runtime_folder(tmp_path, "0001_specql_runtime.current.sql")
+    apply(root, url)
+    for _ in range(2):  # and again with psql, twice: nothing to add, nothing said
+        result = psql_f(url, next((root / "migrations").glob("*.sql")))
+        assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert catalog(url) == expected(url)
+    assert view_columns(url) == list(contract.STATUS_COLUMNS)
+    # Old rows: new columns NULL (or their default); a run of a routine that records no backend
+    # keeps its status (liveness unknown), an ended one cannot be cancelled.
+    assert query(url, "SELECT worker, attempt FROM specql.batch_operation_logs") == [(1, None)]
+    assert query(url, f"SELECT operation, state, percent_done, backend_pid FROM {STATUS_VIEW} ORDER BY operation") == [
+        ("done", "completed", 100, None), ("stuck", "running", 40, None)]
+    assert query(url, "SELECT specql.cancel_operation(%s), specql.cancel_operation(%s)", [stuck, done]) == [
+        (True, False)]
+    assert scalar(url, f"SELECT cancel_requested FROM {STATUS_VIEW} WHERE operation_id = %s", [stuck]) is True
 
 
 def test_a_field_and_columns_added_to_the_contract_reach_an_existing_database(tmp_path, monkeypatch,
