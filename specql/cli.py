@@ -258,5 +258,36 @@ def run_operation(operation: str, paths: tuple[str, ...], database_url: str | No
     sys.exit(0 if result.get("status") == "completed" else 1)
 
 
+@main.command("status")
+@click.option("--database-url", help="Database to read (default: SPECQL_DATABASE_URL, then DATABASE_URL).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+              help="A table, or a JSON list of runs.")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=20, show_default=True,
+              help="How many of the most recent runs.")
+@click.option("--operation", metavar="NAME", help="Only the runs of this operation.")
+@_guard
+def status(database_url: str | None, fmt: str, limit: int, operation: str | None) -> None:
+    """List recent runs: operation, state (running, abandoned, completed...), progress, rate, ETA,
+    errors, started, last heartbeat.
+
+    A run whose backend is gone (crashed, terminated, statement cancelled) shows `abandoned`.
+    """
+    from .database import resolve_database_url
+    from .status import StatusError, recent_runs, render_json, render_table
+
+    url = resolve_database_url(database_url)
+    if not url:
+        raise click.UsageError("no database: pass --database-url or set SPECQL_DATABASE_URL")
+    try:
+        runs = recent_runs(url, limit=limit, operation=operation)
+    except StatusError as exc:
+        click.echo(f"specql status: {exc}", err=True)
+        sys.exit(1)
+    if fmt == "json":
+        click.echo(render_json(runs))
+    else:
+        render_table(runs)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
