@@ -1,0 +1,78 @@
+"""The routine templates are composed from files picked by name (issue 9): a driver, a statement
+kind and a routine kind are each one file exposing the same macros as its siblings, so adding
+one means adding a file. These tests hold the folders to that contract, and check that the
+names the model gives (Statement.driver_template, operation_type, Policy.kind_template) are
+files that exist."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from specql.generate import load_project
+from specql.render import _block, environment
+
+ROOT = Path(__file__).resolve().parent.parent
+SQL = ROOT / "templates" / "sql"
+
+# What the routine parts call on each strategy module.
+CONTRACTS = {
+    "drivers": {"describe", "declare", "start", "count", "next_batch", "change", "apply", "on_failure",
+                "batch_records", "batch_size", "isolate_loop", "restore", "advance"},
+    "statements": {"statement"},
+    "kinds": {"note", "output_args", "returns", "settings", "declare", "begin", "commit", "heartbeat_note",
+              "give_back", "finish", "prokind"},
+}
+
+
+def module_names(folder: str, name: str) -> set[str]:
+    module = environment().get_template(f"sql/{folder}/{name}.sql.j2").module
+    return {n for n in dir(module) if not n.startswith("_")}
+
+
+@pytest.mark.parametrize("folder", sorted(CONTRACTS))
+def test_every_strategy_file_exposes_the_same_macros(folder):
+    files = sorted(p.name.removesuffix(".sql.j2") for p in (SQL / folder).glob("*.sql.j2"))
+    assert len(files) >= 2
+    for name in files:
+        missing = CONTRACTS[folder] - module_names(folder, name)
+        assert not missing, f"templates/sql/{folder}/{name}.sql.j2 lacks {sorted(missing)}"
+
+
+def test_the_model_names_existing_strategy_files():
+    sets = [[str(ROOT / "entities")], [str(ROOT / "bench" / "entities")]] + [
+        [str(p) for p in sorted(case.glob("*.yaml"))]
+        for case in sorted((ROOT / "tests" / "golden").iterdir()) if any(case.glob("*.yaml"))]
+    seen = {"drivers": set(), "statements": set(), "kinds": set()}
+    for paths in sets:
+        for op in (op for entity in load_project(paths).entities for op in entity.operations):
+            seen["drivers"].add(op.driver_template)
+            seen["statements"].add(op.operation_type)
+            seen["kinds"].add(op.kind_template)
+    for folder, names in seen.items():
+        for name in names:
+            assert (SQL / folder / f"{name}.sql.j2").is_file(), f"no templates/sql/{folder}/{name}.sql.j2"
+    # Every file is reached by some entity the golden net renders.
+    assert seen["drivers"] == {"keys", "keyset", "key_ranges", "source"}
+    assert seen["statements"] == {"update", "delete", "insert", "upsert"}
+    assert seen["kinds"] == {"function", "procedure"}
+
+
+def test_the_routine_templates_stay_small():
+    # The runtime migration's templates (runtime*.sql.j2) have their own owner and shape.
+    too_long = {str(p.relative_to(SQL)): n for p in SQL.rglob("*.sql.j2")
+                if not p.name.startswith("runtime")
+                and (n := len(p.read_text("utf-8").splitlines())) > 150}
+    assert not too_long
+
+
+@pytest.mark.parametrize("text, width, expected", [
+    ("", 4, ""),
+    ("\n  \n", 4, ""),                       # a part that writes nothing leaves no line
+    ("a\nb", 4, "    a\n    b\n"),
+    ("a\n\nb\n", 2, "  a\n\n  b\n"),        # blank lines stay blank, one newline at the end
+    ("a\n\n", 0, "a\n\n"),                   # a part ending in an empty line keeps it
+])
+def test_block_filter(text, width, expected):
+    assert _block(text, width) == expected
