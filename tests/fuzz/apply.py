@@ -138,7 +138,8 @@ class Applier:
         with database.throwaway_database(self.server_url, prefix="specql_fuzz") as url:
             with database.connect(url, autocommit=True) as conn:
                 conn.execute("CREATE TABLE public.fuzz_canary (x int); INSERT INTO public.fuzz_canary VALUES (1)")
-            runtime, rest = sql_files[:1], sql_files[1:]
+            runtime = [f for f in sql_files if "specql_runtime" in Path(f).name]
+            rest = [f for f in sql_files if f not in runtime]
             failure = self._run_files(url, runtime, folder)
             if failure:
                 return [failure]

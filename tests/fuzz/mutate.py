@@ -278,6 +278,34 @@ def m_add_key(ch: Chooser, data, raw) -> str | None:
     return f"{pclass}@{key}"
 
 
+def m_sql_value(ch: Chooser, data, raw) -> str | None:
+    """An SQL fragment where SQL is expected: a condition, a precondition, a {sql: ...} value."""
+    pats = _patterns(data)
+    if not pats:
+        return None
+    pat = ch.choice(pats, "pattern")
+    sclass, fragment = ch.choice(P.SQL_FRAGMENTS + P.STRINGS, "sql fragment")
+    where = ch.choice(["where_condition", "preconditions", "value", "field_default"], "sql place")
+    if where == "where_condition":
+        pat["where_condition"] = fragment
+    elif where == "preconditions":
+        pat["preconditions"] = [fragment]
+    elif where == "value":
+        data_keys = [k for k in DATA_KEYS if isinstance(pat.get(k), dict) and pat[k]]
+        if not data_keys:
+            return None
+        values = pat[ch.choice(sorted(data_keys), "data key")]
+        values[ch.choice(sorted(values, key=str), "column")] = {"sql": fragment}
+    else:
+        fields = data.get("fields")
+        if not isinstance(fields, dict) or not fields:
+            return None
+        name = ch.choice(sorted(fields, key=str), "field")
+        ftype = fields[name] if isinstance(fields[name], str) else "text"
+        fields[name] = {"type": ftype, "default": {"sql": fragment}}
+    return f"{sclass}@{where}"
+
+
 def m_field_type(ch: Chooser, data, raw) -> str | None:
     if not isinstance(data, dict) or not isinstance(data.get("fields"), dict) or not data["fields"]:
         return None
@@ -349,7 +377,7 @@ def m_raw_value(ch: Chooser, data, raw) -> str | None:
     return f"raw_{name}@{field_class(path, False)}"
 
 
-DATA_MUTATIONS = [m_replace_string, m_replace_string, m_replace_user_text, m_add_key, m_add_key, m_delete_key,
+DATA_MUTATIONS = [m_replace_string, m_replace_string, m_replace_user_text, m_sql_value, m_add_key, m_add_key, m_delete_key,
                   m_change_type, m_field_type, m_many, m_share, m_raw_value, m_raw_value]
 
 
@@ -401,4 +429,43 @@ def make_case(ch: Chooser, seeds: list[Seed], *, mutations=None, text: bool = Tr
 
 
 # For tests that apply SQL: hostile strings in fields that stay valid, and new optional keys.
-APPLY_MUTATIONS = [m_replace_user_text, m_replace_user_text, m_replace_user_text, m_add_key]
+APPLY_MUTATIONS = [m_replace_user_text, m_replace_user_text, m_replace_user_text, m_add_key, m_sql_value]
+
+
+def sweep_cases(seeds: list[Seed]) -> list[FuzzCase]:
+    """Every string payload in every user-text field of every example entity, every file
+    name, and every SQL fragment in every SQL place: the systematic half of a big run."""
+    cases = []
+    for seed in (s for s in seeds if s.name.startswith("entities/") and s.loadable):
+        probe = copy.deepcopy(seed.data)
+        targets = [(n[0], n[3]) for n in _nodes(probe) if isinstance(n[2] if n[3] else n[1][n[2]], str)
+                   and field_class(n[0], n[3]) in USER_TEXT]
+        for path, is_key in targets:
+            for pclass, value in P.STRINGS:
+                data = copy.deepcopy(seed.data)
+                node = data
+                for part in path[:-1]:
+                    node = node[part]
+                if is_key:
+                    if value in node:
+                        continue
+                    _rename_key(node, path[-1], value)
+                else:
+                    node[path[-1]] = value
+                text = dump(data, {}, _NoFlow())
+                cases.append(FuzzCase(seed.name, Path(seed.name).name, text.encode("utf-8", "surrogatepass"),
+                                      [f"{pclass}@{field_class(path, is_key)}"]))
+        for fclass, stem in FILENAMES:
+            cases.append(FuzzCase(seed.name, f"{stem}.yaml", seed.text.encode("utf-8"), [f"fname_{fclass}"]))
+    return cases
+
+
+class _NoFlow(Chooser):
+    def choice(self, items, label=""):
+        return items[0]
+
+    def integer(self, lo, hi, label=""):
+        return lo
+
+    def chance(self, probability, label=""):
+        return False

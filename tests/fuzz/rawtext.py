@@ -6,6 +6,7 @@ never writes a tab indent or invalid UTF-8; these are written directly.
 
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 from .payloads import PWNED_MARKER
@@ -128,4 +129,5 @@ FILENAMES: list[tuple[str, str]] = [
     ("colon", "a:1:2: error: b"),
     ("long", "e" * 200),
     ("control", "a\x01\x1bb"),
+    ("invalid_utf8", os.fsdecode(b"x\xffy")),  # Python reads such a name as "x\udcffy"
 ]

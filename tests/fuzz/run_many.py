@@ -3,6 +3,7 @@
     .venv/bin/python tests/fuzz/run_many.py                 # 5000 files, seed 1
     .venv/bin/python tests/fuzz/run_many.py -n 20000 --seed 7 --workers 2 --apply 200
     .venv/bin/python tests/fuzz/run_many.py --seed 7 --only 1234   # replay one case
+    .venv/bin/python tests/fuzz/run_many.py --sweep                # + every payload x field (~2,000 cases)
 
 Not collected by pytest (its name is not test_*). Case i is built from
 `random.Random(f"{seed}-{i}")`, so any case replays alone. Each runs `specql validate`
@@ -28,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for `import fuzz`
 
 from fuzz.known import known_defect  # noqa: E402
-from fuzz.mutate import RandomChooser, load_seeds, make_case  # noqa: E402
+from fuzz.mutate import RandomChooser, load_seeds, make_case, sweep_cases  # noqa: E402
 from fuzz.worker import Worker  # noqa: E402
 
 
@@ -42,6 +43,8 @@ def parse_args(argv):
     ap.add_argument("--keep", type=int, default=30, help="inputs kept per failure class (default 30)")
     ap.add_argument("--only", type=int, help="run only case number ONLY (replay)")
     ap.add_argument("--json", help="also write the summary as JSON here")
+    ap.add_argument("--sweep", action="store_true",
+                    help="first run every payload in every user-text field of every example (about 2,000 files)")
     return ap.parse_args(argv)
 
 
@@ -88,8 +91,11 @@ class Stats:
             f"--- specql printed (start):\n{outcome.output}\n", "utf-8", errors="backslashreplace")
 
 
-def run_case(index: int, args, seeds, worker: Worker, applier, stats: Stats, budget) -> None:
-    case = make_case(RandomChooser(random.Random(f"{args.seed}-{index}")), seeds)
+def run_case(index: int, args, seeds, worker: Worker, applier, stats: Stats, budget, sweep) -> None:
+    if index < 0:  # sweep cases are numbered -1, -2, ...
+        case = sweep[-index - 1]
+    else:
+        case = make_case(RandomChooser(random.Random(f"{args.seed}-{index}")), seeds)
     outcome = worker.run(case)
     failures = list(outcome.failures)
     if applier is not None and outcome.generate_code == 0 and outcome.sql_files:
@@ -119,7 +125,9 @@ def main(argv=None) -> int:
     if args.only is None:
         shutil.rmtree(findings, ignore_errors=True)
     seeds = load_seeds()
-    indexes = [args.only] if args.only is not None else list(range(args.n))
+    sweep = sweep_cases(seeds) if args.sweep or (args.only is not None and args.only < 0) else []
+    random.Random(0).shuffle(sweep)  # so that an --apply budget samples every seed and field
+    indexes = [args.only] if args.only is not None else [-i - 1 for i in range(len(sweep))] + list(range(args.n))
     stats = Stats(findings, args.keep)
     budget = {"left": args.apply, "lock": threading.Lock()}
     local = threading.local()
@@ -129,7 +137,7 @@ def main(argv=None) -> int:
         if not hasattr(local, "worker"):
             local.worker = Worker()
             workers.append(local.worker)
-        run_case(index, args, seeds, local.worker, applier, stats, budget)
+        run_case(index, args, seeds, local.worker, applier, stats, budget, sweep)
 
     start = time.perf_counter()
     with _server(args.apply) as url:
