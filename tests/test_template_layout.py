@@ -20,7 +20,7 @@ SQL = ROOT / "templates" / "sql"
 CONTRACTS = {
     "drivers": {"describe", "declare", "start", "count", "next_batch", "change", "apply", "on_failure",
                 "batch_records", "batch_size", "isolate_loop", "restore", "advance"},
-    "statements": {"statement"},
+    "statements": {"statement", "declare"},
     "kinds": {"note", "output_args", "returns", "settings", "declare", "begin", "commit", "heartbeat_note",
               "give_back", "finish", "prokind"},
 }
