@@ -275,3 +275,34 @@ def test_cancel_reaches_an_invisible_run_and_never_waits_for_a_batch_in_flight(d
                                "WHERE operation_id = ANY(%s)", [[locked, hidden]]).fetchall()
         assert {r for (r,) in seen} == {locked, hidden}
         routine.rollback()
+
+
+def test_another_roles_run_is_never_called_abandoned_while_its_backend_may_live(database_url_any):
+    """pg_stat_activity hides another role's session details unless pg_read_all_stats: the view
+    then cannot tell, and says running rather than call a live run abandoned (the documented caveat)."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    url = database_url_any
+    install_runtime(url)
+    role = f"specql_watcher_{uuid.uuid4().hex[:8]}"  # roles are cluster-wide: a name of its own
+    with connect(url, autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {role} LOGIN; GRANT USAGE ON SCHEMA specql TO {role}; "
+                      f"GRANT SELECT ON ALL TABLES IN SCHEMA specql TO {role}")
+        try:
+            with connect(make_conninfo(**{**conninfo_to_dict(url), "user": role}), autocommit=True) as watcher:
+                def seen(run_id):
+                    return watcher.execute(f"SELECT state FROM {VIEW} WHERE operation_id = %s", [run_id]).fetchone()[0]
+
+                with busy(url, "SELECT pg_sleep(60)") as (worker, errors):
+                    pid, started = worker_backend(admin, worker)
+                    live = insert_run(admin, pid, started)
+                    assert seen(live) == "running"
+                    cancel_and_wait(url, worker, errors)
+                    assert state(url, live) == "abandoned"  # the run's own role (here a superuser) knows
+                    assert seen(live) == "running"  # hidden from the watcher: cannot tell
+                    admin.execute(f"GRANT pg_read_all_stats TO {role}")
+                    assert seen(live) == "abandoned"
+                gone = insert_run(admin, 2_000_000_000, started)  # no such backend at all
+                assert seen(gone) == "abandoned"
+        finally:
+            admin.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
