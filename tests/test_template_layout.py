@@ -1,8 +1,8 @@
-"""The routine templates are composed from files picked by name (issue 9): a driver, a statement
-kind and a routine kind are each one file exposing the same macros as its siblings, so adding
-one means adding a file. These tests hold the folders to that contract, and check that the
-names the model gives (Statement.driver_template, operation_type, Policy.kind_template) are
-files that exist."""
+"""The routine templates are composed from files picked by name (issue 9): a driver, a
+statement kind, a routine kind and an error mode are each one file exposing the same macros
+as its siblings, so adding one means adding a file. These tests hold the folders to that
+contract, and check that the names the model gives (Statement.driver_template,
+operation_type, Policy.kind_template, error_handling) are files that exist."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ CONTRACTS = {
     "drivers": {"describe", "declare", "start", "count", "next_batch", "change", "apply", "on_failure",
                 "batch_records", "batch_size", "isolate_loop", "restore", "advance"},
     "statements": {"statement", "declare"},
+    "error_modes": {"handle"},
     "kinds": {"note", "output_args", "returns", "settings", "declare", "begin", "commit", "heartbeat_note",
               "give_back", "finish", "prokind"},
 }
@@ -44,12 +45,14 @@ def test_the_model_names_existing_strategy_files():
     sets = [[str(ROOT / "entities")], [str(ROOT / "bench" / "entities")]] + [
         [str(p) for p in sorted(case.glob("*.yaml"))]
         for case in sorted((ROOT / "tests" / "golden").iterdir()) if any(case.glob("*.yaml"))]
-    seen = {"drivers": set(), "statements": set(), "kinds": set()}
+    seen = {"drivers": set(), "statements": set(), "kinds": set(), "error_modes": set()}
     for paths in sets:
         for op in (op for entity in load_project(paths).entities for op in entity.operations):
             seen["drivers"].add(op.driver_template)
             seen["statements"].add(op.operation_type)
             seen["kinds"].add(op.kind_template)
+            if op.batch_savepoints:  # transaction single has no handler of its own
+                seen["error_modes"].add(op.error_handling)
     for folder, names in seen.items():
         for name in names:
             assert (SQL / folder / f"{name}.sql.j2").is_file(), f"no templates/sql/{folder}/{name}.sql.j2"
@@ -57,6 +60,7 @@ def test_the_model_names_existing_strategy_files():
     assert seen["drivers"] == {"keys", "keyset", "key_ranges", "source"}
     assert seen["statements"] == {"update", "delete", "insert", "upsert"}
     assert seen["kinds"] == {"function", "procedure"}
+    assert seen["error_modes"] == {"stop_on_error", "continue_on_error", "collect_errors"}
 
 
 def test_the_routine_templates_stay_small():
