@@ -306,3 +306,33 @@ def test_another_roles_run_is_never_called_abandoned_while_its_backend_may_live(
                 assert seen(gone) == "abandoned"
         finally:
             admin.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
+
+
+def test_a_server_crash_and_restart_abandons_the_running_run():
+    """An immediate stop (what a crash is to PostgreSQL) and a restart: the run committed as running
+    before the crash reads abandoned as soon as the server answers again (its own private cluster)."""
+    import shlex
+    from pathlib import Path
+
+    from psycopg.conninfo import conninfo_to_dict
+
+    from specql import database
+
+    bin_dir = Path("/usr/lib/postgresql/15/bin")
+    if not (bin_dir / "pg_ctl").exists():
+        pytest.skip(f"PostgreSQL 15 binaries not found in {bin_dir}")
+    with database.local_server(bin_dir) as url:
+        pgdata = Path(conninfo_to_dict(url)["host"])
+        ids = database._system_user()
+        install_runtime(url)
+        pg_ctl = [str(bin_dir / "pg_ctl"), "-D", str(pgdata), "-w", "-t", "60"]
+        with connect(url, autocommit=True) as admin, busy(url, "SELECT pg_sleep(60)") as (worker, errors):
+            pid, started = worker_backend(admin, worker)
+            run_id = insert_run(admin, pid, started)
+            assert state(url, run_id) == "running"
+            admin.execute("CHECKPOINT")  # the cluster runs synchronous_commit=off: keep the rows through the crash
+            database._run_as(pg_ctl + ["-m", "immediate", "stop"], ids, pgdata)
+            options = (f"-c listen_addresses='' -k {shlex.quote(str(pgdata))} -p 5432"
+                       " -c fsync=off -c synchronous_commit=off -c full_page_writes=off")
+            database._run_as(pg_ctl + ["-l", str(pgdata / "server.log"), "-o", options, "start"], ids, pgdata)
+        assert state(url, run_id) == "abandoned"
