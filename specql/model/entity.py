@@ -14,6 +14,9 @@ from ..loader import Document
 from ..sqlnames import SQL_TYPES, qi, qname
 from .names import MAX_COLUMNS, check_identifier, display_name
 
+# Every table has these; CREATE TABLE refuses a column of the same name.
+SYSTEM_COLUMNS = frozenset({"tableoid", "xmin", "cmin", "xmax", "cmax", "ctid"})
+
 if TYPE_CHECKING:
     from .operation import Operation
 
@@ -82,6 +85,9 @@ def build_entity(doc: Document, problems: list[Diagnostic]) -> Entity | None:
     for fname, fspec in data["fields"].items():
         fpath = ("fields", fname)
         check_identifier(doc, fpath, fname, "field name", problems, key=True)
+        if fname in SYSTEM_COLUMNS:
+            problems.append(doc.diag(fpath, f"field name '{fname}' is a system column of every PostgreSQL "
+                                            f"table; choose another", key=True))
         spec = {"type": fspec} if isinstance(fspec, str) else fspec
         columns[fname] = Column(
             name=fname, type=spec["type"], sql_type=SQL_TYPES[spec["type"]],
