@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -91,7 +92,10 @@ def _cli_property(worker, seeds, data, run_seed: int) -> None:
 
 def _apply_property(worker, seeds, applier, data, run_seed: int) -> None:
     """Draw until a case generates (most are refused: that is checked too), then apply it."""
+    give_up = time.monotonic() + 20  # a run of slow refusals must not stretch one example
     for _ in range(15):
+        if time.monotonic() > give_up:
+            return
         case = make_case(DrawChooser(data), seeds, mutations=APPLY_MUTATIONS, text=False, good_bias=0.9)
         note(case.describe())
         outcome = worker.run(case)

@@ -81,7 +81,7 @@ SQL_FRAGMENTS: list[tuple[str, str]] = [
     ("sql_param_like_table", "status = :status"),
     ("sql_nul", "true\x00"),
     ("sql_deep", "(" * 2000 + "true" + ")" * 2000),
-    ("sql_long_in", "id IN (" + ", ".join(str(i) for i in range(20000)) + ")"),
+    ("sql_long_in", "id IN (" + ", ".join(str(i) for i in range(5000)) + ")"),  # linear: 20,000 take 3 s
 ]
 
 INTERVALS: list[tuple[str, str]] = [
