@@ -7,7 +7,7 @@ from importlib import resources
 
 import jinja2
 
-from . import __version__
+from . import __version__, contract
 from .model import Entity, Operation
 from .sqlnames import literal, qi
 
@@ -42,7 +42,7 @@ def environment() -> jinja2.Environment:
         autoescape=False,
     )
     env.filters.update(qi=qi, lit=literal, text_array=_text_array, oneline=_oneline, block=_block)
-    env.globals.update(version=__version__)
+    env.globals.update(version=__version__, contract=contract)
     return env
 
 

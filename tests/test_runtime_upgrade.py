@@ -330,8 +330,6 @@ def test_a_runtime_object_of_another_shape_stops_the_migration(tmp_path, databas
     assert scalar(url, "SELECT to_regclass('specql.batch_operation_logs')") is None  # all rolled back
 
 
-@pytest.mark.xfail(strict=True, reason="needs specql/render.py render_runtime() to render with "
-                   "contract=specql.contract (owned by others); remove this mark and runtime_legacy.sql.j2 then")
 def test_generate_writes_the_runtime_rendered_from_the_contract():
     from specql.render import render_runtime
 

@@ -50,7 +50,7 @@ class Entity:
     source_name: str = ""
     depends_on: set[str] = field(default_factory=set)
     operations: list["Operation"] = field(default_factory=list)
-    extra_tables: list[tuple[str, str]] = field(default_factory=list)  # (qualified name, like)
+    extra_tables: list = field(default_factory=list)  # policy.ExtraTable: custom log/metrics tables
 
     @property
     def ident(self) -> str:

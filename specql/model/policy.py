@@ -216,7 +216,25 @@ def _runtime_table(ctx, key: str, default: str) -> str:
         return qname("specql", default)
     ident = qname(schema, table)
     if ident != qname("specql", default):
-        like = qname("specql", default)
-        if (ident, like) not in ctx.entity.extra_tables:
-            ctx.entity.extra_tables.append((ident, like))
+        extra = ExtraTable(schema, table, default)
+        if extra not in ctx.entity.extra_tables:
+            ctx.entity.extra_tables.append(extra)
     return ident
+
+
+@dataclass(frozen=True)
+class ExtraTable:
+    """A log or metrics table an entity names instead of specql's own: created with the
+    columns of specql's (`like_name` in schema specql) and kept up with them."""
+
+    schema: str
+    table: str
+    like_name: str
+
+    @property
+    def ident(self) -> str:
+        return qname(self.schema, self.table)
+
+    @property
+    def like(self) -> str:
+        return qname("specql", self.like_name)

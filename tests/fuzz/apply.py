@@ -79,10 +79,9 @@ def declared(entity_file: Path) -> tuple[set[str], set[tuple[str, str]], set[tup
     for e in project.entities:
         schemas.add(e.schema)
         tables.add((e.schema, e.table))
-        for ident, _like in e.extra_tables:
-            schema, table = unquote_qualified(ident)
-            schemas.add(schema)
-            tables.add((schema, table))
+        for extra in e.extra_tables:
+            schemas.add(extra.schema)
+            tables.add((extra.schema, extra.table))
         for op in e.operations:
             schemas.add(op.schema)
             routines.add((op.schema, op.name))
