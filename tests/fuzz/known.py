@@ -21,13 +21,7 @@ class Known:
 _SURROGATE = ("Internal errors (exit 2) on user input: a lone surrogate escape (\"\\ud800\") in any string "
               "-> UnicodeEncodeError when diagnostics or SQL are written (found by the fuzzer, not in the issue list)")
 
-_SYSTEM_COLUMN = ("Generate exits 0, the SQL then fails to apply: a field named like a system column (ctid, oid, "
-                  "xmin, tableoid...) -> 'column name \"ctid\" conflicts with a system column name' "
-                  "(found by the fuzzer, not in the issue list)")
-
 KNOWN: list[Known] = [
-    Known("apply_failure", "system_column@*", _SYSTEM_COLUMN),
-    Known("apply_failure", "corpus_field_named_like_a_system_column", _SYSTEM_COLUMN),
     Known("exit_2", "surrogate@*", _SURROGATE),
     Known("exit_2", "corpus_surrogate_*", _SURROGATE),
 ]

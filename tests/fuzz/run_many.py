@@ -19,6 +19,7 @@ import argparse
 import collections
 import json
 import random
+import re
 import shutil
 import sys
 import threading
@@ -40,7 +41,7 @@ def parse_args(argv):
     ap.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     ap.add_argument("--apply", type=int, default=100, help="apply at most this many generated cases (default 100)")
     ap.add_argument("--findings", default="/tmp/specql-fuzz-findings", help="folder for failing inputs")
-    ap.add_argument("--keep", type=int, default=30, help="inputs kept per failure class (default 30)")
+    ap.add_argument("--keep", type=int, default=10, help="inputs kept per failure class and message (default 10)")
     ap.add_argument("--only", type=int, help="run only case number ONLY (replay)")
     ap.add_argument("--json", help="also write the summary as JSON here")
     ap.add_argument("--sweep", action="store_true",
@@ -58,6 +59,7 @@ class Stats:
         self.examples: dict[str, str] = {}
         self.findings, self.keep = findings, keep
         self.applied = 0
+        self.saved = collections.Counter()
         self.generated_kinds = collections.Counter()  # what reached generate exit 0
         self.slowest = (0.0, "")
 
@@ -79,9 +81,13 @@ class Stats:
                 self._save(index, cls, detail, outcome)
 
     def _save(self, index: int, cls: str, detail: str, outcome) -> None:
-        folder = self.findings / cls
-        if folder.is_dir() and len(list(folder.glob("*.yaml"))) >= self.keep:
+        # Up to `keep` inputs per distinct message (digits and paths blurred), so that one
+        # frequent cause does not hide a rarer one of the same class.
+        signature = re.sub(r"[0-9]+|/\S+", "#", detail)[:80]
+        self.saved[(cls, signature)] += 1
+        if self.saved[(cls, signature)] > self.keep:
             return
+        folder = self.findings / cls
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"case{index}.yaml").write_bytes(outcome.case.content)
         (folder / f"case{index}.txt").write_text(
