@@ -10,10 +10,11 @@ import hashlib
 import pprint
 import re
 from collections import Counter
+from dataclasses import fields, is_dataclass
 from pathlib import Path
 
 from .generate import GenerateResult, as_project
-from .model import Operation, Project
+from .model import Column, Entity, Operation, Policy, Project, Statement
 from .plan import PlannedFile
 from .render import environment
 from .sqlnames import qi
@@ -23,55 +24,101 @@ TESTS = "tests"
 TEST_PATTERNS = ("test_*.py",)  # the only names testgen writes into tests/
 
 
-def facts(op: Operation) -> dict:
-    """Everything a generated test needs to know about its operation, as plain data."""
-    t = op.target
-    assignments = []
-    for a in op.assignments:
-        entry = {"column": a.column.name, "kind": a.kind}
-        entry.update({"param": a.ref} if a.kind == "param" else {"field": a.ref} if a.kind == "record" else {"sql": a.sql})
-        assignments.append(entry)
-    return {
-        "name": op.name,
-        "name_ident": qi(op.name),
-        "routine": op.ident,
-        "schema_ident": qi(op.schema),
-        "is_procedure": op.is_procedure,
-        "operation_type": op.operation_type,
-        "driver": op.driver,
-        "table": t.ident,
-        "pk": {"name": t.primary_key.name, "ident": t.primary_key.ident, "type": t.primary_key.type},
-        "columns": [
-            {"name": c.name, "ident": c.ident, "type": c.type, "sql_type": c.sql_type, "nullable": c.nullable,
-             "primary_key": c.primary_key, "unique": c.unique, "references": bool(c.references_sql)}
-            for c in t.columns.values()
-        ],
-        "params": [
-            {"name": p.name, "ident": p.ident, "sql_type": p.sql_type,
-             "role": op.param_roles[p.name][0], "column": op.param_roles[p.name][1]}
-            for p in op.params
-        ],
-        "key_param": op.key_param.name if op.key_param else None,
-        "source_param": op.source_param.name if op.source_param else None,
-        "count_sql": op.count_sql,
-        "assignments": assignments,
-        "conflict_columns": [c.name for c in op.conflict_columns],
-        "compared_values": op.compared_values,
-        "batch_size": op.batch_size,
-        "transaction": op.transaction,
-        "error_handling": op.error_handling,
-        "max_errors": op.max_errors,
-        "max_records": op.max_records,
-        "requires_confirmation": op.requires_confirmation,
-        "has_preconditions": bool(op.preconditions),
-        "timeout": op.timeout,
-        "logs_batches": op.logs_batches,
-        "log_table": op.log_table,
-        "progress_interval": op.progress_interval,
-        "notify": op.notify,
-        "collect_metrics": op.collect_metrics,
-        "metrics_table": op.metrics_table,
-    }
+_SKIP = object()  # a value that is not plain data: another concept, converted by its own facts
+
+
+def _plain(value):
+    """value as plain data (what a generated module holds as a literal), or _SKIP. A model
+    object (a dataclass) is never plain: its owner converts it with its own facts."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        items = [_plain(v) for v in value]
+        return _SKIP if any(i is _SKIP for i in items) else items
+    if isinstance(value, dict):
+        items = {k: _plain(v) for k, v in value.items()}
+        return _SKIP if any(not isinstance(k, str) or v is _SKIP for k, v in items.items()) else items
+    return _SKIP
+
+
+def plain_fields(obj, derived: tuple[str, ...] = (), skip: tuple[str, ...] = (), **converted) -> dict:
+    """The facts of one model object: every dataclass field holding plain data (but those in
+    `skip`), the `derived` properties, and `converted` values (other concepts, as their own
+    facts). A plain field added to the model reaches the generated tests without an edit here."""
+    out = {}
+    for f in fields(obj):
+        if f.name not in skip and f.name not in converted and (value := _plain(getattr(obj, f.name))) is not _SKIP:
+            out[f.name] = value
+    out.update({name: _plain(getattr(obj, name)) for name in derived})
+    out.update(converted)
+    return out
+
+
+def column_facts(column: Column) -> dict:
+    return {**plain_fields(column), "ident": column.ident}
+
+
+def table_facts(entity: Entity, entities: dict[str, tuple[Entity, Column]], seen: frozenset = frozenset()) -> dict:
+    """The table an operation works on, and the tables its references point at (to seed them
+    first, and create them when specql does not manage them)."""
+    seen = seen | {entity.ident}
+    columns = []
+    for column in entity.columns.values():
+        parent = entities.get(column.references_sql or "")
+        references = None
+        if parent and parent[0].ident not in seen:
+            references = {"column": parent[1].name, **table_facts(parent[0], entities, seen)}
+        columns.append({**column_facts(column), "references": references})
+    return {"table": entity.ident, "table_schema_ident": qi(entity.schema), "manage_table": entity.manage_table,
+            "pk": entity.primary_key.name, "columns": columns}
+
+
+def statement_facts(s: Statement) -> dict:
+    return plain_fields(
+        s, derived=("range_batches",), skip=("target",),
+        assignments=[{**plain_fields(a, skip=("column",)), "column": a.column.name} for a in s.assignments],
+        conflict_columns=[c.name for c in s.conflict_columns],
+        key_param=s.key_param.name if s.key_param else None,
+        source_param=s.source_param.name if s.source_param else None,
+        conflict_updates=[a.column.name for a in s.conflict_updates],
+        partial_updates=[a.column.name for a in s.partial_updates])
+
+
+# Plain fields that are not facts, with why: the only hand-kept lists here.
+# message_parts: the notification's text, which the tests read from the notification itself.
+POLICY_SKIP = ("message_parts",)
+# source_path and functions name where the entity file is: they would tie the module to the
+# folder it was generated from (source_name is the stable name); param_roles is in params.
+OPERATION_SKIP = ("source_path", "functions", "param_roles", "description")
+
+
+def policy_facts(p: Policy) -> dict:
+    return plain_fields(p, derived=("is_procedure", "logs_batches"), skip=POLICY_SKIP,
+                        preconditions=[plain_fields(c) for c in p.preconditions])
+
+
+def operation_facts(op: Operation) -> dict:
+    return plain_fields(
+        op, skip=OPERATION_SKIP,
+        compared_values=op.compared_values,
+        params=[{**plain_fields(p), "ident": p.ident, "role": op.param_roles[p.name][0],
+                 "column": op.param_roles[p.name][1]} for p in op.params],
+        name_ident=qi(op.name), routine=op.ident, schema_ident=qi(op.schema))
+
+
+def facts(op: Operation, entities: list[Entity] | None = None) -> dict:
+    """Everything a generated test needs to know about its operation, as plain data: the facts
+    of each concept of the model (operation, statement, policy, table) in one namespace, as
+    the operation itself forwards to its statement and policy."""
+    by_reference = {f"{e.ident} ({c.ident})": (e, c) for e in (entities or [op.target]) for c in e.columns.values()}
+    parts = [operation_facts(op), statement_facts(op.statement), policy_facts(op.policy),
+             table_facts(op.target, by_reference)]
+    merged: dict = {}
+    for part in parts:
+        clash = set(merged) & set(part)
+        assert not clash, f"facts named twice: {sorted(clash)}"
+        merged.update(part)
+    return merged
 
 
 def module_name(op: Operation) -> str:
@@ -79,10 +126,17 @@ def module_name(op: Operation) -> str:
     return f"test_{slug}.py"
 
 
-def render_tests(op: Operation) -> str:
-    template = environment().get_template("tests/test_operation.py.j2")
-    text = pprint.pformat(facts(op), indent=4, width=100, sort_dicts=True)
-    return template.render(op=op, facts=text)
+def template_name(op: Operation) -> str:
+    """One test template per driver (templates/tests/<driver>.py.j2), each extending base.py.j2:
+    a new driver is a new file."""
+    return f"tests/{op.statement.driver}.py.j2"
+
+
+def render_tests(op: Operation, entities: list[Entity] | None = None) -> str:
+    template = environment().get_template(template_name(op))
+    text = pprint.pformat(facts(op, entities), indent=4, width=100, sort_dicts=True)
+    confirm = ", \"confirm\": True" if op.policy.requires_confirmation else ""
+    return template.render(op=op, facts=text, confirm=confirm)
 
 
 def plan_tests(project: Project) -> list[PlannedFile]:
@@ -100,7 +154,7 @@ def plan_tests(project: Project) -> list[PlannedFile]:
         if names[name] > 1:
             digest = hashlib.sha256(f"{op.schema}.{op.name}".encode("utf-8")).hexdigest()[:8]
             name = f"{name[:-3]}_{digest}.py"
-        files.append(PlannedFile(name, render_tests(op)))
+        files.append(PlannedFile(name, render_tests(op, project.entities)))
     return files
 
 

@@ -56,3 +56,78 @@ def test_make_target_dense_renumbers_the_target_first(h):
     assert len(dense) == len(target)
     assert [int(k) for k in dense] == list(range(1, len(dense) + 1))
     assert h.count() == rows_before
+
+
+# --- facts from the model, templates per driver
+
+def test_facts_hold_every_plain_field_of_the_model(tmp_path):
+    """A field added to the model reaches the generated tests without a hand-edit: every
+    dataclass field of the statement, the policy and a column holding plain data is a fact."""
+    from dataclasses import fields
+
+    from specql.testgen import _SKIP, POLICY_SKIP, _plain
+
+    entities = write_entities(tmp_path / "entities", ticket=TICKET)
+    [op] = [op for e in load_project([str(entities)]).entities for op in e.operations]
+    got = facts(op)
+    for part in (op.statement, op.policy):
+        plain = [f.name for f in fields(part) if _plain(getattr(part, f.name)) is not _SKIP
+                 and f.name not in POLICY_SKIP]
+        assert plain and not [name for name in plain if name not in got], type(part).__name__
+    [column] = [c for c in got["columns"] if c["name"] == "status"]
+    assert {f.name for f in fields(op.target.columns["status"])} <= set(column)
+
+
+def test_one_test_template_per_driver_each_small():
+    from pathlib import Path
+
+    from specql.testgen import template_name
+
+    folder = Path(__file__).resolve().parent.parent / "templates" / "tests"
+    for driver in ("keys", "keyset", "source"):
+        name = template_name(type("Op", (), {"statement": type("S", (), {"driver": driver})})())
+        assert (folder.parent / name).exists(), name
+    sizes = {p.name: len(p.read_text("utf-8").splitlines()) for p in folder.glob("*.j2")}
+    assert not {n: s for n, s in sizes.items() if s > 150}, sizes
+    for path in folder.glob("*.j2"):
+        assert "if op.driver" not in path.read_text("utf-8"), f"{path.name} forks on the driver"
+
+
+# --- an unmanaged table, and a reference to another entity's table
+
+WAREHOUSE = """
+name: warehouse
+fields:
+  id: integer
+  code: {type: string, nullable: false, unique: true}
+"""
+
+STOCK = """
+name: stock
+manage_table: false
+fields:
+  id: uuid
+  warehouse_id: {type: integer, references: warehouse, nullable: false}
+  quantity: integer
+patterns:
+  - name: batch_operations
+    operation: zero_stock
+    operation_type: update
+    update_data: {quantity: 0}
+    where_condition: "warehouse_id = :warehouse_id"
+"""
+
+
+def test_an_unmanaged_table_is_created_and_its_references_seeded(database_url, tmp_path):
+    entities = write_entities(tmp_path / "entities", warehouse=WAREHOUSE, stock=STOCK)
+    generate_and_apply(database_url, entities, tmp_path / "out")
+    project = load_project([str(entities)])
+    [op] = [op for e in project.entities for op in e.operations]
+    with connect(database_url) as conn:
+        assert conn.execute("SELECT to_regclass('public.stock')").fetchone()[0] is None
+        h = Harness(conn, facts(op, project.entities))
+        h.create_table()
+        params, target = h.seed_until(h.params, 100)
+        warehouses = conn.execute("SELECT count(*) FROM public.warehouse").fetchone()[0]
+        assert warehouses == 10 and 100 <= len(target) < h.seeded
+        assert conn.execute("SELECT count(DISTINCT warehouse_id) FROM public.stock").fetchone()[0] == 10

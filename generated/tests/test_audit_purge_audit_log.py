@@ -14,49 +14,62 @@ from specql.testing import Harness, batches
 
 FACTS = {   'assignments': [],
     'batch_size': 1000,
+    'batch_where_sql': 'occurred_at < purge_audit_log.cutoff',
+    'channels': [],
     'collect_metrics': True,
-    'columns': [   {   'ident': 'id',
+    'columns': [   {   'default_sql': None,
+                       'ident': 'id',
                        'name': 'id',
                        'nullable': False,
                        'primary_key': True,
-                       'references': False,
+                       'references': None,
+                       'references_sql': None,
                        'sql_type': 'bigint',
                        'type': 'bigint',
                        'unique': False},
-                   {   'ident': 'occurred_at',
+                   {   'default_sql': None,
+                       'ident': 'occurred_at',
                        'name': 'occurred_at',
                        'nullable': True,
                        'primary_key': False,
-                       'references': False,
+                       'references': None,
+                       'references_sql': None,
                        'sql_type': 'timestamptz',
                        'type': 'timestamp',
                        'unique': False},
-                   {   'ident': '"actor name"',
+                   {   'default_sql': None,
+                       'ident': '"actor name"',
                        'name': 'actor name',
                        'nullable': True,
                        'primary_key': False,
-                       'references': False,
+                       'references': None,
+                       'references_sql': None,
                        'sql_type': 'text',
                        'type': 'string',
                        'unique': False},
-                   {   'ident': 'payload',
+                   {   'default_sql': None,
+                       'ident': 'payload',
                        'name': 'payload',
                        'nullable': True,
                        'primary_key': False,
-                       'references': False,
+                       'references': None,
+                       'references_sql': None,
                        'sql_type': 'jsonb',
                        'type': 'jsonb',
                        'unique': False}],
     'compared_values': {},
     'conflict_columns': [],
+    'conflict_updates': [],
     'count_sql': 'occurred_at < $1',
     'driver': 'keyset',
     'error_handling': 'stop_on_error',
-    'has_preconditions': False,
+    'heartbeat_interval': None,
     'is_procedure': False,
     'key_param': None,
     'log_table': 'specql.batch_operation_logs',
+    'logging_level': 'detailed',
     'logs_batches': True,
+    'manage_table': True,
     'max_errors': None,
     'max_records': None,
     'metrics_table': 'specql.batch_performance_metrics',
@@ -69,22 +82,31 @@ FACTS = {   'assignments': [],
                       'name': 'cutoff',
                       'role': 'compare',
                       'sql_type': 'timestamptz'}],
-    'pk': {'ident': 'id', 'name': 'id', 'type': 'bigint'},
+    'partial_updates': [],
+    'pk': 'id',
+    'preconditions': [],
     'progress_interval': None,
+    'progress_tracking': False,
+    'range_batches': True,
     'requires_confirmation': False,
     'routine': 'audit.purge_audit_log',
+    'schema': 'audit',
     'schema_ident': 'audit',
+    'source_name': 'entities/audit_log.yaml',
     'source_param': None,
     'table': 'audit.audit_log',
+    'table_schema_ident': 'audit',
     'timeout': None,
-    'transaction': 'single'}
+    'transaction': 'single',
+    'where_sql': 'occurred_at < purge_audit_log.cutoff'}
 
 BATCH = FACTS["batch_size"]
 
 
 @pytest.fixture
 def h(specql_db):
-    return Harness(specql_db, FACTS)
+    harness = Harness(specql_db, FACTS)
+    return harness
 
 
 def prepare(h, dense=False):
@@ -99,12 +121,18 @@ def prepare(h, dense=False):
 
 
 def processing_order(params, target):
-    """Target keys in the order the routine takes them, with their batch numbers."""
+    """Target keys in the order the routine takes them, with their batch numbers; and the
+    keys as the routine cuts them into batches."""
     return [(k, i // BATCH + 1) for i, k in enumerate(target)], target
 
 
 def expected_batches(params, target):
     return batches(len(target), BATCH)
+
+
+def run_once(h):
+    params, target = prepare(h)
+    return h.call({**params}).result
 
 
 # dense_keys: the walk takes dense stretches of an integer key as key ranges.
@@ -154,11 +182,8 @@ def test_single_transaction_is_all_or_nothing(h):
 
 
 def test_metrics(h):
-    params, target = prepare(h)
-    r = h.call({**params}).result
-    metrics = dict(h.conn.execute(
-        "SELECT metric_name, metric_value FROM {} WHERE operation_id = %s".format(FACTS["metrics_table"]),
-        (r["operation_id"],)).fetchall())
+    r = run_once(h)
+    metrics = h.metrics(r["operation_id"])
     assert metrics["processed_records"] == r["processed_records"]
     assert metrics["batch_count"] == r["batch_count"]
     assert metrics["duration_ms"] >= 0

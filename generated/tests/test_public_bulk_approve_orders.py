@@ -12,69 +12,89 @@ import pytest
 
 from specql.testing import Harness, batches
 
-FACTS = {   'assignments': [   {'column': 'status', 'kind': 'sql', 'sql': "'approved'"},
-                       {'column': 'approved_at', 'kind': 'sql', 'sql': 'now()'},
-                       {'column': 'approved_by', 'kind': 'sql', 'sql': 'CURRENT_USER'}],
+FACTS = {   'assignments': [   {'column': 'status', 'kind': 'sql', 'ref': None, 'sql': "'approved'"},
+                       {'column': 'approved_at', 'kind': 'sql', 'ref': None, 'sql': 'now()'},
+                       {   'column': 'approved_by',
+                           'kind': 'sql',
+                           'ref': None,
+                           'sql': 'CURRENT_USER'}],
     'batch_size': 1000,
+    'batch_where_sql': "status = 'pending' AND total_amount <= bulk_approve_orders.max_amount",
+    'channels': [],
     'collect_metrics': False,
-    'columns': [   {   'ident': 'id',
+    'columns': [   {   'default_sql': None,
+                       'ident': 'id',
                        'name': 'id',
                        'nullable': False,
                        'primary_key': True,
-                       'references': False,
+                       'references': None,
+                       'references_sql': None,
                        'sql_type': 'uuid',
                        'type': 'uuid',
                        'unique': False},
-                   {   'ident': 'customer_email',
+                   {   'default_sql': None,
+                       'ident': 'customer_email',
                        'name': 'customer_email',
                        'nullable': True,
                        'primary_key': False,
-                       'references': False,
+                       'references': None,
+                       'references_sql': None,
                        'sql_type': 'text',
                        'type': 'string',
                        'unique': False},
-                   {   'ident': 'status',
+                   {   'default_sql': None,
+                       'ident': 'status',
                        'name': 'status',
                        'nullable': True,
                        'primary_key': False,
-                       'references': False,
+                       'references': None,
+                       'references_sql': None,
                        'sql_type': 'text',
                        'type': 'string',
                        'unique': False},
-                   {   'ident': 'total_amount',
+                   {   'default_sql': None,
+                       'ident': 'total_amount',
                        'name': 'total_amount',
                        'nullable': True,
                        'primary_key': False,
-                       'references': False,
+                       'references': None,
+                       'references_sql': None,
                        'sql_type': 'numeric',
                        'type': 'decimal',
                        'unique': False},
-                   {   'ident': 'approved_at',
+                   {   'default_sql': None,
+                       'ident': 'approved_at',
                        'name': 'approved_at',
                        'nullable': True,
                        'primary_key': False,
-                       'references': False,
+                       'references': None,
+                       'references_sql': None,
                        'sql_type': 'timestamptz',
                        'type': 'timestamp',
                        'unique': False},
-                   {   'ident': 'approved_by',
+                   {   'default_sql': None,
+                       'ident': 'approved_by',
                        'name': 'approved_by',
                        'nullable': True,
                        'primary_key': False,
-                       'references': False,
+                       'references': None,
+                       'references_sql': None,
                        'sql_type': 'text',
                        'type': 'string',
                        'unique': False}],
     'compared_values': {'status': ['pending']},
     'conflict_columns': [],
+    'conflict_updates': ['status', 'approved_at', 'approved_by'],
     'count_sql': "status = 'pending' AND total_amount <= $1",
     'driver': 'keyset',
     'error_handling': 'stop_on_error',
-    'has_preconditions': True,
+    'heartbeat_interval': None,
     'is_procedure': False,
     'key_param': None,
     'log_table': 'specql.batch_operation_logs',
+    'logging_level': 'summary',
     'logs_batches': False,
+    'manage_table': True,
     'max_errors': None,
     'max_records': 1000,
     'metrics_table': 'specql.batch_performance_metrics',
@@ -87,22 +107,36 @@ FACTS = {   'assignments': [   {'column': 'status', 'kind': 'sql', 'sql': "'appr
                       'name': 'max_amount',
                       'role': 'compare',
                       'sql_type': 'numeric'}],
-    'pk': {'ident': 'id', 'name': 'id', 'type': 'uuid'},
+    'partial_updates': [],
+    'pk': 'id',
+    'preconditions': [   {   'over_table': True,
+                             'sql': "count(*) FILTER (WHERE status = 'pending') > 0",
+                             'text': "COUNT(*) FILTER (WHERE status = 'pending') > 0"},
+                         {   'over_table': False,
+                             'sql': "has_table_privilege('public.order', 'UPDATE')",
+                             'text': "has_table_privilege('public.order', 'UPDATE')"}],
     'progress_interval': None,
+    'progress_tracking': False,
+    'range_batches': False,
     'requires_confirmation': True,
     'routine': 'public.bulk_approve_orders',
+    'schema': 'public',
     'schema_ident': 'public',
+    'source_name': 'entities/order.yaml',
     'source_param': None,
     'table': 'public."order"',
+    'table_schema_ident': 'public',
     'timeout': '15 minutes',
-    'transaction': 'per_batch'}
+    'transaction': 'per_batch',
+    'where_sql': "status = 'pending' AND total_amount <= bulk_approve_orders.max_amount"}
 
 BATCH = FACTS["batch_size"]
 
 
 @pytest.fixture
 def h(specql_db):
-    return Harness(specql_db, FACTS)
+    harness = Harness(specql_db, FACTS)
+    return harness
 
 
 def prepare(h, dense=False):
@@ -113,10 +147,7 @@ def prepare(h, dense=False):
     params, target = h.seed_until(h.params, wanted)
     assert target, "the seeded rows match none of the operation's condition"
     if len(target) > FACTS["max_records"]:
-        # stay within max_records: drop the surplus target rows before the run
-        surplus = target[FACTS["max_records"]:]
-        h.conn.execute("DELETE FROM {} WHERE {}::text = ANY(%s)".format(FACTS["table"], FACTS["pk"]["ident"]),
-                       (surplus,))
+        h.drop_rows(target[FACTS["max_records"]:])  # stay within max_records
         target = h.target_keys(params)
     if dense:
         params, target = h.make_target_dense(h.params)
@@ -124,12 +155,18 @@ def prepare(h, dense=False):
 
 
 def processing_order(params, target):
-    """Target keys in the order the routine takes them, with their batch numbers."""
+    """Target keys in the order the routine takes them, with their batch numbers; and the
+    keys as the routine cuts them into batches."""
     return [(k, i // BATCH + 1) for i, k in enumerate(target)], target
 
 
 def expected_batches(params, target):
     return batches(len(target), BATCH)
+
+
+def run_once(h):
+    params, target = prepare(h)
+    return h.call({**params, "confirm": True}).result
 
 
 def test_changes_exactly_the_target_rows(h):
@@ -167,22 +204,25 @@ def test_error_handling_stop_on_error(h):
     params, target = prepare(h)
     order, keys = processing_order(params, target)
     failing = 2 if any(batch == 2 for _, batch in order) else 1  # the batch that will fail
-    poisoned = next(k for k, batch in order if batch == failing)
+    poisoned = next(k for k, batch in order if batch == failing)  # its first target row
     in_batches_before = sum(1 for _, batch in order if batch < failing)
     in_failing = sum(1 for _, batch in order if batch == failing)
-    failing_keys = keys[(failing - 1) * BATCH:failing * BATCH]
+    logged = keys[(failing - 1) * BATCH:failing * BATCH]  # the failed batch, logged with its keys
     h.poison_keys(poisoned)
     before = h.snapshot()
     r = h.call({**params, "confirm": True}).result
     after = h.snapshot()
     errors = h.errors(r["operation_id"])
+    assert r["error_count"] == 1
+    assert errors[0][1] == "23514" and errors[0][0] == failing
+    assert [str(k) for k in errors[0][3]] == logged
+    assert after.get(poisoned) == before[poisoned]
+    # stop_on_error: the first error stops the run
     assert r["status"] == "failed"
     assert r["processed_records"] == in_batches_before
     assert r["batch_count"] == failing
-    assert r["error_count"] == 1
     untouched = [k for k, batch in order if batch >= failing]
-    assert all(after.get(k) == before[k] for k in untouched), "stop_on_error changed rows after the failure"
-    assert errors[0][1] == "23514" and errors[0][0] == failing
+    assert all(after.get(k) == before[k] for k in untouched), "rows after the failure changed"
 
 
 def test_max_records_refuses_and_changes_nothing(h):

@@ -12,88 +12,111 @@ import pytest
 
 from specql.testing import Harness, batches
 
-FACTS = {   'assignments': [   {'column': 'status', 'kind': 'sql', 'sql': "'inactive'"},
-                       {'column': 'deactivated_at', 'kind': 'sql', 'sql': 'now()'},
+FACTS = {   'assignments': [   {'column': 'status', 'kind': 'sql', 'ref': None, 'sql': "'inactive'"},
+                       {'column': 'deactivated_at', 'kind': 'sql', 'ref': None, 'sql': 'now()'},
                        {   'column': 'deactivation_reason',
                            'kind': 'sql',
+                           'ref': None,
                            'sql': "'automated_inactive_cleanup'"}],
     'batch_size': 200,
+    'batch_where_sql': "last_login_at < now() - CAST('1 year' AS interval) AND status = 'active' "
+                       'AND is_admin = FALSE',
+    'channels': [],
     'collect_metrics': False,
-    'columns': [   {   'ident': 'id',
+    'columns': [   {   'default_sql': None,
+                       'ident': 'id',
                        'name': 'id',
                        'nullable': False,
                        'primary_key': True,
-                       'references': False,
+                       'references': None,
+                       'references_sql': None,
                        'sql_type': 'uuid',
                        'type': 'uuid',
                        'unique': False},
-                   {   'ident': 'email',
+                   {   'default_sql': None,
+                       'ident': 'email',
                        'name': 'email',
                        'nullable': True,
                        'primary_key': False,
-                       'references': False,
+                       'references': None,
+                       'references_sql': None,
                        'sql_type': 'text',
                        'type': 'string',
                        'unique': False},
-                   {   'ident': 'status',
+                   {   'default_sql': None,
+                       'ident': 'status',
                        'name': 'status',
                        'nullable': True,
                        'primary_key': False,
-                       'references': False,
+                       'references': None,
+                       'references_sql': None,
                        'sql_type': 'text',
                        'type': 'string',
                        'unique': False},
-                   {   'ident': 'updated_at',
+                   {   'default_sql': None,
+                       'ident': 'updated_at',
                        'name': 'updated_at',
                        'nullable': True,
                        'primary_key': False,
-                       'references': False,
+                       'references': None,
+                       'references_sql': None,
                        'sql_type': 'timestamptz',
                        'type': 'timestamp',
                        'unique': False},
-                   {   'ident': 'last_login_at',
+                   {   'default_sql': None,
+                       'ident': 'last_login_at',
                        'name': 'last_login_at',
                        'nullable': True,
                        'primary_key': False,
-                       'references': False,
+                       'references': None,
+                       'references_sql': None,
                        'sql_type': 'timestamptz',
                        'type': 'timestamp',
                        'unique': False},
-                   {   'ident': 'is_admin',
+                   {   'default_sql': None,
+                       'ident': 'is_admin',
                        'name': 'is_admin',
                        'nullable': True,
                        'primary_key': False,
-                       'references': False,
+                       'references': None,
+                       'references_sql': None,
                        'sql_type': 'boolean',
                        'type': 'boolean',
                        'unique': False},
-                   {   'ident': 'deactivated_at',
+                   {   'default_sql': None,
+                       'ident': 'deactivated_at',
                        'name': 'deactivated_at',
                        'nullable': True,
                        'primary_key': False,
-                       'references': False,
+                       'references': None,
+                       'references_sql': None,
                        'sql_type': 'timestamptz',
                        'type': 'timestamp',
                        'unique': False},
-                   {   'ident': 'deactivation_reason',
+                   {   'default_sql': None,
+                       'ident': 'deactivation_reason',
                        'name': 'deactivation_reason',
                        'nullable': True,
                        'primary_key': False,
-                       'references': False,
+                       'references': None,
+                       'references_sql': None,
                        'sql_type': 'text',
                        'type': 'string',
                        'unique': False}],
     'compared_values': {'is_admin': [False], 'status': ['active']},
     'conflict_columns': [],
+    'conflict_updates': ['status', 'deactivated_at', 'deactivation_reason'],
     'count_sql': "last_login_at < now() - CAST('1 year' AS interval) AND status = 'active' AND "
                  'is_admin = FALSE',
     'driver': 'keyset',
     'error_handling': 'stop_on_error',
-    'has_preconditions': False,
+    'heartbeat_interval': None,
     'is_procedure': False,
     'key_param': None,
     'log_table': 'specql.batch_operation_logs',
+    'logging_level': 'summary',
     'logs_batches': False,
+    'manage_table': True,
     'max_errors': None,
     'max_records': 10000,
     'metrics_table': 'specql.batch_performance_metrics',
@@ -102,22 +125,32 @@ FACTS = {   'assignments': [   {'column': 'status', 'kind': 'sql', 'sql': "'inac
     'notify': True,
     'operation_type': 'update',
     'params': [],
-    'pk': {'ident': 'id', 'name': 'id', 'type': 'uuid'},
+    'partial_updates': [],
+    'pk': 'id',
+    'preconditions': [],
     'progress_interval': None,
+    'progress_tracking': False,
+    'range_batches': False,
     'requires_confirmation': True,
     'routine': 'public.deactivate_inactive_users',
+    'schema': 'public',
     'schema_ident': 'public',
+    'source_name': 'entities/user.yaml',
     'source_param': None,
     'table': 'public."user"',
+    'table_schema_ident': 'public',
     'timeout': None,
-    'transaction': 'per_batch'}
+    'transaction': 'per_batch',
+    'where_sql': "last_login_at < now() - CAST('1 year' AS interval) AND status = 'active' AND "
+                 'is_admin = FALSE'}
 
 BATCH = FACTS["batch_size"]
 
 
 @pytest.fixture
 def h(specql_db):
-    return Harness(specql_db, FACTS)
+    harness = Harness(specql_db, FACTS)
+    return harness
 
 
 def prepare(h, dense=False):
@@ -128,10 +161,7 @@ def prepare(h, dense=False):
     params, target = h.seed_until(h.params, wanted)
     assert target, "the seeded rows match none of the operation's condition"
     if len(target) > FACTS["max_records"]:
-        # stay within max_records: drop the surplus target rows before the run
-        surplus = target[FACTS["max_records"]:]
-        h.conn.execute("DELETE FROM {} WHERE {}::text = ANY(%s)".format(FACTS["table"], FACTS["pk"]["ident"]),
-                       (surplus,))
+        h.drop_rows(target[FACTS["max_records"]:])  # stay within max_records
         target = h.target_keys(params)
     if dense:
         params, target = h.make_target_dense(h.params)
@@ -139,12 +169,18 @@ def prepare(h, dense=False):
 
 
 def processing_order(params, target):
-    """Target keys in the order the routine takes them, with their batch numbers."""
+    """Target keys in the order the routine takes them, with their batch numbers; and the
+    keys as the routine cuts them into batches."""
     return [(k, i // BATCH + 1) for i, k in enumerate(target)], target
 
 
 def expected_batches(params, target):
     return batches(len(target), BATCH)
+
+
+def run_once(h):
+    params, target = prepare(h)
+    return h.call({**params, "confirm": True}).result
 
 
 def test_changes_exactly_the_target_rows(h):
@@ -182,22 +218,25 @@ def test_error_handling_stop_on_error(h):
     params, target = prepare(h)
     order, keys = processing_order(params, target)
     failing = 2 if any(batch == 2 for _, batch in order) else 1  # the batch that will fail
-    poisoned = next(k for k, batch in order if batch == failing)
+    poisoned = next(k for k, batch in order if batch == failing)  # its first target row
     in_batches_before = sum(1 for _, batch in order if batch < failing)
     in_failing = sum(1 for _, batch in order if batch == failing)
-    failing_keys = keys[(failing - 1) * BATCH:failing * BATCH]
+    logged = keys[(failing - 1) * BATCH:failing * BATCH]  # the failed batch, logged with its keys
     h.poison_keys(poisoned)
     before = h.snapshot()
     r = h.call({**params, "confirm": True}).result
     after = h.snapshot()
     errors = h.errors(r["operation_id"])
+    assert r["error_count"] == 1
+    assert errors[0][1] == "23514" and errors[0][0] == failing
+    assert [str(k) for k in errors[0][3]] == logged
+    assert after.get(poisoned) == before[poisoned]
+    # stop_on_error: the first error stops the run
     assert r["status"] == "failed"
     assert r["processed_records"] == in_batches_before
     assert r["batch_count"] == failing
-    assert r["error_count"] == 1
     untouched = [k for k, batch in order if batch >= failing]
-    assert all(after.get(k) == before[k] for k in untouched), "stop_on_error changed rows after the failure"
-    assert errors[0][1] == "23514" and errors[0][0] == failing
+    assert all(after.get(k) == before[k] for k in untouched), "rows after the failure changed"
 
 
 def test_max_records_refuses_and_changes_nothing(h):
@@ -224,13 +263,10 @@ def test_without_confirmation_nothing_changes(h):
 def test_completion_notification(h, specql_database_url):
     with psycopg.connect(specql_database_url, autocommit=True) as listener:
         listener.execute("LISTEN specql_batch_operations")
-        params, target = prepare(h)
-        r = h.call({**params, "confirm": True}).result
+        r = run_once(h)
         note = next(listener.notifies(timeout=10, stop_after=1), None)
     assert note is not None, "no notification on specql_batch_operations"
     payload = json.loads(note.payload)
     assert payload["operation_id"] == str(r["operation_id"])
     assert (payload["status"], payload["processed_records"]) == (r["status"], r["processed_records"])
-    outbox = h.conn.execute("SELECT count(*) FROM specql.batch_operation_notifications WHERE operation_id = %s",
-                            (r["operation_id"],)).fetchone()[0]
-    assert outbox == 1
+    assert h.outbox_count(r["operation_id"]) == 1

@@ -12,54 +12,77 @@ import pytest
 
 from specql.testing import Harness, batches
 
-FACTS = {   'assignments': [   {'column': 'product_id', 'field': 'product_id', 'kind': 'record'},
-                       {'column': 'name', 'field': 'name', 'kind': 'record'},
-                       {'column': 'price', 'field': 'price', 'kind': 'record'},
-                       {'column': 'last_updated', 'kind': 'sql', 'sql': 'now()'}],
+FACTS = {   'assignments': [   {   'column': 'product_id',
+                           'kind': 'record',
+                           'ref': 'product_id',
+                           'sql': "CASE WHEN _rec ? 'product_id' THEN (_rec ->> "
+                                  "'product_id')::uuid ELSE gen_random_uuid() END"},
+                       {   'column': 'name',
+                           'kind': 'record',
+                           'ref': 'name',
+                           'sql': "(_rec ->> 'name')"},
+                       {   'column': 'price',
+                           'kind': 'record',
+                           'ref': 'price',
+                           'sql': "(_rec ->> 'price')::numeric"},
+                       {'column': 'last_updated', 'kind': 'sql', 'ref': None, 'sql': 'now()'}],
     'batch_size': 50,
+    'batch_where_sql': None,
+    'channels': ['webhook'],
     'collect_metrics': True,
-    'columns': [   {   'ident': 'product_id',
+    'columns': [   {   'default_sql': None,
+                       'ident': 'product_id',
                        'name': 'product_id',
                        'nullable': False,
                        'primary_key': True,
-                       'references': False,
+                       'references': None,
+                       'references_sql': None,
                        'sql_type': 'uuid',
                        'type': 'uuid',
                        'unique': False},
-                   {   'ident': 'name',
+                   {   'default_sql': None,
+                       'ident': 'name',
                        'name': 'name',
                        'nullable': True,
                        'primary_key': False,
-                       'references': False,
+                       'references': None,
+                       'references_sql': None,
                        'sql_type': 'text',
                        'type': 'string',
                        'unique': False},
-                   {   'ident': 'price',
+                   {   'default_sql': None,
+                       'ident': 'price',
                        'name': 'price',
                        'nullable': True,
                        'primary_key': False,
-                       'references': False,
+                       'references': None,
+                       'references_sql': None,
                        'sql_type': 'numeric',
                        'type': 'decimal',
                        'unique': False},
-                   {   'ident': 'last_updated',
+                   {   'default_sql': None,
+                       'ident': 'last_updated',
                        'name': 'last_updated',
                        'nullable': True,
                        'primary_key': False,
-                       'references': False,
+                       'references': None,
+                       'references_sql': None,
                        'sql_type': 'timestamptz',
                        'type': 'timestamp',
                        'unique': False}],
     'compared_values': {},
     'conflict_columns': ['product_id'],
+    'conflict_updates': ['name', 'price', 'last_updated'],
     'count_sql': None,
     'driver': 'source',
     'error_handling': 'collect_errors',
-    'has_preconditions': False,
+    'heartbeat_interval': None,
     'is_procedure': False,
     'key_param': None,
     'log_table': 'specql.batch_operation_logs',
+    'logging_level': 'summary',
     'logs_batches': False,
+    'manage_table': True,
     'max_errors': 100,
     'max_records': None,
     'metrics_table': 'specql.batch_performance_metrics',
@@ -72,15 +95,23 @@ FACTS = {   'assignments': [   {'column': 'product_id', 'field': 'product_id', '
                       'name': 'fresh_rows',
                       'role': 'source',
                       'sql_type': 'jsonb'}],
-    'pk': {'ident': 'product_id', 'name': 'product_id', 'type': 'uuid'},
+    'partial_updates': ['name', 'price'],
+    'pk': 'product_id',
+    'preconditions': [],
     'progress_interval': None,
+    'progress_tracking': False,
+    'range_batches': False,
     'requires_confirmation': False,
     'routine': 'public.upsert_product_cache',
+    'schema': 'public',
     'schema_ident': 'public',
+    'source_name': 'entities/product_cache.yaml',
     'source_param': 'fresh_rows',
     'table': 'public.product_cache',
+    'table_schema_ident': 'public',
     'timeout': '10 minutes',
-    'transaction': 'per_batch'}
+    'transaction': 'per_batch',
+    'where_sql': None}
 
 BATCH = FACTS["batch_size"]
 RECORDS = max(3, min(int(BATCH * 2.5) + 1, 20_000))  # several batches, the last one partial
@@ -88,13 +119,18 @@ RECORDS = max(3, min(int(BATCH * 2.5) + 1, 20_000))  # several batches, the last
 
 @pytest.fixture
 def h(specql_db):
-    return Harness(specql_db, FACTS)
+    harness = Harness(specql_db, FACTS)
+    return harness
 
 
 def call_with(h, records):
     params = {k: v for k, v in h.params().items()}
     params[FACTS["source_param"]] = records
     return h.call({**params})
+
+
+def run_once(h):
+    return call_with(h, h.records(RECORDS)).result
 
 
 def test_takes_every_record(h):
@@ -112,8 +148,6 @@ def test_nothing_to_do(h):
     for records in (None, []):
         r = call_with(h, records).result
         assert (r["status"], r["processed_records"], r["batch_count"]) == ("completed", 0, 0)
-
-
 def test_upsert_inserts_then_updates(h):
     first = h.records(RECORDS)
     call_with(h, first)
@@ -126,44 +160,47 @@ def test_upsert_inserts_then_updates(h):
     assert h.records_present(changed)
 
 
-def test_error_handling_collect_errors(h):
+def planted(h):
+    """Records with a failing one at the start of batch 2 (a trigger fails on its marker)."""
     poison = h.poisonable_field()
     if poison is None:
         pytest.skip("no field to plant a failing record in")
     field, column, marker = poison
     records = h.records(RECORDS)
-    records[BATCH % RECORDS][field] = marker  # the first record of batch 2
+    records[BATCH % RECORDS][field] = marker
     h.poison_records(field, column, str(marker))
+    return records
+
+
+def test_error_handling_collect_errors(h):
+    records = planted(h)
     before = h.count()
     r = call_with(h, records).result
     errors = h.errors(r["operation_id"])
     batch_2 = min(BATCH, RECORDS - BATCH)
+    assert r["error_count"] == 1
+    assert errors[0][3] == [{"index": BATCH, "record": json.loads(json.dumps(records[BATCH]))}]
+    assert r["status"] == "completed_with_errors"
     assert r["processed_records"] == RECORDS - 1
     assert r["failed_records"] == 1
     assert h.count() - before == RECORDS - 1
-    assert errors[0][3] == [{"index": BATCH, "record": json.loads(json.dumps(records[BATCH]))}]
-    assert r["error_count"] == 1
 
 
 def test_completion_notification(h, specql_database_url):
     with psycopg.connect(specql_database_url, autocommit=True) as listener:
         listener.execute("LISTEN specql_batch_operations")
-        r = call_with(h, h.records(RECORDS)).result
+        r = run_once(h)
         note = next(listener.notifies(timeout=10, stop_after=1), None)
     assert note is not None, "no notification on specql_batch_operations"
     payload = json.loads(note.payload)
     assert payload["operation_id"] == str(r["operation_id"])
     assert (payload["status"], payload["processed_records"]) == (r["status"], r["processed_records"])
-    outbox = h.conn.execute("SELECT count(*) FROM specql.batch_operation_notifications WHERE operation_id = %s",
-                            (r["operation_id"],)).fetchone()[0]
-    assert outbox == 1
+    assert h.outbox_count(r["operation_id"]) == 1
 
 
 def test_metrics(h):
-    r = call_with(h, h.records(RECORDS)).result
-    metrics = dict(h.conn.execute(
-        "SELECT metric_name, metric_value FROM {} WHERE operation_id = %s".format(FACTS["metrics_table"]),
-        (r["operation_id"],)).fetchall())
+    r = run_once(h)
+    metrics = h.metrics(r["operation_id"])
     assert metrics["processed_records"] == r["processed_records"]
     assert metrics["batch_count"] == r["batch_count"]
     assert metrics["duration_ms"] >= 0

@@ -12,53 +12,72 @@ import pytest
 
 from specql.testing import Harness, batches
 
-FACTS = {   'assignments': [   {'column': 'sensor', 'field': 'sensor', 'kind': 'record'},
-                       {'column': 'value', 'field': 'value', 'kind': 'record'},
-                       {'column': 'taken_at', 'kind': 'sql', 'sql': 'now()'}],
+FACTS = {   'assignments': [   {   'column': 'sensor',
+                           'kind': 'record',
+                           'ref': 'sensor',
+                           'sql': "(_rec ->> 'sensor')"},
+                       {   'column': 'value',
+                           'kind': 'record',
+                           'ref': 'value',
+                           'sql': "(_rec ->> 'value')::numeric"},
+                       {'column': 'taken_at', 'kind': 'sql', 'ref': None, 'sql': 'now()'}],
     'batch_size': 1000,
+    'batch_where_sql': None,
+    'channels': [],
     'collect_metrics': False,
-    'columns': [   {   'ident': 'id',
+    'columns': [   {   'default_sql': None,
+                       'ident': 'id',
                        'name': 'id',
                        'nullable': False,
                        'primary_key': True,
-                       'references': False,
+                       'references': None,
+                       'references_sql': None,
                        'sql_type': 'uuid',
                        'type': 'uuid',
                        'unique': False},
-                   {   'ident': 'sensor',
+                   {   'default_sql': None,
+                       'ident': 'sensor',
                        'name': 'sensor',
                        'nullable': True,
                        'primary_key': False,
-                       'references': False,
+                       'references': None,
+                       'references_sql': None,
                        'sql_type': 'text',
                        'type': 'string',
                        'unique': False},
-                   {   'ident': 'value',
+                   {   'default_sql': None,
+                       'ident': 'value',
                        'name': 'value',
                        'nullable': True,
                        'primary_key': False,
-                       'references': False,
+                       'references': None,
+                       'references_sql': None,
                        'sql_type': 'numeric',
                        'type': 'numeric',
                        'unique': False},
-                   {   'ident': 'taken_at',
+                   {   'default_sql': None,
+                       'ident': 'taken_at',
                        'name': 'taken_at',
                        'nullable': True,
                        'primary_key': False,
-                       'references': False,
+                       'references': None,
+                       'references_sql': None,
                        'sql_type': 'timestamptz',
                        'type': 'timestamp',
                        'unique': False}],
     'compared_values': {},
     'conflict_columns': [],
+    'conflict_updates': ['sensor', 'value', 'taken_at'],
     'count_sql': None,
     'driver': 'source',
     'error_handling': 'stop_on_error',
-    'has_preconditions': False,
+    'heartbeat_interval': None,
     'is_procedure': False,
     'key_param': None,
     'log_table': 'specql.batch_operation_logs',
+    'logging_level': 'summary',
     'logs_batches': False,
+    'manage_table': True,
     'max_errors': None,
     'max_records': 50000,
     'metrics_table': 'specql.batch_performance_metrics',
@@ -71,15 +90,23 @@ FACTS = {   'assignments': [   {'column': 'sensor', 'field': 'sensor', 'kind': '
                       'name': 'readings',
                       'role': 'source',
                       'sql_type': 'jsonb'}],
-    'pk': {'ident': 'id', 'name': 'id', 'type': 'uuid'},
+    'partial_updates': [],
+    'pk': 'id',
+    'preconditions': [],
     'progress_interval': 10000,
+    'progress_tracking': False,
+    'range_batches': False,
     'requires_confirmation': False,
     'routine': 'public.import_readings',
+    'schema': 'public',
     'schema_ident': 'public',
+    'source_name': 'insert_stop_on_error/reading.yaml',
     'source_param': 'readings',
     'table': 'public.reading',
+    'table_schema_ident': 'public',
     'timeout': '1 hour',
-    'transaction': 'per_batch'}
+    'transaction': 'per_batch',
+    'where_sql': None}
 
 BATCH = FACTS["batch_size"]
 RECORDS = max(3, min(int(BATCH * 2.5) + 1, 20_000))  # several batches, the last one partial
@@ -87,13 +114,18 @@ RECORDS = max(3, min(int(BATCH * 2.5) + 1, 20_000))  # several batches, the last
 
 @pytest.fixture
 def h(specql_db):
-    return Harness(specql_db, FACTS)
+    harness = Harness(specql_db, FACTS)
+    return harness
 
 
 def call_with(h, records):
     params = {k: v for k, v in h.params().items()}
     params[FACTS["source_param"]] = records
     return h.call({**params})
+
+
+def run_once(h):
+    return call_with(h, h.records(RECORDS)).result
 
 
 def test_takes_every_record(h):
@@ -113,22 +145,30 @@ def test_nothing_to_do(h):
         assert (r["status"], r["processed_records"], r["batch_count"]) == ("completed", 0, 0)
 
 
-def test_error_handling_stop_on_error(h):
+def planted(h):
+    """Records with a failing one at the start of batch 2 (a trigger fails on its marker)."""
     poison = h.poisonable_field()
     if poison is None:
         pytest.skip("no field to plant a failing record in")
     field, column, marker = poison
     records = h.records(RECORDS)
-    records[BATCH % RECORDS][field] = marker  # the first record of batch 2
+    records[BATCH % RECORDS][field] = marker
     h.poison_records(field, column, str(marker))
+    return records
+
+
+def test_error_handling_stop_on_error(h):
+    records = planted(h)
     before = h.count()
     r = call_with(h, records).result
     errors = h.errors(r["operation_id"])
     batch_2 = min(BATCH, RECORDS - BATCH)
+    assert r["error_count"] == 1
+    assert [e["index"] for e in errors[0][3]] == list(range(BATCH, BATCH + batch_2))
+    # stop_on_error: the first error stops the run
     assert r["status"] == "failed"
     assert r["processed_records"] == BATCH
     assert h.count() - before == BATCH
-    assert r["error_count"] == 1
 
 
 def test_max_records_refuses_and_changes_nothing(h):

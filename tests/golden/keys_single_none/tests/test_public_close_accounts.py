@@ -12,35 +12,47 @@ import pytest
 
 from specql.testing import Harness, batches
 
-FACTS = {   'assignments': [{'column': 'state', 'kind': 'param', 'param': 'new_state'}],
+FACTS = {   'assignments': [   {   'column': 'state',
+                           'kind': 'param',
+                           'ref': 'new_state',
+                           'sql': 'close_accounts.new_state'}],
     'batch_size': 10,
+    'batch_where_sql': "id = ANY(_keys) AND state <> 'closed'",
+    'channels': [],
     'collect_metrics': False,
-    'columns': [   {   'ident': 'id',
+    'columns': [   {   'default_sql': None,
+                       'ident': 'id',
                        'name': 'id',
                        'nullable': False,
                        'primary_key': True,
-                       'references': False,
+                       'references': None,
+                       'references_sql': None,
                        'sql_type': 'uuid',
                        'type': 'uuid',
                        'unique': False},
-                   {   'ident': 'state',
+                   {   'default_sql': None,
+                       'ident': 'state',
                        'name': 'state',
                        'nullable': True,
                        'primary_key': False,
-                       'references': False,
+                       'references': None,
+                       'references_sql': None,
                        'sql_type': 'text',
                        'type': 'string',
                        'unique': False}],
     'compared_values': {'state': ['closed']},
     'conflict_columns': [],
+    'conflict_updates': ['state'],
     'count_sql': "id = ANY($1) AND state <> 'closed'",
     'driver': 'keys',
     'error_handling': 'stop_on_error',
-    'has_preconditions': False,
+    'heartbeat_interval': None,
     'is_procedure': False,
     'key_param': 'account_ids',
     'log_table': 'specql.batch_operation_logs',
+    'logging_level': 'none',
     'logs_batches': False,
+    'manage_table': True,
     'max_errors': None,
     'max_records': None,
     'metrics_table': 'specql.batch_performance_metrics',
@@ -58,22 +70,31 @@ FACTS = {   'assignments': [{'column': 'state', 'kind': 'param', 'param': 'new_s
                       'name': 'new_state',
                       'role': 'assign',
                       'sql_type': 'text'}],
-    'pk': {'ident': 'id', 'name': 'id', 'type': 'uuid'},
+    'partial_updates': [],
+    'pk': 'id',
+    'preconditions': [],
     'progress_interval': None,
+    'progress_tracking': False,
+    'range_batches': False,
     'requires_confirmation': False,
     'routine': 'public.close_accounts',
+    'schema': 'public',
     'schema_ident': 'public',
+    'source_name': 'keys_single_none/account.yaml',
     'source_param': None,
     'table': 'public.account',
+    'table_schema_ident': 'public',
     'timeout': '5 minutes',
-    'transaction': 'single'}
+    'transaction': 'single',
+    'where_sql': "id = ANY(close_accounts.account_ids) AND state <> 'closed'"}
 
 BATCH = FACTS["batch_size"]
 
 
 @pytest.fixture
 def h(specql_db):
-    return Harness(specql_db, FACTS)
+    harness = Harness(specql_db, FACTS)
+    return harness
 
 
 def prepare(h, dense=False):
@@ -88,7 +109,8 @@ def prepare(h, dense=False):
 
 
 def processing_order(params, target):
-    """Target keys in the order the routine takes them, with their batch numbers."""
+    """Target keys in the order the routine takes them, with their batch numbers; and the
+    keys as the routine cuts them into batches."""
     keys = [str(k) for k in params[FACTS["key_param"]]]
     wanted = set(target)
     return [(k, i // BATCH + 1) for i, k in enumerate(keys) if k in wanted], keys
@@ -96,6 +118,11 @@ def processing_order(params, target):
 
 def expected_batches(params, target):
     return batches(len(params[FACTS["key_param"]]), BATCH)
+
+
+def run_once(h):
+    params, target = prepare(h)
+    return h.call({**params}).result
 
 
 def test_changes_exactly_the_target_rows(h):

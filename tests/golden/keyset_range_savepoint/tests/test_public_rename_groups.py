@@ -12,43 +12,57 @@ import pytest
 
 from specql.testing import Harness, batches
 
-FACTS = {   'assignments': [{'column': 'Display Name', 'kind': 'param', 'param': 'new_name'}],
+FACTS = {   'assignments': [   {   'column': 'Display Name',
+                           'kind': 'param',
+                           'ref': 'new_name',
+                           'sql': 'rename_groups.new_name'}],
     'batch_size': 25,
+    'batch_where_sql': 'active = rename_groups.only_active',
+    'channels': [],
     'collect_metrics': False,
-    'columns': [   {   'ident': 'id',
+    'columns': [   {   'default_sql': None,
+                       'ident': 'id',
                        'name': 'id',
                        'nullable': False,
                        'primary_key': True,
-                       'references': False,
+                       'references': None,
+                       'references_sql': None,
                        'sql_type': 'integer',
                        'type': 'integer',
                        'unique': False},
-                   {   'ident': '"Display Name"',
+                   {   'default_sql': None,
+                       'ident': '"Display Name"',
                        'name': 'Display Name',
                        'nullable': True,
                        'primary_key': False,
-                       'references': False,
+                       'references': None,
+                       'references_sql': None,
                        'sql_type': 'text',
                        'type': 'string',
                        'unique': False},
-                   {   'ident': 'active',
+                   {   'default_sql': None,
+                       'ident': 'active',
                        'name': 'active',
                        'nullable': True,
                        'primary_key': False,
-                       'references': False,
+                       'references': None,
+                       'references_sql': None,
                        'sql_type': 'boolean',
                        'type': 'boolean',
                        'unique': False}],
     'compared_values': {},
     'conflict_columns': [],
+    'conflict_updates': ['Display Name'],
     'count_sql': 'active = $1',
     'driver': 'keyset',
     'error_handling': 'collect_errors',
-    'has_preconditions': False,
+    'heartbeat_interval': '30 seconds',
     'is_procedure': False,
     'key_param': None,
     'log_table': 'specql.batch_operation_logs',
+    'logging_level': 'summary',
     'logs_batches': True,
+    'manage_table': True,
     'max_errors': 3,
     'max_records': None,
     'metrics_table': 'specql.batch_performance_metrics',
@@ -66,22 +80,31 @@ FACTS = {   'assignments': [{'column': 'Display Name', 'kind': 'param', 'param':
                       'name': 'new_name',
                       'role': 'assign',
                       'sql_type': 'text'}],
-    'pk': {'ident': 'id', 'name': 'id', 'type': 'integer'},
+    'partial_updates': [],
+    'pk': 'id',
+    'preconditions': [],
     'progress_interval': None,
+    'progress_tracking': True,
+    'range_batches': True,
     'requires_confirmation': False,
     'routine': 'public.rename_groups',
+    'schema': 'public',
     'schema_ident': 'public',
+    'source_name': 'keyset_range_savepoint/group.yaml',
     'source_param': None,
     'table': 'public."group"',
+    'table_schema_ident': 'public',
     'timeout': None,
-    'transaction': 'per_batch'}
+    'transaction': 'per_batch',
+    'where_sql': 'active = rename_groups.only_active'}
 
 BATCH = FACTS["batch_size"]
 
 
 @pytest.fixture
 def h(specql_db):
-    return Harness(specql_db, FACTS)
+    harness = Harness(specql_db, FACTS)
+    return harness
 
 
 def prepare(h, dense=False):
@@ -96,12 +119,18 @@ def prepare(h, dense=False):
 
 
 def processing_order(params, target):
-    """Target keys in the order the routine takes them, with their batch numbers."""
+    """Target keys in the order the routine takes them, with their batch numbers; and the
+    keys as the routine cuts them into batches."""
     return [(k, i // BATCH + 1) for i, k in enumerate(target)], target
 
 
 def expected_batches(params, target):
     return batches(len(target), BATCH)
+
+
+def run_once(h):
+    params, target = prepare(h)
+    return h.call({**params}).result
 
 
 # dense_keys: the walk takes dense stretches of an integer key as key ranges.
@@ -147,19 +176,19 @@ def test_error_handling_collect_errors(h):
     params, target = prepare(h)
     order, keys = processing_order(params, target)
     failing = 2 if any(batch == 2 for _, batch in order) else 1  # the batch that will fail
-    poisoned = next(k for k, batch in order if batch == failing)
+    poisoned = next(k for k, batch in order if batch == failing)  # its first target row
     in_batches_before = sum(1 for _, batch in order if batch < failing)
     in_failing = sum(1 for _, batch in order if batch == failing)
-    failing_keys = keys[(failing - 1) * BATCH:failing * BATCH]
+    logged = [poisoned]  # collect_errors: the batch again record by record; the failing one logged
     h.poison_keys(poisoned)
     before = h.snapshot()
     r = h.call({**params}).result
     after = h.snapshot()
     errors = h.errors(r["operation_id"])
-    assert r["status"] == ("failed" if FACTS["max_errors"] == 0 else "completed_with_errors")
+    assert r["error_count"] == 1
+    assert errors[0][1] == "23514" and errors[0][0] == failing
+    assert [str(k) for k in errors[0][3]] == logged
+    assert after.get(poisoned) == before[poisoned]
+    assert r["status"] == "completed_with_errors"
     assert r["processed_records"] == len(target) - 1
     assert r["failed_records"] == 1
-    assert r["error_count"] == 1
-    assert [str(k) for k in errors[0][3]] == [poisoned]
-    assert after.get(poisoned) == before[poisoned]
-    assert errors[0][1] == "23514" and errors[0][0] == failing

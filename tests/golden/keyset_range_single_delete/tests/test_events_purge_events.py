@@ -14,33 +14,42 @@ from specql.testing import Harness, batches
 
 FACTS = {   'assignments': [],
     'batch_size': 500,
+    'batch_where_sql': None,
+    'channels': [],
     'collect_metrics': False,
-    'columns': [   {   'ident': 'id',
+    'columns': [   {   'default_sql': None,
+                       'ident': 'id',
                        'name': 'id',
                        'nullable': False,
                        'primary_key': True,
-                       'references': False,
+                       'references': None,
+                       'references_sql': None,
                        'sql_type': 'bigint',
                        'type': 'bigint',
                        'unique': False},
-                   {   'ident': 'payload',
+                   {   'default_sql': None,
+                       'ident': 'payload',
                        'name': 'payload',
                        'nullable': True,
                        'primary_key': False,
-                       'references': False,
+                       'references': None,
+                       'references_sql': None,
                        'sql_type': 'jsonb',
                        'type': 'jsonb',
                        'unique': False}],
     'compared_values': {},
     'conflict_columns': [],
+    'conflict_updates': [],
     'count_sql': None,
     'driver': 'keyset',
     'error_handling': 'stop_on_error',
-    'has_preconditions': False,
+    'heartbeat_interval': None,
     'is_procedure': False,
     'key_param': None,
     'log_table': 'specql.batch_operation_logs',
+    'logging_level': 'detailed',
     'logs_batches': True,
+    'manage_table': True,
     'max_errors': None,
     'max_records': None,
     'metrics_table': 'specql.batch_performance_metrics',
@@ -49,22 +58,31 @@ FACTS = {   'assignments': [],
     'notify': False,
     'operation_type': 'delete',
     'params': [],
-    'pk': {'ident': 'id', 'name': 'id', 'type': 'bigint'},
+    'partial_updates': [],
+    'pk': 'id',
+    'preconditions': [],
     'progress_interval': None,
+    'progress_tracking': False,
+    'range_batches': True,
     'requires_confirmation': False,
     'routine': '"Events".purge_events',
+    'schema': 'Events',
     'schema_ident': '"Events"',
+    'source_name': 'keyset_range_single_delete/event.yaml',
     'source_param': None,
     'table': '"Events".event',
+    'table_schema_ident': '"Events"',
     'timeout': None,
-    'transaction': 'single'}
+    'transaction': 'single',
+    'where_sql': None}
 
 BATCH = FACTS["batch_size"]
 
 
 @pytest.fixture
 def h(specql_db):
-    return Harness(specql_db, FACTS)
+    harness = Harness(specql_db, FACTS)
+    return harness
 
 
 def prepare(h, dense=False):
@@ -79,12 +97,18 @@ def prepare(h, dense=False):
 
 
 def processing_order(params, target):
-    """Target keys in the order the routine takes them, with their batch numbers."""
+    """Target keys in the order the routine takes them, with their batch numbers; and the
+    keys as the routine cuts them into batches."""
     return [(k, i // BATCH + 1) for i, k in enumerate(target)], target
 
 
 def expected_batches(params, target):
     return batches(len(target), BATCH)
+
+
+def run_once(h):
+    params, target = prepare(h)
+    return h.call({**params}).result
 
 
 # dense_keys: the walk takes dense stretches of an integer key as key ranges.

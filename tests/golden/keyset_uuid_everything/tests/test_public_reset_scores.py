@@ -12,43 +12,54 @@ import pytest
 
 from specql.testing import Harness, batches
 
-FACTS = {   'assignments': [{'column': 'score', 'kind': 'sql', 'sql': '0'}],
+FACTS = {   'assignments': [{'column': 'score', 'kind': 'sql', 'ref': None, 'sql': '0'}],
     'batch_size': 1000,
+    'batch_where_sql': None,
+    'channels': [],
     'collect_metrics': False,
-    'columns': [   {   'ident': 'id',
+    'columns': [   {   'default_sql': None,
+                       'ident': 'id',
                        'name': 'id',
                        'nullable': False,
                        'primary_key': True,
-                       'references': False,
+                       'references': None,
+                       'references_sql': None,
                        'sql_type': 'uuid',
                        'type': 'uuid',
                        'unique': False},
-                   {   'ident': 'tier',
+                   {   'default_sql': None,
+                       'ident': 'tier',
                        'name': 'tier',
                        'nullable': True,
                        'primary_key': False,
-                       'references': False,
+                       'references': None,
+                       'references_sql': None,
                        'sql_type': 'text',
                        'type': 'string',
                        'unique': False},
-                   {   'ident': 'score',
+                   {   'default_sql': None,
+                       'ident': 'score',
                        'name': 'score',
                        'nullable': True,
                        'primary_key': False,
-                       'references': False,
+                       'references': None,
+                       'references_sql': None,
                        'sql_type': 'integer',
                        'type': 'integer',
                        'unique': False}],
     'compared_values': {},
     'conflict_columns': [],
+    'conflict_updates': ['score'],
     'count_sql': None,
     'driver': 'keyset',
     'error_handling': 'stop_on_error',
-    'has_preconditions': True,
+    'heartbeat_interval': None,
     'is_procedure': False,
     'key_param': None,
     'log_table': 'specql.batch_operation_logs',
+    'logging_level': 'summary',
     'logs_batches': False,
+    'manage_table': True,
     'max_errors': None,
     'max_records': 100000,
     'metrics_table': 'specql.batch_performance_metrics',
@@ -57,22 +68,35 @@ FACTS = {   'assignments': [{'column': 'score', 'kind': 'sql', 'sql': '0'}],
     'notify': True,
     'operation_type': 'update',
     'params': [],
-    'pk': {'ident': 'id', 'name': 'id', 'type': 'uuid'},
+    'partial_updates': [],
+    'pk': 'id',
+    'preconditions': [   {'over_table': True, 'sql': 'count(*) > 0', 'text': 'count(*) > 0'},
+                         {   'over_table': False,
+                             'sql': "CAST(current_setting('server_version_num') AS integer) >= "
+                                    '150000',
+                             'text': "current_setting('server_version_num')::int >= 150000"}],
     'progress_interval': None,
+    'progress_tracking': False,
+    'range_batches': False,
     'requires_confirmation': True,
     'routine': 'public.reset_scores',
+    'schema': 'public',
     'schema_ident': 'public',
+    'source_name': 'keyset_uuid_everything/member.yaml',
     'source_param': None,
     'table': 'public.member',
+    'table_schema_ident': 'public',
     'timeout': None,
-    'transaction': 'single'}
+    'transaction': 'single',
+    'where_sql': None}
 
 BATCH = FACTS["batch_size"]
 
 
 @pytest.fixture
 def h(specql_db):
-    return Harness(specql_db, FACTS)
+    harness = Harness(specql_db, FACTS)
+    return harness
 
 
 def prepare(h, dense=False):
@@ -83,10 +107,7 @@ def prepare(h, dense=False):
     params, target = h.seed_until(h.params, wanted)
     assert target, "the seeded rows match none of the operation's condition"
     if len(target) > FACTS["max_records"]:
-        # stay within max_records: drop the surplus target rows before the run
-        surplus = target[FACTS["max_records"]:]
-        h.conn.execute("DELETE FROM {} WHERE {}::text = ANY(%s)".format(FACTS["table"], FACTS["pk"]["ident"]),
-                       (surplus,))
+        h.drop_rows(target[FACTS["max_records"]:])  # stay within max_records
         target = h.target_keys(params)
     if dense:
         params, target = h.make_target_dense(h.params)
@@ -94,12 +115,18 @@ def prepare(h, dense=False):
 
 
 def processing_order(params, target):
-    """Target keys in the order the routine takes them, with their batch numbers."""
+    """Target keys in the order the routine takes them, with their batch numbers; and the
+    keys as the routine cuts them into batches."""
     return [(k, i // BATCH + 1) for i, k in enumerate(target)], target
 
 
 def expected_batches(params, target):
     return batches(len(target), BATCH)
+
+
+def run_once(h):
+    params, target = prepare(h)
+    return h.call({**params, "confirm": True}).result
 
 
 def test_changes_exactly_the_target_rows(h):
@@ -168,13 +195,10 @@ def test_without_confirmation_nothing_changes(h):
 def test_completion_notification(h, specql_database_url):
     with psycopg.connect(specql_database_url, autocommit=True) as listener:
         listener.execute("LISTEN specql_batch_operations")
-        params, target = prepare(h)
-        r = h.call({**params, "confirm": True}).result
+        r = run_once(h)
         note = next(listener.notifies(timeout=10, stop_after=1), None)
     assert note is not None, "no notification on specql_batch_operations"
     payload = json.loads(note.payload)
     assert payload["operation_id"] == str(r["operation_id"])
     assert (payload["status"], payload["processed_records"]) == (r["status"], r["processed_records"])
-    outbox = h.conn.execute("SELECT count(*) FROM specql.batch_operation_notifications WHERE operation_id = %s",
-                            (r["operation_id"],)).fetchone()[0]
-    assert outbox == 1
+    assert h.outbox_count(r["operation_id"]) == 1

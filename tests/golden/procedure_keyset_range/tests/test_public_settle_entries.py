@@ -12,43 +12,54 @@ import pytest
 
 from specql.testing import Harness, batches
 
-FACTS = {   'assignments': [{'column': 'settled', 'kind': 'sql', 'sql': 'true'}],
+FACTS = {   'assignments': [{'column': 'settled', 'kind': 'sql', 'ref': None, 'sql': 'true'}],
     'batch_size': 1000,
+    'batch_where_sql': 'amount < settle_entries.threshold AND NOT settled',
+    'channels': [],
     'collect_metrics': False,
-    'columns': [   {   'ident': 'id',
+    'columns': [   {   'default_sql': None,
+                       'ident': 'id',
                        'name': 'id',
                        'nullable': False,
                        'primary_key': True,
-                       'references': False,
+                       'references': None,
+                       'references_sql': None,
                        'sql_type': 'integer',
                        'type': 'integer',
                        'unique': False},
-                   {   'ident': 'amount',
+                   {   'default_sql': None,
+                       'ident': 'amount',
                        'name': 'amount',
                        'nullable': True,
                        'primary_key': False,
-                       'references': False,
+                       'references': None,
+                       'references_sql': None,
                        'sql_type': 'numeric',
                        'type': 'numeric',
                        'unique': False},
-                   {   'ident': 'settled',
+                   {   'default_sql': None,
+                       'ident': 'settled',
                        'name': 'settled',
                        'nullable': True,
                        'primary_key': False,
-                       'references': False,
+                       'references': None,
+                       'references_sql': None,
                        'sql_type': 'boolean',
                        'type': 'boolean',
                        'unique': False}],
     'compared_values': {},
     'conflict_columns': [],
+    'conflict_updates': ['settled'],
     'count_sql': 'amount < $1 AND NOT settled',
     'driver': 'keyset',
     'error_handling': 'stop_on_error',
-    'has_preconditions': False,
+    'heartbeat_interval': '1 minute',
     'is_procedure': True,
     'key_param': None,
     'log_table': 'specql.batch_operation_logs',
+    'logging_level': 'summary',
     'logs_batches': True,
+    'manage_table': True,
     'max_errors': None,
     'max_records': None,
     'metrics_table': 'specql.batch_performance_metrics',
@@ -61,22 +72,31 @@ FACTS = {   'assignments': [{'column': 'settled', 'kind': 'sql', 'sql': 'true'}]
                       'name': 'threshold',
                       'role': 'compare',
                       'sql_type': 'numeric'}],
-    'pk': {'ident': 'id', 'name': 'id', 'type': 'integer'},
+    'partial_updates': [],
+    'pk': 'id',
+    'preconditions': [],
     'progress_interval': 5000,
+    'progress_tracking': True,
+    'range_batches': True,
     'requires_confirmation': False,
     'routine': 'public.settle_entries',
+    'schema': 'public',
     'schema_ident': 'public',
+    'source_name': 'procedure_keyset_range/ledger.yaml',
     'source_param': None,
     'table': 'public.ledger_entry',
+    'table_schema_ident': 'public',
     'timeout': None,
-    'transaction': 'commit_per_batch'}
+    'transaction': 'commit_per_batch',
+    'where_sql': 'amount < settle_entries.threshold AND NOT settled'}
 
 BATCH = FACTS["batch_size"]
 
 
 @pytest.fixture
 def h(specql_db):
-    return Harness(specql_db, FACTS)
+    harness = Harness(specql_db, FACTS)
+    return harness
 
 
 def prepare(h, dense=False):
@@ -91,12 +111,18 @@ def prepare(h, dense=False):
 
 
 def processing_order(params, target):
-    """Target keys in the order the routine takes them, with their batch numbers."""
+    """Target keys in the order the routine takes them, with their batch numbers; and the
+    keys as the routine cuts them into batches."""
     return [(k, i // BATCH + 1) for i, k in enumerate(target)], target
 
 
 def expected_batches(params, target):
     return batches(len(target), BATCH)
+
+
+def run_once(h):
+    params, target = prepare(h)
+    return h.call({**params}).result
 
 
 # dense_keys: the walk takes dense stretches of an integer key as key ranges.
@@ -146,19 +172,22 @@ def test_error_handling_stop_on_error(h):
     params, target = prepare(h)
     order, keys = processing_order(params, target)
     failing = 2 if any(batch == 2 for _, batch in order) else 1  # the batch that will fail
-    poisoned = next(k for k, batch in order if batch == failing)
+    poisoned = next(k for k, batch in order if batch == failing)  # its first target row
     in_batches_before = sum(1 for _, batch in order if batch < failing)
     in_failing = sum(1 for _, batch in order if batch == failing)
-    failing_keys = keys[(failing - 1) * BATCH:failing * BATCH]
+    logged = keys[(failing - 1) * BATCH:failing * BATCH]  # the failed batch, logged with its keys
     h.poison_keys(poisoned)
     before = h.snapshot()
     r = h.call({**params}).result
     after = h.snapshot()
     errors = h.errors(r["operation_id"])
+    assert r["error_count"] == 1
+    assert errors[0][1] == "23514" and errors[0][0] == failing
+    assert [str(k) for k in errors[0][3]] == logged
+    assert after.get(poisoned) == before[poisoned]
+    # stop_on_error: the first error stops the run
     assert r["status"] == "failed"
     assert r["processed_records"] == in_batches_before
     assert r["batch_count"] == failing
-    assert r["error_count"] == 1
     untouched = [k for k, batch in order if batch >= failing]
-    assert all(after.get(k) == before[k] for k in untouched), "stop_on_error changed rows after the failure"
-    assert errors[0][1] == "23514" and errors[0][0] == failing
+    assert all(after.get(k) == before[k] for k in untouched), "rows after the failure changed"

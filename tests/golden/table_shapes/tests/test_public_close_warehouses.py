@@ -14,49 +14,62 @@ from specql.testing import Harness, batches
 
 FACTS = {   'assignments': [],
     'batch_size': 1000,
+    'batch_where_sql': 'id = ANY(_keys)',
+    'channels': [],
     'collect_metrics': False,
-    'columns': [   {   'ident': 'id',
+    'columns': [   {   'default_sql': None,
+                       'ident': 'id',
                        'name': 'id',
                        'nullable': False,
                        'primary_key': True,
-                       'references': False,
+                       'references': None,
+                       'references_sql': None,
                        'sql_type': 'integer',
                        'type': 'integer',
                        'unique': False},
-                   {   'ident': 'code',
+                   {   'default_sql': None,
+                       'ident': 'code',
                        'name': 'code',
                        'nullable': False,
                        'primary_key': False,
-                       'references': False,
+                       'references': None,
+                       'references_sql': None,
                        'sql_type': 'text',
                        'type': 'string',
                        'unique': True},
-                   {   'ident': 'opened_on',
+                   {   'default_sql': 'CURRENT_DATE',
+                       'ident': 'opened_on',
                        'name': 'opened_on',
                        'nullable': True,
                        'primary_key': False,
-                       'references': False,
+                       'references': None,
+                       'references_sql': None,
                        'sql_type': 'date',
                        'type': 'date',
                        'unique': False},
-                   {   'ident': 'capacity',
+                   {   'default_sql': '100',
+                       'ident': 'capacity',
                        'name': 'capacity',
                        'nullable': True,
                        'primary_key': False,
-                       'references': False,
+                       'references': None,
+                       'references_sql': None,
                        'sql_type': 'integer',
                        'type': 'integer',
                        'unique': False}],
     'compared_values': {},
     'conflict_columns': [],
+    'conflict_updates': [],
     'count_sql': 'id = ANY($1)',
     'driver': 'keys',
     'error_handling': 'continue_on_error',
-    'has_preconditions': False,
+    'heartbeat_interval': None,
     'is_procedure': False,
     'key_param': 'warehouse_ids',
     'log_table': 'specql.batch_operation_logs',
+    'logging_level': 'summary',
     'logs_batches': False,
+    'manage_table': True,
     'max_errors': 0,
     'max_records': None,
     'metrics_table': 'specql.batch_performance_metrics',
@@ -69,22 +82,31 @@ FACTS = {   'assignments': [],
                       'name': 'warehouse_ids',
                       'role': 'in',
                       'sql_type': 'integer[]'}],
-    'pk': {'ident': 'id', 'name': 'id', 'type': 'integer'},
+    'partial_updates': [],
+    'pk': 'id',
+    'preconditions': [],
     'progress_interval': None,
+    'progress_tracking': False,
+    'range_batches': False,
     'requires_confirmation': False,
     'routine': 'public.close_warehouses',
+    'schema': 'public',
     'schema_ident': 'public',
+    'source_name': 'table_shapes/shapes.yaml',
     'source_param': None,
     'table': 'public.warehouse',
+    'table_schema_ident': 'public',
     'timeout': None,
-    'transaction': 'per_batch'}
+    'transaction': 'per_batch',
+    'where_sql': 'id = ANY(close_warehouses.warehouse_ids)'}
 
 BATCH = FACTS["batch_size"]
 
 
 @pytest.fixture
 def h(specql_db):
-    return Harness(specql_db, FACTS)
+    harness = Harness(specql_db, FACTS)
+    return harness
 
 
 def prepare(h, dense=False):
@@ -99,7 +121,8 @@ def prepare(h, dense=False):
 
 
 def processing_order(params, target):
-    """Target keys in the order the routine takes them, with their batch numbers."""
+    """Target keys in the order the routine takes them, with their batch numbers; and the
+    keys as the routine cuts them into batches."""
     keys = [str(k) for k in params[FACTS["key_param"]]]
     wanted = set(target)
     return [(k, i // BATCH + 1) for i, k in enumerate(keys) if k in wanted], keys
@@ -107,6 +130,11 @@ def processing_order(params, target):
 
 def expected_batches(params, target):
     return batches(len(params[FACTS["key_param"]]), BATCH)
+
+
+def run_once(h):
+    params, target = prepare(h)
+    return h.call({**params}).result
 
 
 def test_changes_exactly_the_target_rows(h):
@@ -140,19 +168,22 @@ def test_error_handling_continue_on_error(h):
     params, target = prepare(h)
     order, keys = processing_order(params, target)
     failing = 2 if any(batch == 2 for _, batch in order) else 1  # the batch that will fail
-    poisoned = next(k for k, batch in order if batch == failing)
+    poisoned = next(k for k, batch in order if batch == failing)  # its first target row
     in_batches_before = sum(1 for _, batch in order if batch < failing)
     in_failing = sum(1 for _, batch in order if batch == failing)
-    failing_keys = keys[(failing - 1) * BATCH:failing * BATCH]
+    logged = keys[(failing - 1) * BATCH:failing * BATCH]  # the failed batch, logged with its keys
     h.poison_keys(poisoned)
     before = h.snapshot()
     r = h.call({**params}).result
     after = h.snapshot()
     errors = h.errors(r["operation_id"])
-    assert r["status"] == ("failed" if FACTS["max_errors"] == 0 else "completed_with_errors")
-    assert r["processed_records"] == len(target) - in_failing
-    assert r["failed_records"] == len(failing_keys)
     assert r["error_count"] == 1
-    assert [str(k) for k in errors[0][3]] == [str(k) for k in failing_keys]
-    assert all(after.get(k) == before[k] for k, batch in order if batch == failing), "the failed batch was not rolled back"
     assert errors[0][1] == "23514" and errors[0][0] == failing
+    assert [str(k) for k in errors[0][3]] == logged
+    assert after.get(poisoned) == before[poisoned]
+    # max_errors: 0: the first error stops the run
+    assert r["status"] == "failed"
+    assert r["processed_records"] == in_batches_before
+    assert r["batch_count"] == failing
+    untouched = [k for k, batch in order if batch >= failing]
+    assert all(after.get(k) == before[k] for k in untouched), "rows after the failure changed"

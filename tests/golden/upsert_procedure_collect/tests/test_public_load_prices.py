@@ -12,45 +12,59 @@ import pytest
 
 from specql.testing import Harness, batches
 
-FACTS = {   'assignments': [   {'column': 'sku', 'field': 'sku', 'kind': 'record'},
-                       {'column': 'amount', 'field': 'amount', 'kind': 'record'},
-                       {'column': 'currency', 'kind': 'sql', 'sql': "'EUR'"}],
+FACTS = {   'assignments': [   {'column': 'sku', 'kind': 'record', 'ref': 'sku', 'sql': "(_rec ->> 'sku')"},
+                       {   'column': 'amount',
+                           'kind': 'record',
+                           'ref': 'amount',
+                           'sql': "(_rec ->> 'amount')::numeric"},
+                       {'column': 'currency', 'kind': 'sql', 'ref': None, 'sql': "'EUR'"}],
     'batch_size': 250,
+    'batch_where_sql': None,
+    'channels': [],
     'collect_metrics': False,
-    'columns': [   {   'ident': 'sku',
+    'columns': [   {   'default_sql': None,
+                       'ident': 'sku',
                        'name': 'sku',
                        'nullable': False,
                        'primary_key': True,
-                       'references': False,
+                       'references': None,
+                       'references_sql': None,
                        'sql_type': 'text',
                        'type': 'text',
                        'unique': False},
-                   {   'ident': 'amount',
+                   {   'default_sql': None,
+                       'ident': 'amount',
                        'name': 'amount',
                        'nullable': True,
                        'primary_key': False,
-                       'references': False,
+                       'references': None,
+                       'references_sql': None,
                        'sql_type': 'numeric',
                        'type': 'numeric',
                        'unique': False},
-                   {   'ident': 'currency',
+                   {   'default_sql': None,
+                       'ident': 'currency',
                        'name': 'currency',
                        'nullable': True,
                        'primary_key': False,
-                       'references': False,
+                       'references': None,
+                       'references_sql': None,
                        'sql_type': 'text',
                        'type': 'string',
                        'unique': False}],
     'compared_values': {},
     'conflict_columns': ['sku'],
+    'conflict_updates': ['amount', 'currency'],
     'count_sql': None,
     'driver': 'source',
     'error_handling': 'collect_errors',
-    'has_preconditions': False,
+    'heartbeat_interval': None,
     'is_procedure': True,
     'key_param': None,
     'log_table': 'specql.batch_operation_logs',
+    'logging_level': 'summary',
     'logs_batches': False,
+    'manage_table': True,
     'max_errors': 10,
     'max_records': None,
     'metrics_table': 'specql.batch_performance_metrics',
@@ -63,15 +77,23 @@ FACTS = {   'assignments': [   {'column': 'sku', 'field': 'sku', 'kind': 'record
                       'name': 'rows',
                       'role': 'source',
                       'sql_type': 'jsonb'}],
-    'pk': {'ident': 'sku', 'name': 'sku', 'type': 'text'},
+    'partial_updates': ['amount'],
+    'pk': 'sku',
+    'preconditions': [],
     'progress_interval': None,
+    'progress_tracking': False,
+    'range_batches': False,
     'requires_confirmation': False,
     'routine': 'public.load_prices',
+    'schema': 'public',
     'schema_ident': 'public',
+    'source_name': 'upsert_procedure_collect/price.yaml',
     'source_param': 'rows',
     'table': 'public.price',
+    'table_schema_ident': 'public',
     'timeout': None,
-    'transaction': 'commit_per_batch'}
+    'transaction': 'commit_per_batch',
+    'where_sql': None}
 
 BATCH = FACTS["batch_size"]
 RECORDS = max(3, min(int(BATCH * 2.5) + 1, 20_000))  # several batches, the last one partial
@@ -79,13 +101,18 @@ RECORDS = max(3, min(int(BATCH * 2.5) + 1, 20_000))  # several batches, the last
 
 @pytest.fixture
 def h(specql_db):
-    return Harness(specql_db, FACTS)
+    harness = Harness(specql_db, FACTS)
+    return harness
 
 
 def call_with(h, records):
     params = {k: v for k, v in h.params().items()}
     params[FACTS["source_param"]] = records
     return h.call({**params})
+
+
+def run_once(h):
+    return call_with(h, h.records(RECORDS)).result
 
 
 def test_takes_every_record(h):
@@ -103,8 +130,6 @@ def test_nothing_to_do(h):
     for records in (None, []):
         r = call_with(h, records).result
         assert (r["status"], r["processed_records"], r["batch_count"]) == ("completed", 0, 0)
-
-
 def test_upsert_inserts_then_updates(h):
     first = h.records(RECORDS)
     call_with(h, first)
@@ -117,20 +142,27 @@ def test_upsert_inserts_then_updates(h):
     assert h.records_present(changed)
 
 
-def test_error_handling_collect_errors(h):
+def planted(h):
+    """Records with a failing one at the start of batch 2 (a trigger fails on its marker)."""
     poison = h.poisonable_field()
     if poison is None:
         pytest.skip("no field to plant a failing record in")
     field, column, marker = poison
     records = h.records(RECORDS)
-    records[BATCH % RECORDS][field] = marker  # the first record of batch 2
+    records[BATCH % RECORDS][field] = marker
     h.poison_records(field, column, str(marker))
+    return records
+
+
+def test_error_handling_collect_errors(h):
+    records = planted(h)
     before = h.count()
     r = call_with(h, records).result
     errors = h.errors(r["operation_id"])
     batch_2 = min(BATCH, RECORDS - BATCH)
+    assert r["error_count"] == 1
+    assert errors[0][3] == [{"index": BATCH, "record": json.loads(json.dumps(records[BATCH]))}]
+    assert r["status"] == "completed_with_errors"
     assert r["processed_records"] == RECORDS - 1
     assert r["failed_records"] == 1
     assert h.count() - before == RECORDS - 1
-    assert errors[0][3] == [{"index": BATCH, "record": json.loads(json.dumps(records[BATCH]))}]
-    assert r["error_count"] == 1
