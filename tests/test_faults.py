@@ -27,7 +27,7 @@ FAULTS = {
         r"(_batch_failed := cardinality\(_keys\);)", r"\1 _stop := 'failed';"),
     "batch size not respected": (
         "public.user", "test_public_bulk_update_user_status",
-        r"_to := least\(_from \+ 99,", "_to := least(_from + 149,"),
+        r"_to := least\(_from \+ _batch_size - 1,", "_to := least(_from + _batch_size + 49,"),
     "a record skipped per batch": (
         "public.user", "test_public_bulk_update_user_status",
         r"_from := _to \+ 1;", "_from := _to + 2;"),

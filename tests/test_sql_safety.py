@@ -86,7 +86,7 @@ def test_reapply_after_parameter_change_drops_the_old_signature(database_url_any
         conn.execute("CREATE FUNCTION public.touch_accounts(x integer) RETURNS integer LANGUAGE sql AS 'SELECT 1'")
         signatures = sorted(r[0] for r in conn.execute(
             "SELECT oid::regprocedure::text FROM pg_proc WHERE proname = 'touch_accounts'").fetchall())
-        assert signatures == ["touch_accounts(integer)", "touch_accounts(uuid[],timestamp with time zone)"]
+        assert signatures == ["touch_accounts(integer)", "touch_accounts(uuid[],timestamp with time zone,integer)"]
         applied = [r[0] for r in conn.execute("SELECT name FROM specql.schema_migrations ORDER BY name").fetchall()]
         assert len(applied) == 3  # runtime, v1's account file, v2's account file
         r = call(conn, "public.touch_accounts", account_ids=[], before=None)

@@ -22,7 +22,7 @@ CONTRACTS = {
                 "batch_records", "batch_size", "isolate_loop", "restore", "advance"},
     "statements": {"statement", "declare"},
     "error_modes": {"handle"},
-    "kinds": {"note", "output_args", "returns", "settings", "declare", "begin", "commit", "heartbeat_note",
+    "kinds": {"note", "output_args", "returns", "settings", "declare", "begin", "commit",
               "give_back", "finish", "prokind"},
 }
 

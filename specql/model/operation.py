@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..sqlnames import qi, qname
+from ..sqlnames import literal, qi, qname
 from .policy import Policy
 from .scope import Param
 from .statement import Statement
@@ -52,9 +52,19 @@ class Operation:
         return f"{qi(self.name)}.{qi(name)}"
 
     @property
+    def routine_args(self) -> list[tuple[Param, str]]:
+        """The arguments specql adds after the parameters, with their defaults: confirm (with
+        requires_confirmation), batch_size (every routine: overrides the file for this call and
+        the specql routines it calls), resume (a procedure: the run to continue)."""
+        args = [(Param("confirm", "boolean"), "false")] if self.policy.requires_confirmation else []
+        args.append((Param("batch_size", "integer"), "NULL"))
+        if self.policy.resumable:
+            args.append((Param("resume", "uuid"), "NULL"))
+        return args
+
+    @property
     def all_params(self) -> list[Param]:
-        extra = [Param("confirm", "boolean")] if self.policy.requires_confirmation else []
-        return self.params + extra
+        return self.params + [p for p, _ in self.routine_args]
 
     @property
     def signature_types(self) -> str:
@@ -91,3 +101,15 @@ class Operation:
     def optional_args(self) -> bool:
         """Whether every argument has a default (a procedure, or a routine that asks for confirm)."""
         return self.policy.is_procedure or self.policy.requires_confirmation
+
+    @property
+    def params_json(self) -> str:
+        """SQL for what a resume must be called with again: scalar parameters as they are,
+        arrays and jsonb by their md5 (a million ids are not copied into the run row)."""
+        parts = []
+        for p in self.params:
+            ref = self.param_ref(p.name)
+            value = f"jsonb_build_object('md5', md5({ref}::text))" if (
+                p.sql_type.endswith("[]") or p.sql_type == "jsonb") else ref
+            parts.append(f"{literal(p.name)}, {value}")
+        return f"jsonb_build_object({', '.join(parts)})"

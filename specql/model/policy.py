@@ -69,11 +69,18 @@ class Policy:
 
     @property
     def logs_run(self) -> bool:
-        return self.logging_level != "none"
+        """A run row: always for a procedure (a resume and `specql status` read it)."""
+        return self.logging_level != "none" or self.is_procedure
+
+    @property
+    def resumable(self) -> bool:
+        """A procedure commits each batch with its position: `resume => id` continues it."""
+        return self.is_procedure
 
     @property
     def heartbeats(self) -> bool:
-        return bool(self.heartbeat_interval) and self.logs_run
+        """heartbeat_interval refreshes a function's run row; a procedure's is updated with every batch."""
+        return bool(self.heartbeat_interval) and self.logs_run and not self.is_procedure
 
     @property
     def batch_savepoints(self) -> bool:

@@ -106,7 +106,7 @@ class Scope:
         for p in params:
             if p.name.startswith("_"):
                 ctx.error(self.site(p.name), f"parameter names starting with '_' are reserved (:{p.name})")
-            if p.name in ("confirm", "result") and (p.name == "result" or requires_confirmation):
+            if p.name in ("batch_size", "resume", "result") or (p.name == "confirm" and requires_confirmation):
                 ctx.error(self.site(p.name), f"parameter name '{p.name}' is reserved for the routine's "
                                              f"own argument")
             check_identifier(ctx.doc, self.site(p.name), p.name, "parameter name", ctx.problems)

@@ -41,9 +41,9 @@ BEGIN
         WHERE n.nspname = 'public'
           AND p.proname = 'import_products'
           AND p.prosrc LIKE '%specql:generated%'
-          AND (p.oid IS DISTINCT FROM to_regprocedure('public.import_products(jsonb)')
+          AND (p.oid IS DISTINCT FROM to_regprocedure('public.import_products(jsonb, integer)')
                OR p.prokind <> 'f'
-               OR p.proargnames IS DISTINCT FROM ARRAY['products_array']::text[])
+               OR p.proargnames IS DISTINCT FROM ARRAY['products_array', 'batch_size']::text[])
     LOOP
         EXECUTE format('DROP ROUTINE %s', _old);
     END LOOP;
@@ -51,7 +51,8 @@ END
 $specql$;
 
 CREATE OR REPLACE FUNCTION public.import_products(
-    products_array jsonb
+    products_array jsonb,
+    batch_size integer DEFAULT NULL
 )
 RETURNS specql.batch_operation_result
 LANGUAGE plpgsql
@@ -78,15 +79,32 @@ DECLARE
     _sum_batch_ms numeric := 0;
     _max_batch_ms numeric := 0;
     _status text;              -- outcome of the current batch
-    _stop text;                -- set when the run ends early: failed or timed_out
+    _stop text;                -- set when the run ends early: failed, timed_out or cancelled
+    _batch_size integer;       -- records per batch: the batch_size argument, a calling routine's, or the file's
+    _outer_batch_size text;    -- specql.batch_size as this routine found it (restored at the end)
+    _run_started timestamptz;  -- when this call started (a timeout counts from here, also on a resume)
+    _progress boolean;         -- the caller asked for a progress notice per batch (SET specql.progress = on)
     _sqlstate text;
     _errmsg text;
     _detail text;
     _heartbeat_at timestamptz;
 BEGIN
+
+    _run_started := clock_timestamp();
+    -- batch_size: this call's argument, else the one a calling specql routine was given
+    -- (specql.batch_size), else the entity file's.
+    _outer_batch_size := pg_catalog.current_setting('specql.batch_size', true);
+    _batch_size := coalesce(import_products.batch_size, nullif(_outer_batch_size, '')::integer, 1000);
+    IF _batch_size < 1 THEN
+        RAISE EXCEPTION 'batch_size must be at least 1, not %', _batch_size USING ERRCODE = '22023';
+    END IF;
+    IF import_products.batch_size IS NOT NULL THEN
+        PERFORM pg_catalog.set_config('specql.batch_size', _batch_size::text, true);
+    END IF;
+    _progress := pg_catalog.current_setting('specql.progress', true) = 'on';
     _result.operation_id := gen_random_uuid();
     _result.operation := 'import_products';
-    _result.started_at := clock_timestamp();
+    _result.started_at := _run_started;
     _result.processed_records := 0;
     _result.failed_records := 0;
     _result.error_count := 0;
@@ -101,14 +119,27 @@ BEGIN
     _result.total_records := _count;
     _from := 0;
 
-    INSERT INTO specql.batch_operation_runs (operation_id, operation, total_records, started_at, heartbeat_at)
-    VALUES (_result.operation_id, _result.operation, _result.total_records, _result.started_at, _result.started_at);
+    -- The run row: what `specql status` shows; its
+    -- backend tells a live run from an abandoned one (the view specql.batch_operation_status).
+    INSERT INTO specql.batch_operation_runs
+        (operation_id, operation, total_records, started_at, heartbeat_at, backend_pid, backend_start,
+         routine, transaction_mode, batch_size)
+    VALUES
+        (_result.operation_id, _result.operation, _result.total_records, _result.started_at, _result.started_at,
+         pg_catalog.pg_backend_pid(),
+         (SELECT backend_start FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid())),
+         'public.import_products(jsonb, integer)', 'per_batch', _batch_size);
     _heartbeat_at := _result.started_at;
 
     LOOP
+        -- A cancel request (specql.cancel_operation, from any session) stops the run between batches.
+        IF EXISTS (SELECT 1 FROM specql.batch_operation_cancellations WHERE operation_id = _result.operation_id) THEN
+            _stop := 'cancelled';
+            EXIT;
+        END IF;
         -- Select the next batch.
         EXIT WHEN _from >= _count;
-        _to := least(_from + 1000, _count) - 1;
+        _to := least(_from + _batch_size, _count) - 1;
         _batch_started := clock_timestamp();
 
         BEGIN
@@ -173,10 +204,17 @@ BEGIN
         _sum_batch_ms := _sum_batch_ms + _batch_ms;
         _max_batch_ms := greatest(_max_batch_ms, _batch_ms);
         INSERT INTO specql.batch_operation_logs
-            (operation_id, operation, batch_number, records_processed, records_failed, started_at, completed_at, status)
+            (operation_id, operation, batch_number, records_processed, records_failed, started_at, completed_at, status,
+             batch_size)
         VALUES
             (_result.operation_id, _result.operation, _result.batch_count, _batch_processed, _batch_failed,
-             _batch_started, clock_timestamp(), _status);
+             _batch_started, clock_timestamp(), _status, _batch_size);
+        IF _progress THEN
+            RAISE NOTICE 'specql:progress %', json_build_object(
+                'operation_id', _result.operation_id, 'total_records', _result.total_records,
+                'processed_records', _result.processed_records, 'failed_records', _result.failed_records,
+                'error_count', _result.error_count, 'batch_count', _result.batch_count, 'batch_size', _batch_size);
+        END IF;
         -- heartbeat_interval: refresh the run row.
         IF clock_timestamp() - _heartbeat_at >= interval '10 seconds' THEN
             UPDATE specql.batch_operation_runs
@@ -208,11 +246,14 @@ BEGIN
         batch_count = _result.batch_count,
         heartbeat_at = clock_timestamp()
     WHERE operation_id = _result.operation_id;
+    IF import_products.batch_size IS NOT NULL THEN
+        PERFORM pg_catalog.set_config('specql.batch_size', coalesce(_outer_batch_size, ''), true);
+    END IF;
     RETURN _result;
 END
 $specql$;
 
-COMMENT ON FUNCTION public.import_products(jsonb) IS 'Parallel data import';
+COMMENT ON FUNCTION public.import_products(jsonb, integer) IS 'Parallel data import';
 
 -- -----------------------------------------------------------------------------
 -- public.reprice_category: Reprice a category, committing after every batch
@@ -235,9 +276,9 @@ BEGIN
         WHERE n.nspname = 'public'
           AND p.proname = 'reprice_category'
           AND p.prosrc LIKE '%specql:generated%'
-          AND (p.oid IS DISTINCT FROM to_regprocedure('public.reprice_category(integer, numeric, specql.batch_operation_result)')
+          AND (p.oid IS DISTINCT FROM to_regprocedure('public.reprice_category(integer, numeric, integer, uuid, specql.batch_operation_result)')
                OR p.prokind <> 'p'
-               OR p.proargnames IS DISTINCT FROM ARRAY['category_id', 'new_price', 'result']::text[])
+               OR p.proargnames IS DISTINCT FROM ARRAY['category_id', 'new_price', 'batch_size', 'resume', 'result']::text[])
     LOOP
         EXECUTE format('DROP ROUTINE %s', _old);
     END LOOP;
@@ -247,6 +288,8 @@ $specql$;
 CREATE OR REPLACE PROCEDURE public.reprice_category(
     category_id integer DEFAULT NULL,
     new_price numeric DEFAULT NULL,
+    batch_size integer DEFAULT NULL,
+    resume uuid DEFAULT NULL,
     INOUT result specql.batch_operation_result DEFAULT NULL
 )
 LANGUAGE plpgsql
@@ -265,46 +308,118 @@ DECLARE
     _sum_batch_ms numeric := 0;
     _max_batch_ms numeric := 0;
     _status text;              -- outcome of the current batch
-    _stop text;                -- set when the run ends early: failed or timed_out
+    _stop text;                -- set when the run ends early: failed, timed_out or cancelled
+    _batch_size integer;       -- records per batch: the batch_size argument, a calling routine's, or the file's
+    _outer_batch_size text;    -- specql.batch_size as this routine found it (restored at the end)
+    _run_started timestamptz;  -- when this call started (a timeout counts from here, also on a resume)
+    _progress boolean;         -- the caller asked for a progress notice per batch (SET specql.progress = on)
     _sqlstate text;
     _errmsg text;
     _detail text;
     _notified bigint := 0;
+    _run record;               -- the run a resume continues
+    _state text;
     _search_path text := pg_catalog.current_setting('search_path');
 BEGIN
+
     -- A procedure that commits cannot carry SET clauses: pin search_path
     -- per transaction, again after every COMMIT.
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, public, pg_temp', true);
 
+    _run_started := clock_timestamp();
+    -- batch_size: this call's argument, else the one a calling specql routine was given
+    -- (specql.batch_size), else the entity file's.
+    _outer_batch_size := pg_catalog.current_setting('specql.batch_size', true);
+    _batch_size := coalesce(reprice_category.batch_size, nullif(_outer_batch_size, '')::integer, 500);
+    IF _batch_size < 1 THEN
+        RAISE EXCEPTION 'batch_size must be at least 1, not %', _batch_size USING ERRCODE = '22023';
+    END IF;
+    IF reprice_category.batch_size IS NOT NULL THEN
+        PERFORM pg_catalog.set_config('specql.batch_size', _batch_size::text, true);
+    END IF;
+    _progress := pg_catalog.current_setting('specql.progress', true) = 'on';
     _result.operation_id := gen_random_uuid();
     _result.operation := 'reprice_category';
-    _result.started_at := clock_timestamp();
+    _result.started_at := _run_started;
     _result.processed_records := 0;
     _result.failed_records := 0;
     _result.error_count := 0;
     _result.batch_count := 0;
 
-    -- Count what the operation would touch (for max_records, confirmation, progress).
-    SELECT count(*) INTO _n FROM public.product WHERE category_id = reprice_category.category_id;
-    _result.total_records := _n;
+    IF reprice_category.resume IS NOT NULL THEN
+        -- resume: continue a stopped run from its last committed batch, under its id and counts.
+        SELECT * INTO _run FROM specql.batch_operation_runs
+        WHERE operation_id = reprice_category.resume AND operation = 'reprice_category'
+        FOR UPDATE;
+        IF FOUND THEN
+            SELECT s.state INTO _state FROM specql.batch_operation_status AS s WHERE s.operation_id = reprice_category.resume;
+        END IF;
+        IF _state IS NULL OR _state NOT IN ('abandoned', 'cancelled', 'timed_out', 'failed') THEN
+            RAISE EXCEPTION 'cannot resume run % of %: it is %', reprice_category.resume, 'reprice_category', coalesce(_state, 'unknown')
+                USING ERRCODE = 'SQ004', HINT = 'An abandoned, cancelled, timed_out or failed run can be resumed.';
+        END IF;
+        IF _run.params IS DISTINCT FROM jsonb_build_object('category_id', reprice_category.category_id, 'new_price', reprice_category.new_price) THEN
+            RAISE EXCEPTION 'cannot resume run % of %: it was started with other parameters', reprice_category.resume, 'reprice_category'
+                USING ERRCODE = 'SQ005', DETAIL = format('It was started with %s.', _run.params);
+        END IF;
 
-    INSERT INTO specql.batch_operation_runs (operation_id, operation, total_records, started_at, heartbeat_at)
-    VALUES (_result.operation_id, _result.operation, _result.total_records, _result.started_at, _result.started_at);
+        _last := (_run.position ->> 'last')::uuid;
+        _result.operation_id := _run.operation_id;
+        _result.started_at := _run.started_at;
+        _result.total_records := _run.total_records;
+        _result.processed_records := _run.processed_records;
+        _result.failed_records := _run.failed_records;
+        _result.error_count := _run.error_count;
+        _result.batch_count := _run.batch_count;
+        UPDATE specql.batch_operation_runs
+        SET status = 'running', completed_at = NULL, resumed_at = _run_started, heartbeat_at = _run_started,
+            backend_pid = pg_catalog.pg_backend_pid(),
+            backend_start = (SELECT backend_start FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid())),
+            batch_size = _batch_size, cancel_requested_at = NULL
+        WHERE operation_id = _run.operation_id;
+        DELETE FROM specql.batch_operation_cancellations WHERE operation_id = _run.operation_id;
+    ELSE
+
+        -- Count what the operation would touch (for max_records, confirmation, progress).
+        SELECT count(*) INTO _n FROM public.product WHERE category_id = reprice_category.category_id;
+        _result.total_records := _n;
+
+        -- The run row: what `specql status` shows and what a resume needs; its
+        -- backend tells a live run from an abandoned one (the view specql.batch_operation_status).
+        INSERT INTO specql.batch_operation_runs
+            (operation_id, operation, total_records, started_at, heartbeat_at, backend_pid, backend_start,
+             routine, transaction_mode, batch_size, params)
+        VALUES
+            (_result.operation_id, _result.operation, _result.total_records, _result.started_at, _result.started_at,
+             pg_catalog.pg_backend_pid(),
+             (SELECT backend_start FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid())),
+             'public.reprice_category(integer, numeric, integer, uuid, specql.batch_operation_result)', 'commit_per_batch', _batch_size,
+             jsonb_build_object('category_id', reprice_category.category_id, 'new_price', reprice_category.new_price));
+    END IF;
     COMMIT;
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, public, pg_temp', true);
 
+    IF reprice_category.batch_size IS NOT NULL THEN
+        PERFORM pg_catalog.set_config('specql.batch_size', _batch_size::text, true);  -- for the routines it calls
+    END IF;
+
     LOOP
+        -- A cancel request (specql.cancel_operation, from any session) stops the run between batches.
+        IF EXISTS (SELECT 1 FROM specql.batch_operation_cancellations WHERE operation_id = _result.operation_id) THEN
+            _stop := 'cancelled';
+            EXIT;
+        END IF;
         -- Select the next batch.
-        -- Keyset pagination on the primary key: each batch is the next 500 matching keys
+        -- Keyset pagination on the primary key: each batch is the next _batch_size matching keys
         -- after the last key seen.
         IF _last IS NULL THEN
             _keys := ARRAY(SELECT id FROM public.product
                            WHERE category_id = reprice_category.category_id
-                           ORDER BY id LIMIT 500);
+                           ORDER BY id LIMIT _batch_size);
         ELSE
             _keys := ARRAY(SELECT id FROM public.product
                            WHERE id > _last AND (category_id = reprice_category.category_id)
-                           ORDER BY id LIMIT 500);
+                           ORDER BY id LIMIT _batch_size);
         END IF;
         EXIT WHEN cardinality(_keys) = 0;
         _last := _keys[cardinality(_keys)];
@@ -343,18 +458,36 @@ BEGIN
         _sum_batch_ms := _sum_batch_ms + _batch_ms;
         _max_batch_ms := greatest(_max_batch_ms, _batch_ms);
         INSERT INTO specql.batch_operation_logs
-            (operation_id, operation, batch_number, records_processed, records_failed, started_at, completed_at, status)
+            (operation_id, operation, batch_number, records_processed, records_failed, started_at, completed_at, status,
+             batch_size)
         VALUES
             (_result.operation_id, _result.operation, _result.batch_count, _batch_processed, _batch_failed,
-             _batch_started, clock_timestamp(), _status);
+             _batch_started, clock_timestamp(), _status, _batch_size);
         IF _result.processed_records + _result.failed_records >= _notified + 5000 THEN
             _notified := (_result.processed_records + _result.failed_records) / 5000 * 5000;
             RAISE NOTICE '%: % of % records done (% failed) after % batches',
                 _result.operation, _result.processed_records + _result.failed_records,
                 coalesce(_result.total_records::text, '?'), _result.failed_records, _result.batch_count;
         END IF;
+        IF _progress THEN
+            RAISE NOTICE 'specql:progress %', json_build_object(
+                'operation_id', _result.operation_id, 'total_records', _result.total_records,
+                'processed_records', _result.processed_records, 'failed_records', _result.failed_records,
+                'error_count', _result.error_count, 'batch_count', _result.batch_count, 'batch_size', _batch_size);
+        END IF;
+        -- The run row with where the run got to, committed with the batch: a resume starts after it.
+        UPDATE specql.batch_operation_runs
+        SET total_records = _result.total_records, processed_records = _result.processed_records,
+            failed_records = _result.failed_records,
+            error_count = _result.error_count, batch_count = _result.batch_count, heartbeat_at = clock_timestamp(),
+            position = jsonb_build_object('last', _last)
+        WHERE operation_id = _result.operation_id;
         COMMIT;
         PERFORM pg_catalog.set_config('search_path', 'pg_catalog, public, pg_temp', true);
+
+        IF reprice_category.batch_size IS NOT NULL THEN
+            PERFORM pg_catalog.set_config('specql.batch_size', _batch_size::text, true);  -- for the routines it calls
+        END IF;
     END LOOP;
 
     -- Finish: status, run row, metrics, notification.
@@ -389,9 +522,12 @@ BEGIN
         ('avg_batch_ms', CASE WHEN _result.batch_count > 0 THEN round(_sum_batch_ms / _result.batch_count, 3) END),
         ('max_batch_ms', round(_max_batch_ms, 3))
     ) AS m(name, value);
+    IF reprice_category.batch_size IS NOT NULL THEN
+        PERFORM pg_catalog.set_config('specql.batch_size', coalesce(_outer_batch_size, ''), true);
+    END IF;
     result := _result;
     PERFORM pg_catalog.set_config('search_path', _search_path, true);
 END
 $specql$;
 
-COMMENT ON PROCEDURE public.reprice_category(integer, numeric, specql.batch_operation_result) IS 'Reprice a category, committing after every batch';
+COMMENT ON PROCEDURE public.reprice_category(integer, numeric, integer, uuid, specql.batch_operation_result) IS 'Reprice a category, committing after every batch';

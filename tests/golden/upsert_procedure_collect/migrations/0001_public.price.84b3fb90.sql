@@ -36,9 +36,9 @@ BEGIN
         WHERE n.nspname = 'public'
           AND p.proname = 'load_prices'
           AND p.prosrc LIKE '%specql:generated%'
-          AND (p.oid IS DISTINCT FROM to_regprocedure('public.load_prices(jsonb, specql.batch_operation_result)')
+          AND (p.oid IS DISTINCT FROM to_regprocedure('public.load_prices(jsonb, integer, uuid, specql.batch_operation_result)')
                OR p.prokind <> 'p'
-               OR p.proargnames IS DISTINCT FROM ARRAY['rows', 'result']::text[])
+               OR p.proargnames IS DISTINCT FROM ARRAY['rows', 'batch_size', 'resume', 'result']::text[])
     LOOP
         EXECUTE format('DROP ROUTINE %s', _old);
     END LOOP;
@@ -47,6 +47,8 @@ $specql$;
 
 CREATE OR REPLACE PROCEDURE public.load_prices(
     rows jsonb DEFAULT NULL,
+    batch_size integer DEFAULT NULL,
+    resume uuid DEFAULT NULL,
     INOUT result specql.batch_operation_result DEFAULT NULL
 )
 LANGUAGE plpgsql
@@ -69,44 +71,123 @@ DECLARE
     _batch_ms numeric;
     _sum_batch_ms numeric := 0;
     _max_batch_ms numeric := 0;
-    _stop text;                -- set when the run ends early: failed or timed_out
+    _stop text;                -- set when the run ends early: failed, timed_out or cancelled
+    _batch_size integer;       -- records per batch: the batch_size argument, a calling routine's, or the file's
+    _outer_batch_size text;    -- specql.batch_size as this routine found it (restored at the end)
+    _run_started timestamptz;  -- when this call started (a timeout counts from here, also on a resume)
+    _progress boolean;         -- the caller asked for a progress notice per batch (SET specql.progress = on)
     _sqlstate text;
     _errmsg text;
     _detail text;
+    _run record;               -- the run a resume continues
+    _state text;
     _search_path text := pg_catalog.current_setting('search_path');
 BEGIN
+
     -- A procedure that commits cannot carry SET clauses: pin search_path and generic plans
     -- per transaction, again after every COMMIT.
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, public, pg_temp', true);
     PERFORM pg_catalog.set_config('plan_cache_mode', 'force_generic_plan', true);
 
+    _run_started := clock_timestamp();
+    -- batch_size: this call's argument, else the one a calling specql routine was given
+    -- (specql.batch_size), else the entity file's.
+    _outer_batch_size := pg_catalog.current_setting('specql.batch_size', true);
+    _batch_size := coalesce(load_prices.batch_size, nullif(_outer_batch_size, '')::integer, 250);
+    IF _batch_size < 1 THEN
+        RAISE EXCEPTION 'batch_size must be at least 1, not %', _batch_size USING ERRCODE = '22023';
+    END IF;
+    IF load_prices.batch_size IS NOT NULL THEN
+        PERFORM pg_catalog.set_config('specql.batch_size', _batch_size::text, true);
+    END IF;
+    _progress := pg_catalog.current_setting('specql.progress', true) = 'on';
     _result.operation_id := gen_random_uuid();
     _result.operation := 'load_prices';
-    _result.started_at := clock_timestamp();
+    _result.started_at := _run_started;
     _result.processed_records := 0;
     _result.failed_records := 0;
     _result.error_count := 0;
     _result.batch_count := 0;
 
-    -- Records: the elements of the jsonb array rows.
-    IF jsonb_typeof(load_prices.rows) <> 'array' THEN
-        RAISE EXCEPTION 'rows must be a jsonb array of objects, not a jsonb %',
-            jsonb_typeof(load_prices.rows) USING ERRCODE = '22023';
-    END IF;
-    _count := coalesce(jsonb_array_length(load_prices.rows), 0);
-    _result.total_records := _count;
-    _from := 0;
+    IF load_prices.resume IS NOT NULL THEN
+        -- resume: continue a stopped run from its last committed batch, under its id and counts.
+        SELECT * INTO _run FROM specql.batch_operation_runs
+        WHERE operation_id = load_prices.resume AND operation = 'load_prices'
+        FOR UPDATE;
+        IF FOUND THEN
+            SELECT s.state INTO _state FROM specql.batch_operation_status AS s WHERE s.operation_id = load_prices.resume;
+        END IF;
+        IF _state IS NULL OR _state NOT IN ('abandoned', 'cancelled', 'timed_out', 'failed') THEN
+            RAISE EXCEPTION 'cannot resume run % of %: it is %', load_prices.resume, 'load_prices', coalesce(_state, 'unknown')
+                USING ERRCODE = 'SQ004', HINT = 'An abandoned, cancelled, timed_out or failed run can be resumed.';
+        END IF;
+        IF _run.params IS DISTINCT FROM jsonb_build_object('rows', jsonb_build_object('md5', md5(load_prices.rows::text))) THEN
+            RAISE EXCEPTION 'cannot resume run % of %: it was started with other parameters', load_prices.resume, 'load_prices'
+                USING ERRCODE = 'SQ005', DETAIL = format('It was started with %s.', _run.params);
+        END IF;
+        -- Records: the elements of the jsonb array rows.
+        IF jsonb_typeof(load_prices.rows) <> 'array' THEN
+            RAISE EXCEPTION 'rows must be a jsonb array of objects, not a jsonb %',
+                jsonb_typeof(load_prices.rows) USING ERRCODE = '22023';
+        END IF;
+        _count := coalesce(jsonb_array_length(load_prices.rows), 0);
+        _result.total_records := _count;
+        _from := 0;
+        _from := coalesce((_run.position ->> 'next')::integer, _from);
+        _result.operation_id := _run.operation_id;
+        _result.started_at := _run.started_at;
+        _result.total_records := _run.total_records;
+        _result.processed_records := _run.processed_records;
+        _result.failed_records := _run.failed_records;
+        _result.error_count := _run.error_count;
+        _result.batch_count := _run.batch_count;
+        UPDATE specql.batch_operation_runs
+        SET status = 'running', completed_at = NULL, resumed_at = _run_started, heartbeat_at = _run_started,
+            backend_pid = pg_catalog.pg_backend_pid(),
+            backend_start = (SELECT backend_start FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid())),
+            batch_size = _batch_size, cancel_requested_at = NULL
+        WHERE operation_id = _run.operation_id;
+        DELETE FROM specql.batch_operation_cancellations WHERE operation_id = _run.operation_id;
+    ELSE
 
-    INSERT INTO specql.batch_operation_runs (operation_id, operation, total_records, started_at, heartbeat_at)
-    VALUES (_result.operation_id, _result.operation, _result.total_records, _result.started_at, _result.started_at);
+        -- Records: the elements of the jsonb array rows.
+        IF jsonb_typeof(load_prices.rows) <> 'array' THEN
+            RAISE EXCEPTION 'rows must be a jsonb array of objects, not a jsonb %',
+                jsonb_typeof(load_prices.rows) USING ERRCODE = '22023';
+        END IF;
+        _count := coalesce(jsonb_array_length(load_prices.rows), 0);
+        _result.total_records := _count;
+        _from := 0;
+
+        -- The run row: what `specql status` shows and what a resume needs; its
+        -- backend tells a live run from an abandoned one (the view specql.batch_operation_status).
+        INSERT INTO specql.batch_operation_runs
+            (operation_id, operation, total_records, started_at, heartbeat_at, backend_pid, backend_start,
+             routine, transaction_mode, batch_size, params)
+        VALUES
+            (_result.operation_id, _result.operation, _result.total_records, _result.started_at, _result.started_at,
+             pg_catalog.pg_backend_pid(),
+             (SELECT backend_start FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid())),
+             'public.load_prices(jsonb, integer, uuid, specql.batch_operation_result)', 'commit_per_batch', _batch_size,
+             jsonb_build_object('rows', jsonb_build_object('md5', md5(load_prices.rows::text))));
+    END IF;
     COMMIT;
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, public, pg_temp', true);
     PERFORM pg_catalog.set_config('plan_cache_mode', 'force_generic_plan', true);
 
+    IF load_prices.batch_size IS NOT NULL THEN
+        PERFORM pg_catalog.set_config('specql.batch_size', _batch_size::text, true);  -- for the routines it calls
+    END IF;
+
     LOOP
+        -- A cancel request (specql.cancel_operation, from any session) stops the run between batches.
+        IF EXISTS (SELECT 1 FROM specql.batch_operation_cancellations WHERE operation_id = _result.operation_id) THEN
+            _stop := 'cancelled';
+            EXIT;
+        END IF;
         -- Select the next batch.
         EXIT WHEN _from >= _count;
-        _to := least(_from + 250, _count) - 1;
+        _to := least(_from + _batch_size, _count) - 1;
         _batch_started := clock_timestamp();
 
         BEGIN
@@ -230,12 +311,29 @@ BEGIN
         _batch_ms := extract(epoch FROM clock_timestamp() - _batch_started) * 1000;
         _sum_batch_ms := _sum_batch_ms + _batch_ms;
         _max_batch_ms := greatest(_max_batch_ms, _batch_ms);
+        IF _progress THEN
+            RAISE NOTICE 'specql:progress %', json_build_object(
+                'operation_id', _result.operation_id, 'total_records', _result.total_records,
+                'processed_records', _result.processed_records, 'failed_records', _result.failed_records,
+                'error_count', _result.error_count, 'batch_count', _result.batch_count, 'batch_size', _batch_size);
+        END IF;
         IF _result.error_count > 10 THEN
             _stop := 'failed';  -- max_errors exceeded
         END IF;
+        -- The run row with where the run got to, committed with the batch: a resume starts after it.
+        UPDATE specql.batch_operation_runs
+        SET total_records = _result.total_records, processed_records = _result.processed_records,
+            failed_records = _result.failed_records,
+            error_count = _result.error_count, batch_count = _result.batch_count, heartbeat_at = clock_timestamp(),
+            position = jsonb_build_object('next', _to + 1)
+        WHERE operation_id = _result.operation_id;
         COMMIT;
         PERFORM pg_catalog.set_config('search_path', 'pg_catalog, public, pg_temp', true);
         PERFORM pg_catalog.set_config('plan_cache_mode', 'force_generic_plan', true);
+
+        IF load_prices.batch_size IS NOT NULL THEN
+            PERFORM pg_catalog.set_config('specql.batch_size', _batch_size::text, true);  -- for the routines it calls
+        END IF;
         EXIT WHEN _stop IS NOT NULL;
         _from := _to + 1;
     END LOOP;
@@ -257,6 +355,9 @@ BEGIN
         batch_count = _result.batch_count,
         heartbeat_at = clock_timestamp()
     WHERE operation_id = _result.operation_id;
+    IF load_prices.batch_size IS NOT NULL THEN
+        PERFORM pg_catalog.set_config('specql.batch_size', coalesce(_outer_batch_size, ''), true);
+    END IF;
     result := _result;
     PERFORM pg_catalog.set_config('search_path', _search_path, true);
 END

@@ -37,9 +37,9 @@ BEGIN
         WHERE n.nspname = 'public'
           AND p.proname = 'mark_invoices_paid'
           AND p.prosrc LIKE '%specql:generated%'
-          AND (p.oid IS DISTINCT FROM to_regprocedure('public.mark_invoices_paid(bigint[], boolean, specql.batch_operation_result)')
+          AND (p.oid IS DISTINCT FROM to_regprocedure('public.mark_invoices_paid(bigint[], boolean, integer, uuid, specql.batch_operation_result)')
                OR p.prokind <> 'p'
-               OR p.proargnames IS DISTINCT FROM ARRAY['invoice_ids', 'confirm', 'result']::text[])
+               OR p.proargnames IS DISTINCT FROM ARRAY['invoice_ids', 'confirm', 'batch_size', 'resume', 'result']::text[])
     LOOP
         EXECUTE format('DROP ROUTINE %s', _old);
     END LOOP;
@@ -49,6 +49,8 @@ $specql$;
 CREATE OR REPLACE PROCEDURE public.mark_invoices_paid(
     invoice_ids bigint[] DEFAULT NULL,
     confirm boolean DEFAULT false,
+    batch_size integer DEFAULT NULL,
+    resume uuid DEFAULT NULL,
     INOUT result specql.batch_operation_result DEFAULT NULL
 )
 LANGUAGE plpgsql
@@ -68,56 +70,134 @@ DECLARE
     _batch_ms numeric;
     _sum_batch_ms numeric := 0;
     _max_batch_ms numeric := 0;
-    _stop text;                -- set when the run ends early: failed or timed_out
+    _stop text;                -- set when the run ends early: failed, timed_out or cancelled
+    _batch_size integer;       -- records per batch: the batch_size argument, a calling routine's, or the file's
+    _outer_batch_size text;    -- specql.batch_size as this routine found it (restored at the end)
+    _run_started timestamptz;  -- when this call started (a timeout counts from here, also on a resume)
+    _progress boolean;         -- the caller asked for a progress notice per batch (SET specql.progress = on)
     _sqlstate text;
     _errmsg text;
     _detail text;
     _message text;
     _payload jsonb;
+    _run record;               -- the run a resume continues
+    _state text;
     _search_path text := pg_catalog.current_setting('search_path');
 BEGIN
+
     -- A procedure that commits cannot carry SET clauses: pin search_path and generic plans
     -- per transaction, again after every COMMIT.
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, public, pg_temp', true);
     PERFORM pg_catalog.set_config('plan_cache_mode', 'force_generic_plan', true);
 
+    _run_started := clock_timestamp();
+    -- batch_size: this call's argument, else the one a calling specql routine was given
+    -- (specql.batch_size), else the entity file's.
+    _outer_batch_size := pg_catalog.current_setting('specql.batch_size', true);
+    _batch_size := coalesce(mark_invoices_paid.batch_size, nullif(_outer_batch_size, '')::integer, 200);
+    IF _batch_size < 1 THEN
+        RAISE EXCEPTION 'batch_size must be at least 1, not %', _batch_size USING ERRCODE = '22023';
+    END IF;
+    IF mark_invoices_paid.batch_size IS NOT NULL THEN
+        PERFORM pg_catalog.set_config('specql.batch_size', _batch_size::text, true);
+    END IF;
+    _progress := pg_catalog.current_setting('specql.progress', true) = 'on';
     _result.operation_id := gen_random_uuid();
     _result.operation := 'mark_invoices_paid';
-    _result.started_at := clock_timestamp();
+    _result.started_at := _run_started;
     _result.processed_records := 0;
     _result.failed_records := 0;
     _result.error_count := 0;
     _result.batch_count := 0;
 
-    -- Records: the id array, cut into slices in input order.
-    IF array_ndims(mark_invoices_paid.invoice_ids) > 1 THEN
-        RAISE EXCEPTION 'invoice_ids must be a one-dimensional array' USING ERRCODE = '2202E';
-    END IF;
-    _from := coalesce(array_lower(mark_invoices_paid.invoice_ids, 1), 1);
-    _last_index := coalesce(array_upper(mark_invoices_paid.invoice_ids, 1), 0);
-    _result.total_records := coalesce(cardinality(mark_invoices_paid.invoice_ids), 0);
-    -- Count what the operation would touch (for max_records, confirmation, progress).
-    SELECT count(*) INTO _n FROM public.invoice WHERE id = ANY(mark_invoices_paid.invoice_ids);
-    _result.total_records := _n;
+    IF mark_invoices_paid.resume IS NOT NULL THEN
+        -- resume: continue a stopped run from its last committed batch, under its id and counts.
+        SELECT * INTO _run FROM specql.batch_operation_runs
+        WHERE operation_id = mark_invoices_paid.resume AND operation = 'mark_invoices_paid'
+        FOR UPDATE;
+        IF FOUND THEN
+            SELECT s.state INTO _state FROM specql.batch_operation_status AS s WHERE s.operation_id = mark_invoices_paid.resume;
+        END IF;
+        IF _state IS NULL OR _state NOT IN ('abandoned', 'cancelled', 'timed_out', 'failed') THEN
+            RAISE EXCEPTION 'cannot resume run % of %: it is %', mark_invoices_paid.resume, 'mark_invoices_paid', coalesce(_state, 'unknown')
+                USING ERRCODE = 'SQ004', HINT = 'An abandoned, cancelled, timed_out or failed run can be resumed.';
+        END IF;
+        IF _run.params IS DISTINCT FROM jsonb_build_object('invoice_ids', jsonb_build_object('md5', md5(mark_invoices_paid.invoice_ids::text))) THEN
+            RAISE EXCEPTION 'cannot resume run % of %: it was started with other parameters', mark_invoices_paid.resume, 'mark_invoices_paid'
+                USING ERRCODE = 'SQ005', DETAIL = format('It was started with %s.', _run.params);
+        END IF;
+        -- Records: the id array, cut into slices in input order.
+        IF array_ndims(mark_invoices_paid.invoice_ids) > 1 THEN
+            RAISE EXCEPTION 'invoice_ids must be a one-dimensional array' USING ERRCODE = '2202E';
+        END IF;
+        _from := coalesce(array_lower(mark_invoices_paid.invoice_ids, 1), 1);
+        _last_index := coalesce(array_upper(mark_invoices_paid.invoice_ids, 1), 0);
+        _result.total_records := coalesce(cardinality(mark_invoices_paid.invoice_ids), 0);
+        _from := coalesce((_run.position ->> 'next')::integer, _from);
+        _result.operation_id := _run.operation_id;
+        _result.started_at := _run.started_at;
+        _result.total_records := _run.total_records;
+        _result.processed_records := _run.processed_records;
+        _result.failed_records := _run.failed_records;
+        _result.error_count := _run.error_count;
+        _result.batch_count := _run.batch_count;
+        UPDATE specql.batch_operation_runs
+        SET status = 'running', completed_at = NULL, resumed_at = _run_started, heartbeat_at = _run_started,
+            backend_pid = pg_catalog.pg_backend_pid(),
+            backend_start = (SELECT backend_start FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid())),
+            batch_size = _batch_size, cancel_requested_at = NULL
+        WHERE operation_id = _run.operation_id;
+        DELETE FROM specql.batch_operation_cancellations WHERE operation_id = _run.operation_id;
+    ELSE
 
-    -- requires_confirmation: without confirm => true, report what would be touched and stop.
-    IF confirm IS NOT TRUE THEN
-        _result.status := 'awaiting_confirmation';
-        _result.completed_at := clock_timestamp();
-        result := _result;
-        RETURN;
-    END IF;
+        -- Records: the id array, cut into slices in input order.
+        IF array_ndims(mark_invoices_paid.invoice_ids) > 1 THEN
+            RAISE EXCEPTION 'invoice_ids must be a one-dimensional array' USING ERRCODE = '2202E';
+        END IF;
+        _from := coalesce(array_lower(mark_invoices_paid.invoice_ids, 1), 1);
+        _last_index := coalesce(array_upper(mark_invoices_paid.invoice_ids, 1), 0);
+        _result.total_records := coalesce(cardinality(mark_invoices_paid.invoice_ids), 0);
+        -- Count what the operation would touch (for max_records, confirmation, progress).
+        SELECT count(*) INTO _n FROM public.invoice WHERE id = ANY(mark_invoices_paid.invoice_ids);
+        _result.total_records := _n;
 
-    INSERT INTO specql.batch_operation_runs (operation_id, operation, total_records, started_at, heartbeat_at)
-    VALUES (_result.operation_id, _result.operation, _result.total_records, _result.started_at, _result.started_at);
+        -- requires_confirmation: without confirm => true, report what would be touched and stop.
+        IF confirm IS NOT TRUE THEN
+            _result.status := 'awaiting_confirmation';
+            _result.completed_at := clock_timestamp();
+            result := _result;
+            RETURN;
+        END IF;
+
+        -- The run row: what `specql status` shows and what a resume needs; its
+        -- backend tells a live run from an abandoned one (the view specql.batch_operation_status).
+        INSERT INTO specql.batch_operation_runs
+            (operation_id, operation, total_records, started_at, heartbeat_at, backend_pid, backend_start,
+             routine, transaction_mode, batch_size, params)
+        VALUES
+            (_result.operation_id, _result.operation, _result.total_records, _result.started_at, _result.started_at,
+             pg_catalog.pg_backend_pid(),
+             (SELECT backend_start FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid())),
+             'public.mark_invoices_paid(bigint[], boolean, integer, uuid, specql.batch_operation_result)', 'commit_per_batch', _batch_size,
+             jsonb_build_object('invoice_ids', jsonb_build_object('md5', md5(mark_invoices_paid.invoice_ids::text))));
+    END IF;
     COMMIT;
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, public, pg_temp', true);
     PERFORM pg_catalog.set_config('plan_cache_mode', 'force_generic_plan', true);
 
+    IF mark_invoices_paid.batch_size IS NOT NULL THEN
+        PERFORM pg_catalog.set_config('specql.batch_size', _batch_size::text, true);  -- for the routines it calls
+    END IF;
+
     LOOP
+        -- A cancel request (specql.cancel_operation, from any session) stops the run between batches.
+        IF EXISTS (SELECT 1 FROM specql.batch_operation_cancellations WHERE operation_id = _result.operation_id) THEN
+            _stop := 'cancelled';
+            EXIT;
+        END IF;
         -- Select the next batch.
         EXIT WHEN _from > _last_index;
-        _to := least(_from + 199, _last_index);
+        _to := least(_from + _batch_size - 1, _last_index);
         -- Element by element: an expanded array is read in place, never copied whole.
         _keys := ARRAY(SELECT mark_invoices_paid.invoice_ids[_g._i] FROM generate_series(_from, _to) AS _g(_i));
         _batch_started := clock_timestamp();
@@ -151,12 +231,29 @@ BEGIN
         _batch_ms := extract(epoch FROM clock_timestamp() - _batch_started) * 1000;
         _sum_batch_ms := _sum_batch_ms + _batch_ms;
         _max_batch_ms := greatest(_max_batch_ms, _batch_ms);
+        IF _progress THEN
+            RAISE NOTICE 'specql:progress %', json_build_object(
+                'operation_id', _result.operation_id, 'total_records', _result.total_records,
+                'processed_records', _result.processed_records, 'failed_records', _result.failed_records,
+                'error_count', _result.error_count, 'batch_count', _result.batch_count, 'batch_size', _batch_size);
+        END IF;
         IF _result.error_count > 5 THEN
             _stop := 'failed';  -- max_errors exceeded
         END IF;
+        -- The run row with where the run got to, committed with the batch: a resume starts after it.
+        UPDATE specql.batch_operation_runs
+        SET total_records = _result.total_records, processed_records = _result.processed_records,
+            failed_records = _result.failed_records,
+            error_count = _result.error_count, batch_count = _result.batch_count, heartbeat_at = clock_timestamp(),
+            position = jsonb_build_object('next', _to + 1)
+        WHERE operation_id = _result.operation_id;
         COMMIT;
         PERFORM pg_catalog.set_config('search_path', 'pg_catalog, public, pg_temp', true);
         PERFORM pg_catalog.set_config('plan_cache_mode', 'force_generic_plan', true);
+
+        IF mark_invoices_paid.batch_size IS NOT NULL THEN
+            PERFORM pg_catalog.set_config('specql.batch_size', _batch_size::text, true);  -- for the routines it calls
+        END IF;
         EXIT WHEN _stop IS NOT NULL;
         _from := _to + 1;
     END LOOP;
@@ -206,9 +303,12 @@ BEGIN
     PERFORM pg_notify('specql_batch_operations',
         CASE WHEN octet_length(_payload::text) < 8000 THEN _payload::text
              ELSE (_payload - 'message')::text END);
+    IF mark_invoices_paid.batch_size IS NOT NULL THEN
+        PERFORM pg_catalog.set_config('specql.batch_size', coalesce(_outer_batch_size, ''), true);
+    END IF;
     result := _result;
     PERFORM pg_catalog.set_config('search_path', _search_path, true);
 END
 $specql$;
 
-COMMENT ON PROCEDURE public.mark_invoices_paid(bigint[], boolean, specql.batch_operation_result) IS 'Mark invoices paid';
+COMMENT ON PROCEDURE public.mark_invoices_paid(bigint[], boolean, integer, uuid, specql.batch_operation_result) IS 'Mark invoices paid';

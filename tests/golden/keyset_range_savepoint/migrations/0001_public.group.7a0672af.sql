@@ -37,9 +37,9 @@ BEGIN
         WHERE n.nspname = 'public'
           AND p.proname = 'rename_groups'
           AND p.prosrc LIKE '%specql:generated%'
-          AND (p.oid IS DISTINCT FROM to_regprocedure('public.rename_groups(boolean, text)')
+          AND (p.oid IS DISTINCT FROM to_regprocedure('public.rename_groups(boolean, text, integer)')
                OR p.prokind <> 'f'
-               OR p.proargnames IS DISTINCT FROM ARRAY['only_active', 'new_name']::text[])
+               OR p.proargnames IS DISTINCT FROM ARRAY['only_active', 'new_name', 'batch_size']::text[])
     LOOP
         EXECUTE format('DROP ROUTINE %s', _old);
     END LOOP;
@@ -48,7 +48,8 @@ $specql$;
 
 CREATE OR REPLACE FUNCTION public.rename_groups(
     only_active boolean,
-    new_name text
+    new_name text,
+    batch_size integer DEFAULT NULL
 )
 RETURNS specql.batch_operation_result
 LANGUAGE plpgsql
@@ -77,31 +78,61 @@ DECLARE
     _sum_batch_ms numeric := 0;
     _max_batch_ms numeric := 0;
     _status text;              -- outcome of the current batch
-    _stop text;                -- set when the run ends early: failed or timed_out
+    _stop text;                -- set when the run ends early: failed, timed_out or cancelled
+    _batch_size integer;       -- records per batch: the batch_size argument, a calling routine's, or the file's
+    _outer_batch_size text;    -- specql.batch_size as this routine found it (restored at the end)
+    _run_started timestamptz;  -- when this call started (a timeout counts from here, also on a resume)
+    _progress boolean;         -- the caller asked for a progress notice per batch (SET specql.progress = on)
     _sqlstate text;
     _errmsg text;
     _detail text;
     _heartbeat_at timestamptz;
 BEGIN
+
+    _run_started := clock_timestamp();
+    -- batch_size: this call's argument, else the one a calling specql routine was given
+    -- (specql.batch_size), else the entity file's.
+    _outer_batch_size := pg_catalog.current_setting('specql.batch_size', true);
+    _batch_size := coalesce(rename_groups.batch_size, nullif(_outer_batch_size, '')::integer, 25);
+    IF _batch_size < 1 THEN
+        RAISE EXCEPTION 'batch_size must be at least 1, not %', _batch_size USING ERRCODE = '22023';
+    END IF;
+    IF rename_groups.batch_size IS NOT NULL THEN
+        PERFORM pg_catalog.set_config('specql.batch_size', _batch_size::text, true);
+    END IF;
+    _progress := pg_catalog.current_setting('specql.progress', true) = 'on';
     _result.operation_id := gen_random_uuid();
     _result.operation := 'rename_groups';
-    _result.started_at := clock_timestamp();
+    _result.started_at := _run_started;
     _result.processed_records := 0;
     _result.failed_records := 0;
     _result.error_count := 0;
     _result.batch_count := 0;
 
-    INSERT INTO specql.batch_operation_runs (operation_id, operation, total_records, started_at, heartbeat_at)
-    VALUES (_result.operation_id, _result.operation, _result.total_records, _result.started_at, _result.started_at);
+    -- The run row: what `specql status` shows; its
+    -- backend tells a live run from an abandoned one (the view specql.batch_operation_status).
+    INSERT INTO specql.batch_operation_runs
+        (operation_id, operation, total_records, started_at, heartbeat_at, backend_pid, backend_start,
+         routine, transaction_mode, batch_size)
+    VALUES
+        (_result.operation_id, _result.operation, _result.total_records, _result.started_at, _result.started_at,
+         pg_catalog.pg_backend_pid(),
+         (SELECT backend_start FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid())),
+         'public.rename_groups(boolean, text, integer)', 'per_batch', _batch_size);
     _heartbeat_at := _result.started_at;
 
     LOOP
+        -- A cancel request (specql.cancel_operation, from any session) stops the run between batches.
+        IF EXISTS (SELECT 1 FROM specql.batch_operation_cancellations WHERE operation_id = _result.operation_id) THEN
+            _stop := 'cancelled';
+            EXIT;
+        END IF;
         -- Select the next batch.
-        -- Keyset pagination on the primary key: each batch is the next 25 matching keys
+        -- Keyset pagination on the primary key: each batch is the next _batch_size matching keys
         -- after the last key seen.
-        -- While the keys come densely, a batch starts as the key range (_last, _last + 25]:
+        -- While the keys come densely, a batch starts as the key range (_last, _last + _batch_size]:
         -- it is changed directly, without listing its keys first (the key is unique, so the
-        -- range holds at most 25 rows), and topped up with the next matching keys
+        -- range holds at most _batch_size rows), and topped up with the next matching keys
         -- when it holds fewer. Each row is then visited once instead of twice.
         _prev := _last;  -- where a failed key range batch started
         _ranged := _dense;
@@ -109,39 +140,39 @@ BEGIN
             IF _last IS NULL THEN
                 _keys := ARRAY(SELECT id FROM public."group"
                                WHERE active = rename_groups.only_active
-                               ORDER BY id LIMIT 25);
+                               ORDER BY id LIMIT _batch_size);
             ELSE
                 _keys := ARRAY(SELECT id FROM public."group"
                                WHERE id > _last AND (active = rename_groups.only_active)
-                               ORDER BY id LIMIT 25);
+                               ORDER BY id LIMIT _batch_size);
             END IF;
             EXIT WHEN cardinality(_keys) = 0;
             _last := _keys[cardinality(_keys)];
             _batch_records := cardinality(_keys);
             -- Dense: a full batch whose keys span fewer than 2 x batch_size values. The next
             -- batch then starts as the key range after it.
-            _dense := _batch_records = 25 AND _last::numeric - _keys[1] < 50;
+            _dense := _batch_records = _batch_size AND _last::numeric - _keys[1] < 2 * _batch_size;
         END IF;
 
         _batch_started := clock_timestamp();
 
         BEGIN
             IF _ranged THEN
-                -- The key range (_last, _upto]: at most 25 rows, as the key is unique.
-                _upto := CASE WHEN _last > 2147483622 THEN 2147483647 ELSE _last + 25 END;
+                -- The key range (_last, _upto]: at most _batch_size rows, as the key is unique.
+                _upto := CASE WHEN _last > 2147483647 - _batch_size THEN 2147483647 ELSE _last + _batch_size END;
                 UPDATE public."group"
                 SET "Display Name" = rename_groups.new_name
                 WHERE id > _last AND id <= _upto AND (active = rename_groups.only_active);
                 GET DIAGNOSTICS _n = ROW_COUNT;
                 _batch_records := _n;
                 _last := _upto;
-                IF _n < 25 THEN
+                IF _n < _batch_size THEN
                     -- Fewer rows than a batch: top it up with the next matching keys, and list the keys
                     -- again from the next batch on when the range was less than half full.
-                    _dense := _n >= 12;
+                    _dense := _n >= _batch_size / 2;
                     _keys := ARRAY(SELECT id FROM public."group"
                                    WHERE id > _upto AND (active = rename_groups.only_active)
-                                   ORDER BY id LIMIT 25 - _n);
+                                   ORDER BY id LIMIT _batch_size - _n);
                     IF cardinality(_keys) > 0 THEN
                         UPDATE public."group"
                         SET "Display Name" = rename_groups.new_name
@@ -169,7 +200,7 @@ BEGIN
                 -- The batch was a key range: list its keys, the next matching ones after _prev.
                 _keys := ARRAY(SELECT id FROM public."group"
                                WHERE id > _prev AND (active = rename_groups.only_active)
-                               ORDER BY id LIMIT 25);
+                               ORDER BY id LIMIT _batch_size);
                 _last := coalesce(_keys[cardinality(_keys)], _prev);
                 _batch_records := cardinality(_keys);
                 _dense := false;
@@ -213,10 +244,17 @@ BEGIN
         _sum_batch_ms := _sum_batch_ms + _batch_ms;
         _max_batch_ms := greatest(_max_batch_ms, _batch_ms);
         INSERT INTO specql.batch_operation_logs
-            (operation_id, operation, batch_number, records_processed, records_failed, started_at, completed_at, status)
+            (operation_id, operation, batch_number, records_processed, records_failed, started_at, completed_at, status,
+             batch_size)
         VALUES
             (_result.operation_id, _result.operation, _result.batch_count, _batch_processed, _batch_failed,
-             _batch_started, clock_timestamp(), _status);
+             _batch_started, clock_timestamp(), _status, _batch_size);
+        IF _progress THEN
+            RAISE NOTICE 'specql:progress %', json_build_object(
+                'operation_id', _result.operation_id, 'total_records', _result.total_records,
+                'processed_records', _result.processed_records, 'failed_records', _result.failed_records,
+                'error_count', _result.error_count, 'batch_count', _result.batch_count, 'batch_size', _batch_size);
+        END IF;
         -- heartbeat_interval: refresh the run row.
         IF clock_timestamp() - _heartbeat_at >= interval '30 seconds' THEN
             UPDATE specql.batch_operation_runs
@@ -252,8 +290,11 @@ BEGIN
         batch_count = _result.batch_count,
         heartbeat_at = clock_timestamp()
     WHERE operation_id = _result.operation_id;
+    IF rename_groups.batch_size IS NOT NULL THEN
+        PERFORM pg_catalog.set_config('specql.batch_size', coalesce(_outer_batch_size, ''), true);
+    END IF;
     RETURN _result;
 END
 $specql$;
 
-COMMENT ON FUNCTION public.rename_groups(boolean, text) IS 'Rename active groups';
+COMMENT ON FUNCTION public.rename_groups(boolean, text, integer) IS 'Rename active groups';

@@ -46,9 +46,9 @@ BEGIN
         WHERE n.nspname = 'public'
           AND p.proname = 'bulk_update_user_status'
           AND p.prosrc LIKE '%specql:generated%'
-          AND (p.oid IS DISTINCT FROM to_regprocedure('public.bulk_update_user_status(uuid[], text)')
+          AND (p.oid IS DISTINCT FROM to_regprocedure('public.bulk_update_user_status(uuid[], text, integer)')
                OR p.prokind <> 'f'
-               OR p.proargnames IS DISTINCT FROM ARRAY['user_ids', 'new_status']::text[])
+               OR p.proargnames IS DISTINCT FROM ARRAY['user_ids', 'new_status', 'batch_size']::text[])
     LOOP
         EXECUTE format('DROP ROUTINE %s', _old);
     END LOOP;
@@ -57,7 +57,8 @@ $specql$;
 
 CREATE OR REPLACE FUNCTION public.bulk_update_user_status(
     user_ids uuid[],
-    new_status text
+    new_status text,
+    batch_size integer DEFAULT NULL
 )
 RETURNS specql.batch_operation_result
 LANGUAGE plpgsql
@@ -83,16 +84,33 @@ DECLARE
     _sum_batch_ms numeric := 0;
     _max_batch_ms numeric := 0;
     _status text;              -- outcome of the current batch
-    _stop text;                -- set when the run ends early: failed or timed_out
+    _stop text;                -- set when the run ends early: failed, timed_out or cancelled
+    _batch_size integer;       -- records per batch: the batch_size argument, a calling routine's, or the file's
+    _outer_batch_size text;    -- specql.batch_size as this routine found it (restored at the end)
+    _run_started timestamptz;  -- when this call started (a timeout counts from here, also on a resume)
+    _progress boolean;         -- the caller asked for a progress notice per batch (SET specql.progress = on)
     _sqlstate text;
     _errmsg text;
     _detail text;
     _message text;
     _payload jsonb;
 BEGIN
+
+    _run_started := clock_timestamp();
+    -- batch_size: this call's argument, else the one a calling specql routine was given
+    -- (specql.batch_size), else the entity file's.
+    _outer_batch_size := pg_catalog.current_setting('specql.batch_size', true);
+    _batch_size := coalesce(bulk_update_user_status.batch_size, nullif(_outer_batch_size, '')::integer, 100);
+    IF _batch_size < 1 THEN
+        RAISE EXCEPTION 'batch_size must be at least 1, not %', _batch_size USING ERRCODE = '22023';
+    END IF;
+    IF bulk_update_user_status.batch_size IS NOT NULL THEN
+        PERFORM pg_catalog.set_config('specql.batch_size', _batch_size::text, true);
+    END IF;
+    _progress := pg_catalog.current_setting('specql.progress', true) = 'on';
     _result.operation_id := gen_random_uuid();
     _result.operation := 'bulk_update_user_status';
-    _result.started_at := clock_timestamp();
+    _result.started_at := _run_started;
     _result.processed_records := 0;
     _result.failed_records := 0;
     _result.error_count := 0;
@@ -106,18 +124,31 @@ BEGIN
     _last_index := coalesce(array_upper(bulk_update_user_status.user_ids, 1), 0);
     _result.total_records := coalesce(cardinality(bulk_update_user_status.user_ids), 0);
 
-    INSERT INTO specql.batch_operation_runs (operation_id, operation, total_records, started_at, heartbeat_at)
-    VALUES (_result.operation_id, _result.operation, _result.total_records, _result.started_at, _result.started_at);
+    -- The run row: what `specql status` shows; its
+    -- backend tells a live run from an abandoned one (the view specql.batch_operation_status).
+    INSERT INTO specql.batch_operation_runs
+        (operation_id, operation, total_records, started_at, heartbeat_at, backend_pid, backend_start,
+         routine, transaction_mode, batch_size)
+    VALUES
+        (_result.operation_id, _result.operation, _result.total_records, _result.started_at, _result.started_at,
+         pg_catalog.pg_backend_pid(),
+         (SELECT backend_start FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid())),
+         'public.bulk_update_user_status(uuid[], text, integer)', 'per_batch', _batch_size);
 
     LOOP
+        -- A cancel request (specql.cancel_operation, from any session) stops the run between batches.
+        IF EXISTS (SELECT 1 FROM specql.batch_operation_cancellations WHERE operation_id = _result.operation_id) THEN
+            _stop := 'cancelled';
+            EXIT;
+        END IF;
         -- timeout: checked between batches.
-        IF _result.batch_count > 0 AND clock_timestamp() - _result.started_at >= interval '30 minutes' THEN
+        IF _result.batch_count > 0 AND clock_timestamp() - _run_started >= interval '30 minutes' THEN
             _stop := 'timed_out';
             EXIT;
         END IF;
         -- Select the next batch.
         EXIT WHEN _from > _last_index;
-        _to := least(_from + 99, _last_index);
+        _to := least(_from + _batch_size - 1, _last_index);
         -- Element by element: an expanded array is read in place, never copied whole.
         _keys := ARRAY(SELECT bulk_update_user_status.user_ids[_g._i] FROM generate_series(_from, _to) AS _g(_i));
         _batch_started := clock_timestamp();
@@ -154,10 +185,17 @@ BEGIN
         _sum_batch_ms := _sum_batch_ms + _batch_ms;
         _max_batch_ms := greatest(_max_batch_ms, _batch_ms);
         INSERT INTO specql.batch_operation_logs
-            (operation_id, operation, batch_number, records_processed, records_failed, started_at, completed_at, status)
+            (operation_id, operation, batch_number, records_processed, records_failed, started_at, completed_at, status,
+             batch_size)
         VALUES
             (_result.operation_id, _result.operation, _result.batch_count, _batch_processed, _batch_failed,
-             _batch_started, clock_timestamp(), _status);
+             _batch_started, clock_timestamp(), _status, _batch_size);
+        IF _progress THEN
+            RAISE NOTICE 'specql:progress %', json_build_object(
+                'operation_id', _result.operation_id, 'total_records', _result.total_records,
+                'processed_records', _result.processed_records, 'failed_records', _result.failed_records,
+                'error_count', _result.error_count, 'batch_count', _result.batch_count, 'batch_size', _batch_size);
+        END IF;
         IF _result.error_count > 10 THEN
             _stop := 'failed';  -- max_errors exceeded
         END IF;
@@ -195,11 +233,14 @@ BEGIN
     PERFORM pg_notify('specql_batch_operations',
         CASE WHEN octet_length(_payload::text) < 8000 THEN _payload::text
              ELSE (_payload - 'message')::text END);
+    IF bulk_update_user_status.batch_size IS NOT NULL THEN
+        PERFORM pg_catalog.set_config('specql.batch_size', coalesce(_outer_batch_size, ''), true);
+    END IF;
     RETURN _result;
 END
 $specql$;
 
-COMMENT ON FUNCTION public.bulk_update_user_status(uuid[], text) IS 'Bulk update user statuses';
+COMMENT ON FUNCTION public.bulk_update_user_status(uuid[], text, integer) IS 'Bulk update user statuses';
 
 -- -----------------------------------------------------------------------------
 -- public.deactivate_inactive_users: Bulk user deactivation
@@ -221,9 +262,9 @@ BEGIN
         WHERE n.nspname = 'public'
           AND p.proname = 'deactivate_inactive_users'
           AND p.prosrc LIKE '%specql:generated%'
-          AND (p.oid IS DISTINCT FROM to_regprocedure('public.deactivate_inactive_users(boolean)')
+          AND (p.oid IS DISTINCT FROM to_regprocedure('public.deactivate_inactive_users(boolean, integer)')
                OR p.prokind <> 'f'
-               OR p.proargnames IS DISTINCT FROM ARRAY['confirm']::text[])
+               OR p.proargnames IS DISTINCT FROM ARRAY['confirm', 'batch_size']::text[])
     LOOP
         EXECUTE format('DROP ROUTINE %s', _old);
     END LOOP;
@@ -231,7 +272,8 @@ END
 $specql$;
 
 CREATE OR REPLACE FUNCTION public.deactivate_inactive_users(
-    confirm boolean DEFAULT false
+    confirm boolean DEFAULT false,
+    batch_size integer DEFAULT NULL
 )
 RETURNS specql.batch_operation_result
 LANGUAGE plpgsql
@@ -252,16 +294,33 @@ DECLARE
     _sum_batch_ms numeric := 0;
     _max_batch_ms numeric := 0;
     _status text;              -- outcome of the current batch
-    _stop text;                -- set when the run ends early: failed or timed_out
+    _stop text;                -- set when the run ends early: failed, timed_out or cancelled
+    _batch_size integer;       -- records per batch: the batch_size argument, a calling routine's, or the file's
+    _outer_batch_size text;    -- specql.batch_size as this routine found it (restored at the end)
+    _run_started timestamptz;  -- when this call started (a timeout counts from here, also on a resume)
+    _progress boolean;         -- the caller asked for a progress notice per batch (SET specql.progress = on)
     _sqlstate text;
     _errmsg text;
     _detail text;
     _message text;
     _payload jsonb;
 BEGIN
+
+    _run_started := clock_timestamp();
+    -- batch_size: this call's argument, else the one a calling specql routine was given
+    -- (specql.batch_size), else the entity file's.
+    _outer_batch_size := pg_catalog.current_setting('specql.batch_size', true);
+    _batch_size := coalesce(deactivate_inactive_users.batch_size, nullif(_outer_batch_size, '')::integer, 200);
+    IF _batch_size < 1 THEN
+        RAISE EXCEPTION 'batch_size must be at least 1, not %', _batch_size USING ERRCODE = '22023';
+    END IF;
+    IF deactivate_inactive_users.batch_size IS NOT NULL THEN
+        PERFORM pg_catalog.set_config('specql.batch_size', _batch_size::text, true);
+    END IF;
+    _progress := pg_catalog.current_setting('specql.progress', true) = 'on';
     _result.operation_id := gen_random_uuid();
     _result.operation := 'deactivate_inactive_users';
-    _result.started_at := clock_timestamp();
+    _result.started_at := _run_started;
     _result.processed_records := 0;
     _result.failed_records := 0;
     _result.error_count := 0;
@@ -284,21 +343,34 @@ BEGIN
         RETURN _result;
     END IF;
 
-    INSERT INTO specql.batch_operation_runs (operation_id, operation, total_records, started_at, heartbeat_at)
-    VALUES (_result.operation_id, _result.operation, _result.total_records, _result.started_at, _result.started_at);
+    -- The run row: what `specql status` shows; its
+    -- backend tells a live run from an abandoned one (the view specql.batch_operation_status).
+    INSERT INTO specql.batch_operation_runs
+        (operation_id, operation, total_records, started_at, heartbeat_at, backend_pid, backend_start,
+         routine, transaction_mode, batch_size)
+    VALUES
+        (_result.operation_id, _result.operation, _result.total_records, _result.started_at, _result.started_at,
+         pg_catalog.pg_backend_pid(),
+         (SELECT backend_start FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid())),
+         'public.deactivate_inactive_users(boolean, integer)', 'per_batch', _batch_size);
 
     LOOP
+        -- A cancel request (specql.cancel_operation, from any session) stops the run between batches.
+        IF EXISTS (SELECT 1 FROM specql.batch_operation_cancellations WHERE operation_id = _result.operation_id) THEN
+            _stop := 'cancelled';
+            EXIT;
+        END IF;
         -- Select the next batch.
-        -- Keyset pagination on the primary key: each batch is the next 200 matching keys
+        -- Keyset pagination on the primary key: each batch is the next _batch_size matching keys
         -- after the last key seen.
         IF _last IS NULL THEN
             _keys := ARRAY(SELECT id FROM public."user"
                            WHERE last_login_at < now() - CAST('1 year' AS interval) AND status = 'active' AND is_admin = FALSE
-                           ORDER BY id LIMIT 200);
+                           ORDER BY id LIMIT _batch_size);
         ELSE
             _keys := ARRAY(SELECT id FROM public."user"
                            WHERE id > _last AND (last_login_at < now() - CAST('1 year' AS interval) AND status = 'active' AND is_admin = FALSE)
-                           ORDER BY id LIMIT 200);
+                           ORDER BY id LIMIT _batch_size);
         END IF;
         EXIT WHEN cardinality(_keys) = 0;
         _last := _keys[cardinality(_keys)];
@@ -337,6 +409,12 @@ BEGIN
         _batch_ms := extract(epoch FROM clock_timestamp() - _batch_started) * 1000;
         _sum_batch_ms := _sum_batch_ms + _batch_ms;
         _max_batch_ms := greatest(_max_batch_ms, _batch_ms);
+        IF _progress THEN
+            RAISE NOTICE 'specql:progress %', json_build_object(
+                'operation_id', _result.operation_id, 'total_records', _result.total_records,
+                'processed_records', _result.processed_records, 'failed_records', _result.failed_records,
+                'error_count', _result.error_count, 'batch_count', _result.batch_count, 'batch_size', _batch_size);
+        END IF;
         IF _status = 'failed' THEN
             _stop := 'failed';
         END IF;
@@ -373,8 +451,11 @@ BEGIN
     PERFORM pg_notify('specql_batch_operations',
         CASE WHEN octet_length(_payload::text) < 8000 THEN _payload::text
              ELSE (_payload - 'message')::text END);
+    IF deactivate_inactive_users.batch_size IS NOT NULL THEN
+        PERFORM pg_catalog.set_config('specql.batch_size', coalesce(_outer_batch_size, ''), true);
+    END IF;
     RETURN _result;
 END
 $specql$;
 
-COMMENT ON FUNCTION public.deactivate_inactive_users(boolean) IS 'Bulk user deactivation';
+COMMENT ON FUNCTION public.deactivate_inactive_users(boolean, integer) IS 'Bulk user deactivation';

@@ -37,9 +37,9 @@ BEGIN
         WHERE n.nspname = 'public'
           AND p.proname = 'settle_entries'
           AND p.prosrc LIKE '%specql:generated%'
-          AND (p.oid IS DISTINCT FROM to_regprocedure('public.settle_entries(numeric, specql.batch_operation_result)')
+          AND (p.oid IS DISTINCT FROM to_regprocedure('public.settle_entries(numeric, integer, uuid, specql.batch_operation_result)')
                OR p.prokind <> 'p'
-               OR p.proargnames IS DISTINCT FROM ARRAY['threshold', 'result']::text[])
+               OR p.proargnames IS DISTINCT FROM ARRAY['threshold', 'batch_size', 'resume', 'result']::text[])
     LOOP
         EXECUTE format('DROP ROUTINE %s', _old);
     END LOOP;
@@ -48,6 +48,8 @@ $specql$;
 
 CREATE OR REPLACE PROCEDURE public.settle_entries(
     threshold numeric DEFAULT NULL,
+    batch_size integer DEFAULT NULL,
+    resume uuid DEFAULT NULL,
     INOUT result specql.batch_operation_result DEFAULT NULL
 )
 LANGUAGE plpgsql
@@ -72,43 +74,113 @@ DECLARE
     _sum_batch_ms numeric := 0;
     _max_batch_ms numeric := 0;
     _status text;              -- outcome of the current batch
-    _stop text;                -- set when the run ends early: failed or timed_out
+    _stop text;                -- set when the run ends early: failed, timed_out or cancelled
+    _batch_size integer;       -- records per batch: the batch_size argument, a calling routine's, or the file's
+    _outer_batch_size text;    -- specql.batch_size as this routine found it (restored at the end)
+    _run_started timestamptz;  -- when this call started (a timeout counts from here, also on a resume)
+    _progress boolean;         -- the caller asked for a progress notice per batch (SET specql.progress = on)
     _sqlstate text;
     _errmsg text;
     _detail text;
     _notified bigint := 0;
-    _heartbeat_at timestamptz;
+    _run record;               -- the run a resume continues
+    _state text;
     _search_path text := pg_catalog.current_setting('search_path');
 BEGIN
+
     -- A procedure that commits cannot carry SET clauses: pin search_path
     -- per transaction, again after every COMMIT.
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, public, pg_temp', true);
 
+    _run_started := clock_timestamp();
+    -- batch_size: this call's argument, else the one a calling specql routine was given
+    -- (specql.batch_size), else the entity file's.
+    _outer_batch_size := pg_catalog.current_setting('specql.batch_size', true);
+    _batch_size := coalesce(settle_entries.batch_size, nullif(_outer_batch_size, '')::integer, 1000);
+    IF _batch_size < 1 THEN
+        RAISE EXCEPTION 'batch_size must be at least 1, not %', _batch_size USING ERRCODE = '22023';
+    END IF;
+    IF settle_entries.batch_size IS NOT NULL THEN
+        PERFORM pg_catalog.set_config('specql.batch_size', _batch_size::text, true);
+    END IF;
+    _progress := pg_catalog.current_setting('specql.progress', true) = 'on';
     _result.operation_id := gen_random_uuid();
     _result.operation := 'settle_entries';
-    _result.started_at := clock_timestamp();
+    _result.started_at := _run_started;
     _result.processed_records := 0;
     _result.failed_records := 0;
     _result.error_count := 0;
     _result.batch_count := 0;
 
-    -- Count what the operation would touch (for max_records, confirmation, progress).
-    SELECT count(*) INTO _n FROM public.ledger_entry WHERE amount < settle_entries.threshold AND NOT settled;
-    _result.total_records := _n;
+    IF settle_entries.resume IS NOT NULL THEN
+        -- resume: continue a stopped run from its last committed batch, under its id and counts.
+        SELECT * INTO _run FROM specql.batch_operation_runs
+        WHERE operation_id = settle_entries.resume AND operation = 'settle_entries'
+        FOR UPDATE;
+        IF FOUND THEN
+            SELECT s.state INTO _state FROM specql.batch_operation_status AS s WHERE s.operation_id = settle_entries.resume;
+        END IF;
+        IF _state IS NULL OR _state NOT IN ('abandoned', 'cancelled', 'timed_out', 'failed') THEN
+            RAISE EXCEPTION 'cannot resume run % of %: it is %', settle_entries.resume, 'settle_entries', coalesce(_state, 'unknown')
+                USING ERRCODE = 'SQ004', HINT = 'An abandoned, cancelled, timed_out or failed run can be resumed.';
+        END IF;
+        IF _run.params IS DISTINCT FROM jsonb_build_object('threshold', settle_entries.threshold) THEN
+            RAISE EXCEPTION 'cannot resume run % of %: it was started with other parameters', settle_entries.resume, 'settle_entries'
+                USING ERRCODE = 'SQ005', DETAIL = format('It was started with %s.', _run.params);
+        END IF;
 
-    INSERT INTO specql.batch_operation_runs (operation_id, operation, total_records, started_at, heartbeat_at)
-    VALUES (_result.operation_id, _result.operation, _result.total_records, _result.started_at, _result.started_at);
-    _heartbeat_at := _result.started_at;
+        _last := (_run.position ->> 'last')::integer;
+        _result.operation_id := _run.operation_id;
+        _result.started_at := _run.started_at;
+        _result.total_records := _run.total_records;
+        _result.processed_records := _run.processed_records;
+        _result.failed_records := _run.failed_records;
+        _result.error_count := _run.error_count;
+        _result.batch_count := _run.batch_count;
+        UPDATE specql.batch_operation_runs
+        SET status = 'running', completed_at = NULL, resumed_at = _run_started, heartbeat_at = _run_started,
+            backend_pid = pg_catalog.pg_backend_pid(),
+            backend_start = (SELECT backend_start FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid())),
+            batch_size = _batch_size, cancel_requested_at = NULL
+        WHERE operation_id = _run.operation_id;
+        DELETE FROM specql.batch_operation_cancellations WHERE operation_id = _run.operation_id;
+    ELSE
+
+        -- Count what the operation would touch (for max_records, confirmation, progress).
+        SELECT count(*) INTO _n FROM public.ledger_entry WHERE amount < settle_entries.threshold AND NOT settled;
+        _result.total_records := _n;
+
+        -- The run row: what `specql status` shows and what a resume needs; its
+        -- backend tells a live run from an abandoned one (the view specql.batch_operation_status).
+        INSERT INTO specql.batch_operation_runs
+            (operation_id, operation, total_records, started_at, heartbeat_at, backend_pid, backend_start,
+             routine, transaction_mode, batch_size, params)
+        VALUES
+            (_result.operation_id, _result.operation, _result.total_records, _result.started_at, _result.started_at,
+             pg_catalog.pg_backend_pid(),
+             (SELECT backend_start FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid())),
+             'public.settle_entries(numeric, integer, uuid, specql.batch_operation_result)', 'commit_per_batch', _batch_size,
+             jsonb_build_object('threshold', settle_entries.threshold));
+    END IF;
     COMMIT;
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, public, pg_temp', true);
 
+    IF settle_entries.batch_size IS NOT NULL THEN
+        PERFORM pg_catalog.set_config('specql.batch_size', _batch_size::text, true);  -- for the routines it calls
+    END IF;
+
     LOOP
+        -- A cancel request (specql.cancel_operation, from any session) stops the run between batches.
+        IF EXISTS (SELECT 1 FROM specql.batch_operation_cancellations WHERE operation_id = _result.operation_id) THEN
+            _stop := 'cancelled';
+            EXIT;
+        END IF;
         -- Select the next batch.
-        -- Keyset pagination on the primary key: each batch is the next 1000 matching keys
+        -- Keyset pagination on the primary key: each batch is the next _batch_size matching keys
         -- after the last key seen.
-        -- While the keys come densely, a batch starts as the key range (_last, _last + 1000]:
+        -- While the keys come densely, a batch starts as the key range (_last, _last + _batch_size]:
         -- it is changed directly, without listing its keys first (the key is unique, so the
-        -- range holds at most 1000 rows), and topped up with the next matching keys
+        -- range holds at most _batch_size rows), and topped up with the next matching keys
         -- when it holds fewer. Each row is then visited once instead of twice.
         _prev := _last;  -- where a failed key range batch started
         _ranged := _dense;
@@ -116,39 +188,39 @@ BEGIN
             IF _last IS NULL THEN
                 _keys := ARRAY(SELECT id FROM public.ledger_entry
                                WHERE amount < settle_entries.threshold AND NOT settled
-                               ORDER BY id LIMIT 1000);
+                               ORDER BY id LIMIT _batch_size);
             ELSE
                 _keys := ARRAY(SELECT id FROM public.ledger_entry
                                WHERE id > _last AND (amount < settle_entries.threshold AND NOT settled)
-                               ORDER BY id LIMIT 1000);
+                               ORDER BY id LIMIT _batch_size);
             END IF;
             EXIT WHEN cardinality(_keys) = 0;
             _last := _keys[cardinality(_keys)];
             _batch_records := cardinality(_keys);
             -- Dense: a full batch whose keys span fewer than 2 x batch_size values. The next
             -- batch then starts as the key range after it.
-            _dense := _batch_records = 1000 AND _last::numeric - _keys[1] < 2000;
+            _dense := _batch_records = _batch_size AND _last::numeric - _keys[1] < 2 * _batch_size;
         END IF;
 
         _batch_started := clock_timestamp();
 
         BEGIN
             IF _ranged THEN
-                -- The key range (_last, _upto]: at most 1000 rows, as the key is unique.
-                _upto := CASE WHEN _last > 2147482647 THEN 2147483647 ELSE _last + 1000 END;
+                -- The key range (_last, _upto]: at most _batch_size rows, as the key is unique.
+                _upto := CASE WHEN _last > 2147483647 - _batch_size THEN 2147483647 ELSE _last + _batch_size END;
                 UPDATE public.ledger_entry
                 SET settled = true
                 WHERE id > _last AND id <= _upto AND (amount < settle_entries.threshold AND NOT settled);
                 GET DIAGNOSTICS _n = ROW_COUNT;
                 _batch_records := _n;
                 _last := _upto;
-                IF _n < 1000 THEN
+                IF _n < _batch_size THEN
                     -- Fewer rows than a batch: top it up with the next matching keys, and list the keys
                     -- again from the next batch on when the range was less than half full.
-                    _dense := _n >= 500;
+                    _dense := _n >= _batch_size / 2;
                     _keys := ARRAY(SELECT id FROM public.ledger_entry
                                    WHERE id > _upto AND (amount < settle_entries.threshold AND NOT settled)
-                                   ORDER BY id LIMIT 1000 - _n);
+                                   ORDER BY id LIMIT _batch_size - _n);
                     IF cardinality(_keys) > 0 THEN
                         UPDATE public.ledger_entry
                         SET settled = true
@@ -176,7 +248,7 @@ BEGIN
                 -- The batch was a key range: list its keys, the next matching ones after _prev.
                 _keys := ARRAY(SELECT id FROM public.ledger_entry
                                WHERE id > _prev AND (amount < settle_entries.threshold AND NOT settled)
-                               ORDER BY id LIMIT 1000);
+                               ORDER BY id LIMIT _batch_size);
                 _last := coalesce(_keys[cardinality(_keys)], _prev);
                 _batch_records := cardinality(_keys);
                 _dense := false;
@@ -201,32 +273,39 @@ BEGIN
         _sum_batch_ms := _sum_batch_ms + _batch_ms;
         _max_batch_ms := greatest(_max_batch_ms, _batch_ms);
         INSERT INTO specql.batch_operation_logs
-            (operation_id, operation, batch_number, records_processed, records_failed, started_at, completed_at, status)
+            (operation_id, operation, batch_number, records_processed, records_failed, started_at, completed_at, status,
+             batch_size)
         VALUES
             (_result.operation_id, _result.operation, _result.batch_count, _batch_processed, _batch_failed,
-             _batch_started, clock_timestamp(), _status);
+             _batch_started, clock_timestamp(), _status, _batch_size);
         IF _result.processed_records + _result.failed_records >= _notified + 5000 THEN
             _notified := (_result.processed_records + _result.failed_records) / 5000 * 5000;
             RAISE NOTICE '%: % of % records done (% failed) after % batches',
                 _result.operation, _result.processed_records + _result.failed_records,
                 coalesce(_result.total_records::text, '?'), _result.failed_records, _result.batch_count;
         END IF;
-        -- heartbeat_interval: refresh the run row (visible to others at each commit).
-        IF clock_timestamp() - _heartbeat_at >= interval '1 minute' THEN
-            UPDATE specql.batch_operation_runs
-            SET processed_records = _result.processed_records,
-                failed_records = _result.failed_records,
-                error_count = _result.error_count,
-                batch_count = _result.batch_count,
-                heartbeat_at = clock_timestamp()
-            WHERE operation_id = _result.operation_id;
-            _heartbeat_at := clock_timestamp();
+        IF _progress THEN
+            RAISE NOTICE 'specql:progress %', json_build_object(
+                'operation_id', _result.operation_id, 'total_records', _result.total_records,
+                'processed_records', _result.processed_records, 'failed_records', _result.failed_records,
+                'error_count', _result.error_count, 'batch_count', _result.batch_count, 'batch_size', _batch_size);
         END IF;
         IF _status = 'failed' THEN
             _stop := 'failed';
         END IF;
+        -- The run row with where the run got to, committed with the batch: a resume starts after it.
+        UPDATE specql.batch_operation_runs
+        SET total_records = _result.total_records, processed_records = _result.processed_records,
+            failed_records = _result.failed_records,
+            error_count = _result.error_count, batch_count = _result.batch_count, heartbeat_at = clock_timestamp(),
+            position = CASE WHEN _stop = 'failed' THEN position ELSE jsonb_build_object('last', _last) END
+        WHERE operation_id = _result.operation_id;
         COMMIT;
         PERFORM pg_catalog.set_config('search_path', 'pg_catalog, public, pg_temp', true);
+
+        IF settle_entries.batch_size IS NOT NULL THEN
+            PERFORM pg_catalog.set_config('specql.batch_size', _batch_size::text, true);  -- for the routines it calls
+        END IF;
         EXIT WHEN _stop IS NOT NULL;
     END LOOP;
 
@@ -247,9 +326,12 @@ BEGIN
         batch_count = _result.batch_count,
         heartbeat_at = clock_timestamp()
     WHERE operation_id = _result.operation_id;
+    IF settle_entries.batch_size IS NOT NULL THEN
+        PERFORM pg_catalog.set_config('specql.batch_size', coalesce(_outer_batch_size, ''), true);
+    END IF;
     result := _result;
     PERFORM pg_catalog.set_config('search_path', _search_path, true);
 END
 $specql$;
 
-COMMENT ON PROCEDURE public.settle_entries(numeric, specql.batch_operation_result) IS 'Settle small entries';
+COMMENT ON PROCEDURE public.settle_entries(numeric, integer, uuid, specql.batch_operation_result) IS 'Settle small entries';

@@ -67,9 +67,9 @@ BEGIN
         WHERE n.nspname = 'public'
           AND p.proname = 'ensure_tags'
           AND p.prosrc LIKE '%specql:generated%'
-          AND (p.oid IS DISTINCT FROM to_regprocedure('public.ensure_tags(jsonb)')
+          AND (p.oid IS DISTINCT FROM to_regprocedure('public.ensure_tags(jsonb, integer)')
                OR p.prokind <> 'f'
-               OR p.proargnames IS DISTINCT FROM ARRAY['tags']::text[])
+               OR p.proargnames IS DISTINCT FROM ARRAY['tags', 'batch_size']::text[])
     LOOP
         EXECUTE format('DROP ROUTINE %s', _old);
     END LOOP;
@@ -77,7 +77,8 @@ END
 $specql$;
 
 CREATE OR REPLACE FUNCTION public.ensure_tags(
-    tags jsonb
+    tags jsonb,
+    batch_size integer DEFAULT NULL
 )
 RETURNS specql.batch_operation_result
 LANGUAGE plpgsql
@@ -102,14 +103,31 @@ DECLARE
     _sum_batch_ms numeric := 0;
     _max_batch_ms numeric := 0;
     _status text;              -- outcome of the current batch
-    _stop text;                -- set when the run ends early: failed or timed_out
+    _stop text;                -- set when the run ends early: failed, timed_out or cancelled
+    _batch_size integer;       -- records per batch: the batch_size argument, a calling routine's, or the file's
+    _outer_batch_size text;    -- specql.batch_size as this routine found it (restored at the end)
+    _run_started timestamptz;  -- when this call started (a timeout counts from here, also on a resume)
+    _progress boolean;         -- the caller asked for a progress notice per batch (SET specql.progress = on)
     _sqlstate text;
     _errmsg text;
     _detail text;
 BEGIN
+
+    _run_started := clock_timestamp();
+    -- batch_size: this call's argument, else the one a calling specql routine was given
+    -- (specql.batch_size), else the entity file's.
+    _outer_batch_size := pg_catalog.current_setting('specql.batch_size', true);
+    _batch_size := coalesce(ensure_tags.batch_size, nullif(_outer_batch_size, '')::integer, 100);
+    IF _batch_size < 1 THEN
+        RAISE EXCEPTION 'batch_size must be at least 1, not %', _batch_size USING ERRCODE = '22023';
+    END IF;
+    IF ensure_tags.batch_size IS NOT NULL THEN
+        PERFORM pg_catalog.set_config('specql.batch_size', _batch_size::text, true);
+    END IF;
+    _progress := pg_catalog.current_setting('specql.progress', true) = 'on';
     _result.operation_id := gen_random_uuid();
     _result.operation := 'ensure_tags';
-    _result.started_at := clock_timestamp();
+    _result.started_at := _run_started;
     _result.processed_records := 0;
     _result.failed_records := 0;
     _result.error_count := 0;
@@ -124,13 +142,26 @@ BEGIN
     _result.total_records := _count;
     _from := 0;
 
-    INSERT INTO specql.batch_operation_runs (operation_id, operation, total_records, started_at, heartbeat_at)
-    VALUES (_result.operation_id, _result.operation, _result.total_records, _result.started_at, _result.started_at);
+    -- The run row: what `specql status` shows; its
+    -- backend tells a live run from an abandoned one (the view specql.batch_operation_status).
+    INSERT INTO specql.batch_operation_runs
+        (operation_id, operation, total_records, started_at, heartbeat_at, backend_pid, backend_start,
+         routine, transaction_mode, batch_size)
+    VALUES
+        (_result.operation_id, _result.operation, _result.total_records, _result.started_at, _result.started_at,
+         pg_catalog.pg_backend_pid(),
+         (SELECT backend_start FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid())),
+         'public.ensure_tags(jsonb, integer)', 'per_batch', _batch_size);
 
     LOOP
+        -- A cancel request (specql.cancel_operation, from any session) stops the run between batches.
+        IF EXISTS (SELECT 1 FROM specql.batch_operation_cancellations WHERE operation_id = _result.operation_id) THEN
+            _stop := 'cancelled';
+            EXIT;
+        END IF;
         -- Select the next batch.
         EXIT WHEN _from >= _count;
-        _to := least(_from + 100, _count) - 1;
+        _to := least(_from + _batch_size, _count) - 1;
         _batch_started := clock_timestamp();
 
         BEGIN
@@ -169,10 +200,17 @@ BEGIN
         _sum_batch_ms := _sum_batch_ms + _batch_ms;
         _max_batch_ms := greatest(_max_batch_ms, _batch_ms);
         INSERT INTO specql.tag_batches
-            (operation_id, operation, batch_number, records_processed, records_failed, started_at, completed_at, status)
+            (operation_id, operation, batch_number, records_processed, records_failed, started_at, completed_at, status,
+             batch_size)
         VALUES
             (_result.operation_id, _result.operation, _result.batch_count, _batch_processed, _batch_failed,
-             _batch_started, clock_timestamp(), _status);
+             _batch_started, clock_timestamp(), _status, _batch_size);
+        IF _progress THEN
+            RAISE NOTICE 'specql:progress %', json_build_object(
+                'operation_id', _result.operation_id, 'total_records', _result.total_records,
+                'processed_records', _result.processed_records, 'failed_records', _result.failed_records,
+                'error_count', _result.error_count, 'batch_count', _result.batch_count, 'batch_size', _batch_size);
+        END IF;
         IF _status = 'failed' THEN
             _stop := 'failed';
         END IF;
@@ -212,6 +250,9 @@ BEGIN
         ('avg_batch_ms', CASE WHEN _result.batch_count > 0 THEN round(_sum_batch_ms / _result.batch_count, 3) END),
         ('max_batch_ms', round(_max_batch_ms, 3))
     ) AS m(name, value);
+    IF ensure_tags.batch_size IS NOT NULL THEN
+        PERFORM pg_catalog.set_config('specql.batch_size', coalesce(_outer_batch_size, ''), true);
+    END IF;
     RETURN _result;
 END
 $specql$;

@@ -34,9 +34,9 @@ BEGIN
         WHERE n.nspname = 'public'
           AND p.proname = 'close_accounts'
           AND p.prosrc LIKE '%specql:generated%'
-          AND (p.oid IS DISTINCT FROM to_regprocedure('public.close_accounts(uuid[], text)')
+          AND (p.oid IS DISTINCT FROM to_regprocedure('public.close_accounts(uuid[], text, integer)')
                OR p.prokind <> 'f'
-               OR p.proargnames IS DISTINCT FROM ARRAY['account_ids', 'new_state']::text[])
+               OR p.proargnames IS DISTINCT FROM ARRAY['account_ids', 'new_state', 'batch_size']::text[])
     LOOP
         EXECUTE format('DROP ROUTINE %s', _old);
     END LOOP;
@@ -45,7 +45,8 @@ $specql$;
 
 CREATE OR REPLACE FUNCTION public.close_accounts(
     account_ids uuid[],
-    new_state text
+    new_state text,
+    batch_size integer DEFAULT NULL
 )
 RETURNS specql.batch_operation_result
 LANGUAGE plpgsql
@@ -70,14 +71,31 @@ DECLARE
     _batch_ms numeric;
     _sum_batch_ms numeric := 0;
     _max_batch_ms numeric := 0;
-    _stop text;                -- set when the run ends early: failed or timed_out
+    _stop text;                -- set when the run ends early: failed, timed_out or cancelled
+    _batch_size integer;       -- records per batch: the batch_size argument, a calling routine's, or the file's
+    _outer_batch_size text;    -- specql.batch_size as this routine found it (restored at the end)
+    _run_started timestamptz;  -- when this call started (a timeout counts from here, also on a resume)
+    _progress boolean;         -- the caller asked for a progress notice per batch (SET specql.progress = on)
     _sqlstate text;
     _errmsg text;
     _detail text;
 BEGIN
+
+    _run_started := clock_timestamp();
+    -- batch_size: this call's argument, else the one a calling specql routine was given
+    -- (specql.batch_size), else the entity file's.
+    _outer_batch_size := pg_catalog.current_setting('specql.batch_size', true);
+    _batch_size := coalesce(close_accounts.batch_size, nullif(_outer_batch_size, '')::integer, 10);
+    IF _batch_size < 1 THEN
+        RAISE EXCEPTION 'batch_size must be at least 1, not %', _batch_size USING ERRCODE = '22023';
+    END IF;
+    IF close_accounts.batch_size IS NOT NULL THEN
+        PERFORM pg_catalog.set_config('specql.batch_size', _batch_size::text, true);
+    END IF;
+    _progress := pg_catalog.current_setting('specql.progress', true) = 'on';
     _result.operation_id := gen_random_uuid();
     _result.operation := 'close_accounts';
-    _result.started_at := clock_timestamp();
+    _result.started_at := _run_started;
     _result.processed_records := 0;
     _result.failed_records := 0;
     _result.error_count := 0;
@@ -96,14 +114,18 @@ BEGIN
     BEGIN
 
         LOOP
+            -- A cancel request (specql.cancel_operation, from any session) stops the run between batches.
+            IF EXISTS (SELECT 1 FROM specql.batch_operation_cancellations WHERE operation_id = _result.operation_id) THEN
+                RAISE EXCEPTION 'cancelled by specql.cancel_operation(%)', _result.operation_id USING ERRCODE = '57014';
+            END IF;
             -- timeout: checked between batches.
-            IF _result.batch_count > 0 AND clock_timestamp() - _result.started_at >= interval '5 minutes' THEN
+            IF _result.batch_count > 0 AND clock_timestamp() - _run_started >= interval '5 minutes' THEN
                 _stop := 'timed_out';
                 EXIT;
             END IF;
             -- Select the next batch.
             EXIT WHEN _from > _last_index;
-            _to := least(_from + 9, _last_index);
+            _to := least(_from + _batch_size - 1, _last_index);
             -- Element by element: an expanded array is read in place, never copied whole.
             _keys := ARRAY(SELECT close_accounts.account_ids[_g._i] FROM generate_series(_from, _to) AS _g(_i));
             _batch_started := clock_timestamp();
@@ -122,6 +144,12 @@ BEGIN
             _batch_ms := extract(epoch FROM clock_timestamp() - _batch_started) * 1000;
             _sum_batch_ms := _sum_batch_ms + _batch_ms;
             _max_batch_ms := greatest(_max_batch_ms, _batch_ms);
+            IF _progress THEN
+                RAISE NOTICE 'specql:progress %', json_build_object(
+                    'operation_id', _result.operation_id, 'total_records', _result.total_records,
+                    'processed_records', _result.processed_records, 'failed_records', _result.failed_records,
+                    'error_count', _result.error_count, 'batch_count', _result.batch_count, 'batch_size', _batch_size);
+            END IF;
             _from := _to + 1;
         END LOOP;
     EXCEPTION WHEN OTHERS THEN
@@ -141,6 +169,9 @@ BEGIN
         WHEN _result.error_count > 0 THEN 'completed_with_errors'
         ELSE 'completed'
     END;
+    IF close_accounts.batch_size IS NOT NULL THEN
+        PERFORM pg_catalog.set_config('specql.batch_size', coalesce(_outer_batch_size, ''), true);
+    END IF;
     RETURN _result;
 END
 $specql$;

@@ -35,9 +35,9 @@ BEGIN
         WHERE n.nspname = 'public'
           AND p.proname = 'reset_scores'
           AND p.prosrc LIKE '%specql:generated%'
-          AND (p.oid IS DISTINCT FROM to_regprocedure('public.reset_scores(boolean)')
+          AND (p.oid IS DISTINCT FROM to_regprocedure('public.reset_scores(boolean, integer)')
                OR p.prokind <> 'f'
-               OR p.proargnames IS DISTINCT FROM ARRAY['confirm']::text[])
+               OR p.proargnames IS DISTINCT FROM ARRAY['confirm', 'batch_size']::text[])
     LOOP
         EXECUTE format('DROP ROUTINE %s', _old);
     END LOOP;
@@ -45,7 +45,8 @@ END
 $specql$;
 
 CREATE OR REPLACE FUNCTION public.reset_scores(
-    confirm boolean DEFAULT false
+    confirm boolean DEFAULT false,
+    batch_size integer DEFAULT NULL
 )
 RETURNS specql.batch_operation_result
 LANGUAGE plpgsql
@@ -65,16 +66,33 @@ DECLARE
     _batch_ms numeric;
     _sum_batch_ms numeric := 0;
     _max_batch_ms numeric := 0;
-    _stop text;                -- set when the run ends early: failed or timed_out
+    _stop text;                -- set when the run ends early: failed, timed_out or cancelled
+    _batch_size integer;       -- records per batch: the batch_size argument, a calling routine's, or the file's
+    _outer_batch_size text;    -- specql.batch_size as this routine found it (restored at the end)
+    _run_started timestamptz;  -- when this call started (a timeout counts from here, also on a resume)
+    _progress boolean;         -- the caller asked for a progress notice per batch (SET specql.progress = on)
     _sqlstate text;
     _errmsg text;
     _detail text;
     _message text;
     _payload jsonb;
 BEGIN
+
+    _run_started := clock_timestamp();
+    -- batch_size: this call's argument, else the one a calling specql routine was given
+    -- (specql.batch_size), else the entity file's.
+    _outer_batch_size := pg_catalog.current_setting('specql.batch_size', true);
+    _batch_size := coalesce(reset_scores.batch_size, nullif(_outer_batch_size, '')::integer, 1000);
+    IF _batch_size < 1 THEN
+        RAISE EXCEPTION 'batch_size must be at least 1, not %', _batch_size USING ERRCODE = '22023';
+    END IF;
+    IF reset_scores.batch_size IS NOT NULL THEN
+        PERFORM pg_catalog.set_config('specql.batch_size', _batch_size::text, true);
+    END IF;
+    _progress := pg_catalog.current_setting('specql.progress', true) = 'on';
     _result.operation_id := gen_random_uuid();
     _result.operation := 'reset_scores';
-    _result.started_at := clock_timestamp();
+    _result.started_at := _run_started;
     _result.processed_records := 0;
     _result.failed_records := 0;
     _result.error_count := 0;
@@ -109,24 +127,36 @@ BEGIN
         RETURN _result;
     END IF;
 
-    INSERT INTO specql.batch_operation_runs (operation_id, operation, total_records, started_at, heartbeat_at)
-    VALUES (_result.operation_id, _result.operation, _result.total_records, _result.started_at, _result.started_at);
+    -- The run row: what `specql status` shows; its
+    -- backend tells a live run from an abandoned one (the view specql.batch_operation_status).
+    INSERT INTO specql.batch_operation_runs
+        (operation_id, operation, total_records, started_at, heartbeat_at, backend_pid, backend_start,
+         routine, transaction_mode, batch_size)
+    VALUES
+        (_result.operation_id, _result.operation, _result.total_records, _result.started_at, _result.started_at,
+         pg_catalog.pg_backend_pid(),
+         (SELECT backend_start FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid())),
+         'public.reset_scores(boolean, integer)', 'single', _batch_size);
 
     -- transaction: single. No savepoints: the first error aborts the caller's transaction
     -- and nothing stays. The outer block only adds which batch failed to the error.
     BEGIN
 
         LOOP
+            -- A cancel request (specql.cancel_operation, from any session) stops the run between batches.
+            IF EXISTS (SELECT 1 FROM specql.batch_operation_cancellations WHERE operation_id = _result.operation_id) THEN
+                RAISE EXCEPTION 'cancelled by specql.cancel_operation(%)', _result.operation_id USING ERRCODE = '57014';
+            END IF;
             -- Select the next batch.
-            -- Keyset pagination on the primary key: each batch is the next 1000 matching keys
+            -- Keyset pagination on the primary key: each batch is the next _batch_size matching keys
             -- after the last key seen.
             IF _last IS NULL THEN
                 _keys := ARRAY(SELECT id FROM public.member
-                               ORDER BY id LIMIT 1000);
+                               ORDER BY id LIMIT _batch_size);
             ELSE
                 _keys := ARRAY(SELECT id FROM public.member
                                WHERE id > _last
-                               ORDER BY id LIMIT 1000);
+                               ORDER BY id LIMIT _batch_size);
             END IF;
             EXIT WHEN cardinality(_keys) = 0;
             _last := _keys[cardinality(_keys)];
@@ -147,6 +177,12 @@ BEGIN
             _batch_ms := extract(epoch FROM clock_timestamp() - _batch_started) * 1000;
             _sum_batch_ms := _sum_batch_ms + _batch_ms;
             _max_batch_ms := greatest(_max_batch_ms, _batch_ms);
+            IF _progress THEN
+                RAISE NOTICE 'specql:progress %', json_build_object(
+                    'operation_id', _result.operation_id, 'total_records', _result.total_records,
+                    'processed_records', _result.processed_records, 'failed_records', _result.failed_records,
+                    'error_count', _result.error_count, 'batch_count', _result.batch_count, 'batch_size', _batch_size);
+            END IF;
         END LOOP;
     EXCEPTION WHEN OTHERS THEN
         GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
@@ -188,8 +224,11 @@ BEGIN
     PERFORM pg_notify('specql_batch_operations',
         CASE WHEN octet_length(_payload::text) < 8000 THEN _payload::text
              ELSE (_payload - 'message')::text END);
+    IF reset_scores.batch_size IS NOT NULL THEN
+        PERFORM pg_catalog.set_config('specql.batch_size', coalesce(_outer_batch_size, ''), true);
+    END IF;
     RETURN _result;
 END
 $specql$;
 
-COMMENT ON FUNCTION public.reset_scores(boolean) IS 'Reset every member''s score';
+COMMENT ON FUNCTION public.reset_scores(boolean, integer) IS 'Reset every member''s score';
