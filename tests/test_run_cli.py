@@ -99,3 +99,71 @@ def test_an_unreachable_server_is_one_line(monkeypatch):
     assert result.exit_code == 1
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("specql run: cannot connect: ")
+
+
+def test_progress_reaches_the_caller_batch_by_batch_while_the_routine_works(db):
+    from specql.generate import load_project
+    from specql.run import bind_params, execute, find_operation
+
+    ids = users(db, 450)
+    op = find_operation(load_project(["entities/"]), "bulk_update_user_status")
+    seen = []
+    result = execute(db, op, bind_params(op, [f"user_ids={json.dumps(ids)}", "new_status=active"]),
+                     on_progress=lambda p: seen.append((p.processed, p.batches)))
+    assert result["status"] == "completed"
+    assert seen == [(100, 1), (200, 2), (300, 3), (400, 4), (450, 5)]
+
+
+def test_batch_size_option_and_ctrl_c_cancels_a_procedure_which_then_resumes(db, tmp_path):
+    """A real `specql run` process: SIGINT while a batch is held stops the run after that batch
+    (status cancelled, exit 1, how to resume printed); `--resume` then finishes it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    with connect(db) as conn:
+        conn.execute("INSERT INTO public.product (name, price, category_id) SELECT 'p' || g, 1, 9 "
+                     "FROM generate_series(1, 1000) g")
+        conn.execute("""
+            CREATE TABLE public.hold (batch integer);
+            INSERT INTO public.hold VALUES (2);
+            CREATE FUNCTION public.hold_batch() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                WHILE EXISTS (SELECT 1 FROM public.hold WHERE batch = NEW.batch_number) LOOP
+                    PERFORM pg_sleep(0.05);
+                END LOOP;
+                RETURN NEW;
+            END $$;
+            CREATE TRIGGER hold_batch BEFORE INSERT ON specql.batch_operation_logs
+                FOR EACH ROW EXECUTE FUNCTION public.hold_batch();
+        """)
+    cmd = [sys.executable, "-m", "specql.cli", "run", "reprice_category", "--database-url", db,
+           "--param", "category_id=9", "--param", "new_price=3", "--batch-size", "100", "--format", "json"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    with connect(db) as conn:
+        while not conn.execute("SELECT true FROM pg_stat_activity WHERE wait_event = 'PgSleep' "
+                               "AND application_name LIKE 'specql run%'").fetchone():
+            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        conn.execute("DELETE FROM public.hold")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, (out, err)
+    result = json.loads(out)
+    assert (result["status"], result["processed_records"], result["batch_count"]) == ("cancelled", 200, 2)
+    assert f"specql run reprice_category --resume {result['operation_id']}" in err
+    resumed = run("reprice_category", "--database-url", db, "--param", "category_id=9", "--param", "new_price=3",
+                  "--resume", result["operation_id"], "--format", "json")
+    assert resumed.exit_code == 0, resumed.output
+    done = json.loads(resumed.stdout)
+    assert (done["status"], done["processed_records"], done["operation_id"]) == \
+        ("completed", 1000, result["operation_id"])
+    with connect(db) as conn:
+        sizes = conn.execute("SELECT batch_number, batch_size, records_processed FROM specql.batch_operation_logs "
+                             "WHERE operation_id = %s ORDER BY batch_number", (result["operation_id"],)).fetchall()
+    # --batch-size 100 for the first run; the resume, given none, takes the file's 500
+    assert sizes == [(1, 100, 100), (2, 100, 100), (3, 500, 500), (4, 500, 300)]
