@@ -131,3 +131,55 @@ def test_an_unmanaged_table_is_created_and_its_references_seeded(database_url, t
         warehouses = conn.execute("SELECT count(*) FROM public.warehouse").fetchone()[0]
         assert warehouses == 10 and 100 <= len(target) < h.seeded
         assert conn.execute("SELECT count(DISTINCT warehouse_id) FROM public.stock").fetchone()[0] == 10
+
+
+# --- partial records
+
+NOTE = """
+name: note
+fields:
+  id: integer
+  body: string
+  status: {type: string, default: "new"}
+  rank: {type: integer, default: 3}
+patterns:
+  - name: batch_operations
+    operation: upsert_notes
+    operation_type: upsert
+    upsert_data: {id: ":rec.id", body: ":rec.body", status: ":rec.status", rank: ":rec.rank"}
+    conflict_target: id
+    data_source: ":rows"
+    batch_size: 4
+"""
+
+
+@pytest.fixture
+def notes(database_url, tmp_path):
+    entities = write_entities(tmp_path / "entities", note=NOTE)
+    generate_and_apply(database_url, entities, tmp_path / "out")
+    [op] = [op for e in load_project([str(entities)]).entities for op in e.operations]
+    with connect(database_url) as conn:
+        yield Harness(conn, facts(op))
+
+
+def test_partial_records_come_in_several_shapes_and_are_checked(notes):
+    h = notes
+    first = h.records(10)
+    h.call({"rows": first})
+    before = h.snapshot()
+    partial = h.partial(first)
+    assert len({tuple(sorted(r)) for r in partial}) >= 2 and all("id" in r for r in partial)
+    h.call({"rows": partial})
+    assert h.partial_problems(partial, before) == []
+    h.conn.execute("UPDATE note SET rank = NULL")  # what an upsert overwriting left-out fields does
+    assert any("left out but changed" in p for p in h.partial_problems(partial, before))
+
+
+def test_absent_fields_are_checked_against_the_declared_defaults(notes):
+    h = notes
+    sparse = h.sparse(h.records(10))
+    assert sparse and all(set(r) == {"id"} for r in sparse)
+    h.call({"rows": sparse})
+    assert h.default_problems(sparse) == []
+    h.conn.execute("UPDATE note SET status = NULL WHERE id = (SELECT min(id) FROM note)")
+    assert h.default_problems(sparse) == ["1 rows whose record left out 'status': status is not its default 'new'"]

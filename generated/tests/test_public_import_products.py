@@ -171,6 +171,14 @@ def test_nothing_to_do(h):
         assert (r["status"], r["processed_records"], r["batch_count"]) == ("completed", 0, 0)
 
 
+def test_absent_fields_take_their_defaults(h):
+    records = h.sparse(h.records(RECORDS))  # every field a record may leave out, left out
+    r = call_with(h, records).result
+    assert (r["status"], r["processed_records"]) == ("completed", RECORDS)
+    problems = h.default_problems(records)
+    assert not problems, "; ".join(problems)
+
+
 def planted(h):
     """Records with a failing one at the start of batch 2 (a trigger fails on its marker)."""
     poison = h.poisonable_field()

@@ -160,6 +160,26 @@ def test_upsert_inserts_then_updates(h):
     assert h.records_present(changed)
 
 
+def test_upsert_keeps_the_columns_a_record_leaves_out(h):
+    first = h.records(RECORDS)
+    call_with(h, first)
+    before = h.snapshot()
+    partial = h.partial(first)  # changed, each record leaving out some of the updated fields
+    r = call_with(h, partial).result
+    assert (r["status"], r["processed_records"]) == ("completed", RECORDS)
+    assert h.count() == RECORDS
+    problems = h.partial_problems(partial, before)
+    assert not problems, f"{len(problems)} wrong: " + "; ".join(problems[:5])
+
+
+def test_absent_fields_take_their_defaults(h):
+    records = h.sparse(h.records(RECORDS))  # every field a record may leave out, left out
+    r = call_with(h, records).result
+    assert (r["status"], r["processed_records"]) == ("completed", RECORDS)
+    problems = h.default_problems(records)
+    assert not problems, "; ".join(problems)
+
+
 def planted(h):
     """Records with a failing one at the start of batch 2 (a trigger fails on its marker)."""
     poison = h.poisonable_field()
