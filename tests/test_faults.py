@@ -1,5 +1,6 @@
 """The generated tests catch real bugs: each fault below is injected into the generated SQL
-of the example entities, one at a time, and the generated tests must fail."""
+of the example entities (and of NOTE, an insert whose fields declare defaults, which no
+example has), one at a time, and the generated tests must fail."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ FAULTS = {
         r"(_batch_failed := cardinality\(_keys\);)", r"\1 _stop := 'failed';"),
     "batch size not respected": (
         "public.user", "test_public_bulk_update_user_status",
-        r"_to := least\(_from \+ _batch_size - 1,", "_to := least(_from + _batch_size + 49,"),
+        r"_to := least\(_from \+ 99,", "_to := least(_from + 149,"),
     "a record skipped per batch": (
         "public.user", "test_public_bulk_update_user_status",
         r"_from := _to \+ 1;", "_from := _to + 2;"),
@@ -67,17 +68,40 @@ FAULTS = {
     "upsert overwrites the fields a record leaves out": (
         "public.product_cache", "test_public_upsert_product_cache",
         r"CASE WHEN _shape\[(\d)\] THEN (EXCLUDED\.\w+) ELSE product_cache\.\w+ END", r"\2"),
+    "insert ignores the declared default of a field a record leaves out": (
+        "public.note", "test_public_import_notes",
+        r"ELSE 'new' END", "ELSE NULL END"),
     "completion notification not sent": (
         "public.product_cache", "test_public_upsert_product_cache",
         r"PERFORM pg_notify\(", "PERFORM concat("),
 }
 
 
+NOTE = """
+name: note
+fields:
+  id: uuid
+  body: string
+  status: {type: string, default: "new"}
+  pinned: {type: boolean, default: false}
+patterns:
+  - name: batch_operations
+    operation: import_notes
+    operation_type: insert
+    insert_data: {body: ":rec.body", status: ":rec.status", pinned: ":rec.pinned"}
+    data_source: ":rows"
+    batch_size: 40
+"""
+
+
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory):
     out = tmp_path_factory.mktemp("generated")
-    generate([str(ROOT / "entities")], out)
-    generate_tests([str(ROOT / "entities")], out)
+    extra = tmp_path_factory.mktemp("extra_entities")
+    (extra / "note.yaml").write_text(NOTE)
+    sources = [str(ROOT / "entities"), str(extra)]
+    generate(sources, out)
+    generate_tests(sources, out)
     return out
 
 
