@@ -332,8 +332,11 @@ def m_many(ch: Chooser, data, raw) -> str | None:
         if not pats:
             return None
         n = min(n, 100)  # 100 routines take ~1.5 s; more only repeats the same code
+        # Copy a snapshot: pats[0] may hold the patterns list itself (an earlier m_share), and
+        # copying it after each append would double the file every time.
+        template = copy.deepcopy(pats[0])
         for i in range(n):
-            extra = copy.deepcopy(pats[0])
+            extra = copy.deepcopy(template)
             if isinstance(extra.get("params"), dict) and len(extra["params"]) > 100:
                 del extra["params"]
             extra["operation"] = f"{extra.get('operation', 'op')}_{i}"
