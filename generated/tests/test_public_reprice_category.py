@@ -93,6 +93,7 @@ FACTS = {   'assignments': [   {   'column': 'price',
     'heartbeat_interval': None,
     'is_procedure': True,
     'key_param': None,
+    'lock_timeout': None,
     'log_table': 'specql.batch_operation_logs',
     'logging_level': 'summary',
     'logs_batches': True,
@@ -121,6 +122,8 @@ FACTS = {   'assignments': [   {   'column': 'price',
     'progress_tracking': True,
     'range_batches': False,
     'requires_confirmation': False,
+    'retry_attempts': 0,
+    'retry_backoff': '100 milliseconds',
     'routine': 'public.reprice_category',
     'schema': 'public',
     'schema_ident': 'public',
@@ -213,7 +216,6 @@ def test_error_handling_continue_on_error(h):
     order, keys = processing_order(params, target)
     failing = 2 if any(batch == 2 for _, batch in order) else 1  # the batch that will fail
     poisoned = next(k for k, batch in order if batch == failing)  # its first target row
-    in_batches_before = sum(1 for _, batch in order if batch < failing)
     in_failing = sum(1 for _, batch in order if batch == failing)
     logged = keys[(failing - 1) * BATCH:failing * BATCH]  # the failed batch, logged with its keys
     h.poison_keys(poisoned)

@@ -59,6 +59,7 @@ FACTS = {   'assignments': [   {   'column': 'Display Name',
     'heartbeat_interval': '30 seconds',
     'is_procedure': False,
     'key_param': None,
+    'lock_timeout': None,
     'log_table': 'specql.batch_operation_logs',
     'logging_level': 'summary',
     'logs_batches': True,
@@ -87,6 +88,8 @@ FACTS = {   'assignments': [   {   'column': 'Display Name',
     'progress_tracking': True,
     'range_batches': True,
     'requires_confirmation': False,
+    'retry_attempts': 0,
+    'retry_backoff': '100 milliseconds',
     'routine': 'public.rename_groups',
     'schema': 'public',
     'schema_ident': 'public',
@@ -177,8 +180,6 @@ def test_error_handling_collect_errors(h):
     order, keys = processing_order(params, target)
     failing = 2 if any(batch == 2 for _, batch in order) else 1  # the batch that will fail
     poisoned = next(k for k, batch in order if batch == failing)  # its first target row
-    in_batches_before = sum(1 for _, batch in order if batch < failing)
-    in_failing = sum(1 for _, batch in order if batch == failing)
     logged = [poisoned]  # collect_errors: the batch again record by record; the failing one logged
     h.poison_keys(poisoned)
     before = h.snapshot()

@@ -57,6 +57,7 @@ FACTS = {   'assignments': [   {'column': 'paid', 'kind': 'sql', 'ref': None, 's
     'heartbeat_interval': None,
     'is_procedure': True,
     'key_param': 'invoice_ids',
+    'lock_timeout': None,
     'log_table': 'specql.batch_operation_logs',
     'logging_level': 'summary',
     'logs_batches': False,
@@ -80,6 +81,8 @@ FACTS = {   'assignments': [   {'column': 'paid', 'kind': 'sql', 'ref': None, 's
     'progress_tracking': False,
     'range_batches': False,
     'requires_confirmation': True,
+    'retry_attempts': 0,
+    'retry_backoff': '100 milliseconds',
     'routine': 'public.mark_invoices_paid',
     'schema': 'public',
     'schema_ident': 'public',
@@ -164,7 +167,6 @@ def test_error_handling_continue_on_error(h):
     order, keys = processing_order(params, target)
     failing = 2 if any(batch == 2 for _, batch in order) else 1  # the batch that will fail
     poisoned = next(k for k, batch in order if batch == failing)  # its first target row
-    in_batches_before = sum(1 for _, batch in order if batch < failing)
     in_failing = sum(1 for _, batch in order if batch == failing)
     logged = keys[(failing - 1) * BATCH:failing * BATCH]  # the failed batch, logged with its keys
     h.poison_keys(poisoned)
