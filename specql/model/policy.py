@@ -12,7 +12,7 @@ from ..contract import RESULT_FIELDS
 from ..diagnostics import did_you_mean
 from ..sqlnames import MAX_IDENTIFIER_BYTES, qname
 from .names import shown
-from .values import parse_interval
+from .values import interval_ms, parse_interval
 
 DEFAULT_BATCH_SIZE = 1000
 MAX_CHANNELS = 32  # notification channels travel in a NOTIFY payload, which must stay under 8000 bytes
@@ -48,6 +48,9 @@ class Policy:
     notify: bool
     channels: list[str]
     message_parts: list[tuple[str, str]]  # ("text", literal) / ("field", result field)
+    lock_timeout: str | None = None  # normalised interval text: how long a batch waits for a lock
+    retry_attempts: int = 0  # retries of a batch that failed with a transient SQLSTATE
+    retry_backoff: str = "100 milliseconds"  # the wait before the first retry; doubled each time
 
     @property
     def is_procedure(self) -> bool:
@@ -71,6 +74,14 @@ class Policy:
     def logs_run(self) -> bool:
         """A run row: always for a procedure (a resume and `specql status` read it)."""
         return self.logging_level != "none" or self.is_procedure
+
+    @property
+    def lock_timeout_ms(self) -> int | None:
+        return interval_ms(self.lock_timeout) if self.lock_timeout else None
+
+    @property
+    def retry_backoff_ms(self) -> int:
+        return interval_ms(self.retry_backoff)
 
     @property
     def resumable(self) -> bool:
@@ -102,8 +113,9 @@ class Policy:
 
     @property
     def may_stop(self) -> bool:
-        """Whether a batch may end the run early (_stop), checked after each batch."""
-        return self.batch_savepoints and (self.error_handling == "stop_on_error" or self.max_errors is not None)
+        """Whether a batch can end the run (_stop): a failed batch (stop_on_error), max_errors,
+        or a transient failure that outlasted its retries (any mode with savepoints)."""
+        return self.batch_savepoints
 
     @property
     def tracks_status(self) -> bool:
@@ -154,6 +166,15 @@ def read_policy(ctx, preconditions: list[Precondition]) -> Policy:
             break
 
     notify, channels, message_parts = _notification(ctx)
+    lock_timeout = _duration(ctx, "lock_timeout", "2 seconds")
+    retry = spec.get("retry") or {}
+    backoff = parse_interval(retry.get("backoff", "100 milliseconds"))
+    if backoff is None:
+        ctx.error(at("retry", "backoff"), f"retry backoff {shown(retry['backoff'])} is not a positive duration "
+                                          f"of at most 100 years, such as \"100 milliseconds\"")
+    if retry.get("attempts") and transaction == "single":
+        ctx.error(at("retry"), "retry cannot work with transaction: single (a failed batch aborts the whole run; "
+                               "there is no savepoint to retry it in)", key=True)
     return Policy(
         batch_size=spec.get("batch_size", DEFAULT_BATCH_SIZE), transaction=transaction,
         error_handling=error_handling, max_errors=spec.get("max_errors"), max_records=spec.get("max_records"),
@@ -164,7 +185,8 @@ def read_policy(ctx, preconditions: list[Precondition]) -> Policy:
         log_table=_runtime_table(ctx, "log_table", "batch_operation_logs"),
         metrics_table=_runtime_table(ctx, "metrics_table", "batch_performance_metrics"),
         collect_metrics=spec.get("collect_metrics", False), notify=notify, channels=channels,
-        message_parts=message_parts)
+        message_parts=message_parts, lock_timeout=lock_timeout, retry_attempts=retry.get("attempts", 0),
+        retry_backoff=backoff or "100 milliseconds")
 
 
 def _duration(ctx, key: str, example: str) -> str | None:

@@ -76,6 +76,18 @@ def parse_interval(text: str) -> str | None:
     return " ".join(parts)
 
 
+def interval_ms(text: str) -> int:
+    """Milliseconds of a normalised interval (months as 30 days, a year as 365), at least 1:
+    for settings such as lock_timeout, which take a number with a unit PostgreSQL knows."""
+    total = 0.0
+    for amount, unit in _INTERVAL_PART.findall(text):
+        unit = unit.lower().rstrip("s") if unit.lower() not in _INTERVAL_UNITS else unit.lower()
+        micros = _MICROS.get(unit) or _DAYS.get(unit, 0) * 86400 * 10**6 or \
+            {"month": 30, "year": 365}.get(unit, 0) * 86400 * 10**6
+        total += float(amount) * micros
+    return max(1, round(total / 1000))
+
+
 def literal_sql(value: Any, column) -> str | None:
     """SQL for a literal assigned to `column`, or None when it cannot be of that type."""
     t = column.type

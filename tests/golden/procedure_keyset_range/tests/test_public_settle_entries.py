@@ -56,7 +56,7 @@ FACTS = {   'assignments': [{'column': 'settled', 'kind': 'sql', 'ref': None, 's
     'heartbeat_interval': '1 minute',
     'is_procedure': True,
     'key_param': None,
-    'lock_timeout': None,
+    'lock_timeout': '500 milliseconds',
     'log_table': 'specql.batch_operation_logs',
     'logging_level': 'summary',
     'logs_batches': True,

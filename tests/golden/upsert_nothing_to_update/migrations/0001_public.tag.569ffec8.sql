@@ -153,6 +153,7 @@ BEGIN
          (SELECT backend_start FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid())),
          'public.ensure_tags(jsonb, integer)', 'per_batch', _batch_size);
 
+    <<batches>>
     LOOP
         -- A cancel request (specql.cancel_operation, from any session) stops the run between batches.
         IF EXISTS (SELECT 1 FROM specql.batch_operation_cancellations WHERE operation_id = _result.operation_id) THEN
@@ -164,33 +165,52 @@ BEGIN
         _to := least(_from + _batch_size, _count) - 1;
         _batch_started := clock_timestamp();
 
-        BEGIN
-            INSERT INTO public.tag (label)
-            SELECT (_rec ->> 'label')
-            -- OFFSET 0 keeps the subquery whole: each element is extracted once, not once per field.
-            FROM (SELECT ensure_tags.tags -> _g._i AS _rec
-                  FROM generate_series(_from, _to) AS _g(_i)
-                  OFFSET 0) AS _source
-            ON CONFLICT (label)
-            DO NOTHING;
-            GET DIAGNOSTICS _n = ROW_COUNT;
-            _batch_processed := _n;
-            _batch_failed := 0;
-            _status := 'completed';
-        EXCEPTION WHEN OTHERS THEN
-            -- The savepoint rolled the whole batch back.
-            GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
-            -- stop_on_error: log the failed batch with its records.
-            INSERT INTO specql.batch_operation_errors
-                (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at)
-            VALUES
-                (_result.operation_id, _result.operation, _result.batch_count + 1, _sqlstate, _errmsg, _detail,
-                 coalesce((SELECT jsonb_agg(jsonb_build_object('index', _g._i, 'record', ensure_tags.tags -> _g._i) ORDER BY _g._i) FROM generate_series(_from, _to) AS _g(_i)), '[]'::jsonb), clock_timestamp());
-            _result.error_count := _result.error_count + 1;
-            _batch_processed := 0;
-            _batch_failed := (_to - _from + 1);
-            _status := 'failed';
-        END;
+        LOOP
+            BEGIN
+                INSERT INTO public.tag (label)
+                SELECT (_rec ->> 'label')
+                -- OFFSET 0 keeps the subquery whole: each element is extracted once, not once per field.
+                FROM (SELECT ensure_tags.tags -> _g._i AS _rec
+                      FROM generate_series(_from, _to) AS _g(_i)
+                      OFFSET 0) AS _source
+                ON CONFLICT (label)
+                DO NOTHING;
+                GET DIAGNOSTICS _n = ROW_COUNT;
+                _batch_processed := _n;
+                _batch_failed := 0;
+                _status := 'completed';
+                EXIT;
+            EXCEPTION WHEN OTHERS THEN
+                -- The savepoint rolled the whole batch back.
+                GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
+                IF _sqlstate IN ('40001', '40P01', '55P03') THEN
+                    -- A transient failure that outlasted its retries stops the run, whatever the error mode.
+                    -- stop_on_error: log the failed batch with its records.
+                    INSERT INTO specql.batch_operation_errors
+                        (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at)
+                    VALUES
+                        (_result.operation_id, _result.operation, _result.batch_count + 1, _sqlstate, _errmsg, _detail,
+                         coalesce((SELECT jsonb_agg(jsonb_build_object('index', _g._i, 'record', ensure_tags.tags -> _g._i) ORDER BY _g._i) FROM generate_series(_from, _to) AS _g(_i)), '[]'::jsonb), clock_timestamp());
+                    _result.error_count := _result.error_count + 1;
+                    _batch_processed := 0;
+                    _batch_failed := (_to - _from + 1);
+                    _status := 'failed';
+                    _stop := 'failed';
+                    EXIT;
+                END IF;
+                -- stop_on_error: log the failed batch with its records.
+                INSERT INTO specql.batch_operation_errors
+                    (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at)
+                VALUES
+                    (_result.operation_id, _result.operation, _result.batch_count + 1, _sqlstate, _errmsg, _detail,
+                     coalesce((SELECT jsonb_agg(jsonb_build_object('index', _g._i, 'record', ensure_tags.tags -> _g._i) ORDER BY _g._i) FROM generate_series(_from, _to) AS _g(_i)), '[]'::jsonb), clock_timestamp());
+                _result.error_count := _result.error_count + 1;
+                _batch_processed := 0;
+                _batch_failed := (_to - _from + 1);
+                _status := 'failed';
+                EXIT;
+            END;
+        END LOOP;
 
         -- Account for the batch.
         _result.batch_count := _result.batch_count + 1;
@@ -216,7 +236,7 @@ BEGIN
         END IF;
         EXIT WHEN _stop IS NOT NULL;
         _from := _to + 1;
-    END LOOP;
+    END LOOP batches;
 
     -- Finish: status, run row, metrics, notification.
     _result.completed_at := clock_timestamp();

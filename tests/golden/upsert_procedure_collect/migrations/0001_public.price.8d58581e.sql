@@ -138,7 +138,7 @@ BEGIN
         _result.started_at := _run.started_at;
         _result.total_records := _run.total_records;
         _result.processed_records := _run.processed_records;
-        _result.failed_records := _run.failed_records;
+        _result.failed_records := _run.failed_records - coalesce((_run.position ->> 'failed_batch')::bigint, 0);
         _result.error_count := _run.error_count;
         _result.batch_count := _run.batch_count;
         UPDATE specql.batch_operation_runs
@@ -179,6 +179,7 @@ BEGIN
         PERFORM pg_catalog.set_config('specql.batch_size', _batch_size::text, true);  -- for the routines it calls
     END IF;
 
+    <<batches>>
     LOOP
         -- A cancel request (specql.cancel_operation, from any session) stops the run between batches.
         IF EXISTS (SELECT 1 FROM specql.batch_operation_cancellations WHERE operation_id = _result.operation_id) THEN
@@ -190,119 +191,137 @@ BEGIN
         _to := least(_from + _batch_size, _count) - 1;
         _batch_started := clock_timestamp();
 
-        BEGIN
-            -- Records may leave fields out. First those that carry every field (usually all of them);
-            -- then each group of the others, so an existing row keeps the columns its record leaves out.
-            _shape := ARRAY[true];
-            INSERT INTO public.price (sku, amount, currency)
-            SELECT (_rec ->> 'sku'),
-                   (_rec ->> 'amount')::numeric,
-                   'EUR'
-            -- OFFSET 0 keeps the subquery whole: each element is extracted once, not once per field.
-            FROM (SELECT load_prices.rows -> _g._i AS _rec
-                  FROM generate_series(_from, _to) AS _g(_i)
-                  OFFSET 0) AS _source
-            WHERE ARRAY[_rec ? 'amount'] = _shape
-            ON CONFLICT (sku)
-            DO UPDATE SET amount = CASE WHEN _shape[1] THEN EXCLUDED.amount ELSE price.amount END,
-                          currency = EXCLUDED.currency;
-            GET DIAGNOSTICS _n = ROW_COUNT;
-            IF _n < _to - _from + 1 THEN
-                FOR _shape IN
-                    SELECT DISTINCT ARRAY[_rec ? 'amount']
-                    FROM (SELECT load_prices.rows -> _g._i AS _rec
-                          FROM generate_series(_from, _to) AS _g(_i)
-                          OFFSET 0) AS _source
-                    WHERE NOT _rec ?& ARRAY['amount']
-                LOOP
-                    INSERT INTO public.price (sku, amount, currency)
-                    SELECT (_rec ->> 'sku'),
-                           (_rec ->> 'amount')::numeric,
-                           'EUR'
-                    -- OFFSET 0 keeps the subquery whole: each element is extracted once, not once per field.
-                    FROM (SELECT load_prices.rows -> _g._i AS _rec
-                          FROM generate_series(_from, _to) AS _g(_i)
-                          OFFSET 0) AS _source
-                    WHERE ARRAY[_rec ? 'amount'] = _shape
-                    ON CONFLICT (sku)
-                    DO UPDATE SET amount = CASE WHEN _shape[1] THEN EXCLUDED.amount ELSE price.amount END,
-                                  currency = EXCLUDED.currency;
-                    GET DIAGNOSTICS _rows = ROW_COUNT;
-                    _n := _n + _rows;
-                END LOOP;
-            END IF;
-            _batch_processed := _n;
-            _batch_failed := 0;
-        EXCEPTION WHEN OTHERS THEN
-            -- The savepoint rolled the whole batch back.
-            GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
-            -- collect_errors: apply the batch again record by record, each in its own savepoint,
-            -- so the good records stay and each failing one gets its own error row.
-            _batch_processed := 0;
-            _batch_failed := 0;
-            _batch_from := _from;
-            _batch_to := _to;
-            FOR _i IN _batch_from.._batch_to LOOP
-                _from := _i;
-                _to := _i;
-                BEGIN
-                    -- Records may leave fields out. First those that carry every field (usually all of them);
-                    -- then each group of the others, so an existing row keeps the columns its record leaves out.
-                    _shape := ARRAY[true];
-                    INSERT INTO public.price (sku, amount, currency)
-                    SELECT (_rec ->> 'sku'),
-                           (_rec ->> 'amount')::numeric,
-                           'EUR'
-                    -- OFFSET 0 keeps the subquery whole: each element is extracted once, not once per field.
-                    FROM (SELECT load_prices.rows -> _g._i AS _rec
-                          FROM generate_series(_from, _to) AS _g(_i)
-                          OFFSET 0) AS _source
-                    WHERE ARRAY[_rec ? 'amount'] = _shape
-                    ON CONFLICT (sku)
-                    DO UPDATE SET amount = CASE WHEN _shape[1] THEN EXCLUDED.amount ELSE price.amount END,
-                                  currency = EXCLUDED.currency;
-                    GET DIAGNOSTICS _n = ROW_COUNT;
-                    IF _n < _to - _from + 1 THEN
-                        FOR _shape IN
-                            SELECT DISTINCT ARRAY[_rec ? 'amount']
-                            FROM (SELECT load_prices.rows -> _g._i AS _rec
-                                  FROM generate_series(_from, _to) AS _g(_i)
-                                  OFFSET 0) AS _source
-                            WHERE NOT _rec ?& ARRAY['amount']
-                        LOOP
-                            INSERT INTO public.price (sku, amount, currency)
-                            SELECT (_rec ->> 'sku'),
-                                   (_rec ->> 'amount')::numeric,
-                                   'EUR'
-                            -- OFFSET 0 keeps the subquery whole: each element is extracted once, not once per field.
-                            FROM (SELECT load_prices.rows -> _g._i AS _rec
-                                  FROM generate_series(_from, _to) AS _g(_i)
-                                  OFFSET 0) AS _source
-                            WHERE ARRAY[_rec ? 'amount'] = _shape
-                            ON CONFLICT (sku)
-                            DO UPDATE SET amount = CASE WHEN _shape[1] THEN EXCLUDED.amount ELSE price.amount END,
-                                          currency = EXCLUDED.currency;
-                            GET DIAGNOSTICS _rows = ROW_COUNT;
-                            _n := _n + _rows;
-                        END LOOP;
-                    END IF;
-                    _batch_processed := _batch_processed + _n;
-                EXCEPTION WHEN OTHERS THEN
-                    GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
+        LOOP
+            BEGIN
+                -- Records may leave fields out. First those that carry every field (usually all of them);
+                -- then each group of the others, so an existing row keeps the columns its record leaves out.
+                _shape := ARRAY[true];
+                INSERT INTO public.price (sku, amount, currency)
+                SELECT (_rec ->> 'sku'),
+                       (_rec ->> 'amount')::numeric,
+                       'EUR'
+                -- OFFSET 0 keeps the subquery whole: each element is extracted once, not once per field.
+                FROM (SELECT load_prices.rows -> _g._i AS _rec
+                      FROM generate_series(_from, _to) AS _g(_i)
+                      OFFSET 0) AS _source
+                WHERE ARRAY[_rec ? 'amount'] = _shape
+                ON CONFLICT (sku)
+                DO UPDATE SET amount = CASE WHEN _shape[1] THEN EXCLUDED.amount ELSE price.amount END,
+                              currency = EXCLUDED.currency;
+                GET DIAGNOSTICS _n = ROW_COUNT;
+                IF _n < _to - _from + 1 THEN
+                    FOR _shape IN
+                        SELECT DISTINCT ARRAY[_rec ? 'amount']
+                        FROM (SELECT load_prices.rows -> _g._i AS _rec
+                              FROM generate_series(_from, _to) AS _g(_i)
+                              OFFSET 0) AS _source
+                        WHERE NOT _rec ?& ARRAY['amount']
+                    LOOP
+                        INSERT INTO public.price (sku, amount, currency)
+                        SELECT (_rec ->> 'sku'),
+                               (_rec ->> 'amount')::numeric,
+                               'EUR'
+                        -- OFFSET 0 keeps the subquery whole: each element is extracted once, not once per field.
+                        FROM (SELECT load_prices.rows -> _g._i AS _rec
+                              FROM generate_series(_from, _to) AS _g(_i)
+                              OFFSET 0) AS _source
+                        WHERE ARRAY[_rec ? 'amount'] = _shape
+                        ON CONFLICT (sku)
+                        DO UPDATE SET amount = CASE WHEN _shape[1] THEN EXCLUDED.amount ELSE price.amount END,
+                                      currency = EXCLUDED.currency;
+                        GET DIAGNOSTICS _rows = ROW_COUNT;
+                        _n := _n + _rows;
+                    END LOOP;
+                END IF;
+                _batch_processed := _n;
+                _batch_failed := 0;
+                EXIT;
+            EXCEPTION WHEN OTHERS THEN
+                -- The savepoint rolled the whole batch back.
+                GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
+                IF _sqlstate IN ('40001', '40P01', '55P03') THEN
+                    -- A transient failure that outlasted its retries stops the run, whatever the error mode.
+                    -- collect_errors: log the failed batch with its records.
                     INSERT INTO specql.batch_operation_errors
                         (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at)
                     VALUES
                         (_result.operation_id, _result.operation, _result.batch_count + 1, _sqlstate, _errmsg, _detail,
                          coalesce((SELECT jsonb_agg(jsonb_build_object('index', _g._i, 'record', load_prices.rows -> _g._i) ORDER BY _g._i) FROM generate_series(_from, _to) AS _g(_i)), '[]'::jsonb), clock_timestamp());
                     _result.error_count := _result.error_count + 1;
-                    _batch_failed := _batch_failed + 1;
-                    -- max_errors: stop as soon as more errors than allowed were logged.
-                    EXIT WHEN _result.error_count > 10;
-                END;
-            END LOOP;
-            _from := _batch_from;
-            _to := _batch_to;
-        END;
+                    _batch_processed := 0;
+                    _batch_failed := (_to - _from + 1);
+                    _stop := 'failed';
+                    EXIT;
+                END IF;
+                -- collect_errors: apply the batch again record by record, each in its own savepoint,
+                -- so the good records stay and each failing one gets its own error row.
+                _batch_processed := 0;
+                _batch_failed := 0;
+                _batch_from := _from;
+                _batch_to := _to;
+                FOR _i IN _batch_from.._batch_to LOOP
+                    _from := _i;
+                    _to := _i;
+                    BEGIN
+                        -- Records may leave fields out. First those that carry every field (usually all of them);
+                        -- then each group of the others, so an existing row keeps the columns its record leaves out.
+                        _shape := ARRAY[true];
+                        INSERT INTO public.price (sku, amount, currency)
+                        SELECT (_rec ->> 'sku'),
+                               (_rec ->> 'amount')::numeric,
+                               'EUR'
+                        -- OFFSET 0 keeps the subquery whole: each element is extracted once, not once per field.
+                        FROM (SELECT load_prices.rows -> _g._i AS _rec
+                              FROM generate_series(_from, _to) AS _g(_i)
+                              OFFSET 0) AS _source
+                        WHERE ARRAY[_rec ? 'amount'] = _shape
+                        ON CONFLICT (sku)
+                        DO UPDATE SET amount = CASE WHEN _shape[1] THEN EXCLUDED.amount ELSE price.amount END,
+                                      currency = EXCLUDED.currency;
+                        GET DIAGNOSTICS _n = ROW_COUNT;
+                        IF _n < _to - _from + 1 THEN
+                            FOR _shape IN
+                                SELECT DISTINCT ARRAY[_rec ? 'amount']
+                                FROM (SELECT load_prices.rows -> _g._i AS _rec
+                                      FROM generate_series(_from, _to) AS _g(_i)
+                                      OFFSET 0) AS _source
+                                WHERE NOT _rec ?& ARRAY['amount']
+                            LOOP
+                                INSERT INTO public.price (sku, amount, currency)
+                                SELECT (_rec ->> 'sku'),
+                                       (_rec ->> 'amount')::numeric,
+                                       'EUR'
+                                -- OFFSET 0 keeps the subquery whole: each element is extracted once, not once per field.
+                                FROM (SELECT load_prices.rows -> _g._i AS _rec
+                                      FROM generate_series(_from, _to) AS _g(_i)
+                                      OFFSET 0) AS _source
+                                WHERE ARRAY[_rec ? 'amount'] = _shape
+                                ON CONFLICT (sku)
+                                DO UPDATE SET amount = CASE WHEN _shape[1] THEN EXCLUDED.amount ELSE price.amount END,
+                                              currency = EXCLUDED.currency;
+                                GET DIAGNOSTICS _rows = ROW_COUNT;
+                                _n := _n + _rows;
+                            END LOOP;
+                        END IF;
+                        _batch_processed := _batch_processed + _n;
+                    EXCEPTION WHEN OTHERS THEN
+                        GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
+                        INSERT INTO specql.batch_operation_errors
+                            (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at)
+                        VALUES
+                            (_result.operation_id, _result.operation, _result.batch_count + 1, _sqlstate, _errmsg, _detail,
+                             coalesce((SELECT jsonb_agg(jsonb_build_object('index', _g._i, 'record', load_prices.rows -> _g._i) ORDER BY _g._i) FROM generate_series(_from, _to) AS _g(_i)), '[]'::jsonb), clock_timestamp());
+                        _result.error_count := _result.error_count + 1;
+                        _batch_failed := _batch_failed + 1;
+                        -- max_errors: stop as soon as more errors than allowed were logged.
+                        EXIT WHEN _result.error_count > 10;
+                    END;
+                END LOOP;
+                _from := _batch_from;
+                _to := _batch_to;
+                EXIT;
+            END;
+        END LOOP;
 
         -- Account for the batch.
         _result.batch_count := _result.batch_count + 1;
@@ -325,7 +344,12 @@ BEGIN
         SET total_records = _result.total_records, processed_records = _result.processed_records,
             failed_records = _result.failed_records,
             error_count = _result.error_count, batch_count = _result.batch_count, heartbeat_at = clock_timestamp(),
-            position = jsonb_build_object('next', _to + 1)
+            -- a failed batch that changed nothing and stopped the run is tried again on resume
+            -- (its failed records are then not counted twice)
+            position = CASE WHEN _stop = 'failed' AND _batch_processed = 0
+                            THEN coalesce(position, '{}') || jsonb_build_object('failed_batch', _batch_failed)
+                            ELSE jsonb_build_object('next', _to + 1) END
+
         WHERE operation_id = _result.operation_id;
         COMMIT;
         PERFORM pg_catalog.set_config('search_path', 'pg_catalog, public, pg_temp', true);
@@ -336,7 +360,7 @@ BEGIN
         END IF;
         EXIT WHEN _stop IS NOT NULL;
         _from := _to + 1;
-    END LOOP;
+    END LOOP batches;
 
     -- Finish: status, run row, metrics, notification.
     _result.completed_at := clock_timestamp();

@@ -55,6 +55,8 @@ RETURNS specql.batch_operation_result
 LANGUAGE plpgsql
 VOLATILE
 SET search_path = pg_catalog, public, pg_temp
+-- lock_timeout: a batch that waits longer for a lock fails with 55P03 (then retry, then the error mode).
+SET lock_timeout = '2000ms'
 AS $specql$
 #variable_conflict use_column
 DECLARE
@@ -87,6 +89,7 @@ DECLARE
     _errmsg text;
     _detail text;
     _heartbeat_at timestamptz;
+    _attempt integer;          -- the try of the current batch (retry)
 BEGIN
 
     _run_started := clock_timestamp();
@@ -121,6 +124,7 @@ BEGIN
          'public.rename_groups(boolean, text, integer)', 'per_batch', _batch_size);
     _heartbeat_at := _result.started_at;
 
+    <<batches>>
     LOOP
         -- A cancel request (specql.cancel_operation, from any session) stops the run between batches.
         IF EXISTS (SELECT 1 FROM specql.batch_operation_cancellations WHERE operation_id = _result.operation_id) THEN
@@ -156,84 +160,118 @@ BEGIN
 
         _batch_started := clock_timestamp();
 
-        BEGIN
-            IF _ranged THEN
-                -- The key range (_last, _upto]: at most _batch_size rows, as the key is unique.
-                _upto := CASE WHEN _last > 2147483647 - _batch_size THEN 2147483647 ELSE _last + _batch_size END;
-                UPDATE public."group"
-                SET "Display Name" = rename_groups.new_name
-                WHERE id > _last AND id <= _upto AND (active = rename_groups.only_active);
-                GET DIAGNOSTICS _n = ROW_COUNT;
-                _batch_records := _n;
-                _last := _upto;
-                IF _n < _batch_size THEN
-                    -- Fewer rows than a batch: top it up with the next matching keys, and list the keys
-                    -- again from the next batch on when the range was less than half full.
-                    _dense := _n >= _batch_size / 2;
-                    _keys := ARRAY(SELECT id FROM public."group"
-                                   WHERE id > _upto AND (active = rename_groups.only_active)
-                                   ORDER BY id LIMIT _batch_size - _n);
-                    IF cardinality(_keys) > 0 THEN
-                        UPDATE public."group"
-                        SET "Display Name" = rename_groups.new_name
-                        WHERE id = ANY(_keys) AND (active = rename_groups.only_active);
-                        GET DIAGNOSTICS _topped = ROW_COUNT;
-                        _n := _n + _topped;
-                        _batch_records := _batch_records + cardinality(_keys);
-                        _last := _keys[cardinality(_keys)];
+        _attempt := 1;
+        LOOP
+            BEGIN
+                IF _ranged THEN
+                    -- The key range (_last, _upto]: at most _batch_size rows, as the key is unique.
+                    _upto := CASE WHEN _last > 2147483647 - _batch_size THEN 2147483647 ELSE _last + _batch_size END;
+                    UPDATE public."group"
+                    SET "Display Name" = rename_groups.new_name
+                    WHERE id > _last AND id <= _upto AND (active = rename_groups.only_active);
+                    GET DIAGNOSTICS _n = ROW_COUNT;
+                    _batch_records := _n;
+                    _last := _upto;
+                    IF _n < _batch_size THEN
+                        -- Fewer rows than a batch: top it up with the next matching keys, and list the keys
+                        -- again from the next batch on when the range was less than half full.
+                        _dense := _n >= _batch_size / 2;
+                        _keys := ARRAY(SELECT id FROM public."group"
+                                       WHERE id > _upto AND (active = rename_groups.only_active)
+                                       ORDER BY id LIMIT _batch_size - _n);
+                        IF cardinality(_keys) > 0 THEN
+                            UPDATE public."group"
+                            SET "Display Name" = rename_groups.new_name
+                            WHERE id = ANY(_keys) AND (active = rename_groups.only_active);
+                            GET DIAGNOSTICS _topped = ROW_COUNT;
+                            _n := _n + _topped;
+                            _batch_records := _batch_records + cardinality(_keys);
+                            _last := _keys[cardinality(_keys)];
+                        END IF;
                     END IF;
-                END IF;
-                EXIT WHEN _batch_records = 0;  -- past the last matching key: nothing was changed
-            ELSE
-                UPDATE public."group"
-                SET "Display Name" = rename_groups.new_name
-                WHERE id = ANY(_keys) AND (active = rename_groups.only_active);
-                GET DIAGNOSTICS _n = ROW_COUNT;
-            END IF;
-            _batch_processed := _n;
-            _batch_failed := 0;
-            _status := 'completed';
-        EXCEPTION WHEN OTHERS THEN
-            -- The savepoint rolled the whole batch back.
-            GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
-            IF _ranged THEN
-                -- The batch was a key range: list its keys, the next matching ones after _prev.
-                _keys := ARRAY(SELECT id FROM public."group"
-                               WHERE id > _prev AND (active = rename_groups.only_active)
-                               ORDER BY id LIMIT _batch_size);
-                _last := coalesce(_keys[cardinality(_keys)], _prev);
-                _batch_records := cardinality(_keys);
-                _dense := false;
-            END IF;
-            -- collect_errors: apply the batch again record by record, each in its own savepoint,
-            -- so the good records stay and each failing one gets its own error row.
-            _batch_processed := 0;
-            _batch_failed := 0;
-            _status := 'completed_with_errors';
-            _batch_keys := _keys;
-            FOREACH _key IN ARRAY _batch_keys LOOP
-                _keys := ARRAY[_key];
-                BEGIN
+                    EXIT batches WHEN _batch_records = 0;  -- past the last matching key: nothing was changed
+                ELSE
                     UPDATE public."group"
                     SET "Display Name" = rename_groups.new_name
                     WHERE id = ANY(_keys) AND (active = rename_groups.only_active);
                     GET DIAGNOSTICS _n = ROW_COUNT;
-                    _batch_processed := _batch_processed + _n;
-                EXCEPTION WHEN OTHERS THEN
-                    GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
+                END IF;
+                _batch_processed := _n;
+                _batch_failed := 0;
+                _status := 'completed';
+                EXIT;
+            EXCEPTION WHEN OTHERS THEN
+                -- The savepoint rolled the whole batch back.
+                GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
+                IF _ranged THEN
+                    -- The batch was a key range: list its keys, the next matching ones after _prev.
+                    _keys := ARRAY(SELECT id FROM public."group"
+                                   WHERE id > _prev AND (active = rename_groups.only_active)
+                                   ORDER BY id LIMIT _batch_size);
+                    _last := coalesce(_keys[cardinality(_keys)], _prev);
+                    _batch_records := cardinality(_keys);
+                    _dense := false;
+                    _ranged := false;  -- a retry applies the listed keys
+                END IF;
+                IF _sqlstate IN ('40001', '40P01', '55P03') THEN
+                    IF _attempt <= 2 THEN
+                        -- retry: wait 200 ms x 2^(try - 1), then apply the batch again.
+                        INSERT INTO specql.batch_operation_logs
+                            (operation_id, operation, batch_number, records_processed, records_failed, started_at,
+                             completed_at, status, batch_size, attempt, wait_reason, wait_ms)
+                        VALUES
+                            (_result.operation_id, _result.operation, _result.batch_count + 1, 0, 0, _batch_started,
+                             clock_timestamp(), 'retry', _batch_size, _attempt, format('%s: %s', _sqlstate, _errmsg),
+                             200 * 2 ^ (_attempt - 1));
+                        PERFORM pg_catalog.pg_sleep(200 / 1000.0 * 2 ^ (_attempt - 1));
+                        _attempt := _attempt + 1;
+                        CONTINUE;
+                    END IF;
+                    -- A transient failure that outlasted its retries stops the run, whatever the error mode.
+                    -- collect_errors: log the failed batch with its records.
                     INSERT INTO specql.batch_operation_errors
                         (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at)
                     VALUES
                         (_result.operation_id, _result.operation, _result.batch_count + 1, _sqlstate, _errmsg, _detail,
                          coalesce(to_jsonb(_keys), '[]'::jsonb), clock_timestamp());
                     _result.error_count := _result.error_count + 1;
-                    _batch_failed := _batch_failed + 1;
-                    -- max_errors: stop as soon as more errors than allowed were logged.
-                    EXIT WHEN _result.error_count > 3;
-                END;
-            END LOOP;
-            _keys := _batch_keys;
-        END;
+                    _batch_processed := 0;
+                    _batch_failed := cardinality(_keys);
+                    _status := 'failed';
+                    _stop := 'failed';
+                    EXIT;
+                END IF;
+                -- collect_errors: apply the batch again record by record, each in its own savepoint,
+                -- so the good records stay and each failing one gets its own error row.
+                _batch_processed := 0;
+                _batch_failed := 0;
+                _status := 'completed_with_errors';
+                _batch_keys := _keys;
+                FOREACH _key IN ARRAY _batch_keys LOOP
+                    _keys := ARRAY[_key];
+                    BEGIN
+                        UPDATE public."group"
+                        SET "Display Name" = rename_groups.new_name
+                        WHERE id = ANY(_keys) AND (active = rename_groups.only_active);
+                        GET DIAGNOSTICS _n = ROW_COUNT;
+                        _batch_processed := _batch_processed + _n;
+                    EXCEPTION WHEN OTHERS THEN
+                        GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
+                        INSERT INTO specql.batch_operation_errors
+                            (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at)
+                        VALUES
+                            (_result.operation_id, _result.operation, _result.batch_count + 1, _sqlstate, _errmsg, _detail,
+                             coalesce(to_jsonb(_keys), '[]'::jsonb), clock_timestamp());
+                        _result.error_count := _result.error_count + 1;
+                        _batch_failed := _batch_failed + 1;
+                        -- max_errors: stop as soon as more errors than allowed were logged.
+                        EXIT WHEN _result.error_count > 3;
+                    END;
+                END LOOP;
+                _keys := _batch_keys;
+                EXIT;
+            END;
+        END LOOP;
 
         -- Account for the batch.
         _result.total_records := coalesce(_result.total_records, 0) + _batch_records;
@@ -270,7 +308,7 @@ BEGIN
             _stop := 'failed';  -- max_errors exceeded
         END IF;
         EXIT WHEN _stop IS NOT NULL;
-    END LOOP;
+    END LOOP batches;
 
     -- Finish: status, run row, metrics, notification.
     _result.total_records := coalesce(_result.total_records, 0);  -- the walk found no batch

@@ -114,6 +114,7 @@ BEGIN
     -- and nothing stays. The outer block only adds which batch failed to the error.
     BEGIN
 
+        <<batches>>
         LOOP
             -- A cancel request (specql.cancel_operation, from any session) stops the run between batches.
             IF EXISTS (SELECT 1 FROM specql.batch_operation_cancellations WHERE operation_id = _result.operation_id) THEN
@@ -170,7 +171,7 @@ BEGIN
                         _last := _keys[cardinality(_keys)];
                     END IF;
                 END IF;
-                EXIT WHEN _batch_records = 0;  -- past the last matching key: nothing was changed
+                EXIT batches WHEN _batch_records = 0;  -- past the last matching key: nothing was changed
             ELSE
                 DELETE FROM "Events".event
                 WHERE id = ANY(_keys);
@@ -200,7 +201,7 @@ BEGIN
                     'processed_records', _result.processed_records, 'failed_records', _result.failed_records,
                     'error_count', _result.error_count, 'batch_count', _result.batch_count, 'batch_size', _batch_size);
             END IF;
-        END LOOP;
+        END LOOP batches;
     EXCEPTION WHEN OTHERS THEN
         GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
         RAISE EXCEPTION USING

@@ -135,6 +135,7 @@ BEGIN
          (SELECT backend_start FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid())),
          'public.bulk_update_user_status(uuid[], text, integer)', 'per_batch', _batch_size);
 
+    <<batches>>
     LOOP
         -- A cancel request (specql.cancel_operation, from any session) stops the run between batches.
         IF EXISTS (SELECT 1 FROM specql.batch_operation_cancellations WHERE operation_id = _result.operation_id) THEN
@@ -153,29 +154,48 @@ BEGIN
         _keys := ARRAY(SELECT bulk_update_user_status.user_ids[_g._i] FROM generate_series(_from, _to) AS _g(_i));
         _batch_started := clock_timestamp();
 
-        BEGIN
-            UPDATE public."user"
-            SET status = bulk_update_user_status.new_status,
-                updated_at = now()
-            WHERE id = ANY(_keys);
-            GET DIAGNOSTICS _n = ROW_COUNT;
-            _batch_processed := _n;
-            _batch_failed := 0;
-            _status := 'completed';
-        EXCEPTION WHEN OTHERS THEN
-            -- The savepoint rolled the whole batch back.
-            GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
-            -- continue_on_error: log the failed batch with its records.
-            INSERT INTO specql.batch_operation_errors
-                (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at)
-            VALUES
-                (_result.operation_id, _result.operation, _result.batch_count + 1, _sqlstate, _errmsg, _detail,
-                 coalesce(to_jsonb(_keys), '[]'::jsonb), clock_timestamp());
-            _result.error_count := _result.error_count + 1;
-            _batch_processed := 0;
-            _batch_failed := cardinality(_keys);
-            _status := 'failed';
-        END;
+        LOOP
+            BEGIN
+                UPDATE public."user"
+                SET status = bulk_update_user_status.new_status,
+                    updated_at = now()
+                WHERE id = ANY(_keys);
+                GET DIAGNOSTICS _n = ROW_COUNT;
+                _batch_processed := _n;
+                _batch_failed := 0;
+                _status := 'completed';
+                EXIT;
+            EXCEPTION WHEN OTHERS THEN
+                -- The savepoint rolled the whole batch back.
+                GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
+                IF _sqlstate IN ('40001', '40P01', '55P03') THEN
+                    -- A transient failure that outlasted its retries stops the run, whatever the error mode.
+                    -- continue_on_error: log the failed batch with its records.
+                    INSERT INTO specql.batch_operation_errors
+                        (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at)
+                    VALUES
+                        (_result.operation_id, _result.operation, _result.batch_count + 1, _sqlstate, _errmsg, _detail,
+                         coalesce(to_jsonb(_keys), '[]'::jsonb), clock_timestamp());
+                    _result.error_count := _result.error_count + 1;
+                    _batch_processed := 0;
+                    _batch_failed := cardinality(_keys);
+                    _status := 'failed';
+                    _stop := 'failed';
+                    EXIT;
+                END IF;
+                -- continue_on_error: log the failed batch with its records.
+                INSERT INTO specql.batch_operation_errors
+                    (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at)
+                VALUES
+                    (_result.operation_id, _result.operation, _result.batch_count + 1, _sqlstate, _errmsg, _detail,
+                     coalesce(to_jsonb(_keys), '[]'::jsonb), clock_timestamp());
+                _result.error_count := _result.error_count + 1;
+                _batch_processed := 0;
+                _batch_failed := cardinality(_keys);
+                _status := 'failed';
+                EXIT;
+            END;
+        END LOOP;
 
         -- Account for the batch.
         _result.batch_count := _result.batch_count + 1;
@@ -201,7 +221,7 @@ BEGIN
         END IF;
         EXIT WHEN _stop IS NOT NULL;
         _from := _to + 1;
-    END LOOP;
+    END LOOP batches;
 
     -- Finish: status, run row, metrics, notification.
     _result.completed_at := clock_timestamp();
@@ -354,6 +374,7 @@ BEGIN
          (SELECT backend_start FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid())),
          'public.deactivate_inactive_users(boolean, integer)', 'per_batch', _batch_size);
 
+    <<batches>>
     LOOP
         -- A cancel request (specql.cancel_operation, from any session) stops the run between batches.
         IF EXISTS (SELECT 1 FROM specql.batch_operation_cancellations WHERE operation_id = _result.operation_id) THEN
@@ -377,30 +398,49 @@ BEGIN
 
         _batch_started := clock_timestamp();
 
-        BEGIN
-            UPDATE public."user"
-            SET status = 'inactive',
-                deactivated_at = now(),
-                deactivation_reason = 'automated_inactive_cleanup'
-            WHERE id = ANY(_keys) AND (last_login_at < now() - CAST('1 year' AS interval) AND status = 'active' AND is_admin = FALSE);
-            GET DIAGNOSTICS _n = ROW_COUNT;
-            _batch_processed := _n;
-            _batch_failed := 0;
-            _status := 'completed';
-        EXCEPTION WHEN OTHERS THEN
-            -- The savepoint rolled the whole batch back.
-            GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
-            -- stop_on_error: log the failed batch with its records.
-            INSERT INTO specql.batch_operation_errors
-                (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at)
-            VALUES
-                (_result.operation_id, _result.operation, _result.batch_count + 1, _sqlstate, _errmsg, _detail,
-                 coalesce(to_jsonb(_keys), '[]'::jsonb), clock_timestamp());
-            _result.error_count := _result.error_count + 1;
-            _batch_processed := 0;
-            _batch_failed := cardinality(_keys);
-            _status := 'failed';
-        END;
+        LOOP
+            BEGIN
+                UPDATE public."user"
+                SET status = 'inactive',
+                    deactivated_at = now(),
+                    deactivation_reason = 'automated_inactive_cleanup'
+                WHERE id = ANY(_keys) AND (last_login_at < now() - CAST('1 year' AS interval) AND status = 'active' AND is_admin = FALSE);
+                GET DIAGNOSTICS _n = ROW_COUNT;
+                _batch_processed := _n;
+                _batch_failed := 0;
+                _status := 'completed';
+                EXIT;
+            EXCEPTION WHEN OTHERS THEN
+                -- The savepoint rolled the whole batch back.
+                GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
+                IF _sqlstate IN ('40001', '40P01', '55P03') THEN
+                    -- A transient failure that outlasted its retries stops the run, whatever the error mode.
+                    -- stop_on_error: log the failed batch with its records.
+                    INSERT INTO specql.batch_operation_errors
+                        (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at)
+                    VALUES
+                        (_result.operation_id, _result.operation, _result.batch_count + 1, _sqlstate, _errmsg, _detail,
+                         coalesce(to_jsonb(_keys), '[]'::jsonb), clock_timestamp());
+                    _result.error_count := _result.error_count + 1;
+                    _batch_processed := 0;
+                    _batch_failed := cardinality(_keys);
+                    _status := 'failed';
+                    _stop := 'failed';
+                    EXIT;
+                END IF;
+                -- stop_on_error: log the failed batch with its records.
+                INSERT INTO specql.batch_operation_errors
+                    (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at)
+                VALUES
+                    (_result.operation_id, _result.operation, _result.batch_count + 1, _sqlstate, _errmsg, _detail,
+                     coalesce(to_jsonb(_keys), '[]'::jsonb), clock_timestamp());
+                _result.error_count := _result.error_count + 1;
+                _batch_processed := 0;
+                _batch_failed := cardinality(_keys);
+                _status := 'failed';
+                EXIT;
+            END;
+        END LOOP;
 
         -- Account for the batch.
         _result.batch_count := _result.batch_count + 1;
@@ -419,7 +459,7 @@ BEGIN
             _stop := 'failed';
         END IF;
         EXIT WHEN _stop IS NOT NULL;
-    END LOOP;
+    END LOOP batches;
 
     -- Finish: status, run row, metrics, notification.
     _result.completed_at := clock_timestamp();

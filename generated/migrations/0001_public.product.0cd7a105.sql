@@ -131,6 +131,7 @@ BEGIN
          'public.import_products(jsonb, integer)', 'per_batch', _batch_size);
     _heartbeat_at := _result.started_at;
 
+    <<batches>>
     LOOP
         -- A cancel request (specql.cancel_operation, from any session) stops the run between batches.
         IF EXISTS (SELECT 1 FROM specql.batch_operation_cancellations WHERE operation_id = _result.operation_id) THEN
@@ -142,59 +143,78 @@ BEGIN
         _to := least(_from + _batch_size, _count) - 1;
         _batch_started := clock_timestamp();
 
-        BEGIN
-            INSERT INTO public.product (name, price, category_id, created_at)
-            SELECT (_rec ->> 'name'),
-                   (_rec ->> 'price')::numeric,
-                   (_rec ->> 'category_id')::integer,
-                   now()
-            -- OFFSET 0 keeps the subquery whole: each element is extracted once, not once per field.
-            FROM (SELECT import_products.products_array -> _g._i AS _rec
-                  FROM generate_series(_from, _to) AS _g(_i)
-                  OFFSET 0) AS _source;
-            GET DIAGNOSTICS _n = ROW_COUNT;
-            _batch_processed := _n;
-            _batch_failed := 0;
-            _status := 'completed';
-        EXCEPTION WHEN OTHERS THEN
-            -- The savepoint rolled the whole batch back.
-            GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
-            -- collect_errors: apply the batch again record by record, each in its own savepoint,
-            -- so the good records stay and each failing one gets its own error row.
-            _batch_processed := 0;
-            _batch_failed := 0;
-            _status := 'completed_with_errors';
-            _batch_from := _from;
-            _batch_to := _to;
-            FOR _i IN _batch_from.._batch_to LOOP
-                _from := _i;
-                _to := _i;
-                BEGIN
-                    INSERT INTO public.product (name, price, category_id, created_at)
-                    SELECT (_rec ->> 'name'),
-                           (_rec ->> 'price')::numeric,
-                           (_rec ->> 'category_id')::integer,
-                           now()
-                    -- OFFSET 0 keeps the subquery whole: each element is extracted once, not once per field.
-                    FROM (SELECT import_products.products_array -> _g._i AS _rec
-                          FROM generate_series(_from, _to) AS _g(_i)
-                          OFFSET 0) AS _source;
-                    GET DIAGNOSTICS _n = ROW_COUNT;
-                    _batch_processed := _batch_processed + _n;
-                EXCEPTION WHEN OTHERS THEN
-                    GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
+        LOOP
+            BEGIN
+                INSERT INTO public.product (name, price, category_id, created_at)
+                SELECT (_rec ->> 'name'),
+                       (_rec ->> 'price')::numeric,
+                       (_rec ->> 'category_id')::integer,
+                       now()
+                -- OFFSET 0 keeps the subquery whole: each element is extracted once, not once per field.
+                FROM (SELECT import_products.products_array -> _g._i AS _rec
+                      FROM generate_series(_from, _to) AS _g(_i)
+                      OFFSET 0) AS _source;
+                GET DIAGNOSTICS _n = ROW_COUNT;
+                _batch_processed := _n;
+                _batch_failed := 0;
+                _status := 'completed';
+                EXIT;
+            EXCEPTION WHEN OTHERS THEN
+                -- The savepoint rolled the whole batch back.
+                GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
+                IF _sqlstate IN ('40001', '40P01', '55P03') THEN
+                    -- A transient failure that outlasted its retries stops the run, whatever the error mode.
+                    -- collect_errors: log the failed batch with its records.
                     INSERT INTO specql.batch_operation_errors
                         (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at)
                     VALUES
                         (_result.operation_id, _result.operation, _result.batch_count + 1, _sqlstate, _errmsg, _detail,
                          coalesce((SELECT jsonb_agg(jsonb_build_object('index', _g._i, 'record', import_products.products_array -> _g._i) ORDER BY _g._i) FROM generate_series(_from, _to) AS _g(_i)), '[]'::jsonb), clock_timestamp());
                     _result.error_count := _result.error_count + 1;
-                    _batch_failed := _batch_failed + 1;
-                END;
-            END LOOP;
-            _from := _batch_from;
-            _to := _batch_to;
-        END;
+                    _batch_processed := 0;
+                    _batch_failed := (_to - _from + 1);
+                    _status := 'failed';
+                    _stop := 'failed';
+                    EXIT;
+                END IF;
+                -- collect_errors: apply the batch again record by record, each in its own savepoint,
+                -- so the good records stay and each failing one gets its own error row.
+                _batch_processed := 0;
+                _batch_failed := 0;
+                _status := 'completed_with_errors';
+                _batch_from := _from;
+                _batch_to := _to;
+                FOR _i IN _batch_from.._batch_to LOOP
+                    _from := _i;
+                    _to := _i;
+                    BEGIN
+                        INSERT INTO public.product (name, price, category_id, created_at)
+                        SELECT (_rec ->> 'name'),
+                               (_rec ->> 'price')::numeric,
+                               (_rec ->> 'category_id')::integer,
+                               now()
+                        -- OFFSET 0 keeps the subquery whole: each element is extracted once, not once per field.
+                        FROM (SELECT import_products.products_array -> _g._i AS _rec
+                              FROM generate_series(_from, _to) AS _g(_i)
+                              OFFSET 0) AS _source;
+                        GET DIAGNOSTICS _n = ROW_COUNT;
+                        _batch_processed := _batch_processed + _n;
+                    EXCEPTION WHEN OTHERS THEN
+                        GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
+                        INSERT INTO specql.batch_operation_errors
+                            (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at)
+                        VALUES
+                            (_result.operation_id, _result.operation, _result.batch_count + 1, _sqlstate, _errmsg, _detail,
+                             coalesce((SELECT jsonb_agg(jsonb_build_object('index', _g._i, 'record', import_products.products_array -> _g._i) ORDER BY _g._i) FROM generate_series(_from, _to) AS _g(_i)), '[]'::jsonb), clock_timestamp());
+                        _result.error_count := _result.error_count + 1;
+                        _batch_failed := _batch_failed + 1;
+                    END;
+                END LOOP;
+                _from := _batch_from;
+                _to := _batch_to;
+                EXIT;
+            END;
+        END LOOP;
 
         -- Account for the batch.
         _result.batch_count := _result.batch_count + 1;
@@ -226,8 +246,9 @@ BEGIN
             WHERE operation_id = _result.operation_id;
             _heartbeat_at := clock_timestamp();
         END IF;
+        EXIT WHEN _stop IS NOT NULL;
         _from := _to + 1;
-    END LOOP;
+    END LOOP batches;
 
     -- Finish: status, run row, metrics, notification.
     _result.completed_at := clock_timestamp();
@@ -368,7 +389,7 @@ BEGIN
         _result.started_at := _run.started_at;
         _result.total_records := _run.total_records;
         _result.processed_records := _run.processed_records;
-        _result.failed_records := _run.failed_records;
+        _result.failed_records := _run.failed_records - coalesce((_run.position ->> 'failed_batch')::bigint, 0);
         _result.error_count := _run.error_count;
         _result.batch_count := _run.batch_count;
         UPDATE specql.batch_operation_runs
@@ -403,6 +424,7 @@ BEGIN
         PERFORM pg_catalog.set_config('specql.batch_size', _batch_size::text, true);  -- for the routines it calls
     END IF;
 
+    <<batches>>
     LOOP
         -- A cancel request (specql.cancel_operation, from any session) stops the run between batches.
         IF EXISTS (SELECT 1 FROM specql.batch_operation_cancellations WHERE operation_id = _result.operation_id) THEN
@@ -426,29 +448,48 @@ BEGIN
 
         _batch_started := clock_timestamp();
 
-        BEGIN
-            UPDATE public.product
-            SET price = reprice_category.new_price,
-                updated_at = CURRENT_TIMESTAMP
-            WHERE id = ANY(_keys) AND (category_id = reprice_category.category_id);
-            GET DIAGNOSTICS _n = ROW_COUNT;
-            _batch_processed := _n;
-            _batch_failed := 0;
-            _status := 'completed';
-        EXCEPTION WHEN OTHERS THEN
-            -- The savepoint rolled the whole batch back.
-            GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
-            -- continue_on_error: log the failed batch with its records.
-            INSERT INTO specql.batch_operation_errors
-                (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at)
-            VALUES
-                (_result.operation_id, _result.operation, _result.batch_count + 1, _sqlstate, _errmsg, _detail,
-                 coalesce(to_jsonb(_keys), '[]'::jsonb), clock_timestamp());
-            _result.error_count := _result.error_count + 1;
-            _batch_processed := 0;
-            _batch_failed := cardinality(_keys);
-            _status := 'failed';
-        END;
+        LOOP
+            BEGIN
+                UPDATE public.product
+                SET price = reprice_category.new_price,
+                    updated_at = CURRENT_TIMESTAMP
+                WHERE id = ANY(_keys) AND (category_id = reprice_category.category_id);
+                GET DIAGNOSTICS _n = ROW_COUNT;
+                _batch_processed := _n;
+                _batch_failed := 0;
+                _status := 'completed';
+                EXIT;
+            EXCEPTION WHEN OTHERS THEN
+                -- The savepoint rolled the whole batch back.
+                GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
+                IF _sqlstate IN ('40001', '40P01', '55P03') THEN
+                    -- A transient failure that outlasted its retries stops the run, whatever the error mode.
+                    -- continue_on_error: log the failed batch with its records.
+                    INSERT INTO specql.batch_operation_errors
+                        (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at)
+                    VALUES
+                        (_result.operation_id, _result.operation, _result.batch_count + 1, _sqlstate, _errmsg, _detail,
+                         coalesce(to_jsonb(_keys), '[]'::jsonb), clock_timestamp());
+                    _result.error_count := _result.error_count + 1;
+                    _batch_processed := 0;
+                    _batch_failed := cardinality(_keys);
+                    _status := 'failed';
+                    _stop := 'failed';
+                    EXIT;
+                END IF;
+                -- continue_on_error: log the failed batch with its records.
+                INSERT INTO specql.batch_operation_errors
+                    (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at)
+                VALUES
+                    (_result.operation_id, _result.operation, _result.batch_count + 1, _sqlstate, _errmsg, _detail,
+                     coalesce(to_jsonb(_keys), '[]'::jsonb), clock_timestamp());
+                _result.error_count := _result.error_count + 1;
+                _batch_processed := 0;
+                _batch_failed := cardinality(_keys);
+                _status := 'failed';
+                EXIT;
+            END;
+        END LOOP;
 
         -- Account for the batch.
         _result.batch_count := _result.batch_count + 1;
@@ -480,7 +521,12 @@ BEGIN
         SET total_records = _result.total_records, processed_records = _result.processed_records,
             failed_records = _result.failed_records,
             error_count = _result.error_count, batch_count = _result.batch_count, heartbeat_at = clock_timestamp(),
-            position = jsonb_build_object('last', _last)
+            -- a failed batch that changed nothing and stopped the run is tried again on resume
+            -- (its failed records are then not counted twice)
+            position = CASE WHEN _stop = 'failed' AND _batch_processed = 0
+                            THEN coalesce(position, '{}') || jsonb_build_object('failed_batch', _batch_failed)
+                            ELSE jsonb_build_object('last', _last) END
+
         WHERE operation_id = _result.operation_id;
         COMMIT;
         PERFORM pg_catalog.set_config('search_path', 'pg_catalog, public, pg_temp', true);
@@ -488,7 +534,8 @@ BEGIN
         IF reprice_category.batch_size IS NOT NULL THEN
             PERFORM pg_catalog.set_config('specql.batch_size', _batch_size::text, true);  -- for the routines it calls
         END IF;
-    END LOOP;
+        EXIT WHEN _stop IS NOT NULL;
+    END LOOP batches;
 
     -- Finish: status, run row, metrics, notification.
     _result.completed_at := clock_timestamp();

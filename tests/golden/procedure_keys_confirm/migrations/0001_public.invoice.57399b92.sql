@@ -138,7 +138,7 @@ BEGIN
         _result.started_at := _run.started_at;
         _result.total_records := _run.total_records;
         _result.processed_records := _run.processed_records;
-        _result.failed_records := _run.failed_records;
+        _result.failed_records := _run.failed_records - coalesce((_run.position ->> 'failed_batch')::bigint, 0);
         _result.error_count := _run.error_count;
         _result.batch_count := _run.batch_count;
         UPDATE specql.batch_operation_runs
@@ -189,6 +189,7 @@ BEGIN
         PERFORM pg_catalog.set_config('specql.batch_size', _batch_size::text, true);  -- for the routines it calls
     END IF;
 
+    <<batches>>
     LOOP
         -- A cancel request (specql.cancel_operation, from any session) stops the run between batches.
         IF EXISTS (SELECT 1 FROM specql.batch_operation_cancellations WHERE operation_id = _result.operation_id) THEN
@@ -202,27 +203,45 @@ BEGIN
         _keys := ARRAY(SELECT mark_invoices_paid.invoice_ids[_g._i] FROM generate_series(_from, _to) AS _g(_i));
         _batch_started := clock_timestamp();
 
-        BEGIN
-            UPDATE public.invoice
-            SET paid = true,
-                paid_at = now()
-            WHERE id = ANY(_keys);
-            GET DIAGNOSTICS _n = ROW_COUNT;
-            _batch_processed := _n;
-            _batch_failed := 0;
-        EXCEPTION WHEN OTHERS THEN
-            -- The savepoint rolled the whole batch back.
-            GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
-            -- continue_on_error: log the failed batch with its records.
-            INSERT INTO specql.batch_operation_errors
-                (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at)
-            VALUES
-                (_result.operation_id, _result.operation, _result.batch_count + 1, _sqlstate, _errmsg, _detail,
-                 coalesce(to_jsonb(_keys), '[]'::jsonb), clock_timestamp());
-            _result.error_count := _result.error_count + 1;
-            _batch_processed := 0;
-            _batch_failed := cardinality(_keys);
-        END;
+        LOOP
+            BEGIN
+                UPDATE public.invoice
+                SET paid = true,
+                    paid_at = now()
+                WHERE id = ANY(_keys);
+                GET DIAGNOSTICS _n = ROW_COUNT;
+                _batch_processed := _n;
+                _batch_failed := 0;
+                EXIT;
+            EXCEPTION WHEN OTHERS THEN
+                -- The savepoint rolled the whole batch back.
+                GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
+                IF _sqlstate IN ('40001', '40P01', '55P03') THEN
+                    -- A transient failure that outlasted its retries stops the run, whatever the error mode.
+                    -- continue_on_error: log the failed batch with its records.
+                    INSERT INTO specql.batch_operation_errors
+                        (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at)
+                    VALUES
+                        (_result.operation_id, _result.operation, _result.batch_count + 1, _sqlstate, _errmsg, _detail,
+                         coalesce(to_jsonb(_keys), '[]'::jsonb), clock_timestamp());
+                    _result.error_count := _result.error_count + 1;
+                    _batch_processed := 0;
+                    _batch_failed := cardinality(_keys);
+                    _stop := 'failed';
+                    EXIT;
+                END IF;
+                -- continue_on_error: log the failed batch with its records.
+                INSERT INTO specql.batch_operation_errors
+                    (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at)
+                VALUES
+                    (_result.operation_id, _result.operation, _result.batch_count + 1, _sqlstate, _errmsg, _detail,
+                     coalesce(to_jsonb(_keys), '[]'::jsonb), clock_timestamp());
+                _result.error_count := _result.error_count + 1;
+                _batch_processed := 0;
+                _batch_failed := cardinality(_keys);
+                EXIT;
+            END;
+        END LOOP;
 
         -- Account for the batch.
         _result.batch_count := _result.batch_count + 1;
@@ -245,7 +264,12 @@ BEGIN
         SET total_records = _result.total_records, processed_records = _result.processed_records,
             failed_records = _result.failed_records,
             error_count = _result.error_count, batch_count = _result.batch_count, heartbeat_at = clock_timestamp(),
-            position = jsonb_build_object('next', _to + 1)
+            -- a failed batch that changed nothing and stopped the run is tried again on resume
+            -- (its failed records are then not counted twice)
+            position = CASE WHEN _stop = 'failed' AND _batch_processed = 0
+                            THEN coalesce(position, '{}') || jsonb_build_object('failed_batch', _batch_failed)
+                            ELSE jsonb_build_object('next', _to + 1) END
+
         WHERE operation_id = _result.operation_id;
         COMMIT;
         PERFORM pg_catalog.set_config('search_path', 'pg_catalog, public, pg_temp', true);
@@ -256,7 +280,7 @@ BEGIN
         END IF;
         EXIT WHEN _stop IS NOT NULL;
         _from := _to + 1;
-    END LOOP;
+    END LOOP batches;
 
     -- Finish: status, run row, metrics, notification.
     _result.completed_at := clock_timestamp();

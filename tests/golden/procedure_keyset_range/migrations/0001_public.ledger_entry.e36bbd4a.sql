@@ -91,6 +91,7 @@ BEGIN
     -- A procedure that commits cannot carry SET clauses: pin search_path
     -- per transaction, again after every COMMIT.
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, public, pg_temp', true);
+    PERFORM pg_catalog.set_config('lock_timeout', '500ms', true);
 
     _run_started := clock_timestamp();
     -- batch_size: this call's argument, else the one a calling specql routine was given
@@ -134,7 +135,7 @@ BEGIN
         _result.started_at := _run.started_at;
         _result.total_records := _run.total_records;
         _result.processed_records := _run.processed_records;
-        _result.failed_records := _run.failed_records;
+        _result.failed_records := _run.failed_records - coalesce((_run.position ->> 'failed_batch')::bigint, 0);
         _result.error_count := _run.error_count;
         _result.batch_count := _run.batch_count;
         UPDATE specql.batch_operation_runs
@@ -164,11 +165,13 @@ BEGIN
     END IF;
     COMMIT;
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, public, pg_temp', true);
+    PERFORM pg_catalog.set_config('lock_timeout', '500ms', true);
 
     IF settle_entries.batch_size IS NOT NULL THEN
         PERFORM pg_catalog.set_config('specql.batch_size', _batch_size::text, true);  -- for the routines it calls
     END IF;
 
+    <<batches>>
     LOOP
         -- A cancel request (specql.cancel_operation, from any session) stops the run between batches.
         IF EXISTS (SELECT 1 FROM specql.batch_operation_cancellations WHERE operation_id = _result.operation_id) THEN
@@ -204,66 +207,86 @@ BEGIN
 
         _batch_started := clock_timestamp();
 
-        BEGIN
-            IF _ranged THEN
-                -- The key range (_last, _upto]: at most _batch_size rows, as the key is unique.
-                _upto := CASE WHEN _last > 2147483647 - _batch_size THEN 2147483647 ELSE _last + _batch_size END;
-                UPDATE public.ledger_entry
-                SET settled = true
-                WHERE id > _last AND id <= _upto AND (amount < settle_entries.threshold AND NOT settled);
-                GET DIAGNOSTICS _n = ROW_COUNT;
-                _batch_records := _n;
-                _last := _upto;
-                IF _n < _batch_size THEN
-                    -- Fewer rows than a batch: top it up with the next matching keys, and list the keys
-                    -- again from the next batch on when the range was less than half full.
-                    _dense := _n >= _batch_size / 2;
-                    _keys := ARRAY(SELECT id FROM public.ledger_entry
-                                   WHERE id > _upto AND (amount < settle_entries.threshold AND NOT settled)
-                                   ORDER BY id LIMIT _batch_size - _n);
-                    IF cardinality(_keys) > 0 THEN
-                        UPDATE public.ledger_entry
-                        SET settled = true
-                        WHERE id = ANY(_keys) AND (amount < settle_entries.threshold AND NOT settled);
-                        GET DIAGNOSTICS _topped = ROW_COUNT;
-                        _n := _n + _topped;
-                        _batch_records := _batch_records + cardinality(_keys);
-                        _last := _keys[cardinality(_keys)];
+        LOOP
+            BEGIN
+                IF _ranged THEN
+                    -- The key range (_last, _upto]: at most _batch_size rows, as the key is unique.
+                    _upto := CASE WHEN _last > 2147483647 - _batch_size THEN 2147483647 ELSE _last + _batch_size END;
+                    UPDATE public.ledger_entry
+                    SET settled = true
+                    WHERE id > _last AND id <= _upto AND (amount < settle_entries.threshold AND NOT settled);
+                    GET DIAGNOSTICS _n = ROW_COUNT;
+                    _batch_records := _n;
+                    _last := _upto;
+                    IF _n < _batch_size THEN
+                        -- Fewer rows than a batch: top it up with the next matching keys, and list the keys
+                        -- again from the next batch on when the range was less than half full.
+                        _dense := _n >= _batch_size / 2;
+                        _keys := ARRAY(SELECT id FROM public.ledger_entry
+                                       WHERE id > _upto AND (amount < settle_entries.threshold AND NOT settled)
+                                       ORDER BY id LIMIT _batch_size - _n);
+                        IF cardinality(_keys) > 0 THEN
+                            UPDATE public.ledger_entry
+                            SET settled = true
+                            WHERE id = ANY(_keys) AND (amount < settle_entries.threshold AND NOT settled);
+                            GET DIAGNOSTICS _topped = ROW_COUNT;
+                            _n := _n + _topped;
+                            _batch_records := _batch_records + cardinality(_keys);
+                            _last := _keys[cardinality(_keys)];
+                        END IF;
                     END IF;
+                    EXIT batches WHEN _batch_records = 0;  -- past the last matching key: nothing was changed
+                ELSE
+                    UPDATE public.ledger_entry
+                    SET settled = true
+                    WHERE id = ANY(_keys) AND (amount < settle_entries.threshold AND NOT settled);
+                    GET DIAGNOSTICS _n = ROW_COUNT;
                 END IF;
-                EXIT WHEN _batch_records = 0;  -- past the last matching key: nothing was changed
-            ELSE
-                UPDATE public.ledger_entry
-                SET settled = true
-                WHERE id = ANY(_keys) AND (amount < settle_entries.threshold AND NOT settled);
-                GET DIAGNOSTICS _n = ROW_COUNT;
-            END IF;
-            _batch_processed := _n;
-            _batch_failed := 0;
-            _status := 'completed';
-        EXCEPTION WHEN OTHERS THEN
-            -- The savepoint rolled the whole batch back.
-            GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
-            IF _ranged THEN
-                -- The batch was a key range: list its keys, the next matching ones after _prev.
-                _keys := ARRAY(SELECT id FROM public.ledger_entry
-                               WHERE id > _prev AND (amount < settle_entries.threshold AND NOT settled)
-                               ORDER BY id LIMIT _batch_size);
-                _last := coalesce(_keys[cardinality(_keys)], _prev);
-                _batch_records := cardinality(_keys);
-                _dense := false;
-            END IF;
-            -- stop_on_error: log the failed batch with its records.
-            INSERT INTO specql.batch_operation_errors
-                (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at)
-            VALUES
-                (_result.operation_id, _result.operation, _result.batch_count + 1, _sqlstate, _errmsg, _detail,
-                 coalesce(to_jsonb(_keys), '[]'::jsonb), clock_timestamp());
-            _result.error_count := _result.error_count + 1;
-            _batch_processed := 0;
-            _batch_failed := cardinality(_keys);
-            _status := 'failed';
-        END;
+                _batch_processed := _n;
+                _batch_failed := 0;
+                _status := 'completed';
+                EXIT;
+            EXCEPTION WHEN OTHERS THEN
+                -- The savepoint rolled the whole batch back.
+                GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
+                IF _ranged THEN
+                    -- The batch was a key range: list its keys, the next matching ones after _prev.
+                    _keys := ARRAY(SELECT id FROM public.ledger_entry
+                                   WHERE id > _prev AND (amount < settle_entries.threshold AND NOT settled)
+                                   ORDER BY id LIMIT _batch_size);
+                    _last := coalesce(_keys[cardinality(_keys)], _prev);
+                    _batch_records := cardinality(_keys);
+                    _dense := false;
+                    _ranged := false;  -- a retry applies the listed keys
+                END IF;
+                IF _sqlstate IN ('40001', '40P01', '55P03') THEN
+                    -- A transient failure that outlasted its retries stops the run, whatever the error mode.
+                    -- stop_on_error: log the failed batch with its records.
+                    INSERT INTO specql.batch_operation_errors
+                        (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at)
+                    VALUES
+                        (_result.operation_id, _result.operation, _result.batch_count + 1, _sqlstate, _errmsg, _detail,
+                         coalesce(to_jsonb(_keys), '[]'::jsonb), clock_timestamp());
+                    _result.error_count := _result.error_count + 1;
+                    _batch_processed := 0;
+                    _batch_failed := cardinality(_keys);
+                    _status := 'failed';
+                    _stop := 'failed';
+                    EXIT;
+                END IF;
+                -- stop_on_error: log the failed batch with its records.
+                INSERT INTO specql.batch_operation_errors
+                    (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at)
+                VALUES
+                    (_result.operation_id, _result.operation, _result.batch_count + 1, _sqlstate, _errmsg, _detail,
+                     coalesce(to_jsonb(_keys), '[]'::jsonb), clock_timestamp());
+                _result.error_count := _result.error_count + 1;
+                _batch_processed := 0;
+                _batch_failed := cardinality(_keys);
+                _status := 'failed';
+                EXIT;
+            END;
+        END LOOP;
 
         -- Account for the batch.
         _result.batch_count := _result.batch_count + 1;
@@ -298,16 +321,22 @@ BEGIN
         SET total_records = _result.total_records, processed_records = _result.processed_records,
             failed_records = _result.failed_records,
             error_count = _result.error_count, batch_count = _result.batch_count, heartbeat_at = clock_timestamp(),
-            position = CASE WHEN _stop = 'failed' THEN position ELSE jsonb_build_object('last', _last) END
+            -- a failed batch that changed nothing and stopped the run is tried again on resume
+            -- (its failed records are then not counted twice)
+            position = CASE WHEN _stop = 'failed' AND _batch_processed = 0
+                            THEN coalesce(position, '{}') || jsonb_build_object('failed_batch', _batch_failed)
+                            ELSE jsonb_build_object('last', _last) END
+
         WHERE operation_id = _result.operation_id;
         COMMIT;
         PERFORM pg_catalog.set_config('search_path', 'pg_catalog, public, pg_temp', true);
+        PERFORM pg_catalog.set_config('lock_timeout', '500ms', true);
 
         IF settle_entries.batch_size IS NOT NULL THEN
             PERFORM pg_catalog.set_config('specql.batch_size', _batch_size::text, true);  -- for the routines it calls
         END IF;
         EXIT WHEN _stop IS NOT NULL;
-    END LOOP;
+    END LOOP batches;
 
     -- Finish: status, run row, metrics, notification.
     _result.completed_at := clock_timestamp();

@@ -128,6 +128,7 @@ BEGIN
          (SELECT backend_start FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid())),
          'public.upsert_product_cache(jsonb, integer)', 'per_batch', _batch_size);
 
+    <<batches>>
     LOOP
         -- A cancel request (specql.cancel_operation, from any session) stops the run between batches.
         IF EXISTS (SELECT 1 FROM specql.batch_operation_cancellations WHERE operation_id = _result.operation_id) THEN
@@ -144,127 +145,145 @@ BEGIN
         _to := least(_from + _batch_size, _count) - 1;
         _batch_started := clock_timestamp();
 
-        BEGIN
-            -- Records may leave fields out. First those that carry every field (usually all of them);
-            -- then each group of the others, so an existing row keeps the columns its record leaves out.
-            _shape := ARRAY[true, true];
-            INSERT INTO public.product_cache (product_id, name, price, last_updated)
-            SELECT CASE WHEN _rec ? 'product_id' THEN (_rec ->> 'product_id')::uuid ELSE gen_random_uuid() END,
-                   (_rec ->> 'name'),
-                   (_rec ->> 'price')::numeric,
-                   now()
-            -- OFFSET 0 keeps the subquery whole: each element is extracted once, not once per field.
-            FROM (SELECT upsert_product_cache.fresh_rows -> _g._i AS _rec
-                  FROM generate_series(_from, _to) AS _g(_i)
-                  OFFSET 0) AS _source
-            WHERE ARRAY[_rec ? 'name', _rec ? 'price'] = _shape
-            ON CONFLICT (product_id)
-            DO UPDATE SET name = CASE WHEN _shape[1] THEN EXCLUDED.name ELSE product_cache.name END,
-                          price = CASE WHEN _shape[2] THEN EXCLUDED.price ELSE product_cache.price END,
-                          last_updated = EXCLUDED.last_updated;
-            GET DIAGNOSTICS _n = ROW_COUNT;
-            IF _n < _to - _from + 1 THEN
-                FOR _shape IN
-                    SELECT DISTINCT ARRAY[_rec ? 'name', _rec ? 'price']
-                    FROM (SELECT upsert_product_cache.fresh_rows -> _g._i AS _rec
-                          FROM generate_series(_from, _to) AS _g(_i)
-                          OFFSET 0) AS _source
-                    WHERE NOT _rec ?& ARRAY['name', 'price']
-                LOOP
-                    INSERT INTO public.product_cache (product_id, name, price, last_updated)
-                    SELECT CASE WHEN _rec ? 'product_id' THEN (_rec ->> 'product_id')::uuid ELSE gen_random_uuid() END,
-                           (_rec ->> 'name'),
-                           (_rec ->> 'price')::numeric,
-                           now()
-                    -- OFFSET 0 keeps the subquery whole: each element is extracted once, not once per field.
-                    FROM (SELECT upsert_product_cache.fresh_rows -> _g._i AS _rec
-                          FROM generate_series(_from, _to) AS _g(_i)
-                          OFFSET 0) AS _source
-                    WHERE ARRAY[_rec ? 'name', _rec ? 'price'] = _shape
-                    ON CONFLICT (product_id)
-                    DO UPDATE SET name = CASE WHEN _shape[1] THEN EXCLUDED.name ELSE product_cache.name END,
-                                  price = CASE WHEN _shape[2] THEN EXCLUDED.price ELSE product_cache.price END,
-                                  last_updated = EXCLUDED.last_updated;
-                    GET DIAGNOSTICS _rows = ROW_COUNT;
-                    _n := _n + _rows;
-                END LOOP;
-            END IF;
-            _batch_processed := _n;
-            _batch_failed := 0;
-        EXCEPTION WHEN OTHERS THEN
-            -- The savepoint rolled the whole batch back.
-            GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
-            -- collect_errors: apply the batch again record by record, each in its own savepoint,
-            -- so the good records stay and each failing one gets its own error row.
-            _batch_processed := 0;
-            _batch_failed := 0;
-            _batch_from := _from;
-            _batch_to := _to;
-            FOR _i IN _batch_from.._batch_to LOOP
-                _from := _i;
-                _to := _i;
-                BEGIN
-                    -- Records may leave fields out. First those that carry every field (usually all of them);
-                    -- then each group of the others, so an existing row keeps the columns its record leaves out.
-                    _shape := ARRAY[true, true];
-                    INSERT INTO public.product_cache (product_id, name, price, last_updated)
-                    SELECT CASE WHEN _rec ? 'product_id' THEN (_rec ->> 'product_id')::uuid ELSE gen_random_uuid() END,
-                           (_rec ->> 'name'),
-                           (_rec ->> 'price')::numeric,
-                           now()
-                    -- OFFSET 0 keeps the subquery whole: each element is extracted once, not once per field.
-                    FROM (SELECT upsert_product_cache.fresh_rows -> _g._i AS _rec
-                          FROM generate_series(_from, _to) AS _g(_i)
-                          OFFSET 0) AS _source
-                    WHERE ARRAY[_rec ? 'name', _rec ? 'price'] = _shape
-                    ON CONFLICT (product_id)
-                    DO UPDATE SET name = CASE WHEN _shape[1] THEN EXCLUDED.name ELSE product_cache.name END,
-                                  price = CASE WHEN _shape[2] THEN EXCLUDED.price ELSE product_cache.price END,
-                                  last_updated = EXCLUDED.last_updated;
-                    GET DIAGNOSTICS _n = ROW_COUNT;
-                    IF _n < _to - _from + 1 THEN
-                        FOR _shape IN
-                            SELECT DISTINCT ARRAY[_rec ? 'name', _rec ? 'price']
-                            FROM (SELECT upsert_product_cache.fresh_rows -> _g._i AS _rec
-                                  FROM generate_series(_from, _to) AS _g(_i)
-                                  OFFSET 0) AS _source
-                            WHERE NOT _rec ?& ARRAY['name', 'price']
-                        LOOP
-                            INSERT INTO public.product_cache (product_id, name, price, last_updated)
-                            SELECT CASE WHEN _rec ? 'product_id' THEN (_rec ->> 'product_id')::uuid ELSE gen_random_uuid() END,
-                                   (_rec ->> 'name'),
-                                   (_rec ->> 'price')::numeric,
-                                   now()
-                            -- OFFSET 0 keeps the subquery whole: each element is extracted once, not once per field.
-                            FROM (SELECT upsert_product_cache.fresh_rows -> _g._i AS _rec
-                                  FROM generate_series(_from, _to) AS _g(_i)
-                                  OFFSET 0) AS _source
-                            WHERE ARRAY[_rec ? 'name', _rec ? 'price'] = _shape
-                            ON CONFLICT (product_id)
-                            DO UPDATE SET name = CASE WHEN _shape[1] THEN EXCLUDED.name ELSE product_cache.name END,
-                                          price = CASE WHEN _shape[2] THEN EXCLUDED.price ELSE product_cache.price END,
-                                          last_updated = EXCLUDED.last_updated;
-                            GET DIAGNOSTICS _rows = ROW_COUNT;
-                            _n := _n + _rows;
-                        END LOOP;
-                    END IF;
-                    _batch_processed := _batch_processed + _n;
-                EXCEPTION WHEN OTHERS THEN
-                    GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
+        LOOP
+            BEGIN
+                -- Records may leave fields out. First those that carry every field (usually all of them);
+                -- then each group of the others, so an existing row keeps the columns its record leaves out.
+                _shape := ARRAY[true, true];
+                INSERT INTO public.product_cache (product_id, name, price, last_updated)
+                SELECT CASE WHEN _rec ? 'product_id' THEN (_rec ->> 'product_id')::uuid ELSE gen_random_uuid() END,
+                       (_rec ->> 'name'),
+                       (_rec ->> 'price')::numeric,
+                       now()
+                -- OFFSET 0 keeps the subquery whole: each element is extracted once, not once per field.
+                FROM (SELECT upsert_product_cache.fresh_rows -> _g._i AS _rec
+                      FROM generate_series(_from, _to) AS _g(_i)
+                      OFFSET 0) AS _source
+                WHERE ARRAY[_rec ? 'name', _rec ? 'price'] = _shape
+                ON CONFLICT (product_id)
+                DO UPDATE SET name = CASE WHEN _shape[1] THEN EXCLUDED.name ELSE product_cache.name END,
+                              price = CASE WHEN _shape[2] THEN EXCLUDED.price ELSE product_cache.price END,
+                              last_updated = EXCLUDED.last_updated;
+                GET DIAGNOSTICS _n = ROW_COUNT;
+                IF _n < _to - _from + 1 THEN
+                    FOR _shape IN
+                        SELECT DISTINCT ARRAY[_rec ? 'name', _rec ? 'price']
+                        FROM (SELECT upsert_product_cache.fresh_rows -> _g._i AS _rec
+                              FROM generate_series(_from, _to) AS _g(_i)
+                              OFFSET 0) AS _source
+                        WHERE NOT _rec ?& ARRAY['name', 'price']
+                    LOOP
+                        INSERT INTO public.product_cache (product_id, name, price, last_updated)
+                        SELECT CASE WHEN _rec ? 'product_id' THEN (_rec ->> 'product_id')::uuid ELSE gen_random_uuid() END,
+                               (_rec ->> 'name'),
+                               (_rec ->> 'price')::numeric,
+                               now()
+                        -- OFFSET 0 keeps the subquery whole: each element is extracted once, not once per field.
+                        FROM (SELECT upsert_product_cache.fresh_rows -> _g._i AS _rec
+                              FROM generate_series(_from, _to) AS _g(_i)
+                              OFFSET 0) AS _source
+                        WHERE ARRAY[_rec ? 'name', _rec ? 'price'] = _shape
+                        ON CONFLICT (product_id)
+                        DO UPDATE SET name = CASE WHEN _shape[1] THEN EXCLUDED.name ELSE product_cache.name END,
+                                      price = CASE WHEN _shape[2] THEN EXCLUDED.price ELSE product_cache.price END,
+                                      last_updated = EXCLUDED.last_updated;
+                        GET DIAGNOSTICS _rows = ROW_COUNT;
+                        _n := _n + _rows;
+                    END LOOP;
+                END IF;
+                _batch_processed := _n;
+                _batch_failed := 0;
+                EXIT;
+            EXCEPTION WHEN OTHERS THEN
+                -- The savepoint rolled the whole batch back.
+                GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
+                IF _sqlstate IN ('40001', '40P01', '55P03') THEN
+                    -- A transient failure that outlasted its retries stops the run, whatever the error mode.
+                    -- collect_errors: log the failed batch with its records.
                     INSERT INTO specql.batch_operation_errors
                         (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at)
                     VALUES
                         (_result.operation_id, _result.operation, _result.batch_count + 1, _sqlstate, _errmsg, _detail,
                          coalesce((SELECT jsonb_agg(jsonb_build_object('index', _g._i, 'record', upsert_product_cache.fresh_rows -> _g._i) ORDER BY _g._i) FROM generate_series(_from, _to) AS _g(_i)), '[]'::jsonb), clock_timestamp());
                     _result.error_count := _result.error_count + 1;
-                    _batch_failed := _batch_failed + 1;
-                    -- max_errors: stop as soon as more errors than allowed were logged.
-                    EXIT WHEN _result.error_count > 100;
-                END;
-            END LOOP;
-            _from := _batch_from;
-            _to := _batch_to;
-        END;
+                    _batch_processed := 0;
+                    _batch_failed := (_to - _from + 1);
+                    _stop := 'failed';
+                    EXIT;
+                END IF;
+                -- collect_errors: apply the batch again record by record, each in its own savepoint,
+                -- so the good records stay and each failing one gets its own error row.
+                _batch_processed := 0;
+                _batch_failed := 0;
+                _batch_from := _from;
+                _batch_to := _to;
+                FOR _i IN _batch_from.._batch_to LOOP
+                    _from := _i;
+                    _to := _i;
+                    BEGIN
+                        -- Records may leave fields out. First those that carry every field (usually all of them);
+                        -- then each group of the others, so an existing row keeps the columns its record leaves out.
+                        _shape := ARRAY[true, true];
+                        INSERT INTO public.product_cache (product_id, name, price, last_updated)
+                        SELECT CASE WHEN _rec ? 'product_id' THEN (_rec ->> 'product_id')::uuid ELSE gen_random_uuid() END,
+                               (_rec ->> 'name'),
+                               (_rec ->> 'price')::numeric,
+                               now()
+                        -- OFFSET 0 keeps the subquery whole: each element is extracted once, not once per field.
+                        FROM (SELECT upsert_product_cache.fresh_rows -> _g._i AS _rec
+                              FROM generate_series(_from, _to) AS _g(_i)
+                              OFFSET 0) AS _source
+                        WHERE ARRAY[_rec ? 'name', _rec ? 'price'] = _shape
+                        ON CONFLICT (product_id)
+                        DO UPDATE SET name = CASE WHEN _shape[1] THEN EXCLUDED.name ELSE product_cache.name END,
+                                      price = CASE WHEN _shape[2] THEN EXCLUDED.price ELSE product_cache.price END,
+                                      last_updated = EXCLUDED.last_updated;
+                        GET DIAGNOSTICS _n = ROW_COUNT;
+                        IF _n < _to - _from + 1 THEN
+                            FOR _shape IN
+                                SELECT DISTINCT ARRAY[_rec ? 'name', _rec ? 'price']
+                                FROM (SELECT upsert_product_cache.fresh_rows -> _g._i AS _rec
+                                      FROM generate_series(_from, _to) AS _g(_i)
+                                      OFFSET 0) AS _source
+                                WHERE NOT _rec ?& ARRAY['name', 'price']
+                            LOOP
+                                INSERT INTO public.product_cache (product_id, name, price, last_updated)
+                                SELECT CASE WHEN _rec ? 'product_id' THEN (_rec ->> 'product_id')::uuid ELSE gen_random_uuid() END,
+                                       (_rec ->> 'name'),
+                                       (_rec ->> 'price')::numeric,
+                                       now()
+                                -- OFFSET 0 keeps the subquery whole: each element is extracted once, not once per field.
+                                FROM (SELECT upsert_product_cache.fresh_rows -> _g._i AS _rec
+                                      FROM generate_series(_from, _to) AS _g(_i)
+                                      OFFSET 0) AS _source
+                                WHERE ARRAY[_rec ? 'name', _rec ? 'price'] = _shape
+                                ON CONFLICT (product_id)
+                                DO UPDATE SET name = CASE WHEN _shape[1] THEN EXCLUDED.name ELSE product_cache.name END,
+                                              price = CASE WHEN _shape[2] THEN EXCLUDED.price ELSE product_cache.price END,
+                                              last_updated = EXCLUDED.last_updated;
+                                GET DIAGNOSTICS _rows = ROW_COUNT;
+                                _n := _n + _rows;
+                            END LOOP;
+                        END IF;
+                        _batch_processed := _batch_processed + _n;
+                    EXCEPTION WHEN OTHERS THEN
+                        GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
+                        INSERT INTO specql.batch_operation_errors
+                            (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at)
+                        VALUES
+                            (_result.operation_id, _result.operation, _result.batch_count + 1, _sqlstate, _errmsg, _detail,
+                             coalesce((SELECT jsonb_agg(jsonb_build_object('index', _g._i, 'record', upsert_product_cache.fresh_rows -> _g._i) ORDER BY _g._i) FROM generate_series(_from, _to) AS _g(_i)), '[]'::jsonb), clock_timestamp());
+                        _result.error_count := _result.error_count + 1;
+                        _batch_failed := _batch_failed + 1;
+                        -- max_errors: stop as soon as more errors than allowed were logged.
+                        EXIT WHEN _result.error_count > 100;
+                    END;
+                END LOOP;
+                _from := _batch_from;
+                _to := _batch_to;
+                EXIT;
+            END;
+        END LOOP;
 
         -- Account for the batch.
         _result.batch_count := _result.batch_count + 1;
@@ -284,7 +303,7 @@ BEGIN
         END IF;
         EXIT WHEN _stop IS NOT NULL;
         _from := _to + 1;
-    END LOOP;
+    END LOOP batches;
 
     -- Finish: status, run row, metrics, notification.
     _result.completed_at := clock_timestamp();
