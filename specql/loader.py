@@ -19,6 +19,9 @@ from .diagnostics import Diagnostic, SpecError
 
 PathKey = tuple  # e.g. ("patterns", 0, "where_condition")
 
+# What no PostgreSQL text value can hold: NUL, and UTF-16 surrogates standing alone.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
 
 @dataclass(frozen=True)
 class Mark:
@@ -149,21 +152,26 @@ class _Builder:
             except (ValueError, TypeError, LookupError, OverflowError, ArithmeticError) as exc:
                 self._problem(node, f"invalid YAML value: {node.tag.rsplit(':', 1)[-1]} {node.value!r} ({exc})")
                 return node.value
-        if isinstance(value, str) and "\0" in value:
-            self._nul_problem(node, value)
+        if isinstance(value, str) and _UNSTORABLE.search(value):
+            self._unstorable_problem(node, value)
         elif isinstance(value, (bytes, bytearray)):
             self._problem(node, "invalid YAML value: binary data (!!binary) is not supported; write text")
             return node.value
         return value
 
-    def _nul_problem(self, node: yaml.Node, value: str) -> None:
+    def _unstorable_problem(self, node: yaml.Node, value: str) -> None:
+        """A NUL or a lone surrogate (a "\\ud800" escape): no PostgreSQL text can hold it, and
+        no UTF-8 file or message can be written with it."""
+        found = _UNSTORABLE.search(value)
         mark = self._mark(node)
         positions = scalar_positions(self.doc.text, mark)
-        index = positions[value.index("\0")] if len(positions) == len(value) else mark.start
+        index = positions[found.start()] if len(positions) == len(value) else mark.start
         line = self.doc.text.count("\n", 0, index)
         col = index - (self.doc.text.rfind("\n", 0, index) + 1)
-        self.problems.append(Diagnostic(self.doc.path, line + 1, col + 1, "a NUL character (\\0) is not "
-                                        "allowed; PostgreSQL text cannot hold it"))
+        message = ("a NUL character (\\0) is not allowed; PostgreSQL text cannot hold it" if found.group() == "\0"
+                   else f"a lone surrogate (\\u{ord(found.group()):04x}) is not a character; "
+                        f"PostgreSQL text cannot hold it")
+        self.problems.append(Diagnostic(self.doc.path, line + 1, col + 1, message))
 
     def _problem(self, node: yaml.Node, message: str) -> None:
         mark = self._mark(node)
