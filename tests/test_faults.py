@@ -28,7 +28,7 @@ FAULTS = {
         r"(_batch_failed := cardinality\(_keys\);)", r"\1 _stop := 'failed';"),
     "batch size not respected": (
         "public.user", "test_public_bulk_update_user_status",
-        r"_to := least\(_from \+ 99,", "_to := least(_from + 149,"),
+        r"_to := least\(_from \+ _batch_size - 1,", "_to := least(_from + _batch_size + 49,"),
     "a record skipped per batch": (
         "public.user", "test_public_bulk_update_user_status",
         r"_from := _to \+ 1;", "_from := _to + 2;"),
@@ -43,10 +43,10 @@ FAULTS = {
         r"occurred_at < purge_audit_log\.cutoff", "true"),
     "key range batch not topped up": (
         "audit.audit_log", "test_audit_purge_audit_log",
-        r"IF _n < 1000 THEN", "IF false THEN"),
+        r"IF _n < _batch_size THEN", "IF false THEN"),
     "key range wider than a batch": (
         "audit.audit_log", "test_audit_purge_audit_log",
-        r"ELSE _last \+ 1000 END;", "ELSE _last + 1500 END;"),
+        r"ELSE _last \+ _batch_size END;", "ELSE _last + _batch_size * 3 / 2 END;"),
     "transaction single without rollback (errors swallowed per batch)": (
         "audit.audit_log", "test_audit_purge_audit_log",
         r"(DELETE FROM audit\.audit_log\s+WHERE [^;]*;)", r"BEGIN \1 EXCEPTION WHEN OTHERS THEN NULL; END;"),
