@@ -121,6 +121,15 @@ def facts(op: Operation, entities: list[Entity] | None = None) -> dict:
     return merged
 
 
+def unmanaged_tables(project: Project) -> list[dict]:
+    """Table facts of every entity specql does not manage (manage_table: false) that an
+    operation works on: what `harness_tables.create_table` needs to stand in for the user's
+    table in a throwaway database (for a test run's lint, as the generated tests do)."""
+    by_reference = {f"{e.ident} ({c.ident})": (e, c) for e in project.entities for c in e.columns.values()}
+    targets = {op.target.ident: op.target for e in project.entities for op in e.operations}
+    return [table_facts(t, by_reference) for t in targets.values() if not t.manage_table]
+
+
 def module_name(op: Operation) -> str:
     slug = re.sub(r"[^0-9a-zA-Z_]+", "_", f"{op.schema}_{op.name}").strip("_").lower()
     return f"test_{slug}.py"

@@ -133,6 +133,21 @@ def test_an_unmanaged_table_is_created_and_its_references_seeded(database_url, t
         assert conn.execute("SELECT count(DISTINCT warehouse_id) FROM public.stock").fetchone()[0] == 10
 
 
+def test_unmanaged_tables_can_be_created_before_any_test(database_url, tmp_path):
+    # For `specql test run`: its lint (plpgsql_check) reads the tables a routine names.
+    from specql.harness_tables import create_table
+    from specql.testgen import unmanaged_tables
+
+    entities = write_entities(tmp_path / "entities", warehouse=WAREHOUSE, stock=STOCK)
+    generate_and_apply(database_url, entities, tmp_path / "out")
+    tables = unmanaged_tables(load_project([str(entities)]))
+    assert [t["table"] for t in tables] == ["public.stock"]
+    with connect(database_url) as conn:
+        create_table(conn, tables[0])
+        create_table(conn, tables[0])  # again: IF NOT EXISTS
+        assert conn.execute("SELECT to_regclass('public.stock') IS NOT NULL").fetchone()[0]
+
+
 # --- partial records
 
 NOTE = """
