@@ -21,10 +21,11 @@ from psycopg.conninfo import conninfo_to_dict
 
 from . import database, lint
 from .generate import as_project, generate
+from .harness_tables import create_table
 from .migrate import migrate
 from .model import Project
 from .preflight import missing_functions
-from .testgen import generate_tests
+from .testgen import generate_tests, unmanaged_tables
 
 TEMPLATE_ENV = "SPECQL_TEMPLATE_DATABASE"
 
@@ -80,6 +81,10 @@ def run(project: Project | list[str], *, database_url: str | None, junit_xml: st
                     return 1
                 with database.connect(url, autocommit=True) as conn:
                     missing = missing_functions(conn, project)
+                    # manage_table: false means no migration creates the table; the throwaway
+                    # database gets it from the entity's fields, so lint and tests can read it.
+                    for table in unmanaged_tables(project):
+                        create_table(conn, table)
                 if missing:
                     for line in missing:
                         echo(line)
