@@ -99,6 +99,8 @@ FACTS = {   'assignments': [],
     'source_param': None,
     'table': 'audit.audit_log',
     'table_schema_ident': 'audit',
+    'target_batch_time': None,
+    'throttle': None,
     'timeout': None,
     'transaction': 'single',
     'where_sql': 'occurred_at < purge_audit_log.cutoff'}

@@ -129,6 +129,8 @@ FACTS = {   'assignments': [   {'column': 'status', 'kind': 'sql', 'ref': None, 
     'source_param': None,
     'table': 'public."order"',
     'table_schema_ident': 'public',
+    'target_batch_time': None,
+    'throttle': None,
     'timeout': '15 minutes',
     'transaction': 'per_batch',
     'where_sql': "status = 'pending' AND total_amount <= bulk_approve_orders.max_amount"}

@@ -148,6 +148,8 @@ FACTS = {   'assignments': [   {   'column': 'status',
     'source_param': None,
     'table': 'public."user"',
     'table_schema_ident': 'public',
+    'target_batch_time': None,
+    'throttle': None,
     'timeout': '30 minutes',
     'transaction': 'per_batch',
     'where_sql': 'id = ANY(bulk_update_user_status.user_ids)'}

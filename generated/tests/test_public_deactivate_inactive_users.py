@@ -142,6 +142,8 @@ FACTS = {   'assignments': [   {'column': 'status', 'kind': 'sql', 'ref': None, 
     'source_param': None,
     'table': 'public."user"',
     'table_schema_ident': 'public',
+    'target_batch_time': None,
+    'throttle': None,
     'timeout': None,
     'transaction': 'per_batch',
     'where_sql': "last_login_at < now() - CAST('1 year' AS interval) AND status = 'active' AND "

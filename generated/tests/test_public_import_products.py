@@ -131,6 +131,8 @@ FACTS = {   'assignments': [   {   'column': 'name',
     'source_param': 'products_array',
     'table': 'public.product',
     'table_schema_ident': 'public',
+    'target_batch_time': None,
+    'throttle': None,
     'timeout': None,
     'transaction': 'per_batch',
     'where_sql': None}

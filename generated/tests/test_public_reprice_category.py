@@ -131,6 +131,8 @@ FACTS = {   'assignments': [   {   'column': 'price',
     'source_param': None,
     'table': 'public.product',
     'table_schema_ident': 'public',
+    'target_batch_time': None,
+    'throttle': None,
     'timeout': None,
     'transaction': 'commit_per_batch',
     'where_sql': 'category_id = reprice_category.category_id'}

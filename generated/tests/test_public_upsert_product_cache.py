@@ -112,6 +112,8 @@ FACTS = {   'assignments': [   {   'column': 'product_id',
     'source_param': 'fresh_rows',
     'table': 'public.product_cache',
     'table_schema_ident': 'public',
+    'target_batch_time': None,
+    'throttle': None,
     'timeout': '10 minutes',
     'transaction': 'per_batch',
     'where_sql': None}

@@ -15,6 +15,9 @@ from .names import shown
 from .values import interval_ms, parse_interval
 
 DEFAULT_BATCH_SIZE = 1000
+AUTO_FIRST_BATCH_SIZE = 100  # batch_size: auto starts here, then aims at target_batch_time
+AUTO_MIN_BATCH_SIZE, AUTO_MAX_BATCH_SIZE = 10, 10000
+DEFAULT_TARGET_BATCH_TIME = "200 milliseconds"
 MAX_CHANNELS = 32  # notification channels travel in a NOTIFY payload, which must stay under 8000 bytes
 DEFAULT_MESSAGE = ("{operation} {status}: {processed_records} of {total_records} records processed, "
                    "{failed_records} failed")
@@ -51,6 +54,24 @@ class Policy:
     lock_timeout: str | None = None  # normalised interval text: how long a batch waits for a lock
     retry_attempts: int = 0  # retries of a batch that failed with a transient SQLSTATE
     retry_backoff: str = "100 milliseconds"  # the wait before the first retry; doubled each time
+    target_batch_time: str | None = None  # batch_size: auto; None for a fixed batch size
+    throttle: Throttle | None = None
+
+    @property
+    def auto_batch_size(self) -> bool:
+        return self.target_batch_time is not None
+
+    @property
+    def target_batch_ms(self) -> int:
+        return interval_ms(self.target_batch_time or DEFAULT_TARGET_BATCH_TIME)
+
+    @property
+    def auto_min_batch_size(self) -> int:
+        return AUTO_MIN_BATCH_SIZE
+
+    @property
+    def auto_max_batch_size(self) -> int:
+        return AUTO_MAX_BATCH_SIZE
 
     @property
     def is_procedure(self) -> bool:
@@ -123,6 +144,30 @@ class Policy:
         return self.logs_batches or self.stops_on_failed_batch
 
 
+@dataclass
+class Throttle:
+    """throttle: what the routine waits on between batches (each None / False when not asked)."""
+
+    max_replication_lag: str | None = None  # normalised interval text
+    max_archive_backlog: int | None = None  # WAL segments waiting for archive_command
+    autovacuum: bool = False  # wait while an autovacuum worker processes the target table
+    sleep: str | None = None  # normalised interval text: a fixed pause after every batch
+
+    @property
+    def sleep_ms(self) -> int | None:
+        return interval_ms(self.sleep) if self.sleep else None
+
+    @property
+    def polls(self) -> bool:
+        """Whether it reads the server's health (and waits while it is strained)."""
+        return bool(self.max_replication_lag or self.max_archive_backlog or self.autovacuum)
+
+    @property
+    def reads_stats(self) -> bool:
+        """Whether it reads other backends' rows of pg_stat_* (pg_read_all_stats)."""
+        return bool(self.max_replication_lag or self.autovacuum)
+
+
 def read_preconditions(ctx) -> list[Precondition]:
     preconditions: list[Precondition] = []
     for i, text in enumerate(ctx.spec.get("preconditions") or []):
@@ -175,8 +220,9 @@ def read_policy(ctx, preconditions: list[Precondition]) -> Policy:
     if retry.get("attempts") and transaction == "single":
         ctx.error(at("retry"), "retry cannot work with transaction: single (a failed batch aborts the whole run; "
                                "there is no savepoint to retry it in)", key=True)
+    batch_size, target_batch_time = _batch_size(ctx)
     return Policy(
-        batch_size=spec.get("batch_size", DEFAULT_BATCH_SIZE), transaction=transaction,
+        batch_size=batch_size, transaction=transaction,
         error_handling=error_handling, max_errors=spec.get("max_errors"), max_records=spec.get("max_records"),
         requires_confirmation=spec.get("requires_confirmation", False), preconditions=preconditions,
         timeout=timeout, progress_tracking=progress_tracking,
@@ -186,7 +232,38 @@ def read_policy(ctx, preconditions: list[Precondition]) -> Policy:
         metrics_table=_runtime_table(ctx, "metrics_table", "batch_performance_metrics"),
         collect_metrics=spec.get("collect_metrics", False), notify=notify, channels=channels,
         message_parts=message_parts, lock_timeout=lock_timeout, retry_attempts=retry.get("attempts", 0),
-        retry_backoff=backoff or "100 milliseconds")
+        retry_backoff=backoff or "100 milliseconds", target_batch_time=target_batch_time,
+        throttle=_throttle(ctx))
+
+
+def _batch_size(ctx) -> tuple[int, str | None]:
+    """(the first batch's size, target_batch_time or None): `batch_size: auto` starts at
+    AUTO_FIRST_BATCH_SIZE and adapts; a number is fixed."""
+    size = ctx.spec.get("batch_size", DEFAULT_BATCH_SIZE)
+    target = _duration(ctx, "target_batch_time", DEFAULT_TARGET_BATCH_TIME)
+    if size != "auto":
+        if "target_batch_time" in ctx.spec:
+            ctx.warn(ctx.at("target_batch_time"), "target_batch_time has no effect without batch_size: auto",
+                     key=True)
+        return size, None
+    return AUTO_FIRST_BATCH_SIZE, target or parse_interval(DEFAULT_TARGET_BATCH_TIME)
+
+
+def _throttle(ctx) -> Throttle | None:
+    spec = ctx.spec.get("throttle")
+    if not spec:
+        return None
+    durations = {}
+    for key, example in (("max_replication_lag", "10 seconds"), ("sleep", "50 milliseconds")):
+        if key in spec:
+            durations[key] = parse_interval(spec[key])
+            if durations[key] is None:
+                ctx.error(ctx.at("throttle", key), f"throttle {key} {shown(spec[key])} is not a positive duration "
+                                                   f"of at most 100 years, such as \"{example}\"")
+    throttle = Throttle(max_replication_lag=durations.get("max_replication_lag"),
+                        max_archive_backlog=spec.get("max_archive_backlog"),
+                        autovacuum=spec.get("autovacuum") == "pause", sleep=durations.get("sleep"))
+    return throttle if throttle.polls or throttle.sleep else None
 
 
 def _duration(ctx, key: str, example: str) -> str | None:

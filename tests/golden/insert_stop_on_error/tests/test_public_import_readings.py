@@ -107,6 +107,8 @@ FACTS = {   'assignments': [   {   'column': 'sensor',
     'source_param': 'readings',
     'table': 'public.reading',
     'table_schema_ident': 'public',
+    'target_batch_time': None,
+    'throttle': None,
     'timeout': '1 hour',
     'transaction': 'per_batch',
     'where_sql': None}

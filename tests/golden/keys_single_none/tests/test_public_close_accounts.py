@@ -87,6 +87,8 @@ FACTS = {   'assignments': [   {   'column': 'state',
     'source_param': None,
     'table': 'public.account',
     'table_schema_ident': 'public',
+    'target_batch_time': None,
+    'throttle': None,
     'timeout': '5 minutes',
     'transaction': 'single',
     'where_sql': "id = ANY(close_accounts.account_ids) AND state <> 'closed'"}

@@ -97,6 +97,8 @@ FACTS = {   'assignments': [   {   'column': 'Display Name',
     'source_param': None,
     'table': 'public."group"',
     'table_schema_ident': 'public',
+    'target_batch_time': None,
+    'throttle': None,
     'timeout': None,
     'transaction': 'per_batch',
     'where_sql': 'active = rename_groups.only_active'}

@@ -75,6 +75,8 @@ FACTS = {   'assignments': [],
     'source_param': None,
     'table': '"Events".event',
     'table_schema_ident': '"Events"',
+    'target_batch_time': None,
+    'throttle': None,
     'timeout': None,
     'transaction': 'single',
     'where_sql': None}

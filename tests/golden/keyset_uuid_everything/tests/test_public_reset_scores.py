@@ -89,6 +89,8 @@ FACTS = {   'assignments': [{'column': 'score', 'kind': 'sql', 'ref': None, 'sql
     'source_param': None,
     'table': 'public.member',
     'table_schema_ident': 'public',
+    'target_batch_time': None,
+    'throttle': None,
     'timeout': None,
     'transaction': 'single',
     'where_sql': None}

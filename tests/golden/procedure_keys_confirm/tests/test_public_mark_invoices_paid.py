@@ -90,6 +90,8 @@ FACTS = {   'assignments': [   {'column': 'paid', 'kind': 'sql', 'ref': None, 's
     'source_param': None,
     'table': 'public.invoice',
     'table_schema_ident': 'public',
+    'target_batch_time': None,
+    'throttle': None,
     'timeout': None,
     'transaction': 'commit_per_batch',
     'where_sql': 'id = ANY(mark_invoices_paid.invoice_ids)'}

@@ -89,6 +89,8 @@ FACTS = {   'assignments': [{'column': 'settled', 'kind': 'sql', 'ref': None, 's
     'source_param': None,
     'table': 'public.ledger_entry',
     'table_schema_ident': 'public',
+    'target_batch_time': None,
+    'throttle': None,
     'timeout': None,
     'transaction': 'commit_per_batch',
     'where_sql': 'amount < settle_entries.threshold AND NOT settled'}

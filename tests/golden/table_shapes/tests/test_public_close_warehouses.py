@@ -99,6 +99,8 @@ FACTS = {   'assignments': [],
     'source_param': None,
     'table': 'public.warehouse',
     'table_schema_ident': 'public',
+    'target_batch_time': None,
+    'throttle': None,
     'timeout': None,
     'transaction': 'per_batch',
     'where_sql': 'id = ANY(close_warehouses.warehouse_ids)'}

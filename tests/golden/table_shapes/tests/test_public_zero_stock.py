@@ -133,6 +133,8 @@ FACTS = {   'assignments': [{'column': 'quantity', 'kind': 'sql', 'ref': None, '
     'source_param': None,
     'table': 'public.stock',
     'table_schema_ident': 'public',
+    'target_batch_time': None,
+    'throttle': None,
     'timeout': None,
     'transaction': 'per_batch',
     'where_sql': 'warehouse_id = zero_stock.warehouse_id'}

@@ -82,6 +82,8 @@ FACTS = {   'assignments': [   {   'column': 'label',
     'source_param': 'tags',
     'table': 'public.tag',
     'table_schema_ident': 'public',
+    'target_batch_time': None,
+    'throttle': None,
     'timeout': None,
     'transaction': 'per_batch',
     'where_sql': None}

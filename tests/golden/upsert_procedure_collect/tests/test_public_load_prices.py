@@ -94,6 +94,8 @@ FACTS = {   'assignments': [   {'column': 'sku', 'kind': 'record', 'ref': 'sku',
     'source_param': 'rows',
     'table': 'public.price',
     'table_schema_ident': 'public',
+    'target_batch_time': None,
+    'throttle': None,
     'timeout': None,
     'transaction': 'commit_per_batch',
     'where_sql': None}
