@@ -1,8 +1,10 @@
 """Throttle on the server's health and `batch_size: auto` (issue 10, SPEC §3 `throttle`,
 `batch_size: auto` + `target_batch_time`), on real servers: a fixed sleep logged and left out
-of the rate, a wait on a real standby whose replay is paused (pg_basebackup -R from a private
-PostgreSQL 15 cluster), a wait ended by a cancel request and by the timeout, and batch sizes
-converging to the target on a table whose rows get slower halfway."""
+of the rate; a wait on a real standby whose replay is paused (pg_basebackup -R from a private
+PostgreSQL 15 cluster), ended by replay resuming, by a cancel request and by the timeout; an
+autovacuum worker on the target holding the run while a manual VACUUM does not; an archive
+backlog (archive_mode on, a failing archive_command) until the archiver catches up; and batch
+sizes converging to the target on a table whose rows get slower halfway. About 40 s."""
 
 from __future__ import annotations
 
@@ -57,6 +59,15 @@ patterns:
     progress_tracking: true
     timeout: "4 seconds"
     throttle: {max_replication_lag: "1 second", autovacuum: pause}
+  - name: batch_operations
+    operation: bump_archived
+    operation_type: update
+    update_data: {n: {sql: "n + 1"}}
+    where_condition: "n >= 0"
+    batch_size: 10
+    transaction: commit_per_batch
+    progress_tracking: true
+    throttle: {max_archive_backlog: 2}
 """
 
 
@@ -247,13 +258,13 @@ def lagging(primary: str, standby: str, seconds: float = 1.5):
             s.execute("SELECT pg_wal_replay_resume()")
 
 
-def run_in_thread(url: str, **args):
+def run_in_thread(url: str, routine: str = "gentle.bump_committing", **args):
     box: dict = {}
 
     def work():
         try:
             with connect(url) as conn:
-                box["result"] = call_procedure(conn, "gentle.bump_committing", **args)
+                box["result"] = call_procedure(conn, routine, **args)
         except Exception as e:  # reported by the test
             box["error"] = e
 
@@ -318,12 +329,99 @@ def test_a_cancel_request_and_the_timeout_end_a_wait(replicated):
                                 (operation_id,)).fetchone()[0] == sum(r[2] for r in rows)
 
 
-def test_the_autovacuum_check_sees_only_autovacuum_workers_on_the_target(replicated):
-    """autovacuum: pause reads pg_stat_progress_vacuum joined to pg_stat_activity: a manual VACUUM
-    in another session (backend_type 'client backend') does not hold the run."""
+def vacuuming(conn, backend_type: str):
+    return conn.execute("SELECT v.pid FROM pg_stat_progress_vacuum v JOIN pg_stat_activity a USING (pid) "
+                        "WHERE v.relid = 'gentle.meter'::regclass AND a.backend_type = %s",
+                        (backend_type,)).fetchone()
+
+
+def test_autovacuum_on_the_target_holds_the_run_and_a_manual_vacuum_does_not(replicated):
+    """autovacuum: pause reads pg_stat_progress_vacuum joined to pg_stat_activity: an autovacuum
+    worker on the target table holds the run (here until its timeout); a manual VACUUM in another
+    session (backend_type 'client backend') does not. Both crawl (cost delay) to stay in view."""
     primary, _ = replicated
     with connect(primary) as conn:
         conn.execute("TRUNCATE gentle.meter, specql.batch_operation_runs; "
-                     "INSERT INTO gentle.meter SELECT g, 0 FROM generate_series(1, 30) g")
-        result = call_procedure(conn, "gentle.bump_committing")
-        assert result["status"] == "completed" and waits(conn, result["operation_id"]) == []
+                     "INSERT INTO gentle.meter SELECT g, 0 FROM generate_series(1, 10000) g")
+        conn.execute("ALTER TABLE gentle.meter SET (autovacuum_enabled = false, autovacuum_vacuum_cost_delay = 100,"
+                     " autovacuum_vacuum_cost_limit = 1, autovacuum_vacuum_threshold = 0,"
+                     " autovacuum_vacuum_scale_factor = 0)")
+        conn.execute("UPDATE gentle.meter SET n = n")  # pages to vacuum
+
+        def manual_vacuum():
+            with connect(primary) as v:
+                v.execute("SET vacuum_cost_delay = 100; SET vacuum_cost_limit = 1")
+                try:
+                    v.execute("VACUUM gentle.meter")
+                except psycopg.errors.QueryCanceled:
+                    pass
+
+        thread = threading.Thread(target=manual_vacuum, daemon=True)
+        thread.start()
+        try:
+            wait_for(lambda: vacuuming(conn, "client backend"), 10, "the manual VACUUM")
+            result = call_procedure(conn, "gentle.bump_committing", batch_size=1000)
+            assert result["status"] == "completed" and waits(conn, result["operation_id"]) == []
+            assert vacuuming(conn, "client backend")  # it was vacuuming all along
+        finally:
+            conn.execute("SELECT pg_cancel_backend(pid) FROM pg_stat_progress_vacuum")
+            thread.join(10)
+        try:
+            conn.execute("ALTER SYSTEM SET autovacuum_naptime = 1")
+            conn.execute("SELECT pg_reload_conf()")
+            conn.execute("ALTER TABLE gentle.meter SET (autovacuum_enabled = true)")
+            conn.execute("UPDATE gentle.meter SET n = n")
+            wait_for(lambda: vacuuming(conn, "autovacuum worker"), 30, "an autovacuum worker on gentle.meter")
+            result = call_procedure(conn, "gentle.bump_committing", batch_size=1000)
+            assert result["status"] == "timed_out" and result["batch_count"] == 1  # timeout: 4 seconds
+            rows = waits(conn, result["operation_id"])
+            assert len(rows) == 1 and rows[0][1].startswith("autovacuum: worker ") and rows[0][2] >= 2500
+            assert "is vacuuming gentle.meter (" in rows[0][1]
+        finally:
+            conn.execute("ALTER TABLE gentle.meter SET (autovacuum_enabled = false)")
+            conn.execute("ALTER SYSTEM RESET autovacuum_naptime")
+            conn.execute("SELECT pg_reload_conf()")
+            conn.execute("SELECT pg_cancel_backend(pid) FROM pg_stat_progress_vacuum")
+
+
+# --------------------------------------------------------------------------- archive backlog
+
+
+def test_an_archive_backlog_holds_the_run_until_the_archiver_catches_up(tmp_path):
+    """A private cluster with archive_mode on and a failing archive_command: WAL segments pile
+    up as .ready; the run waits until archive_command works again."""
+    _pg15_or_skip()
+    from psycopg.conninfo import conninfo_to_dict
+
+    from specql import database
+
+    with database.local_server(PG15_BIN) as url:
+        pgdata = Path(conninfo_to_dict(url)["host"])
+        with connect(url) as conn:
+            conn.execute("ALTER SYSTEM SET archive_mode = on")
+            conn.execute("ALTER SYSTEM SET archive_command = '/bin/false'")
+        options = (f"-c listen_addresses='' -k {shlex.quote(str(pgdata))} -p 5432"
+                   " -c fsync=off -c synchronous_commit=off -c full_page_writes=off")
+        database._run_as([str(PG15_BIN / "pg_ctl"), "-D", str(pgdata), "-w", "-t", "60", "-l",
+                          str(pgdata / "server.log"), "-o", options, "restart"], database._system_user(), pgdata)
+        prepare(url, tmp_path, rows=30)
+        with connect(url) as conn:
+            for _ in range(4):  # segments for the archiver, which fails
+                conn.execute("UPDATE gentle.meter SET n = 0")
+                conn.execute("SELECT pg_switch_wal()")
+            ready = "SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'"
+            assert conn.execute(ready).fetchone()[0] >= 3
+            thread, box = run_in_thread(url, "gentle.bump_archived")
+            wait_for(lambda: (conn.execute("SELECT batch_count FROM specql.batch_operation_runs").fetchone()
+                              or (0,))[0] >= 1, 10, "the first batch")
+            time.sleep(1)
+            assert thread.is_alive()
+            conn.execute("ALTER SYSTEM SET archive_command = '/bin/true'")
+            conn.execute("SELECT pg_reload_conf()")
+            thread.join(20)
+            assert not thread.is_alive() and "error" not in box, box
+            assert box["result"]["status"] == "completed" and box["result"]["processed_records"] == 30
+            rows = waits(conn, box["result"]["operation_id"])
+            assert rows[0][0] == 2 and rows[0][2] >= 1000
+            assert rows[0][1].startswith("archive_backlog: ") and rows[0][1].endswith("WAL segments not archived "
+                                                                                     "yet (max 2)")
