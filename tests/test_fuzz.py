@@ -53,9 +53,19 @@ def worker():
     w.close()
 
 
+_SEEDS = load_seeds(REPO)
+
+
 @pytest.fixture(scope="module")
 def seeds():
-    return load_seeds(REPO)
+    # A wrapper with a short repr: Hypothesis prints test arguments on failure, and the
+    # alias-bomb seeds printed whole take forever.
+    return _Seeds(_SEEDS)
+
+
+class _Seeds(list):
+    def __repr__(self) -> str:
+        return f"<{len(self)} seed files>"
 
 
 @pytest.fixture(scope="module")

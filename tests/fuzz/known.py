@@ -24,6 +24,9 @@ _SURROGATE = ("Internal errors (exit 2) on user input: a lone surrogate escape (
 KNOWN: list[Known] = [
     Known("exit_2", "surrogate@*", _SURROGATE),
     Known("exit_2", "corpus_surrogate_*", _SURROGATE),
+    Known("apply_failure", "*@field_default",
+          "Generate exits 0, the SQL then fails to apply: a field default {sql: \"'x'\"} (or 7, NULL...) of the "
+          "wrong type for its column -> CREATE TABLE fails (invalid input syntax for type timestamptz)"),
 ]
 
 
