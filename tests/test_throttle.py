@@ -8,13 +8,9 @@ sizes converging to the target on a table whose rows get slower halfway. About 4
 
 from __future__ import annotations
 
-import os
 import shlex
-import shutil
-import tempfile
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -22,9 +18,8 @@ import pytest
 from click.testing import CliRunner
 
 from helpers import call, call_procedure, connect, generate_and_apply, write_entities
+from replication import PG15_BIN, lagging, pg15_or_skip, standby_of, wait_for
 from specql.cli import main
-
-PG15_BIN = Path("/usr/lib/postgresql/15/bin")
 
 METER = """
 name: meter
@@ -173,65 +168,11 @@ def test_auto_batch_size_converges_to_the_target_batch_time(database_url, tmp_pa
 # --------------------------------------------------------------------------- a real standby
 
 
-def _pg15_or_skip():
-    missing = [t for t in ("initdb", "pg_ctl", "pg_basebackup") if not (PG15_BIN / t).exists()]
-    if missing:
-        message = f"PostgreSQL 15 binaries not found in {PG15_BIN} ({', '.join(missing)})"
-        if os.environ.get("SPECQL_REQUIRE_PG15") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-
-
-@contextmanager
-def standby_of(primary_url: str):
-    """A hot standby of the private cluster at *primary_url* (pg_basebackup -R), on its own
-    socket directory and port, reporting to the primary every second; yields its URL."""
-    from psycopg.conninfo import conninfo_to_dict
-
-    from specql import database
-
-    ids = database._system_user()
-    where = Path(tempfile.mkdtemp(prefix="specql-standby-"))
-    data = where / "data"
-    pg_ctl = [str(PG15_BIN / "pg_ctl"), "-D", str(data), "-w", "-t", "60"]
-    try:
-        if ids is not None:
-            os.chown(where, *ids)
-        primary = conninfo_to_dict(primary_url)
-        database._run_as([str(PG15_BIN / "pg_basebackup"), "-h", primary["host"], "-p", str(primary["port"]),
-                          "-U", "postgres", "-D", str(data), "-R", "-X", "stream", "-c", "fast"], ids, where)
-        options = (f"-c listen_addresses='' -k {shlex.quote(str(where))} -p 5433 -c hot_standby=on"
-                   " -c wal_receiver_status_interval=1s")
-        database._run_as(pg_ctl + ["-l", str(where / "server.log"), "-o", options, "start"], ids, where)
-        yield f"postgresql://postgres@/postgres?host={where}&port=5433"
-    finally:
-        try:
-            if (data / "postmaster.pid").exists():
-                database._run_as(pg_ctl + ["-m", "immediate", "stop"], ids, where)
-        finally:
-            shutil.rmtree(where, ignore_errors=True)
-
-
-def lag(conn, since) -> float:
-    """The replay lag the throttle reads, from standby replies sent more than a second after *since*
-    (a reply just after a pause may still carry the lag of an earlier burst)."""
-    return conn.execute("SELECT coalesce(extract(epoch FROM max(replay_lag)), 0) FROM pg_stat_replication "
-                        "WHERE replay_lsn IS DISTINCT FROM sent_lsn AND reply_time > %s + interval '1 second'",
-                        (since,)).fetchone()[0]
-
-
-def wait_for(predicate, seconds: float, what: str):
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
 @pytest.fixture(scope="module")
 def replicated(tmp_path_factory):
     """(primary URL, standby URL, entities out dir): a private PG 15 primary with the meter
     entity applied and a streaming standby of it."""
-    _pg15_or_skip()
+    pg15_or_skip()
     from specql import database
 
     tmp = tmp_path_factory.mktemp("replicated")
@@ -242,20 +183,6 @@ def replicated(tmp_path_factory):
                 wait_for(lambda: conn.execute("SELECT count(*) FROM pg_stat_replication "
                                               "WHERE state = 'streaming'").fetchone()[0] == 1, 30, "the standby")
             yield url, standby
-
-
-@contextmanager
-def lagging(primary: str, standby: str, seconds: float = 1.5):
-    """Replay paused on the standby, until the primary sees a replay lag over *seconds*."""
-    with connect(standby) as s, connect(primary) as p:
-        s.execute("SELECT pg_wal_replay_pause()")
-        try:
-            since = p.execute("SELECT now()").fetchone()[0]
-            p.execute("CREATE TEMP TABLE wal_maker AS SELECT 1")  # some WAL to replay
-            wait_for(lambda: lag(p, since) > seconds, 20, "replay lag")
-            yield s
-        finally:
-            s.execute("SELECT pg_wal_replay_resume()")
 
 
 def run_in_thread(url: str, routine: str = "gentle.bump_committing", **args):
@@ -390,7 +317,7 @@ def test_autovacuum_on_the_target_holds_the_run_and_a_manual_vacuum_does_not(rep
 def test_an_archive_backlog_holds_the_run_until_the_archiver_catches_up(tmp_path):
     """A private cluster with archive_mode on and a failing archive_command: WAL segments pile
     up as .ready; the run waits until archive_command works again."""
-    _pg15_or_skip()
+    pg15_or_skip()
     from psycopg.conninfo import conninfo_to_dict
 
     from specql import database
