@@ -19,6 +19,10 @@ from .scope import Scope
 from .values import PARAM_REF, RECORD_REF, Assignment, literal_sql, looks_like_sql, record_sql
 
 
+# Column types a number constant can be assigned to (text takes it through an assignment cast).
+_NUMBER_TYPES = frozenset({"integer", "bigint", "decimal", "numeric", "string", "text"})
+
+
 class Context:
     def __init__(self, doc: Document, path: tuple, spec: dict, entity, target,
                  problems: list[Diagnostic], warnings: list[Diagnostic]):
@@ -64,7 +68,7 @@ class Context:
         if isinstance(raw, dict) and "value" in raw:
             return self.literal_or_error(raw["value"], column, path + ("value",))
         if isinstance(raw, dict) and "sql" in raw:
-            return self.fragment_value(raw["sql"], path + ("sql",))
+            return self.fragment_value(raw["sql"], path + ("sql",), column)
         if isinstance(raw, str):
             if m := PARAM_REF.match(raw.strip()):
                 self.scope.note(m.group(1), column.sql_type, path, None)
@@ -74,7 +78,7 @@ class Context:
                 self.scope.note_record(m.group(1), path, None)
                 return record_sql(m.group(2), column, self.target)
             if looks_like_sql(raw):
-                return self.fragment_value(raw, path)
+                return self.fragment_value(raw, path, column)
         return self.literal_or_error(raw, column, path)
 
     def literal_or_error(self, raw: Any, column, path: tuple) -> str | None:
@@ -84,11 +88,22 @@ class Context:
             self.error(path, f"{shown(raw)} is not a valid {column.type} value for column '{column.name}'{hint}")
         return sql
 
-    def fragment_value(self, text: str, path: tuple) -> str | None:
+    def fragment_value(self, text: str, path: tuple, column=None) -> str | None:
         frag = self.parse(text, path)
         if frag is None:
             return None
         self.check_columns(frag, path)
+        if column is not None and isinstance(frag.expr, sf.ast.A_Const) and not frag.expr.isnull:
+            # A constant written as SQL is a literal of the column's type: checked here, or the
+            # table's DEFAULT (or every call of the routine) would fail on it.
+            value = frag.expr.val
+            text = getattr(value, "sval", None) if isinstance(value, sf.ast.String) else None
+            number = isinstance(value, (sf.ast.Integer, sf.ast.Float))
+            if (text is not None and literal_sql(text, column) is None) or (
+                    number and column.type not in _NUMBER_TYPES):
+                shown_value = shown(text) if text is not None else frag.text.strip()
+                self.error(path, f"{shown_value} is not a valid {column.type} value for column '{column.name}'")
+                return None
         return self.render_fragment(frag, path)
 
     # -- fragments
