@@ -323,17 +323,18 @@ def _column_name(ref: ast.ColumnRef) -> str | None:
     return None
 
 
-def _walk(node):
+def _walk(node, subqueries: bool = False):
+    """Every node under `node`; a subquery (SubLink) is yielded but not entered unless
+    `subqueries` (its tables and columns are not the target's)."""
     todo = [node]
     while todo:
         cur = todo.pop()
         if isinstance(cur, tuple):
             todo.extend(cur)
         elif isinstance(cur, ast.Node):
-            if isinstance(cur, ast.SubLink):
-                yield cur
-                continue
             yield cur
+            if isinstance(cur, ast.SubLink) and not subqueries:
+                continue
             for name in cur:
                 todo.append(getattr(cur, name))
 

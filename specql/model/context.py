@@ -126,7 +126,7 @@ class Context:
     def note_names(self, frag: sf.Fragment, path: tuple) -> None:
         """Remember the relations (which could capture parameter references) and the functions
         (which `specql test run` checks exist) that a fragment names, subqueries included."""
-        for node in walk_all(frag.expr):
+        for node in sf._walk(frag.expr, subqueries=True):
             if isinstance(node, sf.ast.RangeVar):
                 self.relations.setdefault(node.relname, (path, None))
                 if node.alias is not None:
@@ -197,15 +197,3 @@ class Context:
         replacement.update(swap or {})
         arrays = set(sf.array_param_columns(frag))
         return sf.render(frag, replacement, arrays)
-
-
-def walk_all(node):
-    """Every node under `node`, inside subqueries too."""
-    todo = [node]
-    while todo:
-        cur = todo.pop()
-        if isinstance(cur, tuple):
-            todo.extend(cur)
-        elif isinstance(cur, sf.ast.Node):
-            yield cur
-            todo.extend(getattr(cur, name) for name in cur)
