@@ -165,6 +165,7 @@ SENTINELS = [
     ("throttle", "waited_ms in the run row update", "waited_ms = _waited_ms,\n        heartbeat_at = clock_timestamp()"),
     ("throttle", "a resume continues waited_ms", "_waited_ms := coalesce(_run.waited_ms, 0);"),
     ("throttle", "a throttle inside transaction: single", re.compile(r"-- transaction: single\. No savepoints(.|\n)*?-- throttle: between batches")),
+    ("throttle", "after a batch: whether another may follow (the driver's more)", "_more := _to < _count - 1;"),
     ("auto", "next batch size aimed at the target", "-- batch_size: auto. Aim the next batch at 100 ms"),
     ("auto", "banner says auto", "(auto: aiming at 200 ms a batch)"),
     ("drivers", "resume position of a walk", "_last := (_run.position ->> 'last')::"),

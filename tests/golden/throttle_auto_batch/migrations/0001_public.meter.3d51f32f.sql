@@ -82,6 +82,7 @@ DECLARE
     _errmsg text;
     _detail text;
     _waited_ms numeric := 0;   -- time spent throttled (the run row's waited_ms)
+    _more boolean := false;    -- the batch just done may not be the last: throttle before the next
     _wait_started timestamptz;
     _wait_reason text;
     _wait_ms numeric;
@@ -182,7 +183,7 @@ BEGIN
     <<batches>>
     LOOP
         -- throttle: between batches, wait while the server is under strain (a cancel or the timeout ends the wait).
-        IF _result.batch_count > 0 THEN
+        IF _more THEN
             -- sleep: a fixed pause after every batch.
             _wait_started := clock_timestamp();
             _wait_reason := 'sleep';
@@ -384,6 +385,7 @@ BEGIN
                 'processed_records', _result.processed_records, 'failed_records', _result.failed_records,
                 'error_count', _result.error_count, 'batch_count', _result.batch_count, 'batch_size', _batch_size);
         END IF;
+        _more := _batch_records >= _batch_size;  -- another batch may follow: the throttle waits before it
         -- batch_size: auto. Aim the next batch at 100 ms: scale the size by target / elapsed,
         -- at most x2 up and x0.5 down per batch, between 10 and 10000 rows. A batch_size argument
         -- (or a calling routine's) fixes the size instead.
@@ -511,6 +513,7 @@ DECLARE
     _errmsg text;
     _detail text;
     _waited_ms numeric := 0;   -- time spent throttled (the run row's waited_ms)
+    _more boolean := false;    -- the batch just done may not be the last: throttle before the next
     _wait_started timestamptz;
     _wait_reason text;
     _wait_ms numeric;
@@ -558,7 +561,7 @@ BEGIN
     <<batches>>
     LOOP
         -- throttle: between batches, wait while the server is under strain (a cancel or the timeout ends the wait).
-        IF _result.batch_count > 0 THEN
+        IF _more THEN
             -- sleep: a fixed pause after every batch.
             _wait_started := clock_timestamp();
             _wait_reason := 'sleep';
@@ -639,6 +642,7 @@ BEGIN
                 'processed_records', _result.processed_records, 'failed_records', _result.failed_records,
                 'error_count', _result.error_count, 'batch_count', _result.batch_count, 'batch_size', _batch_size);
         END IF;
+        _more := _to < _last_index;  -- another batch may follow: the throttle waits before it
         -- batch_size: auto. Aim the next batch at 200 ms: scale the size by target / elapsed,
         -- at most x2 up and x0.5 down per batch, between 10 and 10000 rows. A batch_size argument
         -- (or a calling routine's) fixes the size instead.
@@ -744,6 +748,7 @@ DECLARE
     _errmsg text;
     _detail text;
     _waited_ms numeric := 0;   -- time spent throttled (the run row's waited_ms)
+    _more boolean := false;    -- the batch just done may not be the last: throttle before the next
     _wait_started timestamptz;
     _wait_reason text;
     _wait_ms numeric;
@@ -794,7 +799,7 @@ BEGIN
         <<batches>>
         LOOP
             -- throttle: between batches, wait while the server is under strain (a cancel or the timeout ends the wait).
-            IF _result.batch_count > 0 THEN
+            IF _more THEN
                 -- sleep: a fixed pause after every batch.
                 _wait_started := clock_timestamp();
                 _wait_reason := 'sleep';
@@ -923,6 +928,7 @@ BEGIN
                     'processed_records', _result.processed_records, 'failed_records', _result.failed_records,
                     'error_count', _result.error_count, 'batch_count', _result.batch_count, 'batch_size', _batch_size);
             END IF;
+            _more := _batch_records >= _batch_size;  -- another batch may follow: the throttle waits before it
         END LOOP batches;
     EXCEPTION WHEN OTHERS THEN
         GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
@@ -961,3 +967,235 @@ END
 $specql$;
 
 COMMENT ON FUNCTION public.uncheck_meters(integer) IS 'Uncheck all meters at once';
+
+-- -----------------------------------------------------------------------------
+-- public.add_meters: Add meters from a jsonb array, sleeping between batches
+--   insert public.meter in batches of 50, taking the elements of :meters in order
+--   transaction: per_batch; error_handling: stop_on_error
+-- -----------------------------------------------------------------------------
+
+-- Drop an older specql-generated add_meters whose arguments or kind differ: CREATE OR
+-- REPLACE cannot change those. Routines not marked "specql:generated" are never touched.
+DO $specql$
+DECLARE
+    _old regprocedure;
+BEGIN
+    FOR _old IN
+        SELECT p.oid::regprocedure
+        FROM pg_catalog.pg_proc AS p
+        JOIN pg_catalog.pg_namespace AS n ON n.oid = p.pronamespace
+        WHERE n.nspname = 'public'
+          AND p.proname = 'add_meters'
+          AND p.prosrc LIKE '%specql:generated%'
+          AND (p.oid IS DISTINCT FROM to_regprocedure('public.add_meters(jsonb, integer)')
+               OR p.prokind <> 'f'
+               OR p.proargnames IS DISTINCT FROM ARRAY['meters', 'batch_size']::text[])
+    LOOP
+        EXECUTE format('DROP ROUTINE %s', _old);
+    END LOOP;
+END
+$specql$;
+
+CREATE OR REPLACE FUNCTION public.add_meters(
+    meters jsonb,
+    batch_size integer DEFAULT NULL
+)
+RETURNS specql.batch_operation_result
+LANGUAGE plpgsql
+VOLATILE
+SET search_path = pg_catalog, public, pg_temp
+-- Generic plans: a custom plan folds each argument into the plan as a constant, which
+-- copies a large id array or jsonb data_source once per batch (quadratic in the input).
+SET plan_cache_mode = force_generic_plan
+AS $specql$
+#variable_conflict use_column
+DECLARE
+    -- specql:generated from throttle_auto_batch/meter.yaml; edit the entity file, not this body.
+    _result specql.batch_operation_result;
+    _from integer;             -- positions of the current batch in the data_source array
+    _to integer;
+    _count integer;            -- elements in the data_source array
+    _n bigint;
+    _batch_processed bigint;
+    _batch_failed bigint;
+    _batch_started timestamptz;
+    _batch_ms numeric;
+    _sum_batch_ms numeric := 0;
+    _max_batch_ms numeric := 0;
+    _status text;              -- outcome of the current batch
+    _stop text;                -- set when the run ends early: failed, timed_out or cancelled
+    _batch_size integer;       -- records per batch: the batch_size argument, a calling routine's, or the file's
+    _outer_batch_size text;    -- specql.batch_size as this routine found it (restored at the end)
+    _run_started timestamptz;  -- when this call started (a timeout counts from here, also on a resume)
+    _progress boolean;         -- the caller asked for a progress notice per batch (SET specql.progress = on)
+    _sqlstate text;
+    _errmsg text;
+    _detail text;
+    _waited_ms numeric := 0;   -- time spent throttled (the run row's waited_ms)
+    _more boolean := false;    -- the batch just done may not be the last: throttle before the next
+    _wait_started timestamptz;
+    _wait_reason text;
+    _wait_ms numeric;
+BEGIN
+
+    _run_started := clock_timestamp();
+    -- batch_size: this call's argument, else the one a calling specql routine was given
+    -- (specql.batch_size), else the entity file's.
+    _outer_batch_size := pg_catalog.current_setting('specql.batch_size', true);
+    _batch_size := coalesce(add_meters.batch_size, nullif(_outer_batch_size, '')::integer, 50);
+    IF _batch_size < 1 THEN
+        RAISE EXCEPTION 'batch_size must be at least 1, not %', _batch_size USING ERRCODE = '22023';
+    END IF;
+    IF add_meters.batch_size IS NOT NULL THEN
+        PERFORM pg_catalog.set_config('specql.batch_size', _batch_size::text, true);
+    END IF;
+    _progress := pg_catalog.current_setting('specql.progress', true) = 'on';
+    _result.operation_id := gen_random_uuid();
+    _result.operation := 'add_meters';
+    _result.started_at := _run_started;
+    _result.processed_records := 0;
+    _result.failed_records := 0;
+    _result.error_count := 0;
+    _result.batch_count := 0;
+
+    -- Records: the elements of the jsonb array meters.
+    IF jsonb_typeof(add_meters.meters) <> 'array' THEN
+        RAISE EXCEPTION 'meters must be a jsonb array of objects, not a jsonb %',
+            jsonb_typeof(add_meters.meters) USING ERRCODE = '22023';
+    END IF;
+    _count := coalesce(jsonb_array_length(add_meters.meters), 0);
+    _result.total_records := _count;
+    _from := 0;
+
+    -- The run row: what `specql status` shows; its
+    -- backend tells a live run from an abandoned one (the view specql.batch_operation_status).
+    INSERT INTO specql.batch_operation_runs
+        (operation_id, operation, total_records, started_at, heartbeat_at, backend_pid, backend_start,
+         routine, transaction_mode, batch_size)
+    VALUES
+        (_result.operation_id, _result.operation, _result.total_records, _result.started_at, _result.started_at,
+         pg_catalog.pg_backend_pid(),
+         (SELECT backend_start FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid())),
+         'public.add_meters(jsonb, integer)', 'per_batch', _batch_size);
+
+    <<batches>>
+    LOOP
+        -- throttle: between batches, wait while the server is under strain (a cancel or the timeout ends the wait).
+        IF _more THEN
+            -- sleep: a fixed pause after every batch.
+            _wait_started := clock_timestamp();
+            _wait_reason := 'sleep';
+            PERFORM pg_catalog.pg_sleep(5 / 1000.0);
+            _wait_ms := round(extract(epoch FROM clock_timestamp() - _wait_started) * 1000, 3);
+            _waited_ms := _waited_ms + _wait_ms;
+            INSERT INTO specql.batch_operation_logs
+                (operation_id, operation, batch_number, records_processed, records_failed, started_at, completed_at, status,
+                 batch_size, wait_reason, wait_ms)
+            VALUES
+                (_result.operation_id, _result.operation, _result.batch_count + 1, 0, 0, _wait_started, clock_timestamp(),
+                 'throttled', _batch_size, _wait_reason, _wait_ms);
+        END IF;
+        -- A cancel request (specql.cancel_operation, from any session) stops the run between batches.
+        IF EXISTS (SELECT 1 FROM specql.batch_operation_cancellations WHERE operation_id = _result.operation_id) THEN
+            _stop := 'cancelled';
+            EXIT;
+        END IF;
+        -- Select the next batch.
+        EXIT WHEN _from >= _count;
+        _to := least(_from + _batch_size, _count) - 1;
+        _batch_started := clock_timestamp();
+
+        LOOP
+            BEGIN
+                INSERT INTO public.meter (id, reading, checked)
+                SELECT (_rec ->> 'id')::integer,
+                       (_rec ->> 'reading')::integer,
+                       false
+                -- OFFSET 0 keeps the subquery whole: each element is extracted once, not once per field.
+                FROM (SELECT add_meters.meters -> _g._i AS _rec
+                      FROM generate_series(_from, _to) AS _g(_i)
+                      OFFSET 0) AS _source;
+                GET DIAGNOSTICS _n = ROW_COUNT;
+                _batch_processed := _n;
+                _batch_failed := 0;
+                _status := 'completed';
+                EXIT;
+            EXCEPTION WHEN OTHERS THEN
+                -- The savepoint rolled the whole batch back.
+                GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
+                IF _sqlstate IN ('40001', '40P01', '55P03') THEN
+                    -- A transient failure that outlasted its retries stops the run, whatever the error mode.
+                    -- stop_on_error: log the failed batch with its records.
+                    INSERT INTO specql.batch_operation_errors
+                        (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at)
+                    VALUES
+                        (_result.operation_id, _result.operation, _result.batch_count + 1, _sqlstate, _errmsg, _detail,
+                         coalesce((SELECT jsonb_agg(jsonb_build_object('index', _g._i, 'record', add_meters.meters -> _g._i) ORDER BY _g._i) FROM generate_series(_from, _to) AS _g(_i)), '[]'::jsonb), clock_timestamp());
+                    _result.error_count := _result.error_count + 1;
+                    _batch_processed := 0;
+                    _batch_failed := (_to - _from + 1);
+                    _status := 'failed';
+                    _stop := 'failed';
+                    EXIT;
+                END IF;
+                -- stop_on_error: log the failed batch with its records.
+                INSERT INTO specql.batch_operation_errors
+                    (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at)
+                VALUES
+                    (_result.operation_id, _result.operation, _result.batch_count + 1, _sqlstate, _errmsg, _detail,
+                     coalesce((SELECT jsonb_agg(jsonb_build_object('index', _g._i, 'record', add_meters.meters -> _g._i) ORDER BY _g._i) FROM generate_series(_from, _to) AS _g(_i)), '[]'::jsonb), clock_timestamp());
+                _result.error_count := _result.error_count + 1;
+                _batch_processed := 0;
+                _batch_failed := (_to - _from + 1);
+                _status := 'failed';
+                EXIT;
+            END;
+        END LOOP;
+
+        -- Account for the batch.
+        _result.batch_count := _result.batch_count + 1;
+        _result.processed_records := _result.processed_records + _batch_processed;
+        _result.failed_records := _result.failed_records + _batch_failed;
+        _batch_ms := extract(epoch FROM clock_timestamp() - _batch_started) * 1000;
+        _sum_batch_ms := _sum_batch_ms + _batch_ms;
+        _max_batch_ms := greatest(_max_batch_ms, _batch_ms);
+        IF _progress THEN
+            RAISE NOTICE 'specql:progress %', json_build_object(
+                'operation_id', _result.operation_id, 'total_records', _result.total_records,
+                'processed_records', _result.processed_records, 'failed_records', _result.failed_records,
+                'error_count', _result.error_count, 'batch_count', _result.batch_count, 'batch_size', _batch_size);
+        END IF;
+        _more := _to < _count - 1;  -- another batch may follow: the throttle waits before it
+        IF _status = 'failed' THEN
+            _stop := 'failed';
+        END IF;
+        EXIT WHEN _stop IS NOT NULL;
+        _from := _to + 1;
+    END LOOP batches;
+
+    -- Finish: status, run row, metrics, notification.
+    _result.completed_at := clock_timestamp();
+    _result.status := CASE
+        WHEN _stop IS NOT NULL THEN _stop
+        WHEN _result.error_count > 0 THEN 'completed_with_errors'
+        ELSE 'completed'
+    END;
+    UPDATE specql.batch_operation_runs
+    SET status = _result.status,
+        completed_at = _result.completed_at,
+        total_records = _result.total_records,
+        processed_records = _result.processed_records,
+        failed_records = _result.failed_records,
+        error_count = _result.error_count,
+        batch_count = _result.batch_count,
+        waited_ms = _waited_ms,
+        heartbeat_at = clock_timestamp()
+    WHERE operation_id = _result.operation_id;
+    IF add_meters.batch_size IS NOT NULL THEN
+        PERFORM pg_catalog.set_config('specql.batch_size', coalesce(_outer_batch_size, ''), true);
+    END IF;
+    RETURN _result;
+END
+$specql$;
+
+COMMENT ON FUNCTION public.add_meters(jsonb, integer) IS 'Add meters from a jsonb array, sleeping between batches';
