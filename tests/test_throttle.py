@@ -37,6 +37,14 @@ patterns:
     progress_tracking: true
     throttle: {sleep: "30 milliseconds"}
   - name: batch_operations
+    operation: bump_walk_sleeping
+    operation_type: update
+    update_data: {n: {sql: "n + 1"}}
+    where_condition: "n >= 0"
+    batch_size: 10
+    progress_tracking: true
+    throttle: {sleep: "10 milliseconds"}
+  - name: batch_operations
     operation: bump_all_auto
     operation_type: update
     update_data: {n: {sql: "n + 1"}}
@@ -97,6 +105,9 @@ def test_sleep_is_a_logged_wait_counted_in_waited_ms_and_left_out_of_the_rate(da
         assert waited == sum(r[2] for r in rows) and waited >= 120
         # the rate is over the run's time minus its waits
         assert float(active) == pytest.approx(float(total) - float(waited) / 1000, abs=0.01)
+        # a key walk whose last batch is full looks for a next key first: no wait after it
+        result = call(conn, "gentle.bump_walk_sleeping")
+        assert result["batch_count"] == 5 and [r[0] for r in waits(conn, result["operation_id"])] == [2, 3, 4, 5]
 
 
 def test_throttle_validation_is_located(tmp_path):
@@ -108,7 +119,7 @@ def test_throttle_validation_is_located(tmp_path):
         f"{tmp_path}/bad/meter.yaml:15:37: error: patterns.0.throttle.max_archive_backlog must be at least 1, got 0",
         f"{tmp_path}/bad/meter.yaml:15:52: error: patterns.0.throttle.autovacuum: true is not one of: pause, ignore",
         f"{tmp_path}/bad/meter.yaml:15:57: error: unknown key 'wait'",
-        f"{tmp_path}/bad/meter.yaml:29:17: error: patterns.2.batch_size must be a whole number, got 'fast'"]
+        f"{tmp_path}/bad/meter.yaml:37:17: error: patterns.3.batch_size must be a whole number, got 'fast'"]
     folder = write_entities(tmp_path / "bad2", meter=METER.replace(
         '{sleep: "30 milliseconds"}', '{sleep: "soon", max_replication_lag: "-1 s"}').replace(
         'target_batch_time: "100 milliseconds"', 'target_batch_time: "later"'))
@@ -119,7 +130,7 @@ def test_throttle_validation_is_located(tmp_path):
         f"such as \"50 milliseconds\"",
         f"{folder}/meter.yaml:15:52: error: throttle max_replication_lag '-1 s' is not a positive duration of at "
         f"most 100 years, such as \"10 seconds\"",
-        f"{folder}/meter.yaml:22:24: error: target_batch_time 'later' is not a positive duration of at most 100 "
+        f"{folder}/meter.yaml:30:24: error: target_batch_time 'later' is not a positive duration of at most 100 "
         f"years, such as \"200 milliseconds\""]
 
 

@@ -385,7 +385,8 @@ BEGIN
                 'processed_records', _result.processed_records, 'failed_records', _result.failed_records,
                 'error_count', _result.error_count, 'batch_count', _result.batch_count, 'batch_size', _batch_size);
         END IF;
-        _more := _batch_records >= _batch_size;  -- another batch may follow: the throttle waits before it
+        -- Another batch may follow: the throttle waits before it (never after the last).
+        _more := _batch_records >= _batch_size AND EXISTS (SELECT 1 FROM public.meter WHERE id > _last AND (NOT checked));
         -- batch_size: auto. Aim the next batch at 100 ms: scale the size by target / elapsed,
         -- at most x2 up and x0.5 down per batch, between 10 and 10000 rows. A batch_size argument
         -- (or a calling routine's) fixes the size instead.
@@ -642,7 +643,8 @@ BEGIN
                 'processed_records', _result.processed_records, 'failed_records', _result.failed_records,
                 'error_count', _result.error_count, 'batch_count', _result.batch_count, 'batch_size', _batch_size);
         END IF;
-        _more := _to < _last_index;  -- another batch may follow: the throttle waits before it
+        -- Another batch may follow: the throttle waits before it (never after the last).
+        _more := _to < _last_index;
         -- batch_size: auto. Aim the next batch at 200 ms: scale the size by target / elapsed,
         -- at most x2 up and x0.5 down per batch, between 10 and 10000 rows. A batch_size argument
         -- (or a calling routine's) fixes the size instead.
@@ -928,7 +930,8 @@ BEGIN
                     'processed_records', _result.processed_records, 'failed_records', _result.failed_records,
                     'error_count', _result.error_count, 'batch_count', _result.batch_count, 'batch_size', _batch_size);
             END IF;
-            _more := _batch_records >= _batch_size;  -- another batch may follow: the throttle waits before it
+            -- Another batch may follow: the throttle waits before it (never after the last).
+            _more := _batch_records >= _batch_size AND EXISTS (SELECT 1 FROM public.meter WHERE id > _last AND (checked));
         END LOOP batches;
     EXCEPTION WHEN OTHERS THEN
         GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
@@ -1165,7 +1168,8 @@ BEGIN
                 'processed_records', _result.processed_records, 'failed_records', _result.failed_records,
                 'error_count', _result.error_count, 'batch_count', _result.batch_count, 'batch_size', _batch_size);
         END IF;
-        _more := _to < _count - 1;  -- another batch may follow: the throttle waits before it
+        -- Another batch may follow: the throttle waits before it (never after the last).
+        _more := _to < _count - 1;
         IF _status = 'failed' THEN
             _stop := 'failed';
         END IF;
