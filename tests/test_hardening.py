@@ -206,3 +206,18 @@ def test_test_run_names_a_missing_function_once_before_running_tests(tmp_path, p
         "database the tests run on (operation close_accounts calls it); create it before the specql "
         "migrations, e.g. in a migration of your own, or the routine fails at every call"], lines
     assert not any("passed" in line for line in lines)
+
+
+def test_a_default_expression_is_parenthesized_so_it_parses(tmp_path, database_url):
+    """DEFAULT takes a restricted expression: `DEFAULT x IS NOT NULL` is a syntax error unless
+    parenthesized (found by the fuzzer: generate exited 0 with SQL that did not parse)."""
+    text = NOTE.replace('pinned: {type: boolean, default: false}',
+                        'pinned: {type: boolean, default: {sql: "now() IS NOT NULL"}}')
+    entities = write_entities(tmp_path / "entities", note=text)
+    generate_and_apply(database_url, entities, tmp_path / "out")
+    with connect(database_url) as conn:
+        result = call(conn, "public.insert_notes", rows=json.dumps([{"body": "a"}]))
+        assert result["status"] == "completed"
+        assert conn.execute("SELECT pinned FROM note").fetchone() == (True,)
+        conn.execute("INSERT INTO note (body) VALUES ('b')")
+        assert conn.execute("SELECT pinned FROM note WHERE body = 'b'").fetchone() == (True,)

@@ -13,6 +13,7 @@ from ..diagnostics import Diagnostic, did_you_mean
 from ..loader import Document
 from ..sqlnames import SQL_TYPES, qi, qname
 from .names import MAX_COLUMNS, check_identifier, display_name
+from .values import looks_like_sql
 
 # Every table has these; CREATE TABLE refuses a column of the same name.
 SYSTEM_COLUMNS = frozenset({"tableoid", "xmin", "cmin", "xmax", "cmax", "ctid"})
@@ -129,6 +130,11 @@ def resolve_field_details(doc: Document, entity: Entity, registry: dict[str, Ent
                 sql = ctx.value_sql(raw, column, ("fields", fname, "default"))
                 if ctx.scope.order or ctx.scope.record_alias:
                     problems.append(doc.diag(("fields", fname, "default"), "a default cannot use a parameter"))
+                elif sql is not None and (isinstance(raw, dict) and "sql" in raw
+                                          or isinstance(raw, str) and looks_like_sql(raw)):
+                    # An expression in parentheses: DEFAULT takes only a restricted expression
+                    # (`DEFAULT x IS NOT NULL` does not parse), and a CASE reads it as one term.
+                    column.default_sql = f"({sql})"
                 else:
                     column.default_sql = sql
         if "references" in fspec:

@@ -53,7 +53,7 @@ FACTS = {   'assignments': [{'column': 'quantity', 'kind': 'sql', 'ref': None, '
                                                             'sql_type': 'text',
                                                             'type': 'string',
                                                             'unique': True},
-                                                        {   'default_sql': 'CURRENT_DATE',
+                                                        {   'default_sql': '(CURRENT_DATE)',
                                                             'ident': 'opened_on',
                                                             'name': 'opened_on',
                                                             'nullable': True,

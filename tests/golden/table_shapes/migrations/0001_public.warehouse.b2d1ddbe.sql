@@ -11,11 +11,11 @@ CREATE SCHEMA IF NOT EXISTS public;
 CREATE TABLE IF NOT EXISTS public.warehouse (
     id integer PRIMARY KEY,
     code text NOT NULL UNIQUE,
-    opened_on date DEFAULT CURRENT_DATE,
+    opened_on date DEFAULT (CURRENT_DATE),
     capacity integer DEFAULT 100
 );
 ALTER TABLE public.warehouse ADD COLUMN IF NOT EXISTS code text UNIQUE;
-ALTER TABLE public.warehouse ADD COLUMN IF NOT EXISTS opened_on date DEFAULT CURRENT_DATE;
+ALTER TABLE public.warehouse ADD COLUMN IF NOT EXISTS opened_on date DEFAULT (CURRENT_DATE);
 ALTER TABLE public.warehouse ADD COLUMN IF NOT EXISTS capacity integer DEFAULT 100;
 COMMENT ON TABLE public.warehouse IS 'Where stock lives';
 

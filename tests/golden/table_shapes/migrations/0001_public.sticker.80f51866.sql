@@ -9,7 +9,7 @@ CREATE SCHEMA IF NOT EXISTS public;
 -- Table public.sticker: created when missing; fields added to the entity later are
 -- added as columns (type changes and removals are left to a hand-written migration).
 CREATE TABLE IF NOT EXISTS public.sticker (
-    id uuid PRIMARY KEY DEFAULT CAST(md5(CAST(clock_timestamp() AS text)) AS uuid),
+    id uuid PRIMARY KEY DEFAULT (CAST(md5(CAST(clock_timestamp() AS text)) AS uuid)),
     text text
 );
 ALTER TABLE public.sticker ADD COLUMN IF NOT EXISTS text text;
