@@ -89,6 +89,17 @@ BEGIN
 END $$;
 CREATE TRIGGER hold_batch BEFORE INSERT ON specql.batch_operation_logs
     FOR EACH ROW EXECUTE FUNCTION resume.hold_batch();
+-- While resume.slow has a row, each changed row costs a little: a run stays mid-walk long
+-- enough to be interrupted at a moment nobody chose.
+CREATE TABLE resume.slow (on_ boolean);
+CREATE FUNCTION resume.slow_row() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM resume.slow) THEN
+        PERFORM pg_sleep(0.0001);
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER slow_row BEFORE UPDATE ON resume.counter FOR EACH ROW EXECUTE FUNCTION resume.slow_row();
 """
 
 
@@ -175,9 +186,9 @@ def interrupt(url: str, pid: int, how: str) -> None:
 def test_an_interrupted_walk_resumes_exactly_once(tmp_path, database_url_any, how, point):
     url = database_url_any
     setup(url, tmp_path)
-    if point == "between_statement_and_commit":
-        with connect(url) as conn:
-            conn.execute("INSERT INTO resume.hold VALUES (7)")
+    with connect(url) as conn:
+        conn.execute("INSERT INTO resume.hold VALUES (7)" if point == "between_statement_and_commit"
+                     else "INSERT INTO resume.slow VALUES (true)")
     thread, box = call_in_thread(url, "CALL resume.bump_group(grp => 1, result => NULL)")
     if point == "between_statement_and_commit":
         wait_for(url, "SELECT true FROM pg_stat_activity WHERE pid = %s AND wait_event = 'PgSleep'", (box["pid"],))
@@ -191,6 +202,7 @@ def test_an_interrupted_walk_resumes_exactly_once(tmp_path, database_url_any, ho
     assert run["status"] == "running" and run["state"] == "abandoned", run
     with connect(url) as conn:
         conn.execute("DELETE FROM resume.hold")
+        conn.execute("DELETE FROM resume.slow")
     result = resume(url, "resume.bump_group", run["operation_id"], grp=1)
     assert result["operation_id"] == run["operation_id"]
     assert (result["status"], result["processed_records"], result["total_records"], result["batch_count"]) == \
@@ -318,7 +330,8 @@ def test_the_batch_size_argument_overrides_the_file_and_reaches_nested_routines(
         assert conn.execute("SELECT coalesce(current_setting('specql.batch_size', true), '')").fetchone() == ("",)
 
 
-def test_an_immediate_server_stop_resumes_exactly_once(tmp_path):
+@pytest.mark.parametrize("point", ["between_statement_and_commit", "after_commit"])
+def test_an_immediate_server_stop_resumes_exactly_once(tmp_path, point):
     """What a crash is to PostgreSQL: `pg_ctl stop -m immediate` while a batch waits before its
     commit, then a restart; the run reads abandoned, and its resume changes every row once."""
     from psycopg.conninfo import conninfo_to_dict
@@ -336,9 +349,15 @@ def test_an_immediate_server_stop_resumes_exactly_once(tmp_path):
         pg_ctl = [str(bin_dir / "pg_ctl"), "-D", str(pgdata), "-w", "-t", "60"]
         setup(url, tmp_path)
         with connect(url) as conn:
-            conn.execute("INSERT INTO resume.hold VALUES (11)")
+            conn.execute("INSERT INTO resume.hold VALUES (11)" if point == "between_statement_and_commit"
+                         else "INSERT INTO resume.slow VALUES (true)")
         thread, box = call_in_thread(url, "CALL resume.bump_group(grp => 1, result => NULL)")
-        wait_for(url, "SELECT true FROM pg_stat_activity WHERE pid = %s AND wait_event = 'PgSleep'", (box["pid"],))
+        if point == "between_statement_and_commit":
+            wait_for(url, "SELECT true FROM pg_stat_activity WHERE pid = %s AND wait_event = 'PgSleep'",
+                     (box["pid"],))
+        else:
+            wait_for(url, "SELECT processed_records >= 5 * %s FROM specql.batch_operation_runs "
+                          "WHERE operation = 'bump_group'", (BATCH,))
         database._run_as(pg_ctl + ["-m", "immediate", "stop"], ids, pgdata)
         thread.join(30)
         options = (f"-c listen_addresses='' -k {shlex.quote(str(pgdata))} -p 5432"
@@ -348,6 +367,7 @@ def test_an_immediate_server_stop_resumes_exactly_once(tmp_path):
         assert run["state"] == "abandoned", run
         with connect(url) as conn:
             conn.execute("DELETE FROM resume.hold")
+            conn.execute("DELETE FROM resume.slow")
         result = resume(url, "resume.bump_group", run["operation_id"], grp=1)
         assert (result["status"], result["processed_records"], result["batch_count"]) == \
             ("completed", ROWS * 9 // 10, ROWS * 9 // 10 // BATCH)
