@@ -10,6 +10,7 @@ bench/README.md were measured; the templates are not touched.
     /work/venv/bin/python bench/variants.py --case update_ids --batch-size 100
     /work/venv/bin/python bench/variants.py --case insert --sizes 100000,1000000 --repeat 3
     /work/venv/bin/python bench/variants.py --case insert --show path_slice   # print the SQL
+    /work/venv/bin/python bench/variants.py --case delete --variants generated --before /tmp/old/migrations
 
 An edit whose text is not found (the templates changed) makes that variant "n/a".
 """
@@ -161,6 +162,14 @@ def variant_sql(base: str, routine: str, v: Variant, batch_size: int) -> str | N
     return text.replace(f"{routine}.", f"{name}.")  # parameter qualifiers
 
 
+def before_sql(migrations: Path, routine: str) -> str:
+    """Another checkout's routine, renamed <routine>__before (it runs on this checkout's runtime)."""
+    text = routine_text(migrations, routine)
+    name = f"{routine}__before"
+    text = text.replace(f"FUNCTION {B.SCHEMA}.{routine}(", f"FUNCTION {B.SCHEMA}.{name}(", 1)
+    return text.replace(f"{routine}.", f"{name}.")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--case", required=True, choices=list(VARIANTS))
@@ -170,6 +179,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--quiet-wait", type=float, default=5)
     ap.add_argument("--show", metavar="VARIANT", help="print the variant's SQL and exit")
+    ap.add_argument("--before", metavar="DIR", help="also time the routine of these generated migrations (another "
+                    "commit's bench/entities) as the variant 'before', next to this checkout's runtime")
     args = ap.parse_args(argv)
     case = args.case
     routine = B.CASES[case][1]
@@ -205,10 +216,15 @@ def main(argv=None) -> int:
                         continue
                     admin.execute(text)
                     names[v.name] = routine if v.name == "generated" else f"{routine}__{v.name}"
+                if args.before:
+                    admin.execute(before_sql(Path(args.before), routine))
+                    names["before"] = f"{routine}__before"
                 print(f"case {case}, batch_size {args.batch_size}; {B.settings(admin)}")
                 for v in variants:
                     if v.name in names:
                         print(f"  {v.name:<16} {v.what}")
+                if args.before:
+                    print(f"  {'before':<16} the routine of {args.before}")
                 for n in sizes:
                     if case != "insert":
                         B.create_seed(admin, n, 1.0)
