@@ -57,7 +57,12 @@ class Calls:
         return Run(result, notices)
 
     def all_params(self) -> list[dict]:
+        """The operation's parameters, then the arguments every routine adds: confirm where
+        required, batch_size, and resume for a procedure."""
         extra = [{"name": "confirm", "ident": "confirm", "sql_type": "boolean"}] if self.f["requires_confirmation"] else []
+        extra.append({"name": "batch_size", "ident": "batch_size", "sql_type": "integer"})
+        if self.f["is_procedure"]:
+            extra.append({"name": "resume", "ident": "resume", "sql_type": "uuid"})
         return self.f["params"] + extra
 
     def batch_log(self, operation_id) -> list[tuple]:

@@ -93,7 +93,7 @@ OPERATION_SKIP = ("source_path", "functions", "param_roles", "description")
 
 
 def policy_facts(p: Policy) -> dict:
-    return plain_fields(p, derived=("is_procedure", "logs_batches"), skip=POLICY_SKIP,
+    return plain_fields(p, derived=("is_procedure", "logs_batches", "logs_run", "resumable", "lock_timeout_ms", "retry_backoff_ms"), skip=POLICY_SKIP,
                         preconditions=[plain_fields(c) for c in p.preconditions])
 
 

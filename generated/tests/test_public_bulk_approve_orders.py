@@ -92,9 +92,11 @@ FACTS = {   'assignments': [   {'column': 'status', 'kind': 'sql', 'ref': None, 
     'is_procedure': False,
     'key_param': None,
     'lock_timeout': None,
+    'lock_timeout_ms': None,
     'log_table': 'specql.batch_operation_logs',
     'logging_level': 'summary',
     'logs_batches': False,
+    'logs_run': True,
     'manage_table': True,
     'max_errors': None,
     'max_records': 1000,
@@ -120,8 +122,10 @@ FACTS = {   'assignments': [   {'column': 'status', 'kind': 'sql', 'ref': None, 
     'progress_tracking': False,
     'range_batches': False,
     'requires_confirmation': True,
+    'resumable': False,
     'retry_attempts': 0,
     'retry_backoff': '100 milliseconds',
+    'retry_backoff_ms': 100,
     'routine': 'public.bulk_approve_orders',
     'schema': 'public',
     'schema_ident': 'public',
@@ -165,13 +169,21 @@ def processing_order(params, target):
     return [(k, i // BATCH + 1) for i, k in enumerate(target)], target
 
 
-def expected_batches(params, target):
-    return batches(len(target), BATCH)
+def expected_batches(params, target, size=BATCH):
+    return batches(len(target), size)
 
 
 def run_once(h):
     params, target = prepare(h)
     return h.call({**params, "confirm": True}).result
+
+
+def plan_run(h):
+    """(arguments, keys of the first batch, every key the run changes, batches of a run by size)."""
+    params, target = prepare(h)
+    order, _ = processing_order(params, target)
+    first = [k for k, b in order if b == 1]
+    return {**params, "confirm": True}, first, target, lambda size=BATCH: expected_batches(params, target, size)
 
 
 def test_changes_exactly_the_target_rows(h):
@@ -263,3 +275,35 @@ def test_timeout_stops_between_batches(h):
     assert 1 <= r["batch_count"] < expected_batches(params, target)
     changed = sum(1 for k in before if after.get(k) != before[k])
     assert r["processed_records"] == changed
+
+
+def test_batch_size_argument_overrides_the_file(h):
+    params, first, target, expected_batches = plan_run(h)
+    size = BATCH // 2 if BATCH > 1 else 2
+    r = h.call({**params, "batch_size": size}).result
+    assert r["status"] == "completed"
+    assert r["batch_count"] == expected_batches(size)
+    assert h.run_row(r["operation_id"])["batch_size"] == size
+
+
+def cancelled_after_first_batch(h, params, first):
+    """Run with a cancel requested inside the first batch; the stopped run's result."""
+    h.record_touches()
+    h.cancel_after_first_batch()
+    r = h.call(params).result
+    assert r["status"] == "cancelled", "the run went on after a cancel request"
+    assert r["batch_count"] == 1
+    touches = h.touches()
+    assert set(touches.values()) <= {1}
+    if first is not None:
+        assert sorted(touches) == sorted(first), "the cancelled run changed other rows than its first batch"
+    assert sum(touches.values()) == r["processed_records"] <= BATCH
+    assert h.run_row(r["operation_id"])["status"] == "cancelled"
+    return r
+
+
+def test_cancel_stops_the_run_after_its_current_batch(h):
+    params, first, target, expected_batches = plan_run(h)
+    if expected_batches() < 2:
+        pytest.skip("the seeded target fits in one batch")
+    cancelled_after_first_batch(h, params, first)

@@ -80,9 +80,11 @@ FACTS = {   'assignments': [   {   'column': 'product_id',
     'is_procedure': False,
     'key_param': None,
     'lock_timeout': None,
+    'lock_timeout_ms': None,
     'log_table': 'specql.batch_operation_logs',
     'logging_level': 'summary',
     'logs_batches': False,
+    'logs_run': True,
     'manage_table': True,
     'max_errors': 100,
     'max_records': None,
@@ -103,8 +105,10 @@ FACTS = {   'assignments': [   {   'column': 'product_id',
     'progress_tracking': False,
     'range_batches': False,
     'requires_confirmation': False,
+    'resumable': False,
     'retry_attempts': 0,
     'retry_backoff': '100 milliseconds',
+    'retry_backoff_ms': 100,
     'routine': 'public.upsert_product_cache',
     'schema': 'public',
     'schema_ident': 'public',
@@ -136,6 +140,14 @@ def call_with(h, records):
 
 def run_once(h):
     return call_with(h, h.records(RECORDS)).result
+
+
+def plan_run(h):
+    """(arguments, None, None, batches of a run by size): a record has no key before its
+    insert, so runs are checked by counts."""
+    params = {k: v for k, v in h.params().items()}
+    params[FACTS["source_param"]] = h.records(RECORDS)
+    return {**params}, None, None, lambda size=BATCH: batches(RECORDS, size)
 
 
 def test_takes_every_record(h):
@@ -209,6 +221,38 @@ def test_error_handling_collect_errors(h):
     assert r["processed_records"] == RECORDS - 1
     assert r["failed_records"] == 1
     assert h.count() - before == RECORDS - 1
+
+
+def test_batch_size_argument_overrides_the_file(h):
+    params, first, target, expected_batches = plan_run(h)
+    size = BATCH // 2 if BATCH > 1 else 2
+    r = h.call({**params, "batch_size": size}).result
+    assert r["status"] == "completed"
+    assert r["batch_count"] == expected_batches(size)
+    assert h.run_row(r["operation_id"])["batch_size"] == size
+
+
+def cancelled_after_first_batch(h, params, first):
+    """Run with a cancel requested inside the first batch; the stopped run's result."""
+    h.record_touches()
+    h.cancel_after_first_batch()
+    r = h.call(params).result
+    assert r["status"] == "cancelled", "the run went on after a cancel request"
+    assert r["batch_count"] == 1
+    touches = h.touches()
+    assert set(touches.values()) <= {1}
+    if first is not None:
+        assert sorted(touches) == sorted(first), "the cancelled run changed other rows than its first batch"
+    assert sum(touches.values()) == r["processed_records"] <= BATCH
+    assert h.run_row(r["operation_id"])["status"] == "cancelled"
+    return r
+
+
+def test_cancel_stops_the_run_after_its_current_batch(h):
+    params, first, target, expected_batches = plan_run(h)
+    if expected_batches() < 2:
+        pytest.skip("the seeded target fits in one batch")
+    cancelled_after_first_batch(h, params, first)
 
 
 def test_completion_notification(h, specql_database_url):

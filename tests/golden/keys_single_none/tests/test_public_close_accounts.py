@@ -50,9 +50,11 @@ FACTS = {   'assignments': [   {   'column': 'state',
     'is_procedure': False,
     'key_param': 'account_ids',
     'lock_timeout': None,
+    'lock_timeout_ms': None,
     'log_table': 'specql.batch_operation_logs',
     'logging_level': 'none',
     'logs_batches': False,
+    'logs_run': False,
     'manage_table': True,
     'max_errors': None,
     'max_records': None,
@@ -78,8 +80,10 @@ FACTS = {   'assignments': [   {   'column': 'state',
     'progress_tracking': False,
     'range_batches': False,
     'requires_confirmation': False,
+    'resumable': False,
     'retry_attempts': 0,
     'retry_backoff': '100 milliseconds',
+    'retry_backoff_ms': 100,
     'routine': 'public.close_accounts',
     'schema': 'public',
     'schema_ident': 'public',
@@ -121,13 +125,21 @@ def processing_order(params, target):
     return [(k, i // BATCH + 1) for i, k in enumerate(keys) if k in wanted], keys
 
 
-def expected_batches(params, target):
-    return batches(len(params[FACTS["key_param"]]), BATCH)
+def expected_batches(params, target, size=BATCH):
+    return batches(len(params[FACTS["key_param"]]), size)
 
 
 def run_once(h):
     params, target = prepare(h)
     return h.call({**params}).result
+
+
+def plan_run(h):
+    """(arguments, keys of the first batch, every key the run changes, batches of a run by size)."""
+    params, target = prepare(h)
+    order, _ = processing_order(params, target)
+    first = [k for k, b in order if b == 1]
+    return {**params}, first, target, lambda size=BATCH: expected_batches(params, target, size)
 
 
 def test_changes_exactly_the_target_rows(h):
@@ -185,3 +197,13 @@ def test_timeout_stops_between_batches(h):
     assert 1 <= r["batch_count"] < expected_batches(params, target)
     changed = sum(1 for k in before if after.get(k) != before[k])
     assert r["processed_records"] == changed
+
+
+def test_batch_size_argument_overrides_the_file(h):
+    params, first, target, expected_batches = plan_run(h)
+    size = BATCH // 2 if BATCH > 1 else 2
+    r = h.call({**params, "batch_size": size}).result
+    assert r["status"] == "completed"
+    assert r["batch_count"] == expected_batches(size)
+
+

@@ -60,9 +60,11 @@ FACTS = {   'assignments': [   {   'column': 'Display Name',
     'is_procedure': False,
     'key_param': None,
     'lock_timeout': '2 seconds',
+    'lock_timeout_ms': 2000,
     'log_table': 'specql.batch_operation_logs',
     'logging_level': 'summary',
     'logs_batches': True,
+    'logs_run': True,
     'manage_table': True,
     'max_errors': 3,
     'max_records': None,
@@ -88,8 +90,10 @@ FACTS = {   'assignments': [   {   'column': 'Display Name',
     'progress_tracking': True,
     'range_batches': True,
     'requires_confirmation': False,
+    'resumable': False,
     'retry_attempts': 2,
     'retry_backoff': '200 milliseconds',
+    'retry_backoff_ms': 200,
     'routine': 'public.rename_groups',
     'schema': 'public',
     'schema_ident': 'public',
@@ -129,13 +133,21 @@ def processing_order(params, target):
     return [(k, i // BATCH + 1) for i, k in enumerate(target)], target
 
 
-def expected_batches(params, target):
-    return batches(len(target), BATCH)
+def expected_batches(params, target, size=BATCH):
+    return batches(len(target), size)
 
 
 def run_once(h):
     params, target = prepare(h)
     return h.call({**params}).result
+
+
+def plan_run(h):
+    """(arguments, keys of the first batch, every key the run changes, batches of a run by size)."""
+    params, target = prepare(h)
+    order, _ = processing_order(params, target)
+    first = [k for k, b in order if b == 1]
+    return {**params}, first, target, lambda size=BATCH: expected_batches(params, target, size)
 
 
 # dense_keys: the walk takes dense stretches of an integer key as key ranges.
@@ -195,3 +207,52 @@ def test_error_handling_collect_errors(h):
     assert r["status"] == "completed_with_errors"
     assert r["processed_records"] == len(target) - 1
     assert r["failed_records"] == 1
+
+
+def test_batch_size_argument_overrides_the_file(h):
+    params, first, target, expected_batches = plan_run(h)
+    size = BATCH // 2 if BATCH > 1 else 2
+    r = h.call({**params, "batch_size": size}).result
+    assert r["status"] == "completed"
+    assert r["batch_count"] == expected_batches(size)
+    assert h.run_row(r["operation_id"])["batch_size"] == size
+    assert h.logged_batch_sizes(r["operation_id"]) == [size] * r["batch_count"]
+    log = h.batch_log(r["operation_id"])
+    assert all(b[1] + b[2] <= size for b in log), "a batch took more records than the batch_size argument"
+
+
+def cancelled_after_first_batch(h, params, first):
+    """Run with a cancel requested inside the first batch; the stopped run's result."""
+    h.record_touches()
+    h.cancel_after_first_batch()
+    r = h.call(params).result
+    assert r["status"] == "cancelled", "the run went on after a cancel request"
+    assert r["batch_count"] == 1
+    touches = h.touches()
+    assert set(touches.values()) <= {1}
+    if first is not None:
+        assert sorted(touches) == sorted(first), "the cancelled run changed other rows than its first batch"
+    assert sum(touches.values()) == r["processed_records"] <= BATCH
+    assert h.run_row(r["operation_id"])["status"] == "cancelled"
+    return r
+
+
+def test_cancel_stops_the_run_after_its_current_batch(h):
+    params, first, target, expected_batches = plan_run(h)
+    if expected_batches() < 2:
+        pytest.skip("the seeded target fits in one batch")
+    cancelled_after_first_batch(h, params, first)
+
+
+def test_a_row_locked_for_a_while_is_retried(h, specql_database_url):
+    params, first, target, expected_batches = plan_run(h)
+    order, _ = processing_order(params, target)
+    second = [k for k, b in order if b == 2]
+    assert second, "the seeded target has no second batch"
+    # held past the first try's lock_timeout, released before the retry's ends
+    hold = (FACTS["lock_timeout_ms"] + FACTS["retry_backoff_ms"] / 2) / 1000
+    with h.hold_lock(specql_database_url, second[0], hold):
+        r = h.call(params).result
+    assert r["status"] == "completed", "a transient lock wait was not retried"
+    assert r["processed_records"] == len(target) and r["failed_records"] == 0
+    assert h.retry_rows(r["operation_id"]) >= 1

@@ -47,9 +47,11 @@ FACTS = {   'assignments': [],
     'is_procedure': False,
     'key_param': None,
     'lock_timeout': None,
+    'lock_timeout_ms': None,
     'log_table': 'specql.batch_operation_logs',
     'logging_level': 'detailed',
     'logs_batches': True,
+    'logs_run': True,
     'manage_table': True,
     'max_errors': None,
     'max_records': None,
@@ -66,8 +68,10 @@ FACTS = {   'assignments': [],
     'progress_tracking': False,
     'range_batches': True,
     'requires_confirmation': False,
+    'resumable': False,
     'retry_attempts': 0,
     'retry_backoff': '100 milliseconds',
+    'retry_backoff_ms': 100,
     'routine': '"Events".purge_events',
     'schema': 'Events',
     'schema_ident': '"Events"',
@@ -107,13 +111,21 @@ def processing_order(params, target):
     return [(k, i // BATCH + 1) for i, k in enumerate(target)], target
 
 
-def expected_batches(params, target):
-    return batches(len(target), BATCH)
+def expected_batches(params, target, size=BATCH):
+    return batches(len(target), size)
 
 
 def run_once(h):
     params, target = prepare(h)
     return h.call({**params}).result
+
+
+def plan_run(h):
+    """(arguments, keys of the first batch, every key the run changes, batches of a run by size)."""
+    params, target = prepare(h)
+    order, _ = processing_order(params, target)
+    first = [k for k, b in order if b == 1]
+    return {**params}, first, target, lambda size=BATCH: expected_batches(params, target, size)
 
 
 # dense_keys: the walk takes dense stretches of an integer key as key ranges.
@@ -160,3 +172,30 @@ def test_single_transaction_is_all_or_nothing(h):
         h.call({**params})
     assert "planted failure" in str(failure.value)
     assert h.snapshot() == before, "transaction single left changes behind"
+
+
+def test_batch_size_argument_overrides_the_file(h):
+    params, first, target, expected_batches = plan_run(h)
+    size = BATCH // 2 if BATCH > 1 else 2
+    r = h.call({**params, "batch_size": size}).result
+    assert r["status"] == "completed"
+    assert r["batch_count"] == expected_batches(size)
+    assert h.run_row(r["operation_id"])["batch_size"] == size
+    assert h.logged_batch_sizes(r["operation_id"]) == [size] * r["batch_count"]
+    log = h.batch_log(r["operation_id"])
+    assert all(b[1] + b[2] <= size for b in log), "a batch took more records than the batch_size argument"
+
+
+
+
+def test_cancel_rolls_the_whole_run_back(h):
+    # transaction: single: a cancel request raises query_canceled and nothing stays changed
+    params, first, target, expected_batches = plan_run(h)
+    if expected_batches() < 2:
+        pytest.skip("the seeded target fits in one batch")
+    h.record_touches()
+    h.cancel_after_first_batch()
+    with pytest.raises(psycopg.Error) as cancel:
+        h.call(params)
+    assert cancel.value.sqlstate == "57014", "the run went on after a cancel request"
+    assert not h.touches()

@@ -57,9 +57,11 @@ FACTS = {   'assignments': [{'column': 'score', 'kind': 'sql', 'ref': None, 'sql
     'is_procedure': False,
     'key_param': None,
     'lock_timeout': None,
+    'lock_timeout_ms': None,
     'log_table': 'specql.batch_operation_logs',
     'logging_level': 'summary',
     'logs_batches': False,
+    'logs_run': True,
     'manage_table': True,
     'max_errors': None,
     'max_records': 100000,
@@ -80,8 +82,10 @@ FACTS = {   'assignments': [{'column': 'score', 'kind': 'sql', 'ref': None, 'sql
     'progress_tracking': False,
     'range_batches': False,
     'requires_confirmation': True,
+    'resumable': False,
     'retry_attempts': 0,
     'retry_backoff': '100 milliseconds',
+    'retry_backoff_ms': 100,
     'routine': 'public.reset_scores',
     'schema': 'public',
     'schema_ident': 'public',
@@ -125,13 +129,21 @@ def processing_order(params, target):
     return [(k, i // BATCH + 1) for i, k in enumerate(target)], target
 
 
-def expected_batches(params, target):
-    return batches(len(target), BATCH)
+def expected_batches(params, target, size=BATCH):
+    return batches(len(target), size)
 
 
 def run_once(h):
     params, target = prepare(h)
     return h.call({**params, "confirm": True}).result
+
+
+def plan_run(h):
+    """(arguments, keys of the first batch, every key the run changes, batches of a run by size)."""
+    params, target = prepare(h)
+    order, _ = processing_order(params, target)
+    first = [k for k, b in order if b == 1]
+    return {**params, "confirm": True}, first, target, lambda size=BATCH: expected_batches(params, target, size)
 
 
 def test_changes_exactly_the_target_rows(h):
@@ -195,6 +207,30 @@ def test_without_confirmation_nothing_changes(h):
     assert r["total_records"] == len(target)
     assert r["processed_records"] == 0
     assert h.snapshot() == before
+
+
+def test_batch_size_argument_overrides_the_file(h):
+    params, first, target, expected_batches = plan_run(h)
+    size = BATCH // 2 if BATCH > 1 else 2
+    r = h.call({**params, "batch_size": size}).result
+    assert r["status"] == "completed"
+    assert r["batch_count"] == expected_batches(size)
+    assert h.run_row(r["operation_id"])["batch_size"] == size
+
+
+
+
+def test_cancel_rolls_the_whole_run_back(h):
+    # transaction: single: a cancel request raises query_canceled and nothing stays changed
+    params, first, target, expected_batches = plan_run(h)
+    if expected_batches() < 2:
+        pytest.skip("the seeded target fits in one batch")
+    h.record_touches()
+    h.cancel_after_first_batch()
+    with pytest.raises(psycopg.Error) as cancel:
+        h.call(params)
+    assert cancel.value.sqlstate == "57014", "the run went on after a cancel request"
+    assert not h.touches()
 
 
 def test_completion_notification(h, specql_database_url):

@@ -57,9 +57,11 @@ FACTS = {   'assignments': [{'column': 'checked', 'kind': 'sql', 'ref': None, 's
     'is_procedure': True,
     'key_param': None,
     'lock_timeout': None,
+    'lock_timeout_ms': None,
     'log_table': 'specql.batch_operation_logs',
     'logging_level': 'summary',
     'logs_batches': True,
+    'logs_run': True,
     'manage_table': True,
     'max_errors': None,
     'max_records': None,
@@ -76,8 +78,10 @@ FACTS = {   'assignments': [{'column': 'checked', 'kind': 'sql', 'ref': None, 's
     'progress_tracking': True,
     'range_batches': True,
     'requires_confirmation': False,
+    'resumable': True,
     'retry_attempts': 0,
     'retry_backoff': '100 milliseconds',
+    'retry_backoff_ms': 100,
     'routine': 'public.check_readings',
     'schema': 'public',
     'schema_ident': 'public',
@@ -116,13 +120,21 @@ def processing_order(params, target):
     return [(k, i // BATCH + 1) for i, k in enumerate(target)], target
 
 
-def expected_batches(params, target):
-    return batches(len(target), BATCH)
+def expected_batches(params, target, size=BATCH):
+    return batches(len(target), size)
 
 
 def run_once(h):
     params, target = prepare(h)
     return h.call({**params}).result
+
+
+def plan_run(h):
+    """(arguments, keys of the first batch, every key the run changes, batches of a run by size)."""
+    params, target = prepare(h)
+    order, _ = processing_order(params, target)
+    first = [k for k, b in order if b == 1]
+    return {**params}, first, target, lambda size=BATCH: expected_batches(params, target, size)
 
 
 # dense_keys: the walk takes dense stretches of an integer key as key ranges.
@@ -201,3 +213,44 @@ def test_timeout_stops_between_batches(h):
     assert 1 <= r["batch_count"] < expected_batches(params, target)
     changed = sum(1 for k in before if after.get(k) != before[k])
     assert r["processed_records"] == changed
+
+
+def cancelled_after_first_batch(h, params, first):
+    """Run with a cancel requested inside the first batch; the stopped run's result."""
+    h.record_touches()
+    h.cancel_after_first_batch()
+    r = h.call(params).result
+    assert r["status"] == "cancelled", "the run went on after a cancel request"
+    assert r["batch_count"] == 1
+    touches = h.touches()
+    assert set(touches.values()) <= {1}
+    if first is not None:
+        assert sorted(touches) == sorted(first), "the cancelled run changed other rows than its first batch"
+    assert sum(touches.values()) == r["processed_records"] <= BATCH
+    assert h.run_row(r["operation_id"])["status"] == "cancelled"
+    return r
+
+
+def test_cancel_stops_the_run_after_its_current_batch(h):
+    params, first, target, expected_batches = plan_run(h)
+    if expected_batches() < 2:
+        pytest.skip("the seeded target fits in one batch")
+    cancelled_after_first_batch(h, params, first)
+
+
+def test_resume_after_a_cancel_changes_every_row_exactly_once(h):
+    params, first, target, expected_batches = plan_run(h)
+    stopped = cancelled_after_first_batch(h, params, first)
+    h.stop_cancelling()
+    r = h.call({**params, "resume": stopped["operation_id"]}).result
+    assert r["operation_id"] == stopped["operation_id"]
+    assert r["status"] == "completed"
+    touches = h.touches()
+    assert set(touches.values()) == {1}, "a row was changed twice: the resume redid a batch"
+    if target is not None:
+        assert sorted(touches) == sorted(target), "the resumed run missed rows of its target"
+    # the counts continue: they equal an uninterrupted run's
+    assert r["processed_records"] == sum(touches.values()) == (len(target) if target is not None else RECORDS)
+    with pytest.raises(psycopg.Error) as refusal:
+        h.call({**params, "resume": r["operation_id"]})
+    assert refusal.value.sqlstate == "SQ004", "a completed run was resumed"

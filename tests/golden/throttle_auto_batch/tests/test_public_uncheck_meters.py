@@ -57,9 +57,11 @@ FACTS = {   'assignments': [{'column': 'checked', 'kind': 'sql', 'ref': None, 's
     'is_procedure': False,
     'key_param': None,
     'lock_timeout': None,
+    'lock_timeout_ms': None,
     'log_table': 'specql.batch_operation_logs',
     'logging_level': 'summary',
     'logs_batches': False,
+    'logs_run': True,
     'manage_table': True,
     'max_errors': None,
     'max_records': None,
@@ -76,8 +78,10 @@ FACTS = {   'assignments': [{'column': 'checked', 'kind': 'sql', 'ref': None, 's
     'progress_tracking': False,
     'range_batches': True,
     'requires_confirmation': False,
+    'resumable': False,
     'retry_attempts': 0,
     'retry_backoff': '100 milliseconds',
+    'retry_backoff_ms': 100,
     'routine': 'public.uncheck_meters',
     'schema': 'public',
     'schema_ident': 'public',
@@ -116,13 +120,21 @@ def processing_order(params, target):
     return [(k, i // BATCH + 1) for i, k in enumerate(target)], target
 
 
-def expected_batches(params, target):
-    return batches(len(target), BATCH)
+def expected_batches(params, target, size=BATCH):
+    return batches(len(target), size)
 
 
 def run_once(h):
     params, target = prepare(h)
     return h.call({**params}).result
+
+
+def plan_run(h):
+    """(arguments, keys of the first batch, every key the run changes, batches of a run by size)."""
+    params, target = prepare(h)
+    order, _ = processing_order(params, target)
+    first = [k for k, b in order if b == 1]
+    return {**params}, first, target, lambda size=BATCH: expected_batches(params, target, size)
 
 
 # dense_keys: the walk takes dense stretches of an integer key as key ranges.
@@ -167,3 +179,27 @@ def test_single_transaction_is_all_or_nothing(h):
         h.call({**params})
     assert "planted failure" in str(failure.value)
     assert h.snapshot() == before, "transaction single left changes behind"
+
+
+def test_batch_size_argument_overrides_the_file(h):
+    params, first, target, expected_batches = plan_run(h)
+    size = BATCH // 2 if BATCH > 1 else 2
+    r = h.call({**params, "batch_size": size}).result
+    assert r["status"] == "completed"
+    assert r["batch_count"] == expected_batches(size)
+    assert h.run_row(r["operation_id"])["batch_size"] == size
+
+
+
+
+def test_cancel_rolls_the_whole_run_back(h):
+    # transaction: single: a cancel request raises query_canceled and nothing stays changed
+    params, first, target, expected_batches = plan_run(h)
+    if expected_batches() < 2:
+        pytest.skip("the seeded target fits in one batch")
+    h.record_touches()
+    h.cancel_after_first_batch()
+    with pytest.raises(psycopg.Error) as cancel:
+        h.call(params)
+    assert cancel.value.sqlstate == "57014", "the run went on after a cancel request"
+    assert not h.touches()
