@@ -1,6 +1,7 @@
 """The generated tests catch real bugs: each fault below is injected into the generated SQL
-of the example entities (and of NOTE, an insert whose fields declare defaults, which no
-example has), one at a time, and the generated tests must fail."""
+of the example entities (and of NOTE, an insert whose fields declare defaults, and LEDGER,
+an update that retries lock waits, which no example has), one at a time, and the generated
+tests must fail."""
 
 from __future__ import annotations
 
@@ -74,6 +75,24 @@ FAULTS = {
     "completion notification not sent": (
         "public.product_cache", "test_public_upsert_product_cache",
         r"PERFORM pg_notify\(", "PERFORM concat("),
+    "cancel ignored": (
+        "public.user", "test_public_bulk_update_user_status",
+        r"IF EXISTS \(SELECT 1 FROM specql\.batch_operation_cancellations WHERE",
+        "IF false AND EXISTS (SELECT 1 FROM specql.batch_operation_cancellations WHERE"),
+    # the position committed with a batch is its first key, not its last: a resume redoes it
+    "resume redoes a batch": (
+        "public.product.", "test_public_reprice_category",
+        r"ELSE jsonb_build_object\('last', _last\) END", "ELSE jsonb_build_object('last', _keys[1]) END"),
+    # a resume starts one batch past the saved position
+    "resume skips a batch": (
+        "public.product.", "test_public_reprice_category",
+        r"_last := \(_run\.position ->> 'last'\)::uuid;",
+        "_last := (SELECT max(s.id) FROM (SELECT p.id FROM public.product AS p "
+        "WHERE p.id > (_run.position ->> 'last')::uuid AND p.category_id = reprice_category.category_id "
+        "ORDER BY p.id LIMIT _batch_size) AS s);"),
+    "retry never retries": (
+        "public.ledger_entry", "test_public_settle_ledger_entries",
+        r"IF _attempt <= \d+ THEN", "IF _attempt <= 0 THEN"),
 }
 
 
@@ -94,11 +113,32 @@ patterns:
 """
 
 
+# No example declares retry: a per_batch settlement that waits briefly for locks and retries.
+LEDGER = """
+name: ledger_entry
+fields:
+  id: integer
+  amount: numeric
+  settled: boolean
+patterns:
+  - name: batch_operations
+    operation: settle_ledger_entries
+    operation_type: update
+    update_data: {settled: true}
+    where_condition: "amount < :threshold AND NOT settled"
+    batch_size: 40
+    progress_tracking: true
+    lock_timeout: "300 milliseconds"
+    retry: {attempts: 2, backoff: "100 milliseconds"}
+"""
+
+
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory):
     out = tmp_path_factory.mktemp("generated")
     extra = tmp_path_factory.mktemp("extra_entities")
     (extra / "note.yaml").write_text(NOTE)
+    (extra / "ledger_entry.yaml").write_text(LEDGER)
     sources = [str(ROOT / "entities"), str(extra)]
     generate(sources, out)
     generate_tests(sources, out)
