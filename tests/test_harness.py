@@ -198,3 +198,47 @@ def test_absent_fields_are_checked_against_the_declared_defaults(notes):
     assert h.default_problems(sparse) == []
     h.conn.execute("UPDATE note SET status = NULL WHERE id = (SELECT min(id) FROM note)")
     assert h.default_problems(sparse) == ["1 rows whose record left out 'status': status is not its default 'new'"]
+
+
+# --- runs: cancel from a trigger, row changes counted, a lock held by another session
+
+def test_a_cancel_from_the_first_statement_stops_before_the_second_batch(h):
+    params, target = h.seed_until(h.params, 251)
+    h.record_touches()
+    h.cancel_after_first_batch()
+    r = h.call(params).result
+    assert (r["status"], r["batch_count"], r["processed_records"]) == ("cancelled", 1, 100)
+    touches = h.touches()
+    assert sorted(touches, key=int) == target[:100] and set(touches.values()) == {1}
+    assert h.run_row(r["operation_id"])["status"] == "cancelled"
+    h.stop_cancelling()
+    assert h.call(params).result["status"] == "completed"
+    assert len(h.touches()) == len(target)  # the changes of the second run are counted too
+
+
+def test_touches_count_each_committed_change_not_rolled_back_ones(h):
+    h.seed_until(h.params, 10)
+    h.record_touches()
+    key = h.conn.execute("SELECT min(id) FROM public.ticket").fetchone()[0]
+    h.conn.execute("UPDATE public.ticket SET owner = owner WHERE id = %s", (key,))
+    h.conn.execute("UPDATE public.ticket SET owner = owner WHERE id = %s", (key,))
+    with h.conn.transaction(force_rollback=True):
+        h.conn.execute("UPDATE public.ticket SET owner = owner")
+    assert h.touches() == {str(key): 2}
+
+
+def test_a_held_lock_makes_others_wait_until_it_is_released(h, database_url):
+    import time
+
+    import psycopg
+
+    h.seed_until(h.params, 10)
+    key = str(h.conn.execute("SELECT min(id) FROM public.ticket").fetchone()[0])
+    started = time.monotonic()
+    with h.hold_lock(database_url, key, 0.5):
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            with h.conn.transaction():
+                h.conn.execute("SET LOCAL lock_timeout = '50ms'")
+                h.conn.execute("UPDATE public.ticket SET owner = owner WHERE id = %s", (int(key),))
+        h.conn.execute("UPDATE public.ticket SET owner = owner WHERE id = %s", (int(key),))  # waits for the release
+    assert time.monotonic() - started >= 0.5

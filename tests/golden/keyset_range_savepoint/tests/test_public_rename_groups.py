@@ -209,6 +209,20 @@ def test_error_handling_collect_errors(h):
     assert r["failed_records"] == 1
 
 
+def test_a_row_locked_for_a_while_is_retried(h, specql_database_url):
+    params, first, target, expected_batches = plan_run(h)
+    order, _ = processing_order(params, target)
+    second = [k for k, b in order if b == 2]
+    assert second, "the seeded target has no second batch"
+    # held past the first try's lock_timeout, released before the retry's ends
+    hold = (FACTS["lock_timeout_ms"] + FACTS["retry_backoff_ms"] / 2) / 1000
+    with h.hold_lock(specql_database_url, second[0], hold):
+        r = h.call(params).result
+    assert r["status"] == "completed", "a transient lock wait was not retried"
+    assert r["processed_records"] == len(target) and r["failed_records"] == 0
+    assert h.retry_rows(r["operation_id"]) >= 1
+
+
 def test_batch_size_argument_overrides_the_file(h):
     params, first, target, expected_batches = plan_run(h)
     size = BATCH // 2 if BATCH > 1 else 2
@@ -242,17 +256,3 @@ def test_cancel_stops_the_run_after_its_current_batch(h):
     if expected_batches() < 2:
         pytest.skip("the seeded target fits in one batch")
     cancelled_after_first_batch(h, params, first)
-
-
-def test_a_row_locked_for_a_while_is_retried(h, specql_database_url):
-    params, first, target, expected_batches = plan_run(h)
-    order, _ = processing_order(params, target)
-    second = [k for k, b in order if b == 2]
-    assert second, "the seeded target has no second batch"
-    # held past the first try's lock_timeout, released before the retry's ends
-    hold = (FACTS["lock_timeout_ms"] + FACTS["retry_backoff_ms"] / 2) / 1000
-    with h.hold_lock(specql_database_url, second[0], hold):
-        r = h.call(params).result
-    assert r["status"] == "completed", "a transient lock wait was not retried"
-    assert r["processed_records"] == len(target) and r["failed_records"] == 0
-    assert h.retry_rows(r["operation_id"]) >= 1
