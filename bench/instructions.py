@@ -58,6 +58,18 @@ SIDES = {
         f"{ROWS_ARG}PERFORM bench.bench_insert_rows(r)"),
 }
 
+# --procedures: the routines are commit_per_batch procedures (migrations generated from entities with
+# `transaction: commit_per_batch`), called from the DO block, which lets them commit.
+RESULT = "res specql.batch_operation_result; "
+PROCEDURE_CALLS = {
+    "update_cond": f"DECLARE {RESULT}BEGIN CALL bench.bench_update_by_status(from_status => 'pending', "
+                   "to_status => 'done', result => res)",
+    "update_ids": f"DECLARE {RESULT}ids bigint[] := ARRAY(SELECT id FROM bench.seed ORDER BY id); "
+                  "BEGIN CALL bench.bench_update_by_ids(ids => ids, to_status => 'done', result => res)",
+    "delete": f"DECLARE {RESULT}BEGIN CALL bench.bench_delete_by_status(del_status => 'pending', result => res)",
+    "insert": f"{ROWS_ARG.replace('BEGIN ', RESULT + 'BEGIN ')}CALL bench.bench_insert_rows(rows => r, result => res)",
+}
+
 
 def expected_check(case: str, rows: int) -> tuple[str, int]:
     """The query run after the DO block (its value is check_value) and the value it must give."""
@@ -146,6 +158,8 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", help="also count these hand-edited routines (names in bench/pieces.py)")
     ap.add_argument("--before", metavar="DIR", help="also count the routines of these generated migrations "
                     "(another commit's), created next to this checkout's runtime as <routine>__before")
+    ap.add_argument("--procedures", action="store_true", help="the routines are commit_per_batch procedures "
+                    "(with --migrations of entities that say so): CALL them")
     ap.add_argument("--no-generated", action="store_true", help="with --variants: skip the routine as generated")
     args = ap.parse_args(argv)
     if not shutil.which("valgrind"):
@@ -168,6 +182,8 @@ def main(argv=None) -> int:
         print(f"{'case':<12} {'routine':<28} {'plain Ir':>15} {'routine Ir':>15} {'ratio':>6}")
         for case in cases:
             plain_sql, routine_sql = SIDES[case]
+            if args.procedures:
+                routine_sql = PROCEDURE_CALLS[case]
             plain = None
             if not args.routine_only:
                 B.log(f"{case}: plain under callgrind")

@@ -131,6 +131,8 @@ def routine_text(migrations: Path, routine: str) -> str:
     for f in sorted(migrations.glob("*.sql")):
         text = f.read_text("utf-8")
         start = text.find(f"CREATE OR REPLACE FUNCTION {B.SCHEMA}.{routine}(")
+        if start < 0:
+            start = text.find(f"CREATE OR REPLACE PROCEDURE {B.SCHEMA}.{routine}(")
         if start >= 0:
             end = text.index("$specql$;", start) + len("$specql$;")
             return text[start:end]

@@ -40,6 +40,8 @@ def loop_of(text: str) -> str:
 def test_every_piece_applies_to_every_bench_routine(migrations, routine):
     base = routine_text(migrations, routine)
     for piece in pieces.PIECES:
+        if piece in pieces.PROCEDURE_ONLY:
+            continue
         sql = pieces.piece_sql(base, routine, piece, 1000)
         assert f"FUNCTION bench.{routine}__{piece}(" in sql
         assert f"{routine}.batch_size" not in sql.replace(f"{routine}__{piece}.", "")
@@ -71,3 +73,27 @@ def test_instructions_insert_script_starts_from_an_empty_table():
     assert "INSERT INTO bench.bench_item SELECT * FROM bench.seed" not in text
     assert "DO $do$ DECLARE r jsonb" in text
     assert instructions.expected_check("delete", 5000)[1] == 0
+
+
+def test_instructions_has_a_procedure_call_for_every_case():
+    assert set(instructions.PROCEDURE_CALLS) == set(instructions.SIDES)
+    for case, call in instructions.PROCEDURE_CALLS.items():
+        routine = B.CASES[case][1]
+        assert f"CALL bench.{routine}(" in call and "result => res" in call
+        assert "(SELECT" not in call.partition("CALL")[2]  # CALL arguments cannot hold a subquery
+
+
+def test_procedure_pieces_apply_to_a_commit_per_batch_procedure(tmp_path):
+    text = (BENCH / "entities" / "bench_item.yaml").read_text()
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "bench_item.yaml").write_text(
+        text.replace("    error_handling: stop_on_error\n",
+                     "    error_handling: stop_on_error\n    transaction: commit_per_batch\n"))
+    generate([str(tmp_path / "e")], tmp_path / "g")
+    base = routine_text(tmp_path / "g" / "migrations", "bench_update_by_ids")
+    assert "CREATE OR REPLACE PROCEDURE bench.bench_update_by_ids(" in base
+    no_update = pieces.piece_sql(base, "bench_update_by_ids", "no_run_row_update", 1000)
+    assert "PROCEDURE bench.bench_update_by_ids__no_run_row_update(" in no_update
+    assert no_update.count("UPDATE specql.batch_operation_runs") == base.count("UPDATE specql.batch_operation_runs") - 1
+    assert " md5(" not in pieces.piece_sql(base, "bench_update_by_ids", "no_params_md5", 1000)
+    assert " md5(" in base
