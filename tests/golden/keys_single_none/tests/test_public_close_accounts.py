@@ -117,12 +117,12 @@ def prepare(h, dense=False):
     return params, target
 
 
-def processing_order(params, target):
+def processing_order(params, target, size=BATCH):
     """Target keys in the order the routine takes them, with their batch numbers; and the
     keys as the routine cuts them into batches."""
     keys = [str(k) for k in params[FACTS["key_param"]]]
     wanted = set(target)
-    return [(k, i // BATCH + 1) for i, k in enumerate(keys) if k in wanted], keys
+    return [(k, i // size + 1) for i, k in enumerate(keys) if k in wanted], keys
 
 
 def expected_batches(params, target, size=BATCH):
@@ -135,11 +135,13 @@ def run_once(h):
 
 
 def plan_run(h):
-    """(arguments, keys of the first batch, every key the run changes, batches of a run by size)."""
+    """(arguments, keys of the first batch by size, every key the run changes, batches by size)."""
     params, target = prepare(h)
-    order, _ = processing_order(params, target)
-    first = [k for k, b in order if b == 1]
-    return {**params}, first, target, lambda size=BATCH: expected_batches(params, target, size)
+
+    def first_batch(size=BATCH):
+        return [k for k, b in processing_order(params, target, size)[0] if b == 1]
+
+    return {**params}, first_batch, target, lambda size=BATCH: expected_batches(params, target, size)
 
 
 def test_changes_exactly_the_target_rows(h):
@@ -200,7 +202,7 @@ def test_timeout_stops_between_batches(h):
 
 
 def test_batch_size_argument_overrides_the_file(h):
-    params, first, target, expected_batches = plan_run(h)
+    params, first_batch, target, expected_batches = plan_run(h)
     size = BATCH // 2 if BATCH > 1 else 2
     r = h.call({**params, "batch_size": size}).result
     assert r["status"] == "completed"

@@ -61,7 +61,7 @@ FACTS = {   'assignments': [   {'column': 'paid', 'kind': 'sql', 'ref': None, 's
     'lock_timeout_ms': None,
     'log_table': 'specql.batch_operation_logs',
     'logging_level': 'summary',
-    'logs_batches': False,
+    'logs_batches': True,
     'logs_run': True,
     'manage_table': True,
     'max_errors': 5,
@@ -80,7 +80,7 @@ FACTS = {   'assignments': [   {'column': 'paid', 'kind': 'sql', 'ref': None, 's
     'pk': 'id',
     'preconditions': [],
     'progress_interval': None,
-    'progress_tracking': False,
+    'progress_tracking': True,
     'range_batches': False,
     'requires_confirmation': True,
     'resumable': True,
@@ -120,12 +120,12 @@ def prepare(h, dense=False):
     return params, target
 
 
-def processing_order(params, target):
+def processing_order(params, target, size=BATCH):
     """Target keys in the order the routine takes them, with their batch numbers; and the
     keys as the routine cuts them into batches."""
     keys = [str(k) for k in params[FACTS["key_param"]]]
     wanted = set(target)
-    return [(k, i // BATCH + 1) for i, k in enumerate(keys) if k in wanted], keys
+    return [(k, i // size + 1) for i, k in enumerate(keys) if k in wanted], keys
 
 
 def expected_batches(params, target, size=BATCH):
@@ -138,11 +138,13 @@ def run_once(h):
 
 
 def plan_run(h):
-    """(arguments, keys of the first batch, every key the run changes, batches of a run by size)."""
+    """(arguments, keys of the first batch by size, every key the run changes, batches by size)."""
     params, target = prepare(h)
-    order, _ = processing_order(params, target)
-    first = [k for k, b in order if b == 1]
-    return {**params, "confirm": True}, first, target, lambda size=BATCH: expected_batches(params, target, size)
+
+    def first_batch(size=BATCH):
+        return [k for k, b in processing_order(params, target, size)[0] if b == 1]
+
+    return {**params, "confirm": True}, first_batch, target, lambda size=BATCH: expected_batches(params, target, size)
 
 
 def test_changes_exactly_the_target_rows(h):
@@ -162,6 +164,10 @@ def test_changes_exactly_the_target_rows(h):
     for column, value in h.assigned_values(params).items():
         wrong = [k for k in target if json.loads(after[k])[column] != value]
         assert not wrong, f"{column} not set to {value!r} on {len(wrong)} target rows"
+    log = h.batch_log(r["operation_id"])
+    assert [b[0] for b in log] == list(range(1, r["batch_count"] + 1))
+    assert all(b[1] <= BATCH for b in log), "a batch touched more than batch_size records"
+    assert sum(b[1] for b in log) == len(target)
 
 
 def test_second_run_changes_nothing_outside_its_target(h):
@@ -209,40 +215,44 @@ def test_without_confirmation_nothing_changes(h):
 
 
 def test_batch_size_argument_overrides_the_file(h):
-    params, first, target, expected_batches = plan_run(h)
+    params, first_batch, target, expected_batches = plan_run(h)
     size = BATCH // 2 if BATCH > 1 else 2
     r = h.call({**params, "batch_size": size}).result
     assert r["status"] == "completed"
     assert r["batch_count"] == expected_batches(size)
     assert h.run_row(r["operation_id"])["batch_size"] == size
+    assert h.logged_batch_sizes(r["operation_id"]) == [size] * r["batch_count"]
+    log = h.batch_log(r["operation_id"])
+    assert all(b[1] + b[2] <= size for b in log), "a batch took more records than the batch_size argument"
 
 
-def cancelled_after_first_batch(h, params, first):
-    """Run with a cancel requested inside the first batch; the stopped run's result."""
+def cancelled_after_first_batch(h, params, first_batch, size=BATCH):
+    """Run (in batches of size) with a cancel requested inside the first batch; the stopped run's result."""
     h.record_touches()
     h.cancel_after_first_batch()
-    r = h.call(params).result
+    r = h.call({**params, "batch_size": size} if size != BATCH else params).result
     assert r["status"] == "cancelled", "the run went on after a cancel request"
     assert r["batch_count"] == 1
     touches = h.touches()
     assert set(touches.values()) <= {1}
-    if first is not None:
-        assert sorted(touches) == sorted(first), "the cancelled run changed other rows than its first batch"
-    assert sum(touches.values()) == r["processed_records"] <= BATCH
+    if first_batch is not None:
+        assert sorted(touches) == sorted(first_batch(size)), "rows beyond the first batch changed"
+    assert sum(touches.values()) == r["processed_records"] <= size
     assert h.run_row(r["operation_id"])["status"] == "cancelled"
     return r
 
 
 def test_cancel_stops_the_run_after_its_current_batch(h):
-    params, first, target, expected_batches = plan_run(h)
-    if expected_batches() < 2:
-        pytest.skip("the seeded target fits in one batch")
-    cancelled_after_first_batch(h, params, first)
+    params, first_batch, target, expected_batches = plan_run(h)
+    size = BATCH
+    if expected_batches() < 2:  # the target fits in one batch (max_records): cut it smaller
+        size = max(1, (len(target) if target is not None else RECORDS) // 2)
+    cancelled_after_first_batch(h, params, first_batch, size)
 
 
 def test_resume_after_a_cancel_changes_every_row_exactly_once(h):
-    params, first, target, expected_batches = plan_run(h)
-    stopped = cancelled_after_first_batch(h, params, first)
+    params, first_batch, target, expected_batches = plan_run(h)
+    stopped = cancelled_after_first_batch(h, params, first_batch)
     h.stop_cancelling()
     r = h.call({**params, "resume": stopped["operation_id"]}).result
     assert r["operation_id"] == stopped["operation_id"]

@@ -65,7 +65,7 @@ FACTS = {   'assignments': [   {'column': 'sku', 'kind': 'record', 'ref': 'sku',
     'lock_timeout_ms': None,
     'log_table': 'specql.batch_operation_logs',
     'logging_level': 'summary',
-    'logs_batches': False,
+    'logs_batches': True,
     'logs_run': True,
     'manage_table': True,
     'max_errors': 10,
@@ -84,7 +84,7 @@ FACTS = {   'assignments': [   {'column': 'sku', 'kind': 'record', 'ref': 'sku',
     'pk': 'sku',
     'preconditions': [],
     'progress_interval': None,
-    'progress_tracking': False,
+    'progress_tracking': True,
     'range_batches': False,
     'requires_confirmation': False,
     'resumable': True,
@@ -125,8 +125,8 @@ def run_once(h):
 
 
 def plan_run(h):
-    """(arguments, None, None, batches of a run by size): a record has no key before its
-    insert, so runs are checked by counts."""
+    """(arguments, None, None, batches by size): a record has no key before its insert, so
+    runs are checked by counts."""
     params = {k: v for k, v in h.params().items()}
     params[FACTS["source_param"]] = h.records(RECORDS)
     return {**params}, None, None, lambda size=BATCH: batches(RECORDS, size)
@@ -140,6 +140,8 @@ def test_takes_every_record(h):
     assert r["total_records"] == r["processed_records"] == RECORDS
     assert h.count() - before == RECORDS
     assert r["batch_count"] == batches(RECORDS, BATCH)
+    log = h.batch_log(r["operation_id"])
+    assert [b[1] for b in log] == [min(BATCH, RECORDS - i * BATCH) for i in range(len(log))]
     assert h.records_present(records)
 
 
@@ -206,40 +208,44 @@ def test_error_handling_collect_errors(h):
 
 
 def test_batch_size_argument_overrides_the_file(h):
-    params, first, target, expected_batches = plan_run(h)
+    params, first_batch, target, expected_batches = plan_run(h)
     size = BATCH // 2 if BATCH > 1 else 2
     r = h.call({**params, "batch_size": size}).result
     assert r["status"] == "completed"
     assert r["batch_count"] == expected_batches(size)
     assert h.run_row(r["operation_id"])["batch_size"] == size
+    assert h.logged_batch_sizes(r["operation_id"]) == [size] * r["batch_count"]
+    log = h.batch_log(r["operation_id"])
+    assert all(b[1] + b[2] <= size for b in log), "a batch took more records than the batch_size argument"
 
 
-def cancelled_after_first_batch(h, params, first):
-    """Run with a cancel requested inside the first batch; the stopped run's result."""
+def cancelled_after_first_batch(h, params, first_batch, size=BATCH):
+    """Run (in batches of size) with a cancel requested inside the first batch; the stopped run's result."""
     h.record_touches()
     h.cancel_after_first_batch()
-    r = h.call(params).result
+    r = h.call({**params, "batch_size": size} if size != BATCH else params).result
     assert r["status"] == "cancelled", "the run went on after a cancel request"
     assert r["batch_count"] == 1
     touches = h.touches()
     assert set(touches.values()) <= {1}
-    if first is not None:
-        assert sorted(touches) == sorted(first), "the cancelled run changed other rows than its first batch"
-    assert sum(touches.values()) == r["processed_records"] <= BATCH
+    if first_batch is not None:
+        assert sorted(touches) == sorted(first_batch(size)), "rows beyond the first batch changed"
+    assert sum(touches.values()) == r["processed_records"] <= size
     assert h.run_row(r["operation_id"])["status"] == "cancelled"
     return r
 
 
 def test_cancel_stops_the_run_after_its_current_batch(h):
-    params, first, target, expected_batches = plan_run(h)
-    if expected_batches() < 2:
-        pytest.skip("the seeded target fits in one batch")
-    cancelled_after_first_batch(h, params, first)
+    params, first_batch, target, expected_batches = plan_run(h)
+    size = BATCH
+    if expected_batches() < 2:  # the target fits in one batch (max_records): cut it smaller
+        size = max(1, (len(target) if target is not None else RECORDS) // 2)
+    cancelled_after_first_batch(h, params, first_batch, size)
 
 
 def test_resume_after_a_cancel_changes_every_row_exactly_once(h):
-    params, first, target, expected_batches = plan_run(h)
-    stopped = cancelled_after_first_batch(h, params, first)
+    params, first_batch, target, expected_batches = plan_run(h)
+    stopped = cancelled_after_first_batch(h, params, first_batch)
     h.stop_cancelling()
     r = h.call({**params, "resume": stopped["operation_id"]}).result
     assert r["operation_id"] == stopped["operation_id"]
