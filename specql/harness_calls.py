@@ -19,6 +19,7 @@ from .harness_target import adapt
 
 ERRORS_TABLE = f"{SCHEMA}.batch_operation_errors"
 NOTIFICATIONS_TABLE = f"{SCHEMA}.batch_operation_notifications"
+NOT_BATCHES = "('retry', 'throttled')"  # log rows of a batch's retry or of a wait before a batch
 
 
 @dataclass
@@ -66,10 +67,12 @@ class Calls:
         return self.f["params"] + extra
 
     def batch_log(self, operation_id) -> list[tuple]:
-        """(batch_number, records_processed, records_failed, status) of each logged batch."""
+        """(batch_number, records_processed, records_failed, status) of each logged batch (not
+        the rows of a retry or a throttle wait, which the log table holds too)."""
         return self.conn.execute(
             sql.SQL("SELECT batch_number, records_processed, records_failed, status FROM {} "
-                    "WHERE operation_id = %s ORDER BY batch_number").format(sql.SQL(self.f["log_table"])),
+                    f"WHERE operation_id = %s AND status NOT IN {NOT_BATCHES} "
+                    "ORDER BY batch_number").format(sql.SQL(self.f["log_table"])),
             (operation_id,)).fetchall()
 
     def errors(self, operation_id) -> list[tuple]:

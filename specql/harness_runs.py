@@ -24,6 +24,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from .contract import SCHEMA
+from .harness_calls import NOT_BATCHES
 
 TOUCHES_TABLE = "public.specql_test_touches"
 RUNS_TABLE = f"{SCHEMA}.batch_operation_runs"
@@ -85,9 +86,10 @@ class Runs:
         return cur.execute(f"SELECT * FROM {RUNS_TABLE} WHERE operation_id = %s", (operation_id,)).fetchone()
 
     def logged_batch_sizes(self, operation_id) -> list[int]:
-        """The batch_size column of each logged batch (retries included), in order."""
+        """The batch_size column of each logged batch (not its retries nor waits), in order."""
         return [r[0] for r in self.conn.execute(
-            sql.SQL("SELECT batch_size FROM {} WHERE operation_id = %s ORDER BY id").format(
+            sql.SQL(f"SELECT batch_size FROM {{}} WHERE operation_id = %s AND status NOT IN {NOT_BATCHES} "
+                    "ORDER BY id").format(
                 sql.SQL(self.f["log_table"])), (operation_id,)).fetchall()]
 
     def retry_rows(self, operation_id) -> int:
