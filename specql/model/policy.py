@@ -200,7 +200,8 @@ def read_policy(ctx, preconditions: list[Precondition]) -> Policy:
     heartbeat = _duration(ctx, "heartbeat_interval", "10 seconds")
 
     logging_level = spec.get("logging_level", "summary")
-    progress_tracking = spec.get("progress_tracking", False)
+    # Per-batch log rows by default (SPEC §4); `progress_tracking: false` or `logging_level: none` turn them off.
+    progress_tracking = spec.get("progress_tracking", logging_level != "none")
     if progress_tracking and logging_level == "none":
         ctx.error(at("logging_level"), "logging_level: none contradicts progress_tracking: true")
 

@@ -449,6 +449,12 @@ BEGIN
         _batch_ms := extract(epoch FROM clock_timestamp() - _batch_started) * 1000;
         _sum_batch_ms := _sum_batch_ms + _batch_ms;
         _max_batch_ms := greatest(_max_batch_ms, _batch_ms);
+        INSERT INTO specql.batch_operation_logs
+            (operation_id, operation, batch_number, records_processed, records_failed, started_at, completed_at, status,
+             batch_size)
+        VALUES
+            (_result.operation_id, _result.operation, _result.batch_count, _batch_processed, _batch_failed,
+             _batch_started, clock_timestamp(), _status, _batch_size);
         IF _progress THEN
             RAISE NOTICE 'specql:progress %', json_build_object(
                 'operation_id', _result.operation_id, 'total_records', _result.total_records,

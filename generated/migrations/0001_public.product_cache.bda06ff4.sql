@@ -76,6 +76,7 @@ DECLARE
     _batch_ms numeric;
     _sum_batch_ms numeric := 0;
     _max_batch_ms numeric := 0;
+    _status text;              -- outcome of the current batch
     _stop text;                -- set when the run ends early: failed, timed_out or cancelled
     _batch_size integer;       -- records per batch: the batch_size argument, a calling routine's, or the file's
     _outer_batch_size text;    -- specql.batch_size as this routine found it (restored at the end)
@@ -193,6 +194,7 @@ BEGIN
                 END IF;
                 _batch_processed := _n;
                 _batch_failed := 0;
+                _status := 'completed';
                 EXIT;
             EXCEPTION WHEN OTHERS THEN
                 -- The savepoint rolled the whole batch back.
@@ -208,6 +210,7 @@ BEGIN
                     _result.error_count := _result.error_count + 1;
                     _batch_processed := 0;
                     _batch_failed := (_to - _from + 1);
+                    _status := 'failed';
                     _stop := 'failed';
                     EXIT;
                 END IF;
@@ -215,6 +218,7 @@ BEGIN
                 -- so the good records stay and each failing one gets its own error row.
                 _batch_processed := 0;
                 _batch_failed := 0;
+                _status := 'completed_with_errors';
                 _batch_from := _from;
                 _batch_to := _to;
                 FOR _i IN _batch_from.._batch_to LOOP
@@ -292,6 +296,12 @@ BEGIN
         _batch_ms := extract(epoch FROM clock_timestamp() - _batch_started) * 1000;
         _sum_batch_ms := _sum_batch_ms + _batch_ms;
         _max_batch_ms := greatest(_max_batch_ms, _batch_ms);
+        INSERT INTO specql.batch_operation_logs
+            (operation_id, operation, batch_number, records_processed, records_failed, started_at, completed_at, status,
+             batch_size)
+        VALUES
+            (_result.operation_id, _result.operation, _result.batch_count, _batch_processed, _batch_failed,
+             _batch_started, clock_timestamp(), _status, _batch_size);
         IF _progress THEN
             RAISE NOTICE 'specql:progress %', json_build_object(
                 'operation_id', _result.operation_id, 'total_records', _result.total_records,

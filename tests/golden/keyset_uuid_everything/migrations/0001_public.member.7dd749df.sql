@@ -66,6 +66,7 @@ DECLARE
     _batch_ms numeric;
     _sum_batch_ms numeric := 0;
     _max_batch_ms numeric := 0;
+    _status text;              -- outcome of the current batch
     _stop text;                -- set when the run ends early: failed, timed_out or cancelled
     _batch_size integer;       -- records per batch: the batch_size argument, a calling routine's, or the file's
     _outer_batch_size text;    -- specql.batch_size as this routine found it (restored at the end)
@@ -170,6 +171,7 @@ BEGIN
             GET DIAGNOSTICS _n = ROW_COUNT;
             _batch_processed := _n;
             _batch_failed := 0;
+            _status := 'completed';
 
             -- Account for the batch.
             _result.batch_count := _result.batch_count + 1;
@@ -178,6 +180,12 @@ BEGIN
             _batch_ms := extract(epoch FROM clock_timestamp() - _batch_started) * 1000;
             _sum_batch_ms := _sum_batch_ms + _batch_ms;
             _max_batch_ms := greatest(_max_batch_ms, _batch_ms);
+            INSERT INTO specql.batch_operation_logs
+                (operation_id, operation, batch_number, records_processed, records_failed, started_at, completed_at, status,
+                 batch_size)
+            VALUES
+                (_result.operation_id, _result.operation, _result.batch_count, _batch_processed, _batch_failed,
+                 _batch_started, clock_timestamp(), _status, _batch_size);
             IF _progress THEN
                 RAISE NOTICE 'specql:progress %', json_build_object(
                     'operation_id', _result.operation_id, 'total_records', _result.total_records,

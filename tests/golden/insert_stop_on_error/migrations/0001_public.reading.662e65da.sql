@@ -202,6 +202,12 @@ BEGIN
         _batch_ms := extract(epoch FROM clock_timestamp() - _batch_started) * 1000;
         _sum_batch_ms := _sum_batch_ms + _batch_ms;
         _max_batch_ms := greatest(_max_batch_ms, _batch_ms);
+        INSERT INTO specql.batch_operation_logs
+            (operation_id, operation, batch_number, records_processed, records_failed, started_at, completed_at, status,
+             batch_size)
+        VALUES
+            (_result.operation_id, _result.operation, _result.batch_count, _batch_processed, _batch_failed,
+             _batch_started, clock_timestamp(), _status, _batch_size);
         IF _result.processed_records + _result.failed_records >= _notified + 10000 THEN
             _notified := (_result.processed_records + _result.failed_records) / 10000 * 10000;
             RAISE NOTICE '%: % of % records done (% failed) after % batches',
