@@ -40,6 +40,11 @@ class Calls:
         handler = lambda d: notices.append(d.message_primary or "")  # noqa: E731
         conn.add_notice_handler(handler)
         try:
+            if self.f.get("target_batch_time") and "batch_size" not in params:
+                # batch_size: auto adapts each batch's size to its time: the tests fix it at the
+                # first size, so they can tell which batch a record falls in (tests/test_throttle.py
+                # covers the adapting itself).
+                params = {**params, "batch_size": self.f["batch_size"]}
             given = [p for p in self.all_params() if p["name"] in params]
             args = sql.SQL(", ").join(
                 sql.SQL("{} => {}::{}").format(sql.SQL(p["ident"]), sql.Placeholder(p["name"]), sql.SQL(p["sql_type"]))
