@@ -83,13 +83,11 @@ PIECES: dict[str, tuple[str, list[Edit]]] = {
     "no_run_row_update": ("procedures: without the per-batch UPDATE of the run row (counts, heartbeat, position)",
                           [_sub(r"\n *-- The run row with where the run got to[^\n]*\n *UPDATE specql\."
                                 r"batch_operation_runs\n.*?WHERE operation_id = _result\.operation_id;", "")]),
-    "no_params_md5": ("procedures: without the md5 of a large argument's text in the run row's params (what a "
-                      "resume compares)", [_sub(r"md5\([^()]*::text\)", "'-'")]),
-    "params_hash_array": ("procedures, a proposal: the id array's fingerprint as hash_array_extended(ids, 0) "
-                          "(hashes the elements, no text) instead of md5(ids::text)",
-                          [_sub(r"md5\(([^()]*)::text\)", r"hash_array_extended(\1, 0)::text")]),
+    "no_params_hash": ("procedures: without the hash of a large argument in the run row's params (what a "
+                       "resume compares; it was md5(ids::text) until the numbers below replaced it)",
+                       [_sub(r"(?:hash_array_extended|jsonb_hash_extended)\([^()]*, 0\)", "0")]),
 }
-PROCEDURE_ONLY = ("no_run_row_update", "no_params_md5", "params_hash_array")
+PROCEDURE_ONLY = ("no_run_row_update", "no_params_hash")
 PIECES["all_pieces"] = ("all of the above: the loop as before issue 10 (the settings are still read once)",
                         [e for name in ("no_cancel_probe", "no_progress_check", "const_batch", "no_retry_loop",
                                         "old_run_row") for e in PIECES[name][1]])
