@@ -134,6 +134,13 @@ def test_two_runs_that_deadlock_stop_once_instead_of_failing_every_batch(tmp_pat
     with connect(url) as conn:
         conn.execute("INSERT INTO guard.item SELECT g, 0 FROM generate_series(1, 2000) g")
         conn.execute("ALTER DATABASE {} SET deadlock_timeout = '100ms'".format(conn.info.dbname))
+        # Each changed row costs a little, so the two runs are still walking when they meet in the
+        # middle, however the threads happen to be scheduled.
+        conn.execute("""
+            CREATE FUNCTION guard.slow() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN PERFORM pg_sleep(0.0005); RETURN NEW; END $$;
+            CREATE TRIGGER slow BEFORE UPDATE ON guard.item FOR EACH ROW EXECUTE FUNCTION guard.slow();
+        """)
     ids = list(range(1, 2001))
     results: dict = {}
 
