@@ -14,7 +14,8 @@ from __future__ import annotations
 import json
 import signal
 import threading
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -162,7 +163,6 @@ class Progress:
     failed: int = 0
     errors: int = 0
     batches: int = 0
-    history: list[dict] = field(default_factory=list)
 
     def update(self, payload: dict) -> None:
         self.operation_id = payload.get("operation_id", self.operation_id)
@@ -171,7 +171,6 @@ class Progress:
         self.failed = payload.get("failed_records", self.failed)
         self.errors = payload.get("error_count", self.errors)
         self.batches = payload.get("batch_count", self.batches)
-        self.history.append(payload)
 
 
 def parse_progress(message: str) -> dict | None:
@@ -212,11 +211,11 @@ def execute(url: str, op: Operation, bound: list[Bound], *, confirm: bool = Fals
         with canceller.on_sigint():
             try:
                 cur = conn.execute(query, values)
-            except psycopg.errors.QueryCanceled:
+            except psycopg.errors.QueryCanceled as exc:
                 if canceller.requested:
                     raise RunError("cancelled before the routine reported its first batch; a per_batch "
                                    "function's work is rolled back with its call") from None
-                raise
+                raise RunError(_one_line(exc)) from None  # a statement_timeout, another session's cancel
             except psycopg.Error as exc:
                 raise RunError(_one_line(exc)) from None
         if op.is_procedure:
@@ -250,20 +249,15 @@ class _Canceller:
             else:
                 other.execute("SELECT pg_cancel_backend(%s)", (self.backend_pid,))
 
+    @contextmanager
     def on_sigint(self):
-        canceller = self
-
-        class _Scope:
-            def __enter__(self):
-                self.previous = None
-                if threading.current_thread() is threading.main_thread():
-                    self.previous = signal.signal(signal.SIGINT, lambda *_: threading.Thread(
-                        target=canceller.cancel, daemon=True).start())
-                return self
-
-            def __exit__(self, *exc):
-                if self.previous is not None:
-                    signal.signal(signal.SIGINT, self.previous)
-                return False
-
-        return _Scope()
+        """While the routine runs, Ctrl-C asks for a cancel (from a thread: a signal handler
+        must not block on a connection) instead of raising KeyboardInterrupt."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.signal(signal.SIGINT, lambda *_: threading.Thread(target=self.cancel, daemon=True).start())
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
