@@ -126,6 +126,10 @@ def resolve_field_details(doc: Document, entity: Entity, registry: dict[str, Ent
             ctx = Context(doc, ("fields", fname), {"operation": entity.name}, entity, entity, problems, [])
             if isinstance(raw, str) and raw.startswith(":"):
                 problems.append(doc.diag(("fields", fname, "default"), "a default cannot use a parameter"))
+            elif _reads_the_database(raw):
+                problems.append(doc.diag(("fields", fname, "default"), "a default cannot read columns or tables "
+                                         "(PostgreSQL evaluates it on its own, per new row): use a constant or a "
+                                         "function call such as now()"))
             else:
                 sql = ctx.value_sql(raw, column, ("fields", fname, "default"))
                 if ctx.scope.order or ctx.scope.record_alias:
@@ -139,6 +143,22 @@ def resolve_field_details(doc: Document, entity: Entity, registry: dict[str, Ent
                     column.default_sql = sql
         if "references" in fspec:
             _resolve_reference(doc, entity, fname, fspec["references"], registry, problems)
+
+
+def _reads_the_database(raw) -> bool:
+    """Whether a default written as SQL names a column or holds a subquery, which PostgreSQL
+    refuses in DEFAULT (and which would make the entity's migration read other tables)."""
+    from .. import sqlfragment as sf
+
+    text = raw.get("sql") if isinstance(raw, dict) else raw if isinstance(raw, str) and looks_like_sql(raw) else None
+    if not isinstance(text, str):
+        return False
+    try:
+        frag = sf.parse_fragment(text)
+    except sf.FragmentError:
+        return False  # reported where the value is read
+    return bool(frag.columns or frag.qualified) or any(
+        isinstance(node, sf.ast.SubLink) for node in sf._walk(frag.expr))
 
 
 def _resolve_reference(doc: Document, entity: Entity, fname: str, ref: str, registry: dict[str, Entity],
