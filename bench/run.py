@@ -175,7 +175,10 @@ def fresh_table(conn, with_rows: bool) -> None:
     conn.execute(f"DROP TABLE IF EXISTS {TABLE}")
     conn.execute(f"CREATE TABLE {TABLE} (LIKE {TEMPLATE} INCLUDING ALL) WITH (autovacuum_enabled = false)")
     if with_rows:
-        conn.execute(f"INSERT INTO {TABLE} SELECT * FROM bench.seed ORDER BY id")
+        # In the order the rows were made (row number g, kept in payload.n): a bigint key is then
+        # in heap order, a uuid or text key (md5 of g) random against it, as in a table that
+        # received its rows over time.
+        conn.execute(f"INSERT INTO {TABLE} SELECT * FROM bench.seed ORDER BY (payload ->> 'n')::bigint")
     conn.execute(f"VACUUM (ANALYZE) {TABLE}")
     conn.execute("CHECKPOINT")
     # Warm the cache the same way for both sides: read the heap and the primary key.

@@ -216,12 +216,13 @@ def migrate(directory: str, database_url: str | None, status: bool, dry_run: boo
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Parallel workers (operations with parallel: true).")
 @click.option("--csv", "csv_file", type=click.Path(dir_okay=False), help="CSV file (data_source: csv_file).")
+@click.option("--rejects", type=click.Path(dir_okay=False), help="Write the rejected CSV records here, with a reason column.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
               help="The result as a table, or as one JSON object.")
 @_guard
 def run_operation(operation: str, paths: tuple[str, ...], database_url: str | None, params: tuple[str, ...],
                   confirm: bool, batch_size: int | None, resume: str | None, workers: int, csv_file: str | None,
-                  fmt: str) -> None:
+                  rejects: str | None, fmt: str) -> None:
     """Run OPERATION (looked up in PATH..., default entities/) with a live progress bar.
 
     Exit 0 when the run ends `completed`, 1 for any other status or a refused run.
@@ -240,14 +241,20 @@ def run_operation(operation: str, paths: tuple[str, ...], database_url: str | No
         op = find_operation(project, operation)
         if workers > 1:
             raise RunError(f"--workers {workers}: parallel workers are not supported yet; run without --workers")
-        if csv_file:
-            raise RunError("--csv: CSV import is not supported yet")
+        if csv_file and op.csv is None:
+            raise RunError(f"--csv: {op.name} does not import CSV (its data_source is not csv_file)")
         if resume and not op.is_procedure:
             raise RunError(f"--resume: {op.name} is not resumable (only transaction: commit_per_batch runs are)")
         bound = bind_params(op, list(params))
         with LiveBar(op.name, enabled=fmt == "text") as bar:
-            result = execute(url, op, bound, confirm=confirm, batch_size=batch_size, resume=resume,
-                             on_progress=bar.update, on_notice=bar.notice)
+            if op.csv is not None:  # data_source: csv_file (specql/csvimport.py)
+                from .csvimport import run_csv
+                result = run_csv(url, op, csv_file, list(params), confirm=confirm, batch_size=batch_size, resume=resume,
+                                 rejects=rejects, execute=execute, bind_params=bind_params,
+                                 on_progress=bar.update, on_notice=bar.notice)
+            else:
+                result = execute(url, op, bound, confirm=confirm, batch_size=batch_size, resume=resume,
+                                 on_progress=bar.update, on_notice=bar.notice)
     except RunError as exc:
         click.echo(f"specql run: {exc}", err=True)
         sys.exit(1)
@@ -256,6 +263,41 @@ def run_operation(operation: str, paths: tuple[str, ...], database_url: str | No
         click.echo(f"cancelled: resume with `specql run {op.name} --resume {result['operation_id']}` "
                    f"and the same parameters", err=True)
     sys.exit(0 if result.get("status") == "completed" else 1)
+
+
+@main.command("plan")
+@click.argument("operation")
+@click.argument("paths", nargs=-1)
+@click.option("--database-url", help="Target database (default: SPECQL_DATABASE_URL, then DATABASE_URL).")
+@click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
+              help="A parameter, as `specql run` takes it: NAME=VALUE or NAME=@FILE.")
+@click.option("--batch-size", type=click.IntRange(1, 1_000_000), help="Plan with this batch_size instead of the file's.")
+@click.option("--sample-batches", type=click.IntRange(1, 100), default=5, show_default=True,
+              help="Batches the rolled-back sample run times.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+              help="A report, or one JSON object.")
+@_guard
+def plan_operation_cmd(operation: str, paths: tuple[str, ...], database_url: str | None, params: tuple[str, ...],
+                       batch_size: int | None, sample_batches: int, fmt: str) -> None:
+    """Show what running OPERATION would do, changing nothing: the batch statements' plans
+    (index warnings), the records it would touch, a rolled-back sample and an estimate."""
+    from .database import resolve_database_url
+    from .explain import plan_operation, render_json, render_text
+    from .generate import load_project
+    from .run import RunError, bind_params, find_operation
+
+    url = resolve_database_url(database_url)
+    if not url:
+        raise click.UsageError("no database: pass --database-url or set SPECQL_DATABASE_URL")
+    try:
+        project = load_project(list(paths) or ["entities/"])
+        op = find_operation(project, operation)
+        report = plan_operation(url, op, bind_params(op, list(params)), batch_size=batch_size,
+                                sample_batches=sample_batches)
+    except RunError as exc:
+        click.echo(f"specql plan: {exc}", err=True)
+        sys.exit(1)
+    click.echo(render_json(report) if fmt == "json" else render_text(report))
 
 
 @main.command("status")

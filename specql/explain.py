@@ -1,0 +1,319 @@
+"""`specql plan`: what a run of an operation would do, before it runs, changing nothing.
+
+For the operation as generated (the routine already in the database), with its parameters
+bound the way `specql run` binds them:
+
+- counts the records the run would touch (the condition, or the data_source's elements),
+- runs the routine for a few batches in a transaction that is rolled back, with the
+  statements' plans logged (auto_explain, nested statements) and shows each batch statement's
+  plan, flagging a walk or key lookup that is not index-backed,
+- times those sample batches against a run stopped before its first batch, and estimates the
+  whole run: setup + batches x (time per sample batch).
+
+How a sample run stops: inside the rolled-back transaction a statement trigger on the target
+(created there, so it goes with the rollback) asks the run to stop (specql.cancel_operation's
+row) after N batch statements; the routine's cancel probe ends it before the next batch. A
+`commit_per_batch` procedure cannot COMMIT inside a transaction block: its first COMMIT fails
+(SQLSTATE 2D000) right after the first batch, which is then its sample. Everything the sample
+did is rolled back; only sequences consumed by an insert's defaults keep their new values
+(PostgreSQL never rolls nextval back).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from dataclasses import asdict, dataclass, field
+
+import psycopg
+from psycopg import sql
+
+from .harness_target import placeholders
+from .model import Operation
+from .run import Bound, RunError, call_sql, check_values
+
+STOP_FUNCTION = "specql._plan_sample_stop"  # created and dropped inside the rolled-back transaction
+EXPECTED_ENDS = ("57014", "2D000")  # cancelled (transaction single raises it), a procedure's COMMIT
+
+
+@dataclass
+class StatementPlan:
+    query: str
+    plan: dict
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Sample:
+    batches: int  # batches the sample run completed
+    records: int | None  # records they processed (None when the run ended in an error)
+    seconds: float  # the sample call, setup included
+    setup_seconds: float  # the same call stopped before its first batch
+
+
+@dataclass
+class PlanReport:
+    operation: str
+    routine: str
+    transaction: str
+    driver: str
+    batch_size: int
+    records: int  # what the run would touch
+    batches: int
+    statements: list[StatementPlan]
+    warnings: list[str]
+    sample: Sample | None
+    estimate_seconds: float | None
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- counting
+
+
+def count_records(conn: psycopg.Connection, op: Operation, bound: list[Bound]) -> int:
+    """The records a run would touch: rows matching the condition, or the data_source's elements."""
+    values = {f"p{i}": b.text for i, b in enumerate(bound, start=1)}
+    typed = [{"sql_type": b.sql_type} for b in bound]
+    if op.statement.driver == "source" and op.statement.source_param is not None:
+        i = next(i for i, b in enumerate(bound, start=1) if b.name == op.statement.source_param.name)
+        return conn.execute(f"SELECT coalesce(jsonb_array_length(%(p{i})s::jsonb), 0)", values).fetchone()[0]
+    where = op.statement.count_sql
+    query = f"SELECT count(*) FROM {op.target.ident}"
+    if where:
+        query += " WHERE " + placeholders(where, typed)
+    return conn.execute(query, values if where else None).fetchone()[0]
+
+
+# --------------------------------------------------------------------------- sample runs
+
+
+def _install_stop(conn: psycopg.Connection, op: Operation, after_statements: int) -> None:
+    """Inside the current transaction: stop the run after `after_statements` batch statements
+    on the target (0: as soon as the run row exists, i.e. before the first batch)."""
+    conn.execute(f"""
+        CREATE FUNCTION {STOP_FUNCTION}() RETURNS trigger LANGUAGE plpgsql AS $f$
+        DECLARE _left integer := coalesce(nullif(current_setting('specql.plan_sample_left', true), ''), '0')::integer;
+        BEGIN
+            _left := _left - 1;
+            PERFORM set_config('specql.plan_sample_left', _left::text, true);
+            IF _left <= 0 THEN
+                INSERT INTO specql.batch_operation_cancellations (operation_id)
+                SELECT operation_id FROM specql.batch_operation_runs
+                WHERE backend_pid = pg_backend_pid() AND completed_at IS NULL
+                ON CONFLICT DO NOTHING;
+            END IF;
+            RETURN NULL;
+        END $f$""")
+    conn.execute("SELECT set_config('specql.plan_sample_left', %s, true)", (str(max(after_statements, 1)),))
+    if after_statements <= 0:
+        conn.execute(f"CREATE TRIGGER specql_plan_sample_stop AFTER INSERT ON specql.batch_operation_runs "
+                     f"FOR EACH ROW EXECUTE FUNCTION {STOP_FUNCTION}()")
+    else:
+        conn.execute(f"CREATE TRIGGER specql_plan_sample_stop AFTER INSERT OR UPDATE OR DELETE ON {op.target.ident} "
+                     f"FOR EACH STATEMENT EXECUTE FUNCTION {STOP_FUNCTION}()")
+
+
+def _sample_run(conn: psycopg.Connection, op: Operation, bound: list[Bound], batch_size: int | None,
+                after_statements: int, explain: bool) -> tuple[float, int, int | None, list[dict]]:
+    """One rolled-back call: (seconds, batches done, records processed, auto_explain plans)."""
+    plans: list[dict] = []
+
+    def notice(diag: psycopg.errors.Diagnostic) -> None:
+        text = diag.message_primary or ""
+        if explain and text.startswith("duration:") and "plan:" in text:
+            try:
+                plans.append(json.loads(text.split("plan:", 1)[1]))
+            except ValueError:
+                pass
+
+    query, values = call_sql(op, bound, confirm=op.policy.requires_confirmation, batch_size=batch_size, resume=None)
+    conn.add_notice_handler(notice)
+    try:
+        with conn.transaction(force_rollback=True):
+            _install_stop(conn, op, after_statements)
+            if explain:
+                conn.execute("LOAD 'auto_explain'")
+                for name, value in (("log_min_duration", "0"), ("log_nested_statements", "on"),
+                                    ("log_format", "json"), ("log_level", "notice")):
+                    conn.execute(sql.SQL("SET LOCAL {} = {}").format(
+                        sql.Identifier("auto_explain", name), sql.Literal(value)))
+            t0 = time.perf_counter()
+            batches, records = 0, None
+            try:
+                with conn.transaction():
+                    cur = conn.execute(query, values)
+                    row = cur.fetchone()
+                seconds = time.perf_counter() - t0
+                if op.is_procedure:
+                    row = conn.execute("SELECT (%s::specql.batch_operation_result).*", (row[0],)).fetchone()
+                result = dict(zip([c.name for c in conn.execute(
+                    "SELECT (NULL::specql.batch_operation_result).*").description], row))
+                batches, records = result.get("batch_count") or 0, result.get("processed_records")
+                if result.get("status") not in ("cancelled", "completed", "completed_with_errors"):
+                    raise RunError(f"the sample run ended {result.get('status')}; nothing was changed")
+            except psycopg.Error as exc:
+                seconds = time.perf_counter() - t0
+                if exc.sqlstate not in EXPECTED_ENDS:
+                    message = (exc.diag.message_primary or str(exc)).splitlines()[0]
+                    raise RunError(f"the sample run failed: {message} (SQLSTATE {exc.sqlstate}); "
+                                   "nothing was changed") from None
+                batches = 1 if exc.sqlstate == "2D000" else max(after_statements, 0)
+    finally:
+        conn.remove_notice_handler(notice)
+    return seconds, batches, records, plans
+
+
+# --------------------------------------------------------------------------- plans
+
+
+def _nodes(plan: dict):
+    yield plan
+    for child in plan.get("Plans", []):
+        yield from _nodes(child)
+
+
+def _is_batch_statement(query: str, table: str) -> bool:
+    """A statement of the batches on the target: it names the target, and counts nothing (the
+    up-front count, max_records and preconditions do)."""
+    return table in query and "count(" not in query.lower()
+
+
+def plan_warnings(query: str, plan: dict, relname: str) -> list[str]:
+    """A Seq Scan of the target in a batch statement: the key lookup or walk is not
+    index-backed. A walk (ORDER BY ... LIMIT) that filters rows on the condition: the
+    condition is not index-backed (it reads rows the condition rejects to fill a batch)."""
+    warnings = []
+    walk = re.search(r"(?i)\border\s+by\b.*\blimit\b", query, re.S) is not None
+    for node in _nodes(plan):
+        if node.get("Relation Name") != relname:
+            continue
+        if node["Node Type"] == "Seq Scan":
+            warnings.append(f"not index-backed: Seq Scan on {relname} in a batch statement "
+                            f"(every batch reads the whole table){_filter(node)}")
+        elif walk and node.get("Filter"):
+            warnings.append(f"condition not index-backed: the walk ({node['Node Type']}"
+                            f"{' using ' + node['Index Name'] if node.get('Index Name') else ''}) checks "
+                            f"{node['Filter']} row by row, reading past rows it rejects to fill each batch")
+    return warnings
+
+
+def _filter(node: dict) -> str:
+    return f" (Filter: {node['Filter']})" if node.get("Filter") else ""
+
+
+def render_plan(plan: dict, depth: int = 0) -> list[str]:
+    """A compact text tree of an auto_explain JSON plan."""
+    n = plan
+    head = n["Node Type"]
+    if n.get("Index Name"):
+        head += f" using {n['Index Name']}"
+    if n.get("Relation Name"):
+        head += f" on {n['Relation Name']}"
+    head += f"  (cost={n.get('Startup Cost', 0):.2f}..{n.get('Total Cost', 0):.2f} rows={n.get('Plan Rows', 0)})"
+    lines = [("  " * depth) + ("-> " if depth else "") + head]
+    for key in ("Index Cond", "TID Cond", "Recheck Cond", "Filter", "Sort Key"):
+        if n.get(key):
+            value = ", ".join(n[key]) if isinstance(n[key], list) else n[key]
+            if len(value) > 160:  # an id array folded into the plan as a constant
+                value = value[:150] + f"... ({len(value):,} characters)"
+            lines.append(("  " * depth) + f"     {key}: {value}")
+    for child in n.get("Plans", []):
+        lines.extend(render_plan(child, depth + 1))
+    return lines
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def plan_operation(url: str, op: Operation, bound: list[Bound], *, batch_size: int | None = None,
+                   sample_batches: int = 5) -> PlanReport:
+    try:
+        conn = psycopg.connect(url, autocommit=True, application_name=f"specql plan {op.name}", connect_timeout=10)
+    except psycopg.OperationalError as exc:
+        raise RunError(f"cannot connect: {str(exc).strip().splitlines()[-1]}") from None
+    size = batch_size or (op.policy.batch_size if not op.policy.auto_batch_size else None)
+    notes = []
+    if size is None:
+        from .model.policy import AUTO_FIRST_BATCH_SIZE
+        size = AUTO_FIRST_BATCH_SIZE
+        notes.append(f"batch_size auto: estimated at its first size, {size} (it then adapts to target_batch_time)")
+    with conn:
+        check_values(conn, bound)
+        exists = conn.execute("SELECT to_regprocedure(%s) IS NOT NULL",
+                              (f"{op.ident}({op.signature_types})",)).fetchone()[0]
+        if not exists:
+            raise RunError(f"{op.schema}.{op.name} is not in the database: apply the migrations first "
+                           "(specql migrate)")
+        records = count_records(conn, op, bound)
+        batches = math.ceil(records / size) if records else 0
+        relname = conn.execute("SELECT c.relname FROM pg_class c WHERE c.oid = %s::regclass",
+                               (op.target.ident,)).fetchone()[0]
+        # Plans: one batch, rolled back, with auto_explain logging every nested statement.
+        statements: list[StatementPlan] = []
+        try:
+            _, _, _, raw = _sample_run(conn, op, bound, batch_size, 1, explain=True)
+        except psycopg.Error as exc:  # LOAD refused (not a superuser, auto_explain missing)
+            raw = []
+            notes.append(f"plans unavailable: {(exc.diag.message_primary or str(exc)).splitlines()[0]}")
+        seen = set()
+        for entry in raw:
+            query = entry.get("Query Text", "")
+            key = " ".join(query.split())
+            if key in seen or not _is_batch_statement(query, op.target.ident):
+                continue
+            seen.add(key)
+            plan = entry.get("Plan", {})
+            statements.append(StatementPlan(query.strip(), plan, plan_warnings(query, plan, relname)))
+        warnings = [w for s in statements for w in s.warnings]
+        # Timing: the call stopped before its first batch, then after sample_batches batches.
+        sample = None
+        estimate = None
+        if records:
+            setup, _, _, _ = _sample_run(conn, op, bound, batch_size, 0, explain=False)
+            seconds, done, processed, _ = _sample_run(conn, op, bound, batch_size, sample_batches, explain=False)
+            sample = Sample(done, processed, seconds, setup)
+            if done:
+                per_batch = max(seconds - setup, 0.0) / done
+                estimate = setup + batches * per_batch
+        if op.is_procedure:
+            notes.append("commit_per_batch: the sample is the first batch (its COMMIT cannot run inside the "
+                         "rolled-back transaction); the estimate leaves out the commits")
+    routine = f"{op.schema}.{op.name}"
+    return PlanReport(op.name, routine, op.policy.transaction, op.statement.driver, size, records, batches,
+                      statements, warnings, sample, estimate, notes)
+
+
+def render_text(report: PlanReport) -> str:
+    out = [f"{report.routine}: {report.operation}, transaction {report.transaction}, "
+           f"batch_size {report.batch_size}, driver {report.driver}",
+           f"records to touch: {report.records:,}  batches: {report.batches:,}", ""]
+    for i, s in enumerate(report.statements, start=1):
+        out.append(f"batch statement {i}:")
+        out.extend("    " + line for line in s.query.splitlines())
+        out.append("  plan:")
+        out.extend("    " + line for line in render_plan(s.plan))
+        out.append("")
+    if not report.statements:
+        out.append("no batch statement plans (nothing to touch, or plans unavailable)")
+        out.append("")
+    for w in report.warnings:
+        out.append(f"warning: {w}")
+    if report.sample:
+        s = report.sample
+        out.append(f"sample: {s.batches} batch(es) in {s.seconds:.3f}s (setup alone {s.setup_seconds:.3f}s), "
+                   "rolled back")
+    if report.estimate_seconds is not None:
+        out.append(f"estimate: {report.batches:,} batches, about {report.estimate_seconds:.1f}s")
+    for n in report.notes:
+        out.append(f"note: {n}")
+    out.append("nothing was changed")
+    return "\n".join(out)
+
+
+def render_json(report: PlanReport) -> str:
+    return json.dumps(report.as_dict(), indent=2, default=str)
