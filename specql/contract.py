@@ -92,6 +92,8 @@ RESULT_TYPE = CompositeType(
         Column("batch_count", "integer"),
         Column("started_at", "timestamptz"),
         Column("completed_at", "timestamptz"),
+        # Added for issue 14: insert rows skipped by a unique conflict (ignore_conflicts).
+        Column("skipped_records", "bigint"),
     ),
 )
 
@@ -152,6 +154,7 @@ RUNTIME_TABLES = (
             Column("attempt", "integer"),
             Column("wait_reason", "text"),
             Column("wait_ms", "numeric"),
+            Column("step", "text"),  # SPEC §8: the step of a multi-step operation this batch belongs to
         ),
         indexes=(Index("batch_operation_logs_operation_idx", "(operation_id, batch_number)"),),
     ),
@@ -168,6 +171,7 @@ RUNTIME_TABLES = (
             Column("error_detail", "text"),
             Column("failed_records", "jsonb", "NOT NULL"),
             Column("occurred_at", "timestamptz", "NOT NULL"),
+            Column("step", "text"),  # SPEC §8: the step whose batch failed
         ),
         indexes=(Index("batch_operation_errors_operation_idx", "(operation_id, batch_number)"),),
     ),
@@ -209,6 +213,106 @@ RUNTIME_TABLES = (
             Column("operation_id", "uuid", "PRIMARY KEY"),
             Column("requested_at", "timestamptz", "NOT NULL DEFAULT clock_timestamp()"),
         ),
+    ),
+    Table(
+        name="batch_operation_audit",
+        comment="audit: true (issue 14): one row per changed record, old and new values, written in\n"
+                "the same savepoint as the change (a rolled-back batch leaves none).",
+        columns=(
+            _KEY,
+            Column("operation_id", "uuid", "NOT NULL"),
+            Column("batch_number", "integer", "NOT NULL"),
+            Column("record_key", "jsonb", "NOT NULL"),
+            Column("action", "text", "NOT NULL"),
+            Column("old_row", "jsonb"),
+            Column("new_row", "jsonb"),
+            Column("changed_fields", "text[]", "NOT NULL DEFAULT '{}'"),
+            Column("recorded_at", "timestamptz", "NOT NULL DEFAULT clock_timestamp()"),
+        ),
+        indexes=(Index("batch_operation_audit_operation_idx", "(operation_id, batch_number)"),),
+    ),
+)
+
+# Multi-step operations (SPEC §8): one row per step and run, and the steps' outputs.
+RUNTIME_TABLES += (
+    Table(
+        name="batch_operation_steps",
+        comment="One row per step of a multi-step run, written when the step starts (or is not run\n"
+                "because a step it depends on failed); the run's result sums its steps.",
+        columns=(
+            Column("operation_id", "uuid", "NOT NULL"),
+            Column("operation", "text", "NOT NULL"),
+            Column("step_name", "text", "NOT NULL"),
+            Column("step_number", "integer", "NOT NULL"),
+            Column("status", "text", "NOT NULL DEFAULT 'running'"),
+            Column("total_records", "bigint", "NOT NULL DEFAULT 0"),
+            Column("processed_records", "bigint", "NOT NULL DEFAULT 0"),
+            Column("failed_records", "bigint", "NOT NULL DEFAULT 0"),
+            Column("error_count", "integer", "NOT NULL DEFAULT 0"),
+            Column("batch_count", "integer", "NOT NULL DEFAULT 0"),
+            Column("output_records", "bigint", "NOT NULL DEFAULT 0"),  # keys or records put in its output
+            Column("started_at", "timestamptz"),
+            Column("completed_at", "timestamptz"),
+            Column("error_message", "text"),  # why a step did not run
+        ),
+        indexes=(Index("batch_operation_steps_run_idx", "(operation_id, step_number)"),),
+    ),
+    Table(
+        name="batch_operation_outputs",
+        comment="What a step hands to later steps (its `output`), kept in chunks of at most a batch:\n"
+                "keys as text (cast back to the key type when read) or records as a jsonb array.\n"
+                "A run's rows are deleted when it completes; a stopped run keeps them for its resume.",
+        columns=(
+            Column("operation_id", "uuid", "NOT NULL"),
+            Column("output", "text", "NOT NULL"),
+            Column("chunk", "integer", "NOT NULL"),
+            Column("keys", "text[]"),
+            Column("records", "jsonb"),
+        ),
+        indexes=(Index("batch_operation_outputs_chunk_idx", "(operation_id, output, chunk)"),),
+    ),
+)
+
+# Parallel workers (SPEC §9, issue 13): what the workers of a run share, and the claim queue.
+RUNTIME_TABLES += (
+    Table(
+        name="batch_operation_parallel_runs",
+        comment="One row per parallel run (op_start): the parameter values its workers read, the\n"
+                "workers started so far, and why the run stops (failed, cancelled, timed_out).",
+        columns=(
+            Column("operation_id", "uuid", "PRIMARY KEY"),
+            Column("inputs", "jsonb", "NOT NULL DEFAULT '{}'"),  # scalar/array parameters as text
+            Column("worker_batch_size", "integer", "NOT NULL"),
+            Column("chunk_count", "integer", "NOT NULL DEFAULT 0"),
+            Column("batches_per_chunk", "integer", "NOT NULL DEFAULT 1"),  # batch numbers: chunk x this
+            Column("workers", "integer", "NOT NULL DEFAULT 0"),  # workers started (the next one's number - 1)
+            Column("stop", "text"),  # set when the run stops early; a resume clears it
+        ),
+    ),
+    Table(
+        name="batch_operation_chunks",
+        comment="The claim queue of a parallel run: a chunk is claimed with FOR UPDATE SKIP LOCKED and\n"
+                "marked done in the transaction that applies it, so a dead worker's chunk is claimed again.",
+        columns=(
+            _KEY,
+            Column("operation_id", "uuid", "NOT NULL"),
+            Column("chunk_number", "integer", "NOT NULL"),
+            Column("status", "text", "NOT NULL DEFAULT 'pending'"),  # pending, done
+            Column("records", "bigint", "NOT NULL DEFAULT 0"),  # records found when the run was split
+            Column("lower_key", "text"),  # condition walk: keys in (lower_key, upper_key], NULL = open
+            Column("upper_key", "text"),
+            Column("keys", "text[]"),  # id array: the chunk's ids
+            Column("items", "jsonb"),  # jsonb data_source: the chunk's elements
+            Column("first_index", "integer"),  # their position in the source (0-based)
+            Column("next_batch", "integer", "NOT NULL DEFAULT 1"),  # a stopped chunk goes on from here
+            Column("worker", "integer"),
+            Column("claimed_at", "timestamptz"),
+            Column("completed_at", "timestamptz"),
+            Column("processed_records", "bigint", "NOT NULL DEFAULT 0"),
+            Column("failed_records", "bigint", "NOT NULL DEFAULT 0"),
+            Column("error_count", "integer", "NOT NULL DEFAULT 0"),
+        ),
+        indexes=(Index("batch_operation_chunks_claim_idx", "(operation_id, status, chunk_number)"),),
     ),
 )
 

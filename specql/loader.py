@@ -227,6 +227,14 @@ def _yaml_error(exc: yaml.MarkedYAMLError, text: str, path: str) -> Diagnostic:
     elif context.startswith("while parsing a flow") and exc.context_mark and ("end" in message):
         opener = text[exc.context_mark.index] if exc.context_mark.index < len(text) else "["
         mark, message = exc.context_mark, f"this '{opener}' is never closed"
+    elif context.startswith("while parsing a flow") and exc.problem_mark and message.endswith("found ':'"):
+        # `input: {month: :target_month}`: in flow style ({...} or [...]) YAML reads a ':' at the start
+        # of a plain value as a separator, so a :parameter there must be quoted.
+        start = exc.problem_mark.index
+        ref = re.match(r":[A-Za-z_][A-Za-z0-9_.]*", text[start:])
+        shown_ref = ref.group(0) if ref else ":name"
+        mark, message = exc.problem_mark, (f"{shown_ref} inside {{...}} or [...] must be quoted: write "
+                                           f"'{shown_ref}' in quotes, or use block style (one key: value a line)")
     elif context.startswith("expected a single document"):
         message = f"{context}, {message}"
     else:

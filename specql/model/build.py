@@ -17,8 +17,10 @@ from .context import Context
 from .entity import Entity, Project, build_entity, resolve_field_details
 from .names import check_identifier, display_name
 from .operation import Operation
+from .parallel import read_parallel
 from .policy import read_policy, read_preconditions
-from .statement import StatementReader
+from .statement import Statement, StatementReader
+from .steps import finish_steps, read_steps
 
 _CSV_KEYS = ("csv_delimiter", "csv_has_header", "field_mapping", "validation_rules", "skip_invalid_rows")
 
@@ -28,6 +30,8 @@ def build_operation(ctx: Context) -> Operation | None:
     spec, at = ctx.spec, ctx.at
     n_problems = len(ctx.problems)
     check_identifier(ctx.doc, at("operation"), ctx.name, "operation name", ctx.problems)
+    if "steps" in spec:
+        return build_steps_operation(ctx, n_problems)
     op_type = _operation_type(ctx)
     if op_type is None:
         return None
@@ -38,12 +42,14 @@ def build_operation(ctx: Context) -> Operation | None:
     # The order of these reads is the order of the routine's arguments (first use).
     reader.read_data_source()
     reader.read_where()
+    reader.read_soft_delete()
     reader.read_assignments()
     reader.read_conflict_target()
     preconditions = read_preconditions(ctx)
     params = ctx.scope.params(bool(spec.get("requires_confirmation")))
     check_names_not_captured(ctx)
     policy = read_policy(ctx, preconditions)
+    parallel = read_parallel(ctx, policy)
     if len(ctx.problems) > n_problems:
         return None
     statement = reader.finish(params)
@@ -55,32 +61,61 @@ def build_operation(ctx: Context) -> Operation | None:
         source_name=display_name(ctx.doc.source or ctx.doc.path),
         param_roles=ctx.scope.roles_of(params), compared_values=ctx.scope.compared_values(),
         functions=[(name, ctx.location(path, offset)) for name, path, offset in ctx.functions],
+        parallel=parallel,
     )
 
 
 def _operation_type(ctx: Context) -> str | None:
     """The operation type, or None (with a problem) for what this version cannot build."""
     spec, at = ctx.spec, ctx.at
-    if "steps" in spec:
-        ctx.error(at("steps"), "multi-step operations (steps) are not supported yet", key=True)
-        return None
     if spec.get("data_source") == "csv_file":
-        ctx.error(at("data_source"), "CSV import (data_source: csv_file) is not supported yet")
-        return None
+        # CSV import (SPEC §11, specql/model/csvsource.py): an insert unless it says upsert.
+        op_type = spec.get("operation_type", "insert")
+        if op_type not in ("insert", "upsert"):
+            ctx.error(at("operation_type"), f"data_source: csv_file imports rows: operation_type insert or "
+                                            f"upsert, not '{op_type}'")
+            return None
+        return op_type
     for key in _CSV_KEYS:
         if key in spec:
-            ctx.error(at(key), f"'{key}' belongs to CSV import (data_source: csv_file), "
-                               f"which is not supported yet", key=True)
+            ctx.error(at(key), f"'{key}' belongs to CSV import; it needs data_source: csv_file", key=True)
     op_type = spec.get("operation_type")
     if op_type is None:
         ctx.error(ctx.path, f"operation '{ctx.name}' needs an operation_type "
                             f"(update, insert, delete or upsert)")
         return None
     if op_type in ("select", "custom_function"):
-        ctx.error(at("operation_type"), f"operation_type '{op_type}' is only meaningful inside steps, "
-                                        f"which are not supported yet")
+        ctx.error(at("operation_type"), f"operation_type '{op_type}' is a step's: write it under steps "
+                                        f"(a select hands its keys to the steps after it)")
         return None
     return op_type
+
+
+def build_steps_operation(ctx: Context, n_problems: int) -> Operation | None:
+    """A multi-step operation (SPEC §8): its steps in run order, one routine running them."""
+    spec = ctx.spec
+    ctx.scope.declare(spec.get("params") or {})
+    preconditions = read_preconditions(ctx)
+    policy = read_policy(ctx, preconditions)
+    read = read_steps(ctx, policy.batch_size, ctx.registry)
+    if read is None:
+        return None
+    steps, _ = read
+    params = ctx.scope.params(False)
+    check_names_not_captured(ctx)
+    if len(ctx.problems) > n_problems:
+        return None
+    finish_steps(ctx, steps, params)
+    run = Statement(operation_type="steps", target=ctx.target, assignments=[], driver="steps", where_sql=None,
+                    batch_where_sql=None, key_param=None, source_param=None)
+    return Operation(
+        name=ctx.name, schema=ctx.entity.schema, description=spec.get("description"), entity=ctx.entity,
+        target=ctx.target, params=params, statement=run, policy=policy, source_path=ctx.doc.path,
+        source_name=display_name(ctx.doc.source or ctx.doc.path),
+        param_roles=ctx.scope.roles_of(params), compared_values=ctx.scope.compared_values(),
+        functions=[(name, ctx.location(path, offset)) for name, path, offset in ctx.functions],
+        steps=steps,
+    )
 
 
 def check_names_not_captured(ctx: Context) -> None:
@@ -156,7 +191,9 @@ def build_project(docs: list[Document]) -> Project:
                 problems.append(doc.diag(path + ("target_entity",), f"unknown target_entity '{target_name}'"
                                                                     f"{did_you_mean(target_name, registry)}"))
                 continue
-            op = build_operation(Context(doc, path, spec, entity, target, problems, warnings))
+            ctx = Context(doc, path, spec, entity, target, problems, warnings)
+            ctx.registry = registry
+            op = build_operation(ctx)
             if op is None:
                 continue
             key = f"{op.schema}.{op.name}"

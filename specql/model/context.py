@@ -33,6 +33,27 @@ class Context:
         self.scope = Scope(self)
         self.relations: dict[str, tuple[tuple, int | None]] = {}  # tables and aliases named in SQL
         self.functions: list[tuple[str, tuple, int | None]] = []  # (function name, path, offset)
+        # In a step (SPEC §8): the outputs of the steps before it, and those it cannot read yet.
+        self.step_outputs: dict = {}
+        self.unavailable_outputs: dict[str, str] = {}
+        self.input_params: list[str] = []
+
+    def for_step(self, index: int, spec: dict, registry: dict) -> "Context | None":
+        """The context of step `index` of this pattern's steps: its own keys and target, the
+        operation's name, parameters and problem lists (SPEC §8)."""
+        import copy
+
+        step = copy.copy(self)
+        step.path, step.spec = self.at("steps", index), spec
+        step.step_outputs, step.unavailable_outputs, step.input_params = {}, {}, []
+        if "target_entity" in spec:
+            target = registry.get(spec["target_entity"])
+            if target is None:
+                self.error(step.at("target_entity"), f"unknown target_entity '{spec['target_entity']}'"
+                                                     f"{did_you_mean(spec['target_entity'], registry)}")
+                return None
+            step.target = target
+        return step
 
     # -- reporting
 
@@ -70,6 +91,11 @@ class Context:
         if isinstance(raw, dict) and "sql" in raw:
             return self.fragment_value(raw["sql"], path + ("sql",), column)
         if isinstance(raw, str):
+            if (m := PARAM_REF.match(raw.strip())) and (m.group(1) in self.step_outputs
+                                                          or m.group(1) in self.unavailable_outputs):
+                self.error(path, f"output :{m.group(1)} holds many keys or records, not one value: read a record's "
+                                 f"field as :{m.group(1)}.field, or walk its keys with a where_condition")
+                return None
             if m := PARAM_REF.match(raw.strip()):
                 self.scope.note(m.group(1), column.sql_type, path, None)
                 self.scope.roles.setdefault(m.group(1), ("assign", column.name))
@@ -172,6 +198,8 @@ class Context:
         casts = sf.cast_params(frag)
         cols = self.target.columns
         for ph in frag.placeholders:
+            if ph.name in self.step_outputs or ph.name in self.unavailable_outputs:
+                continue  # an earlier step's output, not a parameter (model/steps.py checks its use)
             if ph.field is not None:
                 self.error(path, f":{ph.name}.{ph.field} (a data_source field) can only be used in "
                                  f"insert_data/upsert_data values", offset=ph.offset)
@@ -194,6 +222,11 @@ class Context:
         for column, values in sf.compared_literals(frag).items():
             self.scope.compared.setdefault(column, set()).update(values)
         replacement = {ph.number: self.param_ref(ph.name) for ph in frag.placeholders}
+        for ph in frag.placeholders:
+            if ph.name in self.step_outputs:
+                replacement[ph.number] = self.step_outputs[ph.name].keys_sql(self.target.primary_key.sql_type)
+            elif ph.name in self.unavailable_outputs:
+                replacement[ph.number] = "NULL"
         replacement.update(swap or {})
         arrays = set(sf.array_param_columns(frag))
         return sf.render(frag, replacement, arrays)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from ..diagnostics import Diagnostic, did_you_mean
 from ..loader import Document
 from ..sqlnames import SQL_TYPES, qi, qname
+from .project_sql import read_sql_files
 from .names import MAX_COLUMNS, check_identifier, display_name
 from .values import looks_like_sql
 
@@ -52,6 +53,13 @@ class Entity:
     depends_on: set[str] = field(default_factory=set)
     operations: list["Operation"] = field(default_factory=list)
     extra_tables: list = field(default_factory=list)  # policy.ExtraTable: custom log/metrics tables
+    project_sql: list = field(default_factory=list)  # project_sql.ProjectSql: `sql_files`, in order
+    soft_delete: bool = False  # soft_delete: true (issue 14): deleted_at, deleted_by, deletion_reason
+
+    @property
+    def deletion_stats_ident(self) -> str:
+        """The generated `<entity>_deletion_stats()` of a soft-delete entity."""
+        return qname(self.schema, f"{self.name}_deletion_stats")
 
     @property
     def ident(self) -> str:
@@ -94,6 +102,8 @@ def build_entity(doc: Document, problems: list[Diagnostic]) -> Entity | None:
             name=fname, type=spec["type"], sql_type=SQL_TYPES[spec["type"]],
             nullable=spec.get("nullable", True), unique=spec.get("unique", False),
         )
+    if data.get("soft_delete"):
+        _soft_delete_columns(doc, columns, problems)
     pk_name = data.get("primary_key", "id")
     pk = columns.get(pk_name)
     if pk is None:
@@ -109,7 +119,22 @@ def build_entity(doc: Document, problems: list[Diagnostic]) -> Entity | None:
         return None
     return Entity(name=name, schema=schema, table=table, primary_key=pk, columns=columns,
                   manage_table=data.get("manage_table", True), description=data.get("description"),
-                  source_path=doc.path, source_name=display_name(doc.source or doc.path))
+                  source_path=doc.path, source_name=display_name(doc.source or doc.path),
+                  soft_delete=bool(data.get("soft_delete")), project_sql=read_sql_files(doc, problems))
+
+
+# soft_delete: true adds these columns (SPEC §10), unless the entity declares them with these types.
+SOFT_DELETE_COLUMNS = (("deleted_at", "timestamp"), ("deleted_by", "string"), ("deletion_reason", "string"))
+
+
+def _soft_delete_columns(doc: Document, columns: dict[str, Column], problems: list[Diagnostic]) -> None:
+    for name, type_ in SOFT_DELETE_COLUMNS:
+        declared = columns.get(name)
+        if declared is None:
+            columns[name] = Column(name=name, type=type_, sql_type=SQL_TYPES[type_])
+        elif declared.sql_type != SQL_TYPES[type_]:
+            problems.append(doc.diag(("fields", name), f"soft_delete: true needs '{name}' to be {type_} "
+                                                       f"({SQL_TYPES[type_]}), not {declared.type}", key=True))
 
 
 def resolve_field_details(doc: Document, entity: Entity, registry: dict[str, Entity],

@@ -34,6 +34,13 @@ class Operation:
     # Functions its SQL calls, with where they are written ("file:line:col"): `specql test run`
     # reports one the database lacks before any test fails on it.
     functions: list[tuple[str, str]] = field(default_factory=list)
+    # A multi-step operation (SPEC §8): its steps in run order (model/steps.Step); the routine
+    # renders each step's batches with `as_step(step)`, the operation seen from that step.
+    steps: list = field(default_factory=list)
+    step: object = None  # set on the operation as_step returns
+    step_count: int = 0
+    # parallel: true (specql/model/parallel.py): the <op>_start and <op>_worker entry points; None otherwise.
+    parallel: object = None
 
     def __getattr__(self, name: str):
         # Only called for names the operation itself lacks (and never for its own fields).
@@ -43,6 +50,33 @@ class Operation:
             if hasattr(part, name):
                 return getattr(part, name)
         raise AttributeError(f"'Operation' object has no attribute {name!r}")
+
+    # -- multi-step operations (SPEC §8)
+
+    @property
+    def body_template(self) -> str:
+        """The file of templates/sql/ that writes the routine's body: its batches, or its steps."""
+        return "steps/run" if self.steps else "routine/loop"
+
+    def as_step(self, step) -> "Operation":
+        """The operation as one of its steps sees it: the step's statement and batch size, the
+        run's policy and parameters (what routine/loop.sql.j2 renders a step's batches from)."""
+        from dataclasses import replace
+
+        return replace(self, statement=step.statement, policy=replace(self.policy, batch_size=step.batch_size),
+                       steps=[], step=step, step_count=len(self.steps))
+
+    @property
+    def step_sets_total(self) -> bool:
+        """Whether a step's driver sets total_records when it starts (an id array's or a data
+        source's size, or a count up front): the step's count is then added to the run's."""
+        return self.statement.driver in ("keys", "source") or self.counts_up_front
+
+    @property
+    def generic_plans(self) -> bool:
+        if self.steps:
+            return any(s.statement.generic_plans for s in self.steps)
+        return self.statement.generic_plans
 
     @property
     def ident(self) -> str:
@@ -54,9 +88,11 @@ class Operation:
     @property
     def routine_args(self) -> list[tuple[Param, str]]:
         """The arguments specql adds after the parameters, with their defaults: confirm (with
-        requires_confirmation), batch_size (every routine: overrides the file for this call and
+        requires_confirmation), bypass_hooks (with hooks), batch_size (every routine: overrides the file for this call and
         the specql routines it calls), resume (a procedure: the run to continue)."""
         args = [(Param("confirm", "boolean"), "false")] if self.policy.requires_confirmation else []
+        if self.policy.hooks:
+            args.append((Param("bypass_hooks", "boolean"), "false"))  # hooks: call the batch without them
         args.append((Param("batch_size", "integer"), "NULL"))
         if self.policy.resumable:
             args.append((Param("resume", "uuid"), "NULL"))

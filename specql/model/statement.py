@@ -17,7 +17,11 @@ from .scope import Param
 from .values import PARAM_REF, Assignment
 
 INTEGER_KEY_MAX = {"integer": 2**31 - 1, "bigint": 2**63 - 1}
-DATA_KEYS = {"update": "update_data", "insert": "insert_data", "upsert": "upsert_data"}
+DATA_KEYS = {"update": "update_data", "insert": "insert_data", "upsert": "upsert_data",
+             "soft_delete": "update_data"}
+# Soft delete (issue 14, SPEC §10): operation types of an entity with soft_delete: true, each
+# the statement kind it is built as (soft_delete and restore update, purge deletes).
+SOFT_DELETE_TYPES = {"soft_delete": "update", "restore": "update", "purge": "delete"}
 
 
 @dataclass
@@ -31,14 +35,29 @@ class Statement:
     key_param: Param | None
     source_param: Param | None
     conflict_columns: list = field(default_factory=list)
+    csv: object | None = None  # csvsource.CsvSource of a data_source: csv_file import (driver "csv")
     # For generated tests: the condition with $1..$n for params (in `params` order).
     count_sql: str | None = None
+    # A step of a multi-step operation (SPEC §8) walks an earlier step's output: its keys
+    # (driver output_keys) or its records (driver output_records). model/steps.StepOutput.
+    key_output: object = None
+    source_output: object = None
+    ignore_conflicts: bool = False  # insert: ON CONFLICT DO NOTHING, skipped rows counted (issue 14)
+    hooked: bool = False  # hooks: a batch is always a list of keys (never a key range), so each is one statement
+
+    @property
+    def base_type(self) -> str:
+        """The statement kind an operation type is built as: soft_delete and restore update,
+        purge deletes; the others are their own."""
+        return SOFT_DELETE_TYPES.get(self.operation_type, self.operation_type)
 
     @property
     def range_batches(self) -> bool:
         """Whether a condition walk may take a dense stretch of keys as one key range: an
         integer key is unique, so batch_size consecutive values hold at most batch_size rows."""
-        return self.driver == "keyset" and self.target.primary_key.sql_type in INTEGER_KEY_MAX
+        return (self.driver == "keyset" and self.target.primary_key.sql_type in INTEGER_KEY_MAX
+                and not self.hooked
+                and self.operation_type != "select")  # a select step keeps the walk's listed keys
 
     @property
     def driver_template(self) -> str:
@@ -92,18 +111,35 @@ class StatementReader:
         self.key_param_name: str | None = None
         self.assignments: list[Assignment] = []
         self.conflict_columns: list = []
+        self.csv = None  # csvsource.CsvSource when data_source: csv_file
+        self.soft_filter: str | None = None  # soft delete: the deleted_at filter every statement adds
+        self.soft_count_filter = None  # the same for count_sql, given the parameters' positions
+
+    @property
+    def csv_mapped(self) -> set[str]:
+        return {m.column.name for m in self.csv.mapping} if self.csv is not None else set()
 
     def check_data_keys(self) -> None:
         ctx, spec, at = self.ctx, self.ctx.spec, self.ctx.at
         for key in DATA_KEYS.values():
             if key in spec and key != self.data_key:
                 ctx.error(at(key), f"'{key}' does not apply to operation_type '{self.op_type}'", key=True)
-        if self.data_key and self.data_key not in spec:
+        if "ignore_conflicts" in spec and self.op_type != "insert":
+            ctx.error(at("ignore_conflicts"), f"ignore_conflicts applies to insert, not {self.op_type} "
+                                              f"(an upsert's conflicts update the row)", key=True)
+        if (self.data_key and self.data_key not in spec and self.op_type != "soft_delete"
+                and spec.get("data_source") != "csv_file"):
             ctx.error(at("operation_type"), f"operation_type '{self.op_type}' needs '{self.data_key}'")
 
     def read_data_source(self) -> None:
         ctx, spec, at, op_type = self.ctx, self.ctx.spec, self.ctx.at, self.op_type
-        if "data_source" in spec:
+        if spec.get("data_source") == "csv_file":
+            from .csvsource import STAGING_PARAM, read_csv_source
+            self.driver = "csv"
+            self.source_name = STAGING_PARAM
+            ctx.scope.note(STAGING_PARAM, "uuid", at("data_source"), None)
+            self.csv, self.assignments = read_csv_source(ctx)
+        elif "data_source" in spec:
             m = PARAM_REF.match(spec["data_source"].strip())
             if not m:
                 ctx.error(at("data_source"), "data_source must be a parameter such as :rows (a jsonb array "
@@ -155,11 +191,16 @@ class StatementReader:
                 ctx.error(vpath, f"unknown column '{column_name}' of {ctx.target.name}"
                                  f"{did_you_mean(column_name, cols)}", key=True)
                 continue
-            if self.op_type == "update" and column.primary_key:
+            if self.op_type in ("update", "soft_delete") and column.primary_key:
                 ctx.error(vpath, f"update_data cannot change the primary key '{column_name}'", key=True)
                 continue
+            if self.op_type == "soft_delete" and column_name == "deleted_at":
+                ctx.error(vpath, "soft_delete sets deleted_at itself (to clock_timestamp())", key=True)
+                continue
             assignment = ctx.assignment(raw, column, vpath)
-            if assignment is not None:
+            if assignment is not None and self.csv is not None and column_name in self.csv_mapped:
+                ctx.error(vpath, f"column '{column_name}' is also in field_mapping", key=True)
+            elif assignment is not None:
                 self.assignments.append(assignment)
         scope = ctx.scope
         if scope.record_alias and not self.source_name and "data_source" not in spec:
@@ -189,8 +230,43 @@ class StatementReader:
                                              f"primary key or a unique field")
         assigned = {a.column.name for a in self.assignments}
         for column in self.conflict_columns:
-            if column.name not in assigned and self.data_key in spec:
+            if column.name not in assigned and self.csv is not None:
+                ctx.error(at("conflict_target"), f"conflict_target '{column.name}' must be in field_mapping")
+            elif column.name not in assigned and self.data_key in spec:
                 ctx.error(at("conflict_target"), f"conflict_target '{column.name}' must be set in upsert_data")
+
+    def read_soft_delete(self) -> None:
+        """soft_delete, restore and purge need an entity with soft_delete: true; on such an entity
+        every statement but an insert leaves soft-deleted rows alone unless its condition names
+        deleted_at (soft_delete always skips them, restore takes only them, purge takes those
+        deleted before :cutoff)."""
+        ctx, target, op_type = self.ctx, self.ctx.target, self.op_type
+        if op_type in SOFT_DELETE_TYPES and not target.soft_delete:
+            ctx.error(ctx.at("operation_type"), f"operation_type '{op_type}' needs an entity with soft_delete: true "
+                                                f"({target.name} has none)")
+            return
+        if not target.soft_delete or op_type in ("insert", "upsert"):
+            return
+        deleted_at = target.columns["deleted_at"].ident
+        named = self.where_frag is not None and any(name == "deleted_at" for name, _ in self.where_frag.columns)
+        if op_type == "purge":
+            ctx.scope.note("cutoff", "timestamptz", ctx.at("operation_type"), None)
+            ctx.scope.roles.setdefault("cutoff", ("cutoff", "deleted_at"))
+            self.soft_filter = f"{deleted_at} < {ctx.param_ref('cutoff')}"
+            self.soft_count_filter = lambda position: f"{deleted_at} < ${position['cutoff']}"
+        elif op_type == "restore":
+            self.soft_filter = f"{deleted_at} IS NOT NULL"
+        elif op_type == "soft_delete" or not named:
+            self.soft_filter = f"{deleted_at} IS NULL"
+
+    def soft_assignments(self) -> list[Assignment]:
+        """What soft_delete and restore write besides the update_data."""
+        cols = self.ctx.target.columns
+        if self.op_type == "soft_delete":
+            return [Assignment(cols["deleted_at"], "clock_timestamp()")]
+        if self.op_type == "restore":
+            return [Assignment(cols[name], "NULL") for name in ("deleted_at", "deleted_by", "deletion_reason")]
+        return []
 
     def finish(self, params: list[Param]) -> Statement:
         by_name = {p.name: p for p in params}
@@ -203,13 +279,28 @@ class StatementReader:
         if self.where_frag is not None:
             position = {p.name: i for i, p in enumerate(params, start=1)}
             count_sql = sf.render(self.where_frag,
-                                  {ph.number: f"${position[ph.name]}" for ph in self.where_frag.params()},
+                                  {ph.number: f"${position[ph.name]}" if ph.name in position else "NULL"
+                                   for ph in self.where_frag.params()},
                                   set(sf.array_param_columns(self.where_frag)))
+        where_sql, batch_where_sql = self.where_sql, self.batch_where_sql
+        if self.soft_filter:
+            where_sql, batch_where_sql = _and(where_sql, self.soft_filter), _and(batch_where_sql, self.soft_filter)
+            position = {p.name: i for i, p in enumerate(params, start=1)}
+            count_filter = self.soft_count_filter(position) if self.soft_count_filter else self.soft_filter
+            count_sql = _and(count_sql, count_filter)
+        spec = self.ctx.spec
         return Statement(
-            operation_type=self.op_type, target=self.ctx.target, assignments=self.assignments, driver=driver,
-            where_sql=self.where_sql, batch_where_sql=self.batch_where_sql, key_param=key_param,
+            operation_type=self.op_type, target=self.ctx.target,
+            assignments=self.soft_assignments() + self.assignments, driver=driver,
+            where_sql=where_sql, batch_where_sql=batch_where_sql, key_param=key_param,
             source_param=by_name.get(self.source_name) if self.source_name else None,
-            conflict_columns=self.conflict_columns, count_sql=count_sql)
+            conflict_columns=self.conflict_columns, count_sql=count_sql,
+            ignore_conflicts=bool(spec.get("ignore_conflicts")) and self.op_type == "insert",
+            hooked=bool(spec.get("hooks")), csv=self.csv)
+
+
+def _and(sql: str | None, extra: str) -> str:
+    return extra if sql is None else f"({sql}) AND {extra}"
 
 
 def key_driver(frag: sf.Fragment, pk: str) -> sf.Placeholder | None:
