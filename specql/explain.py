@@ -13,9 +13,8 @@ bound the way `specql run` binds them:
 How a sample run stops: inside the rolled-back transaction a statement trigger on the target
 (created there, so it goes with the rollback) asks the run to stop (specql.cancel_operation's
 row) after N batch statements; the routine's cancel probe ends it before the next batch. A
-`commit_per_batch` procedure cannot COMMIT inside a transaction block: its first COMMIT fails
-(SQLSTATE 2D000) right after the first batch, which is then its sample. Everything the sample
-did is rolled back; only sequences consumed by an insert's defaults keep their new values
+`commit_per_batch` procedure cannot COMMIT inside a transaction block: the sample calls a copy
+of it without its COMMITs, made in the same transaction. Everything the sample did is rolled back; only sequences consumed by an insert's defaults keep their new values
 (PostgreSQL never rolls nextval back).
 """
 
@@ -35,7 +34,8 @@ from .model import Operation
 from .run import Bound, RunError, call_sql, check_values
 
 STOP_FUNCTION = "specql._plan_sample_stop"  # created and dropped inside the rolled-back transaction
-EXPECTED_ENDS = ("57014", "2D000")  # cancelled (transaction single raises it), a procedure's COMMIT
+SAMPLE_SCHEMA = "specql_plan_sample"  # a commit_per_batch procedure's copy without COMMIT, the same way
+EXPECTED_ENDS = ("57014",)  # cancelled (transaction single raises it)
 
 
 @dataclass
@@ -118,6 +118,23 @@ def _install_stop(conn: psycopg.Connection, op: Operation, after_statements: int
                      f"FOR EACH STATEMENT EXECUTE FUNCTION {STOP_FUNCTION}()")
 
 
+def _procedure_copy(conn: psycopg.Connection, op: Operation, query: sql.Composed) -> str:
+    """Inside the rolled-back transaction: a copy of a commit_per_batch procedure without its
+    COMMITs (a procedure CALLed in a transaction block cannot commit), in a schema of its own
+    under the same name (the body qualifies its parameters with the routine's name); the CALL
+    of that copy."""
+    source = conn.execute("SELECT pg_get_functiondef(to_regprocedure(%s))",
+                          (f"{op.ident}({op.signature_types})",)).fetchone()[0]
+    source, n = re.subn(r"(?m)^(\s*)COMMIT;[ \t]*$", r"\1NULL;  -- COMMIT left out: specql plan's rolled-back sample",
+                        source)
+    copy = sql.Identifier(SAMPLE_SCHEMA, op.name).as_string(conn)
+    source = re.sub(r"^CREATE OR REPLACE PROCEDURE\s+\S+?\(", lambda m: f"CREATE PROCEDURE {copy}(", source, count=1)
+    conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(SAMPLE_SCHEMA)))
+    conn.execute(source)
+    text = query.as_string(conn)
+    return text.replace(sql.Identifier(op.schema, op.name).as_string(conn), copy, 1)
+
+
 def _sample_run(conn: psycopg.Connection, op: Operation, bound: list[Bound], batch_size: int | None,
                 after_statements: int, explain: bool) -> tuple[float, int, int | None, list[dict]]:
     """One rolled-back call: (seconds, batches done, records processed, auto_explain plans)."""
@@ -135,6 +152,8 @@ def _sample_run(conn: psycopg.Connection, op: Operation, bound: list[Bound], bat
     conn.add_notice_handler(notice)
     try:
         with conn.transaction(force_rollback=True):
+            if op.is_procedure:
+                query = _procedure_copy(conn, op, query)
             _install_stop(conn, op, after_statements)
             if explain:
                 conn.execute("LOAD 'auto_explain'")
@@ -162,7 +181,7 @@ def _sample_run(conn: psycopg.Connection, op: Operation, bound: list[Bound], bat
                     message = (exc.diag.message_primary or str(exc)).splitlines()[0]
                     raise RunError(f"the sample run failed: {message} (SQLSTATE {exc.sqlstate}); "
                                    "nothing was changed") from None
-                batches = 1 if exc.sqlstate == "2D000" else max(after_statements, 0)
+                batches = max(after_statements, 0)
     finally:
         conn.remove_notice_handler(notice)
     return seconds, batches, records, plans
@@ -281,8 +300,9 @@ def plan_operation(url: str, op: Operation, bound: list[Bound], *, batch_size: i
                 per_batch = max(seconds - setup, 0.0) / done
                 estimate = setup + batches * per_batch
         if op.is_procedure:
-            notes.append("commit_per_batch: the sample is the first batch (its COMMIT cannot run inside the "
-                         "rolled-back transaction); the estimate leaves out the commits")
+            notes.append("commit_per_batch: sampled as a copy of the procedure without its COMMITs (a "
+                         "procedure cannot commit inside the rolled-back transaction); the estimate leaves "
+                         "out the commits (a WAL flush each)")
     routine = f"{op.schema}.{op.name}"
     return PlanReport(op.name, routine, op.policy.transaction, op.statement.driver, size, records, batches,
                       statements, warnings, sample, estimate, notes)
