@@ -1,0 +1,185 @@
+"""`specql run OP --workers N`: a parallel run (SPEC §9) driven from the command line.
+
+One connection calls `<op>_start(...)` (or, with `--resume ID`, takes up a stopped run), then
+N connections each `CALL <op>_worker(operation_id => id)` at once, in threads (the work is
+in the server: a thread only waits for its CALL). Their progress notices (`specql:progress`,
+one per batch, with the worker's number and its own counts) add up into one progress bar;
+Ctrl-C asks every worker to stop after its current batch (`specql.cancel_operation`). The
+result is the run's row once the last worker has closed it, with each worker's counts.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from contextlib import contextmanager
+from typing import Callable
+
+import psycopg
+from psycopg import sql
+
+from .contract import RESULT_FIELDS
+from .model import Operation
+from .run import Bound, Progress, RunError, _one_line, check_values, parse_progress
+
+
+def check_workers(op: Operation, workers: int) -> None:
+    """Refuse --workers N for an operation without parallel: true, or above its max_workers."""
+    if op.parallel is None:
+        raise RunError(f"--workers {workers}: {op.name} is not parallel (add parallel: true to run it with workers)")
+    if op.parallel.max_workers is not None and workers > op.parallel.max_workers:
+        raise RunError(f"--workers {workers}: {op.name} allows at most max_workers {op.parallel.max_workers}")
+
+
+def start_sql(op: Operation, bound: list[Bound], *, confirm: bool, batch_size: int | None) -> tuple[sql.Composed, list]:
+    """SELECT <op>_start(<named arguments>) and its values."""
+    parts, values = [], []
+    for b in bound:
+        parts.append(sql.SQL("{} => %s::" + b.sql_type).format(sql.Identifier(b.name)))
+        values.append(b.text)
+    if confirm:
+        parts.append(sql.SQL("confirm => true"))
+    if batch_size is not None:
+        parts.append(sql.SQL("batch_size => %s::integer"))
+        values.append(batch_size)
+    routine = sql.Identifier(op.schema, op.parallel.start_name)
+    return sql.SQL("SELECT {}({})").format(routine, sql.SQL(", ").join(parts)), values
+
+
+class _Tally:
+    """The workers' progress notices added up: each notice carries its worker's own counts."""
+
+    def __init__(self, total: int | None, on_progress: Callable[[Progress], None]):
+        self.lock = threading.Lock()
+        self.by_worker: dict[int, dict] = {}
+        self.progress = Progress(total=total)
+        self.on_progress = on_progress
+
+    def notice(self, payload: dict) -> None:
+        with self.lock:
+            self.by_worker[payload.get("worker", 0)] = payload
+            self.progress.operation_id = payload.get("operation_id", self.progress.operation_id)
+            self.progress.processed = sum(p.get("processed_records", 0) for p in self.by_worker.values())
+            self.progress.failed = sum(p.get("failed_records", 0) for p in self.by_worker.values())
+            self.progress.errors = sum(p.get("error_count", 0) for p in self.by_worker.values())
+            self.progress.batches += 1
+            self.on_progress(self.progress)
+
+
+def _worker(url: str, op: Operation, operation_id: str, resume: bool, tally: _Tally, index: int,
+            outcomes: list, on_notice: Callable[[str], None]) -> None:
+    """One worker connection: CALL <op>_worker until it returns; its result (or error) into outcomes."""
+    number = {"worker": None}
+
+    def notice(diag: psycopg.errors.Diagnostic) -> None:
+        payload = parse_progress(diag.message_primary or "")
+        if payload is None:
+            on_notice(diag.message_primary or "")
+            return
+        number["worker"] = payload.get("worker")
+        tally.notice(payload)
+
+    try:
+        with psycopg.connect(url, autocommit=True, application_name=f"specql run {op.name} worker",
+                             connect_timeout=10) as conn:
+            conn.add_notice_handler(notice)
+            conn.execute("SELECT pg_catalog.set_config('specql.progress', 'on', false)")
+            cur = conn.execute(sql.SQL("CALL {}(operation_id => %s, resume => %s, result => NULL)").format(
+                sql.Identifier(op.schema, op.parallel.worker_name)), (operation_id, resume))
+            cur = conn.execute("SELECT (%s::specql.batch_operation_result).*", (cur.fetchone()[0],))
+            row = dict(zip([c.name for c in cur.description], cur.fetchone()))
+            outcomes[index] = {"worker": number["worker"], "status": row["status"],
+                               "processed_records": row["processed_records"], "failed_records": row["failed_records"],
+                               "error_count": row["error_count"], "batch_count": row["batch_count"]}
+    except psycopg.Error as exc:
+        outcomes[index] = {"worker": number["worker"], "status": "error", "error": _one_line(exc)}
+
+
+def run_parallel(url: str, op: Operation, bound: list[Bound], *, workers: int, confirm: bool = False,
+                 batch_size: int | None = None, resume: str | None = None,
+                 on_progress: Callable[[Progress], None] = lambda p: None,
+                 on_notice: Callable[[str], None] = lambda m: None) -> dict:
+    """Start (or resume) a parallel run, run `workers` workers to the end; the run's result with
+    a `workers` list (each worker's number, status and counts)."""
+    check_workers(op, workers)
+    try:
+        conn = psycopg.connect(url, autocommit=True, application_name=f"specql run {op.name}", connect_timeout=10)
+    except psycopg.OperationalError as exc:
+        raise RunError(f"cannot connect: {str(exc).strip().splitlines()[-1]}") from None
+    with conn:
+        check_values(conn, bound)
+        if resume:
+            operation_id = resume
+        else:
+            query, values = start_sql(op, bound, confirm=confirm, batch_size=batch_size)
+            try:
+                operation_id = str(conn.execute(query, values).fetchone()[0])
+            except psycopg.Error as exc:
+                raise RunError(_one_line(exc)) from None
+        run = _run_row(conn, operation_id)
+        if run is None or run["operation"] != op.name:
+            raise RunError(f"--resume {operation_id}: no run of {op.name} with that id")
+        tally = _Tally(run["total_records"], on_progress)
+        tally.progress.operation_id = operation_id
+        on_progress(tally.progress)
+        outcomes: list = [None] * workers
+        cancelled = {"requested": False}
+        if run["status"] == "running" or resume:
+            threads = [threading.Thread(target=_worker, args=(url, op, operation_id, bool(resume), tally, i, outcomes,
+                                                              on_notice), daemon=True) for i in range(workers)]
+            with _cancel_on_sigint(url, operation_id, cancelled):
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    while t.is_alive():
+                        t.join(0.2)  # short waits: the main thread stays responsive to Ctrl-C
+        run = _run_row(conn, operation_id)
+    result = {name: run.get(name) for name in RESULT_FIELDS if name in run}
+    result["cancel_requested"] = cancelled["requested"]
+    failures = [o["error"] for o in outcomes if o and o.get("status") == "error"]
+    if failures and result.get("status") == "running":
+        raise RunError(f"a worker failed: {failures[0]} (the run {operation_id} can be resumed with --resume)")
+    result["workers"] = [o for o in outcomes if o is not None]
+    return result
+
+
+def _run_row(conn: psycopg.Connection, operation_id: str) -> dict | None:
+    try:
+        cur = conn.execute("SELECT * FROM specql.batch_operation_runs WHERE operation_id = %s::uuid", (operation_id,))
+    except psycopg.Error as exc:
+        raise RunError(_one_line(exc)) from None
+    row = cur.fetchone()
+    return None if row is None else dict(zip([c.name for c in cur.description], row))
+
+
+@contextmanager
+def _cancel_on_sigint(url: str, operation_id: str, cancelled: dict):
+    """Ctrl-C: specql.cancel_operation(id) from another connection; every worker stops after
+    its current batch and the last one closes the run as cancelled."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def cancel() -> None:
+        cancelled["requested"] = True
+        with psycopg.connect(url, autocommit=True) as other:
+            other.execute("SELECT specql.cancel_operation(%s)", (operation_id,))
+
+    previous = signal.signal(signal.SIGINT, lambda *_: threading.Thread(target=cancel, daemon=True).start())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def worker_lines(result: dict) -> list[str]:
+    """One line per worker for the end of `specql run --workers`: its counts and errors."""
+    lines = []
+    for i, w in enumerate(result.get("workers") or [], 1):
+        name = f"worker {w.get('worker') or '?'}"
+        if w.get("status") == "error":
+            lines.append(f"{name}: failed: {w.get('error')}")
+        else:
+            lines.append(f"{name}: {w['processed_records']} processed, {w['failed_records']} failed, "
+                         f"{w['error_count']} errors in {w['batch_count']} batches ({w['status']})")
+    return lines
