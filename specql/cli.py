@@ -239,11 +239,12 @@ def run_operation(operation: str, paths: tuple[str, ...], database_url: str | No
     try:
         project = load_project(list(paths) or ["entities/"])
         op = find_operation(project, operation)
-        if workers > 1:
-            raise RunError(f"--workers {workers}: parallel workers are not supported yet; run without --workers")
+        if workers > 1:  # parallel: true (specql/workers.py): <op>_start, then N workers
+            from .workers import check_workers
+            check_workers(op, workers)
         if csv_file and op.csv is None:
             raise RunError(f"--csv: {op.name} does not import CSV (its data_source is not csv_file)")
-        if resume and not op.is_procedure:
+        if resume and not op.is_procedure and workers == 1:
             raise RunError(f"--resume: {op.name} is not resumable (only transaction: commit_per_batch runs are)")
         bound = bind_params(op, list(params))
         with LiveBar(op.name, enabled=fmt == "text") as bar:
@@ -252,13 +253,21 @@ def run_operation(operation: str, paths: tuple[str, ...], database_url: str | No
                 result = run_csv(url, op, csv_file, list(params), confirm=confirm, batch_size=batch_size, resume=resume,
                                  rejects=rejects, execute=execute, bind_params=bind_params,
                                  on_progress=bar.update, on_notice=bar.notice)
+            elif workers > 1:
+                from .workers import run_parallel
+                result = run_parallel(url, op, bound, workers=workers, confirm=confirm, batch_size=batch_size,
+                                      resume=resume, on_progress=bar.update, on_notice=bar.notice)
             else:
                 result = execute(url, op, bound, confirm=confirm, batch_size=batch_size, resume=resume,
                                  on_progress=bar.update, on_notice=bar.notice)
     except RunError as exc:
         click.echo(f"specql run: {exc}", err=True)
         sys.exit(1)
-    show_result(result, fmt)
+    show_result({k: v for k, v in result.items() if k != "workers" or fmt == "json"}, fmt)
+    if workers > 1 and fmt == "text":
+        from .workers import worker_lines
+        for line in worker_lines(result):
+            click.echo(line, err=True)
     if result.get("status") == "cancelled" and op.is_procedure:
         click.echo(f"cancelled: resume with `specql run {op.name} --resume {result['operation_id']}` "
                    f"and the same parameters", err=True)

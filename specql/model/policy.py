@@ -205,12 +205,6 @@ def read_policy(ctx, preconditions: list[Precondition]) -> Policy:
     if progress_tracking and logging_level == "none":
         ctx.error(at("logging_level"), "logging_level: none contradicts progress_tracking: true")
 
-    for key in ("parallel", "max_workers", "worker_batch_size", "max_errors_per_worker"):
-        if key in spec and spec[key] is not False:
-            ctx.warn(at(key), f"'{key}' is accepted, but this version runs the batches sequentially "
-                              f"in one session", key=True)
-            break
-
     notify, channels, message_parts = _notification(ctx)
     lock_timeout = _duration(ctx, "lock_timeout", "2 seconds")
     retry = spec.get("retry") or {}
