@@ -29,6 +29,7 @@ class LiveBar:
                        TextColumn("{task.fields[rate]} rec/s"), TimeRemainingColumn(),
                        TextColumn("{task.fields[errors]} errors"), console=self.console,
                        disable=not self.enabled, transient=False)
+        self.operation = operation
         self.task = self.bar.add_task(operation, total=None, rate="-", errors=0)
         self.started = time.monotonic()
 
@@ -42,8 +43,10 @@ class LiveBar:
     def update(self, progress: Progress) -> None:
         done = progress.processed + progress.failed
         elapsed = max(time.monotonic() - self.started, 1e-6)
+        # A multi-step operation's total grows as each step starts: the bar names the step.
+        description = f"{self.operation} [{progress.step}]" if getattr(progress, "step", None) else self.operation
         self.bar.update(self.task, total=progress.total, completed=done, rate=f"{done / elapsed:,.0f}",
-                        errors=progress.errors)
+                        errors=progress.errors, description=description)
 
     def notice(self, message: str) -> None:
         self.console.print(f"NOTICE: {message}", highlight=False)

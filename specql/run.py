@@ -163,6 +163,7 @@ class Progress:
     failed: int = 0
     errors: int = 0
     batches: int = 0
+    step: str | None = None  # the step of a multi-step operation the last batch belonged to
 
     def update(self, payload: dict) -> None:
         self.operation_id = payload.get("operation_id", self.operation_id)
@@ -171,6 +172,7 @@ class Progress:
         self.failed = payload.get("failed_records", self.failed)
         self.errors = payload.get("error_count", self.errors)
         self.batches = payload.get("batch_count", self.batches)
+        self.step = payload.get("step", self.step)
 
 
 def parse_progress(message: str) -> dict | None:

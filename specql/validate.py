@@ -54,7 +54,7 @@ def _message(error: jsonschema.ValidationError, root: dict, doc: Document) -> tu
         allowed = _allowed_keys(error.schema, root)
         extras = [k for k in error.instance if k not in allowed]
         key = sorted(extras)[0]
-        return path + (key,), f"unknown key '{shown(key)}'{did_you_mean(key, allowed)}", True
+        return path + (key,), unknown_key(key, allowed, root), True
     if v == "required":
         missing = error.message.split("'")[1]
         return path, f"missing required key '{shown(missing)}' in {where}", False
@@ -163,9 +163,20 @@ def schema_check(doc: Document) -> tuple[list[Diagnostic], set[tuple]]:
             for key in error.instance:
                 if key not in allowed:
                     kpath = tuple(error.absolute_path) + (key,)
-                    d = doc.diag(kpath, f"unknown key '{shown(key)}'{did_you_mean(key, allowed)}", key=True)
+                    d = doc.diag(kpath, unknown_key(key, allowed, root), key=True)
                     found.setdefault((d.line, d.col, d.message), d)
     return sorted(found.values()), paths
+
+
+def unknown_key(key: str, allowed: list[str], root: dict) -> str:
+    """'unknown key' with a suggestion from the keys valid at that place. A key that is a
+    step's (`function`, `input`, `depends_on`...) written on a pattern says where it goes,
+    rather than naming the nearest pattern key by spelling."""
+    step_keys = set(root["$defs"]["step"]["properties"])
+    if key in step_keys and key not in allowed and "steps" in allowed:
+        return (f"unknown key '{shown(key)}' here: it is a key of a step; write it under steps: in the "
+                f"step it belongs to")
+    return f"unknown key '{shown(key)}'{did_you_mean(key, allowed)}"
 
 
 # ----------------------------------------------------------------------------- names

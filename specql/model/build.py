@@ -106,6 +106,8 @@ def build_steps_operation(ctx: Context, n_problems: int) -> Operation | None:
     if len(ctx.problems) > n_problems:
         return None
     finish_steps(ctx, steps, params)
+    if len(ctx.problems) > n_problems:
+        return None
     run = Statement(operation_type="steps", target=ctx.target, assignments=[], driver="steps", where_sql=None,
                     batch_where_sql=None, key_param=None, source_param=None)
     return Operation(
