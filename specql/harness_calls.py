@@ -66,6 +66,8 @@ class Calls:
         """The operation's parameters, then the arguments every routine adds: confirm where
         required, batch_size, and resume for a procedure."""
         extra = [{"name": "confirm", "ident": "confirm", "sql_type": "boolean"}] if self.f["requires_confirmation"] else []
+        if self.f.get("hooks"):
+            extra.append({"name": "bypass_hooks", "ident": "bypass_hooks", "sql_type": "boolean"})
         extra.append({"name": "batch_size", "ident": "batch_size", "sql_type": "integer"})
         if self.f["is_procedure"]:
             extra.append({"name": "resume", "ident": "resume", "sql_type": "uuid"})

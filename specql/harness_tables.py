@@ -155,6 +155,11 @@ def insert_rows(conn: psycopg.Connection, table: dict, start: int, stop: int, fe
             expr = "g"
         elif column["primary_key"] and column["type"] != "uuid":
             expr = "'key-' || g"
+        elif table.get("soft_delete") and column["name"] in ("deleted_at", "deleted_by", "deletion_reason"):
+            # soft_delete: about half the rows soft-deleted (at spread times), the others active.
+            value = (seed_expression(column, salt, []) if column["name"] == "deleted_at"
+                     else _literal(f"seeded {column['name']}"))
+            expr = f"CASE WHEN abs(hashtext('deleted#' || g)) % 2 = 0 THEN NULL ELSE {value} END"
         else:
             expr = seed_expression(column, salt, (compared_values or {}).get(column["name"], []),
                                    few=column["name"] in few)

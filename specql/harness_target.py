@@ -67,7 +67,7 @@ class Targets:
                 values[p["name"]] = self.key_list()
             elif role == "in":
                 values[p["name"]] = self.column_values(column, 3)
-            elif role == "compare":
+            elif role in ("compare", "cutoff"):  # cutoff: a purge's, the median deleted_at
                 values[p["name"]] = self.middle_value(column)
             else:
                 values[p["name"]] = sample_value(p["sql_type"], i)

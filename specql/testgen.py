@@ -70,7 +70,8 @@ def table_facts(entity: Entity, entities: dict[str, tuple[Entity, Column]], seen
             references = {"column": parent[1].name, **table_facts(parent[0], entities, seen)}
         columns.append({**column_facts(column), "references": references})
     return {"table": entity.ident, "table_schema_ident": qi(entity.schema), "manage_table": entity.manage_table,
-            "pk": entity.primary_key.name, "columns": columns}
+            "pk": entity.primary_key.name, "columns": columns, "soft_delete": entity.soft_delete,
+            "deletion_stats": entity.deletion_stats_ident if entity.soft_delete else None}
 
 
 def statement_facts(s: Statement) -> dict:
@@ -94,7 +95,8 @@ OPERATION_SKIP = ("source_path", "functions", "param_roles", "description")
 
 def policy_facts(p: Policy) -> dict:
     return plain_fields(p, derived=("is_procedure", "logs_batches", "logs_run", "resumable", "lock_timeout_ms", "retry_backoff_ms"), skip=POLICY_SKIP,
-                        preconditions=[plain_fields(c) for c in p.preconditions])
+                        preconditions=[plain_fields(c) for c in p.preconditions],
+                        hooks=plain_fields(p.hooks) if p.hooks else None)
 
 
 def operation_facts(op: Operation) -> dict:

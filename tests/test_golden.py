@@ -277,6 +277,26 @@ SENTINELS = [
     ("stale routine", "a function's kind", "OR p.prokind <> 'f'"),
     ("stale routine", "a procedure's kind", "OR p.prokind <> 'p'"),
     ("runtime", "result type", "CREATE TYPE specql.batch_operation_result AS ("),
+    # --- issue 14: hooks, audit, soft delete, ignore_conflicts (case lessons_hooks_audit)
+    ("hooks", "hook variables declared", "_old_rows jsonb;"),
+    ("audit", "audit rows written by the batch's statement", "INSERT INTO specql.batch_operation_audit"),
+    ("hooks", "after hook: rows collected into the hook's arrays", "INTO _n, _old_rows, _new_rows"),
+    ("hooks", "after hook: old and new rows aggregated", re.compile(r"SELECT count\(\*\),\n\s+coalesce\(jsonb_agg\(_old_row\)")),
+    ("hooks", "bypass_hooks branch", "IF coalesce(import_tickets.bypass_hooks, false) THEN"),
+    ("hooks", "bypass_hooks with audit: the audited statement", re.compile(r"-- bypass_hooks: the batch without its hooks\.\n\s+WITH")),
+    ("hooks", "bypass_hooks without audit: the plain statement",
+     re.compile(r"-- bypass_hooks: the batch without its hooks\.\n\s+DELETE FROM")),
+    ("hooks", "before hook shown the proposed rows", ") AS _proposed;"),
+    ("hooks", "after hook called in the savepoint", "-- after hook: the rows the batch changed"),
+    ("audit", "audit without hooks: the captured statement alone", re.compile(r"WITH _changed AS \(\n\s+DELETE FROM")),
+    ("apply", "hooks or audit: the captured batch", "WITH _pre AS MATERIALIZED ("),
+    ("apply", "key range batch with audit", "INTO _topped\n"),
+    ("apply", "key range batch without audit", "GET DIAGNOSTICS _topped = ROW_COUNT;"),
+    ("insert", "ignore_conflicts: ON CONFLICT DO NOTHING", "ON CONFLICT DO NOTHING"),
+    ("accounting", "ignore_conflicts counts skipped records", "_result.skipped_records := _result.skipped_records +"),
+    ("routine", "hook placeholders", "specql placeholder of a hook of"),
+    ("entity", "soft delete: deletion statistics", "ticket_deletion_stats(OUT active bigint"),
+    ("soft delete", "index of the soft-deleted rows of a managed table", "ticket_deleted_at_idx"),
 ]
 
 

@@ -56,6 +56,13 @@ class Policy:
     retry_backoff: str = "100 milliseconds"  # the wait before the first retry; doubled each time
     target_batch_time: str | None = None  # batch_size: auto; None for a fixed batch size
     throttle: Throttle | None = None
+    hooks: Hooks | None = None  # hooks: {before, after} (issue 14)
+    audit: bool = False  # audit: true: one specql.batch_operation_audit row per changed record
+
+    @property
+    def captures_rows(self) -> bool:
+        """Whether a batch's statement returns the rows it changed (for hooks or audit)."""
+        return bool(self.hooks) or self.audit
 
     @property
     def auto_batch_size(self) -> bool:
@@ -145,6 +152,15 @@ class Policy:
 
 
 @dataclass
+class Hooks:
+    """hooks: SQL functions called once per batch as fn(operation_id uuid, batch_number integer,
+    old_rows jsonb, new_rows jsonb, changed_fields text[]) (SPEC §10); quoted, schema-qualified."""
+
+    before: str | None = None
+    after: str | None = None
+
+
+@dataclass
 class Throttle:
     """throttle: what the routine waits on between batches (each None / False when not asked)."""
 
@@ -228,7 +244,42 @@ def read_policy(ctx, preconditions: list[Precondition]) -> Policy:
         collect_metrics=spec.get("collect_metrics", False), notify=notify, channels=channels,
         message_parts=message_parts, lock_timeout=lock_timeout, retry_attempts=retry.get("attempts", 0),
         retry_backoff=backoff or "100 milliseconds", target_batch_time=target_batch_time,
-        throttle=_throttle(ctx))
+        throttle=_throttle(ctx), hooks=_hooks(ctx), audit=_audit(ctx))
+
+
+# No `$` in a hook's name: the migration writes it inside a dollar-quoted block (its placeholder).
+_HOOK_NAME = re.compile(r"(?:([A-Za-z_][A-Za-z0-9_]*)\.)?([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def _hooks(ctx) -> Hooks | None:
+    """hooks: {before: schema.fn, after: schema.fn}; a bare name is in the entity's schema."""
+    spec = ctx.spec.get("hooks")
+    if not spec:
+        return None
+    if ctx.spec.get("operation_type") == "upsert":
+        ctx.error(ctx.at("hooks"), "hooks are not supported on upsert (its old rows are not captured); "
+                                   "use an update and an insert", key=True)
+        return None
+    names = {}
+    for when in ("before", "after"):
+        if when not in spec:
+            continue
+        m = _HOOK_NAME.fullmatch(spec[when])
+        if m is None or any(part and len(part.encode("utf-8")) > MAX_IDENTIFIER_BYTES for part in m.groups()):
+            ctx.error(ctx.at("hooks", when), f"hook {shown(spec[when])} must be a function name such as "
+                                             f"audit.on_batch (schema.function)")
+            continue
+        names[when] = qname(m.group(1) or ctx.entity.schema, m.group(2))
+    return Hooks(**names) if names else None
+
+
+def _audit(ctx) -> bool:
+    if not ctx.spec.get("audit"):
+        return False
+    if ctx.spec.get("operation_type") == "upsert":
+        ctx.error(ctx.at("audit"), "audit is not supported on upsert (its old rows are not captured)", key=True)
+        return False
+    return True
 
 
 def _batch_size(ctx) -> tuple[int, str | None]:

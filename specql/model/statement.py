@@ -44,6 +44,7 @@ class Statement:
     source_output: object = None
     ignore_conflicts: bool = False  # insert: ON CONFLICT DO NOTHING, skipped rows counted (issue 14)
     hooked: bool = False  # hooks: a batch is always a list of keys (never a key range), so each is one statement
+    skips_deleted: bool = False  # soft delete: an ordinary statement's filter deleted_at IS NULL (issue 14)
 
     @property
     def base_type(self) -> str:
@@ -296,7 +297,8 @@ class StatementReader:
             source_param=by_name.get(self.source_name) if self.source_name else None,
             conflict_columns=self.conflict_columns, count_sql=count_sql,
             ignore_conflicts=bool(spec.get("ignore_conflicts")) and self.op_type == "insert",
-            hooked=bool(spec.get("hooks")), csv=self.csv)
+            hooked=bool(spec.get("hooks")), csv=self.csv,
+            skips_deleted=self.soft_filter is not None and self.op_type in ("update", "delete"))
 
 
 def _and(sql: str | None, extra: str) -> str:
