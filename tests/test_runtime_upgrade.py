@@ -44,6 +44,16 @@ SPEC_TABLE_COLUMNS = {
                              "resumed_at", "routine", "transaction_mode", "params", "position", "batch_size",
                              "cancel_requested_at", "waited_ms"},
     "batch_operation_cancellations": {"operation_id", "requested_at"},
+    # §8: multi-step operations.
+    "batch_operation_steps": {"operation_id", "step_name", "step_number", "status", "total_records",
+                              "processed_records", "failed_records", "started_at", "completed_at"},
+    "batch_operation_outputs": {"operation_id", "output", "chunk", "keys", "records"},
+    # §9: parallel workers (names of their own).
+    "batch_operation_chunks": set(),
+    "batch_operation_parallel_runs": set(),
+    # §10: audit.
+    "batch_operation_audit": {"operation_id", "batch_number", "record_key", "action", "old_row", "new_row",
+                              "changed_fields", "recorded_at"},
 }
 SHIPPED_STATUS_COLUMNS = ("operation_id", "operation", "state", "status", "total_records", "processed_records",
                           "failed_records", "error_count", "batch_count", "percent_done", "records_per_second",

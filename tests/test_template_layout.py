@@ -47,7 +47,9 @@ def test_the_model_names_existing_strategy_files():
         for case in sorted((ROOT / "tests" / "golden").iterdir()) if any(case.glob("*.yaml"))]
     seen = {"drivers": set(), "statements": set(), "kinds": set(), "error_modes": set()}
     for paths in sets:
-        for op in (op for entity in load_project(paths).entities for op in entity.operations):
+        ops = [op for entity in load_project(paths).entities for op in entity.operations]
+        ops += [op.as_step(step) for op in list(ops) for step in op.steps]  # a multi-step operation's steps
+        for op in ops:
             seen["drivers"].add(op.driver_template)
             seen["statements"].add(op.operation_type)
             seen["kinds"].add(op.kind_template)
@@ -57,8 +59,10 @@ def test_the_model_names_existing_strategy_files():
         for name in names:
             assert (SQL / folder / f"{name}.sql.j2").is_file(), f"no templates/sql/{folder}/{name}.sql.j2"
     # Every file is reached by some entity the golden net renders.
-    assert seen["drivers"] == {"keys", "keyset", "key_ranges", "source"}
-    assert seen["statements"] == {"update", "delete", "insert", "upsert"}
+    for folder, names in seen.items():
+        assert names == {p.name.removesuffix(".sql.j2") for p in (SQL / folder).glob("*.sql.j2")}, folder
+    assert {"keys", "keyset", "key_ranges", "source", "steps", "output_keys", "output_records", "call"} <= seen["drivers"]
+    assert {"update", "delete", "insert", "upsert", "select", "custom_function"} <= seen["statements"]
     assert seen["kinds"] == {"function", "procedure"}
     assert seen["error_modes"] == {"stop_on_error", "continue_on_error", "collect_errors"}
 
