@@ -110,7 +110,8 @@ def render_table(runs: list[dict[str, Any]], console: Console | None = None) -> 
         state = run["state"] + (" (cancel requested)" if run["cancel_requested"] and run["state"] == "running"
                                 else "")
         rate = run["records_per_second"]
-        table.add_row(str(run["operation_id"]), run["operation"],
+        operation = run["operation"] + (f" [{run['step']}]" if run.get("step") else "")  # a multi-step run's step
+        table.add_row(str(run["operation_id"]), operation,
                       f"[{_STATE_STYLE.get(run['state'], '')}]{state}[/]" if run["state"] in _STATE_STYLE else state,
                       _progress(run), f"{rate:,.1f}" if rate is not None else "",
                       _eta(run["eta_seconds"]) if run["state"] == "running" else "",
