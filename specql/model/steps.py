@@ -298,16 +298,19 @@ class StepsReader:
             sctx.unavailable_outputs = {name: self.steps_spec[j]["name"] for name, (j, _) in self.outputs.items()
                                         if name not in sctx.step_outputs and j != i}
             step = self._read_step(sctx, number, i, spec, op_batch_size)
+            name = spec.get("output") or output_default(spec["name"])
+            if name in self.outputs and self.outputs[name][0] == i:
+                # Also for a step with problems: the steps after it read its output without more errors.
+                output = StepOutput(name=name, step=spec["name"], holds=self.outputs[name][1],
+                                    key_type=sctx.target.primary_key.sql_type,
+                                    fields=None if step is None or step.call else [c.name for c in step.select_fields])
+                outputs[name] = output
+                if step is not None:
+                    step.output = output
             if step is None:
                 continue
             step.index, step.has_output_key = i, "output" in spec
             steps.append(step)
-            name = spec.get("output") or output_default(spec["name"])
-            if name in self.outputs and self.outputs[name][0] == i:
-                step.output = StepOutput(name=name, step=spec["name"], holds=self.outputs[name][1],
-                                         key_type=sctx.target.primary_key.sql_type,
-                                         fields=None if step.call else [c.name for c in step.select_fields])
-                outputs[name] = step.output
         return steps
 
     def _read_step(self, sctx, number: int, i: int, spec: dict, op_batch_size: int) -> Step | None:
@@ -398,7 +401,8 @@ class StepsReader:
                 self._unavailable(ctx, path, alias, None)
                 return None
             ctx.error(path, f":{alias}.{m.group(2)} reads the records of an output named '{alias}', but no step "
-                            f"before this one has that output{self._suggest(ctx, alias)}")
+                            f"before this one has that output{self._suggest(ctx, alias, param=False)}")
+            reader.source_name = alias  # reported here: not again as "no data_source"
             return None
         if spec["operation_type"] in ("insert", "upsert"):
             ctx.error(ctx.at("operation_type"), f"a {spec['operation_type']} step needs records: data_source "
@@ -451,13 +455,13 @@ class StepsReader:
                 ctx.error(path, f":{name} is neither a parameter declared under params nor the output of a step "
                                 f"before this one{suggestion}", offset=offset)
 
-    def _suggest(self, ctx, name: str) -> str:
+    def _suggest(self, ctx, name: str, param: bool = True) -> str:
         """'; did you mean …' naming the fix, for a name that resembles a step or its output."""
         for out_name, out in ctx.step_outputs.items():
             if _resembles(name, out_name) or _resembles(name, out.step):
+                also = "; to make it a caller's parameter, declare it under params" if param else ""
                 return (f"; did you mean :{out_name} (the output of step '{out.step}')? Write :{out_name}, or "
-                        f"add 'output: {name}' to step '{out.step}'; to make it a caller's parameter, declare "
-                        f"it under params")
+                        f"add 'output: {name}' to step '{out.step}'{also}")
         for out_name, producer in ctx.unavailable_outputs.items():
             if _resembles(name, out_name) or _resembles(name, producer):
                 return (f"; step '{producer}' (output :{out_name}) does not run before this step: add "
