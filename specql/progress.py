@@ -56,7 +56,7 @@ def show_result(result: dict, fmt: str, out=None) -> None:
     """The result row: one JSON object, or a two-column table."""
     out = out or sys.stdout
     printable = {k: (v.isoformat() if isinstance(v, datetime) else str(v) if not isinstance(
-        v, (int, float, bool, type(None))) else v) for k, v in result.items()}
+        v, (int, float, bool, type(None), list, dict)) else v) for k, v in result.items()}
     if fmt == "json":
         print(json.dumps(printable), file=out)
         return

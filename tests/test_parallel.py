@@ -1,0 +1,300 @@
+"""Parallel workers (SPEC §9, issue 13): <op>_start splits a run into chunks, <op>_worker claims
+them in any number of sessions, a dead worker's chunk is applied once by another, cancel and
+resume, error limits per worker, the last worker closes the run, `specql run --workers`.
+
+Workers are real sessions (one connection each, in threads). Where a test needs a worker
+caught in the middle of a chunk, a row trigger makes it wait on an advisory lock the test
+holds (a "gate"): the test then knows exactly which batches were applied, never a timing.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from helpers import connect, generate_and_apply, write_entities
+
+ITEM = """\
+    name: item
+    primary_key: id
+    fields:
+      id: bigint
+      n: integer
+      status: string
+    patterns:
+      - name: batch_operations
+        operation: bump_items
+        operation_type: update
+        update_data:
+          n: {sql: "n + 1"}
+          status: :new_status
+        where_condition: "status <> 'skip'"
+        batch_size: 50
+        parallel: true
+        max_workers: 3
+        worker_batch_size: 300
+        error_handling: continue_on_error
+        collect_metrics: true
+        notify_on_completion: true
+      - name: batch_operations
+        operation: bump_listed
+        operation_type: update
+        update_data:
+          n: {sql: "n + 1"}
+        where_condition: "id = ANY(:ids)"
+        batch_size: 40
+        parallel: true
+        worker_batch_size: 130
+"""
+
+READING = """\
+    name: reading
+    primary_key: id
+    fields:
+      id: bigint
+      value: integer
+    patterns:
+      - name: batch_operations
+        operation: import_readings
+        operation_type: insert
+        insert_data:
+          id: :rec.id
+          value: :rec.value
+        data_source: :readings
+        batch_size: 5
+        parallel: true
+        worker_batch_size: 10
+        error_handling: collect_errors
+        max_errors_per_worker: 2
+"""
+
+GATE = 4242  # the advisory lock a gated row waits for
+
+
+@pytest.fixture
+def entities(tmp_path):
+    return write_entities(tmp_path / "entities", item=ITEM, reading=READING)
+
+
+def _setup(url: str, entities: Path, tmp_path: Path, rows: int = 2000) -> None:
+    generate_and_apply(url, entities, tmp_path / "out")
+    with connect(url) as conn:
+        conn.execute("INSERT INTO item SELECT g, 0, CASE WHEN g %% 7 = 0 THEN 'skip' ELSE 'new' END "
+                     "FROM generate_series(1, %s) g", (rows,))
+        conn.execute("ALTER TABLE reading ADD CHECK (value >= 0)")
+        # The gate: an update of a listed row waits for the test's advisory lock.
+        conn.execute("CREATE TABLE gate (id bigint PRIMARY KEY)")
+        conn.execute(f"""
+            CREATE FUNCTION gate_row() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF EXISTS (SELECT 1 FROM gate WHERE id = NEW.id) THEN
+                    PERFORM pg_advisory_xact_lock({GATE});
+                END IF;
+                RETURN NEW;
+            END $$""")
+        conn.execute("CREATE TRIGGER item_gate BEFORE UPDATE ON item FOR EACH ROW EXECUTE FUNCTION gate_row()")
+
+
+class Worker:
+    """CALL public.<op>_worker(...) in a session of its own, in a thread."""
+
+    def __init__(self, url: str, op: str, operation_id, resume: bool = False):
+        self.conn = psycopg.connect(url, autocommit=True)
+        self.pid = self.conn.info.backend_pid
+        self.result = self.error = None
+        self.thread = threading.Thread(target=self._run, args=(op, operation_id, resume), daemon=True)
+        self.thread.start()
+
+    def _run(self, op, operation_id, resume) -> None:
+        try:
+            row = self.conn.execute(f"CALL public.{op}_worker(operation_id => %s, resume => %s)",
+                                    (operation_id, resume)).fetchone()
+            self.result = self.conn.execute("SELECT (%s::specql.batch_operation_result).*", (row[0],)).fetchone()
+        except psycopg.Error as exc:
+            self.error = exc
+
+    def join(self):
+        self.thread.join(60)
+        assert not self.thread.is_alive(), "worker did not return"
+        self.conn.close()
+        return self
+
+
+def _wait_at_gate(admin: psycopg.Connection, pid: int) -> None:
+    """Until the backend `pid` waits for the gate's advisory lock (it is inside a chunk)."""
+    for _ in range(600):
+        row = admin.execute("SELECT wait_event FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()
+        if row and row[0] == "advisory":
+            return
+        time.sleep(0.05)
+    raise AssertionError("the worker never reached the gate")
+
+
+def _chunks(conn, operation_id):
+    return conn.execute("SELECT chunk_number, status, lower_key, upper_key, records, worker, next_batch, "
+                        "processed_records FROM specql.batch_operation_chunks WHERE operation_id = %s "
+                        "ORDER BY chunk_number", (operation_id,)).fetchall()
+
+
+def _run(conn, operation_id):
+    return conn.execute("SELECT status, total_records, processed_records, failed_records, error_count, batch_count "
+                        "FROM specql.batch_operation_runs WHERE operation_id = %s", (operation_id,)).fetchone()
+
+
+def test_two_workers_split_a_condition_walk_into_disjoint_complete_chunks(database_url, entities, tmp_path):
+    _setup(database_url, entities, tmp_path)
+    with connect(database_url) as admin:
+        admin.execute("INSERT INTO gate VALUES (120)")  # in chunk 1, batch 3
+        admin.execute("SELECT pg_advisory_lock(%s)", (GATE,))
+        op_id = admin.execute("SELECT public.bump_items_start(new_status => 'done')").fetchone()[0]
+        chunks = _chunks(admin, op_id)
+        # 1715 matching rows in chunks of 300: 6 chunks, key ranges that meet end to end.
+        assert [c[4] for c in chunks] == [300, 300, 300, 300, 300, 215]
+        assert chunks[0][2] is None and chunks[-1][3] is None
+        assert all(a[3] == b[2] for a, b in zip(chunks, chunks[1:]))
+        first = Worker(database_url, "bump_items", op_id)
+        _wait_at_gate(admin, first.pid)  # worker 1 holds chunk 1
+        second = Worker(database_url, "bump_items", op_id).join()  # worker 2 does every other chunk
+        assert second.error is None and second.result[2] == "completed" and second.result[4] == 1415
+        assert _run(admin, op_id)[0] == "running"  # worker 1 is still at work: nobody closed the run
+        admin.execute("SELECT pg_advisory_unlock(%s)", (GATE,))
+        first.join()
+        assert first.error is None
+        assert first.result[2] == "completed" and first.result[4] == 300  # the last worker closed the run
+        assert _run(admin, op_id) == ("completed", 1715, 1715, 0, 0, 35)
+        assert admin.execute("SELECT n, status, count(*) FROM item GROUP BY 1, 2 ORDER BY 1, 2").fetchall() == [
+            (0, "skip", 285), (1, "done", 1715)]
+        chunks = _chunks(admin, op_id)
+        assert [(c[1], c[5]) for c in chunks] == [("done", 1)] + [("done", 2)] * 5
+        assert sum(c[7] for c in chunks) == 1715
+        logs = admin.execute("SELECT worker, count(*), sum(records_processed), count(DISTINCT batch_number) "
+                             "FROM specql.batch_operation_logs WHERE operation_id = %s GROUP BY 1 ORDER BY 1",
+                             (op_id,)).fetchall()
+        assert logs == [(1, 6, 300, 6), (2, 29, 1415, 29)]
+        assert admin.execute("SELECT count(*) FROM specql.batch_operation_notifications WHERE operation_id = %s",
+                             (op_id,)).fetchone()[0] == 1
+        assert admin.execute("SELECT metric_value FROM specql.batch_performance_metrics WHERE operation_id = %s "
+                             "AND metric_name = 'processed_records'", (op_id,)).fetchall() == [(1715,)]
+        # A worker started after the run closed has nothing to do.
+        late = Worker(database_url, "bump_items", op_id).join()
+        assert late.result[2] == "completed" and late.result[4] == 0
+
+
+def test_id_array_chunks_hold_their_ids(database_url, entities, tmp_path):
+    _setup(database_url, entities, tmp_path, rows=1000)
+    ids = list(range(1, 1001, 2))
+    random.Random(7).shuffle(ids)
+    with connect(database_url) as admin:
+        op_id = admin.execute("SELECT public.bump_listed_start(ids => %s)", (ids,)).fetchone()[0]
+        chunks = admin.execute("SELECT keys FROM specql.batch_operation_chunks WHERE operation_id = %s "
+                               "ORDER BY chunk_number", (op_id,)).fetchall()
+        assert [k for (keys,) in chunks for k in keys] == [str(i) for i in ids]  # in input order, each once
+        workers = [Worker(database_url, "bump_listed", op_id) for _ in range(2)]
+        for w in workers:
+            w.join()
+            assert w.error is None
+        assert _run(admin, op_id)[:3] == ("completed", 500, 500)
+        assert admin.execute("SELECT n, count(*) FROM item GROUP BY 1 ORDER BY 1").fetchall() == [(0, 500), (1, 500)]
+        assert admin.execute("SELECT count(*) FROM item WHERE n = 1 AND id % 2 = 0").fetchone()[0] == 0
+        # An empty array: one empty chunk, and the run completes with zeros.
+        op_id = admin.execute("SELECT public.bump_listed_start(ids => '{}')").fetchone()[0]
+        Worker(database_url, "bump_listed", op_id).join()
+        assert _run(admin, op_id)[:3] == ("completed", 0, 0)
+
+
+def test_a_killed_workers_chunk_is_applied_exactly_once(database_url_any, entities, tmp_path):
+    url = database_url_any
+    _setup(url, entities, tmp_path)
+    with connect(url) as admin:
+        admin.execute("INSERT INTO gate VALUES (470)")  # chunk 2 (keys 351..700), its 3rd batch
+        admin.execute("SELECT pg_advisory_lock(%s)", (GATE,))
+        op_id = admin.execute("SELECT public.bump_items_start(new_status => 'done')").fetchone()[0]
+        doomed = Worker(url, "bump_items", op_id)
+        _wait_at_gate(admin, doomed.pid)  # chunk 1 committed; chunk 2: two batches applied, uncommitted
+        assert admin.execute("SELECT count(*) FROM item WHERE n = 1").fetchone()[0] == 300
+        admin.execute("SELECT pg_terminate_backend(%s)", (doomed.pid,))
+        doomed.join()
+        assert doomed.error is not None  # its CALL died with its backend
+        state = admin.execute("SELECT state FROM specql.batch_operation_status WHERE operation_id = %s",
+                              (op_id,)).fetchone()[0]
+        assert state == "abandoned"
+        admin.execute("SELECT pg_advisory_unlock(%s)", (GATE,))
+        # Starting a worker again takes up the run: chunk 2 is claimed again, from its start.
+        again = Worker(url, "bump_items", op_id).join()
+        assert again.error is None and again.result[2] == "completed"
+        assert again.result[4] == 1715 - 300
+        assert admin.execute("SELECT n, count(*) FROM item WHERE status <> 'skip' GROUP BY 1").fetchall() == [(1, 1715)]
+        assert _run(admin, op_id)[:3] == ("completed", 1715, 1715)
+        assert [(c[0], c[1], c[5]) for c in _chunks(admin, op_id)[:2]] == [(1, "done", 1), (2, "done", 2)]
+
+
+def test_cancel_stops_every_worker_and_resume_finishes_the_run(database_url, entities, tmp_path):
+    _setup(database_url, entities, tmp_path)
+    with connect(database_url) as admin:
+        admin.execute("INSERT INTO gate VALUES (60)")  # chunk 1, batch 2
+        admin.execute("SELECT pg_advisory_lock(%s)", (GATE,))
+        op_id = admin.execute("SELECT public.bump_items_start(new_status => 'done')").fetchone()[0]
+        first = Worker(database_url, "bump_items", op_id)
+        _wait_at_gate(admin, first.pid)
+        assert admin.execute("SELECT specql.cancel_operation(%s)", (op_id,)).fetchone()[0] is True
+        second = Worker(database_url, "bump_items", op_id).join()  # sees the cancel: claims nothing
+        assert second.result[2] == "cancelled" and second.result[4] == 0
+        admin.execute("SELECT pg_advisory_unlock(%s)", (GATE,))
+        first.join()
+        assert first.result[2] == "cancelled" and first.result[4] == 100  # stopped after its current batch
+        assert _run(admin, op_id)[0] == "cancelled"
+        chunk = _chunks(admin, op_id)[0]
+        assert (chunk[1], chunk[6], chunk[2]) == ("pending", 3, "116")  # goes on after batch 2 (keys 59..116)
+        # Without resume => true a worker leaves a stopped run alone; with it, the run goes on.
+        assert Worker(database_url, "bump_items", op_id).join().result[4] == 0
+        resumed = Worker(database_url, "bump_items", op_id, resume=True).join()
+        assert resumed.error is None and resumed.result[2] == "completed" and resumed.result[4] == 1615
+        assert _run(admin, op_id)[:3] == ("completed", 1715, 1715)
+        assert admin.execute("SELECT n, count(*) FROM item WHERE status <> 'skip' GROUP BY 1").fetchall() == [(1, 1715)]
+        with pytest.raises(psycopg.Error) as refused:
+            admin.execute("CALL public.bump_items_worker(operation_id => %s, resume => true)", (op_id,))
+        assert refused.value.sqlstate == "SQ004"
+
+
+def test_max_errors_per_worker_stops_that_worker_only(database_url, entities, tmp_path):
+    _setup(database_url, entities, tmp_path, rows=0)
+    readings = [{"id": i, "value": -1 if i in (1, 2, 3) else i} for i in range(40)]
+    with connect(database_url) as admin:
+        op_id = admin.execute("SELECT public.import_readings_start(readings => %s)",
+                              (json.dumps(readings),)).fetchone()[0]
+        first = Worker(database_url, "import_readings", op_id).join()
+        # 3 errors > max_errors_per_worker 2, in its first batch: it stops; the run goes on.
+        assert first.result[2] == "failed" and (first.result[4], first.result[5], first.result[6]) == (2, 3, 3)
+        assert _run(admin, op_id)[0] == "running"
+        second = Worker(database_url, "import_readings", op_id).join()
+        assert second.result[2] == "completed_with_errors" and second.result[4] == 35
+        assert _run(admin, op_id) == ("completed_with_errors", 40, 37, 3, 3, 8)
+        failed = admin.execute("SELECT batch_number, failed_records FROM specql.batch_operation_errors "
+                               "WHERE operation_id = %s ORDER BY id", (op_id,)).fetchall()
+        assert [(b, r[0]["index"]) for b, r in failed] == [(1, 1), (1, 2), (1, 3)]
+        assert admin.execute("SELECT count(*) FROM reading").fetchone()[0] == 37
+
+
+def test_specql_run_with_workers(database_url, entities, tmp_path):
+    _setup(database_url, entities, tmp_path, rows=700)
+    specql = [str(Path(sys.executable).parent / "specql")]
+    base = specql + ["run", "bump_items", str(entities), "--database-url", database_url, "--param", "new_status=x"]
+    out = subprocess.run(base + ["--workers", "2", "--format", "json"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    result = json.loads(out.stdout)
+    assert (result["status"], result["processed_records"], result["total_records"]) == ("completed", 600, 600)
+    assert sorted(w["worker"] for w in result["workers"] if w["processed_records"]) in ([1], [1, 2], [2])
+    assert sum(w["processed_records"] for w in result["workers"]) == 600
+    refused = subprocess.run(base + ["--workers", "4"], capture_output=True, text=True)
+    assert refused.returncode == 1
+    assert "bump_items allows at most max_workers 3" in refused.stderr
+    with connect(database_url) as conn:
+        assert conn.execute("SELECT n, count(*) FROM item WHERE status = 'x' GROUP BY 1").fetchall() == [(1, 600)]
