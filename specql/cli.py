@@ -246,7 +246,7 @@ def run_operation(operation: str, paths: tuple[str, ...], database_url: str | No
             raise RunError(f"--csv: {op.name} does not import CSV (its data_source is not csv_file)")
         if resume and not op.is_procedure and workers == 1:
             raise RunError(f"--resume: {op.name} is not resumable (only transaction: commit_per_batch runs are)")
-        bound = bind_params(op, list(params))
+        bound = bind_params(op, list(params)) if op.csv is None else None  # csv: bound once staged
         with LiveBar(op.name, enabled=fmt == "text") as bar:
             if op.csv is not None:  # data_source: csv_file (specql/csvimport.py)
                 from .csvimport import run_csv

@@ -206,6 +206,8 @@ def read_policy(ctx, preconditions: list[Precondition]) -> Policy:
     spec, at = ctx.spec, ctx.at
     transaction = spec.get("transaction", "per_batch")
     error_handling = spec.get("error_handling", "stop_on_error")
+    if spec.get("data_source") == "csv_file":  # a CSV import rejects rows one by one (csvsource.py)
+        error_handling = "continue_on_error" if spec.get("skip_invalid_rows") else "stop_on_error"
     if transaction == "single" and error_handling != "stop_on_error":
         ctx.error(at("error_handling"), f"error_handling '{error_handling}' cannot work with "
                                         f"transaction: single (all-or-nothing stops at the first error)")

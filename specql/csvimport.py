@@ -1,0 +1,454 @@
+"""`specql run OP --csv FILE` (SPEC §11): stream a CSV file into the operation's staging table
+with COPY, call the routine on the staged rows, report what was imported and rejected.
+
+The file is read once, line by line (never whole): each record is split by COPY's CSV rules
+(a field is quoted with `"`, a quote inside it doubled; an unquoted empty field is NULL, a
+quoted empty one an empty string; a quoted field may hold the delimiter and line breaks),
+and the mapped fields are re-emitted, in staging column order, to one `COPY ... FROM STDIN
+(FORMAT csv)`. A record that cannot be staged as fields (wrong field count, a quote never
+closed, bytes that are not UTF-8, a NUL byte) is staged with its reason (`_rejected`), so the
+routine writes its error row in order with the others. Every staged row carries its record
+number (`_record`, dense from 1: what batches and a resume count) and the file line it starts
+on (`_line`, 1-based, the header included).
+
+Lines without quotes (most of them) are split with str.split and written back as they are.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import operator
+import sys
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterator
+
+import psycopg
+from psycopg import sql
+from psycopg.copy import QueuedLibpqWriter
+
+from .run import RunError
+
+COPY_CHUNK = 1 << 20  # bytes sent to COPY at a time
+MAX_RECORD_CHARS = 256 << 20  # a record longer than this is rejected (a quote never closed, most likely)
+STAGING_COLUMNS = ("_record", "_line", "_rejected", "_rejected_kind", "_raw")
+
+
+@dataclass
+class Record:
+    """One record of the file: its number, the line it starts on, its fields as (value,
+    quoted) pairs (None when it could not be split), and why it is rejected (None: it is not)."""
+
+    number: int
+    line: int
+    text: str
+    fields: list | None = None
+    reason: str | None = None
+    kind: str | None = None
+
+
+def open_source(path: Path) -> BinaryIO:
+    """The file as bytes; gzip input (by its magic number) is decompressed as it is read."""
+    raw = open(path, "rb")
+    if raw.peek(2)[:2] == b"\x1f\x8b":
+        raw.close()
+        return gzip.open(path, "rb")
+    return raw
+
+
+def split_fields(text: str, delimiter: str) -> list[tuple[str, bool]]:
+    """COPY's CSV rules: (value, quoted) per field. A quote opens a quoted stretch anywhere in
+    a field (`ab"c,d"e` is one field `abc,de`); inside it a doubled quote is a quote."""
+    if '"' not in text:
+        return [(part, False) for part in text.split(delimiter)]
+    fields: list[tuple[str, bool]] = []
+    i, n = 0, len(text)
+    while True:
+        parts, quoted = [], False
+        while i < n and text[i] != delimiter:
+            if text[i] == '"':
+                quoted = True
+                i += 1
+                while True:
+                    k = text.find('"', i)
+                    if k < 0:  # cannot happen for a record whose quotes balance
+                        parts.append(text[i:])
+                        i = n
+                        break
+                    parts.append(text[i:k])
+                    if k + 1 < n and text[k + 1] == '"':
+                        parts.append('"')
+                        i = k + 2
+                        continue
+                    i = k + 1
+                    break
+            else:
+                k = i
+                while k < n and text[k] != delimiter and text[k] != '"':
+                    k += 1
+                parts.append(text[i:k])
+                i = k
+        fields.append(("".join(parts), quoted))
+        if i >= n:
+            return fields
+        i += 1  # the delimiter
+
+
+def read_records(stream: BinaryIO, delimiter: str) -> Iterator[Record]:
+    """Every record of the file in order (blank lines are no records), each with the line it
+    starts on. A record ends at a line break outside quotes; the parity of the quotes on its
+    lines tells (as COPY's own line splitting does)."""
+    number = 0
+    lineno = 0
+    pending: list[str] | None = None
+    start = 0
+    problem: tuple[str, str] | None = None
+    size = 0
+    for raw in stream:
+        lineno += 1
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            text = raw.decode("utf-8", "replace")
+            if problem is None:
+                problem = (f"invalid UTF-8 at line {lineno}, byte {exc.start + 1} of the line", "encoding")
+        if lineno == 1 and text.startswith("\ufeff"):
+            text = text[1:]
+        if "\x00" in text and problem is None:
+            problem = (f"NUL byte (0x00) at line {lineno}: PostgreSQL text cannot hold it", "encoding")
+            text = text.replace("\x00", "\ufffd")
+        if pending is None:
+            if text.count('"') % 2 == 0:
+                body = text[:-1] if text.endswith("\n") else text
+                if body.endswith("\r"):
+                    body = body[:-1]
+                if not body:
+                    problem = None
+                    continue
+                number += 1
+                yield _record(number, lineno, body, delimiter, problem)
+                problem = None
+                continue
+            pending, start, size = [text], lineno, len(text)
+            continue
+        pending.append(text)
+        size += len(text)
+        if text.count('"') % 2 == 1:
+            body = "".join(pending)
+            body = body[:-1] if body.endswith("\n") else body
+            if body.endswith("\r"):
+                body = body[:-1]
+            pending = None
+            number += 1
+            yield _record(number, start, body, delimiter, problem)
+            problem = None
+        elif size > MAX_RECORD_CHARS:
+            number += 1
+            yield Record(number, start, pending[0][:200], reason=f"record starting at line {start} is longer than "
+                         f"{MAX_RECORD_CHARS >> 20} MB (a quote never closed?)", kind="malformed")
+            pending, problem = None, None
+    if pending is not None:
+        number += 1
+        text = "".join(pending)
+        yield Record(number, start, text[:1000], reason=f"unterminated quoted field (the quote opened on line {start} "
+                     f"is never closed)", kind="malformed")
+
+
+def _record(number: int, line: int, body: str, delimiter: str, problem) -> Record:
+    if problem is not None:
+        return Record(number, line, body, split_fields(body, delimiter), problem[0], problem[1])
+    return Record(number, line, body)
+
+
+@dataclass
+class Layout:
+    """Where each mapped column's field is in the file's records, and how many fields a record has."""
+
+    columns: list[str]  # staging columns, in mapping order
+    indexes: list[int]  # 0-based field of each
+    width: int  # fields per record
+    names: list[str]  # each field's name for a rejected record's JSON
+
+    @property
+    def verbatim(self) -> bool:
+        """Whether a record's fields are the staging columns in order (the line goes as it is)."""
+        return self.indexes == list(range(self.width))
+
+
+def plan_layout(csv: dict, header: list[str] | None, first_width: int | None, path: Path,
+                header_line: int = 1) -> Layout:
+    """Resolve field_mapping against the header (or the first record's width); refuse what
+    cannot work before anything is staged."""
+    mapping = csv["mapping"]
+    delimiter = csv["delimiter"]
+    if header is not None:
+        width = len(header)
+        positions: dict[str, list[int]] = {}
+        for i, name in enumerate(header):
+            positions.setdefault(name.strip(), []).append(i)
+        indexes = []
+        for column, name, position in mapping:
+            if name is None:
+                if position > width:
+                    raise RunError(f"{path}: field_mapping reads csv_column_{position} into {column}, but the header "
+                                   f"(line {header_line}) has {width} field(s)")
+                indexes.append(position - 1)
+                continue
+            found = positions.get(name)
+            if not found:
+                guess = next((d for d in (";", ",", "\t", "|") if d != delimiter and d in header[0]), None) \
+                    if width == 1 else None
+                hint = (f"; the header is one field: is the delimiter {guess!r}, not {delimiter!r}?" if guess
+                        else f" (it has: {', '.join(header[:20])})")
+                raise RunError(f"{path}: field_mapping reads {column} from header column '{name}', which the header "
+                               f"(line {header_line}) does not have{hint}")
+            if len(found) > 1:
+                raise RunError(f"{path}: the header names '{name}' {len(found)} times (fields "
+                               f"{', '.join(str(i + 1) for i in found)}): field_mapping cannot tell which to read "
+                               f"into {column}")
+            indexes.append(found[0])
+        seen = Counter(h.strip() for h in header)
+        names = [h.strip() if seen[h.strip()] == 1 and h.strip() else f"csv_column_{i + 1}"
+                 for i, h in enumerate(header)]
+    else:
+        width = first_width or max((p for _, _, p in mapping), default=0)
+        for column, _, position in mapping:
+            if position > width:
+                raise RunError(f"{path}: field_mapping reads csv_column_{position} into {column}, but the first "
+                               f"record has {width} field(s)")
+        indexes = [p - 1 for _, _, p in mapping]
+        names = [f"csv_column_{i + 1}" for i in range(width)]
+    return Layout([c for c, _, _ in mapping], indexes, width, names)
+
+
+def _quote(value: str) -> str:
+    return '"' + value.replace('"', '""') + '"'
+
+
+@dataclass
+class Staged:
+    staging_id: str
+    records: int = 0
+    rejected: Counter = field(default_factory=Counter)  # kind -> records staged as rejected
+
+
+def stage_file(conn: psycopg.Connection, op, path: Path, *, staging_id: str | None = None) -> Staged:
+    """COPY the file's records into the operation's staging table under a new staging id
+    (committed: the routine, and a resume, read them from there)."""
+    csv = op.csv.to_json()
+    d = csv["delimiter"]
+    staged = Staged(staging_id or str(uuid.uuid4()))
+    try:
+        stream = open_source(path)
+    except OSError as exc:
+        raise RunError(f"--csv: cannot read {path}: {exc.strerror}") from None
+    with stream:
+        records = read_records(stream, d)
+        header = None
+        header_line = 1
+        if csv["has_header"]:
+            first = next(records, None)
+            if first is None:
+                raise RunError(f"{path}: the file is empty; csv_has_header says its first line is a header")
+            if first.reason and first.kind != "encoding":
+                raise RunError(f"{path}: the header (line {first.line}) cannot be read: {first.reason}")
+            header = [v for v, _ in (first.fields or split_fields(first.text, d))]
+            header_line = first.line
+            number_offset = 1
+            first_record = next(records, None)
+        else:
+            number_offset = 0
+            first_record = next(records, None)
+        first_width = None
+        if first_record is not None and header is None:
+            first_width = len(first_record.fields or split_fields(first_record.text, d))
+        layout = plan_layout(csv, header, first_width, path, header_line)
+        target = sql.Identifier(op.schema, op.csv.staging_name)
+        copy_sql = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv, DELIMITER {})").format(
+            target, sql.SQL(", ").join(sql.Identifier(c) for c in STAGING_COLUMNS + tuple(layout.columns)),
+            sql.Literal(d))
+        width, verbatim = layout.width, layout.verbatim
+        pick = operator.itemgetter(*layout.indexes) if layout.indexes else (lambda parts: ())
+        single = len(layout.indexes) == 1
+        empty_fields = d * max(len(layout.columns) - 1, 0)
+        prefix_sep = d * 4
+
+        def rows() -> Iterator[str]:
+            for rec in _chain(first_record, records):
+                number = rec.number - number_offset
+                if rec.reason is None and '"' not in rec.text:
+                    parts = rec.text.split(d)
+                    if len(parts) == width:
+                        if verbatim:
+                            yield f"{number}{d}{rec.line}{prefix_sep}{rec.text}"
+                        elif single:
+                            yield f"{number}{d}{rec.line}{prefix_sep}{pick(parts)}"
+                        else:
+                            yield f"{number}{d}{rec.line}{prefix_sep}{d.join(pick(parts))}"
+                        continue
+                    rec.fields = [(p, False) for p in parts]
+                fields = rec.fields if rec.fields is not None or rec.reason else split_fields(rec.text, d)
+                if rec.reason is None and len(fields) != width:
+                    rec.reason, rec.kind = f"wrong field count: {len(fields)} field(s), expected {width}", "field count"
+                if rec.reason is None:
+                    values = [fields[i] for i in layout.indexes]
+                    body = d.join(_quote(v) if q or v else "" for v, q in values)
+                    yield f"{number}{d}{rec.line}{prefix_sep}{body}"
+                    continue
+                staged.rejected[rec.kind] += 1
+                raw = _raw_json(rec, fields, layout)
+                yield f"{number}{d}{rec.line}{d}{_quote(rec.reason)}{d}{_quote(rec.kind)}{d}{_quote(raw)}{d}{empty_fields}"
+
+        count = 0
+        with conn.transaction():
+            # The staging table's _staging_id defaults to this setting (psql's \copy uses it too).
+            conn.execute("SELECT pg_catalog.set_config('specql.staging_id', %s, true)", (staged.staging_id,))
+            cur = conn.cursor()
+            # A writer thread sends each chunk while the next one is read and split.
+            with cur.copy(copy_sql, writer=QueuedLibpqWriter(cur)) as copy:
+                buf: list[str] = []
+                size = 0
+                for line in rows():
+                    buf.append(line)
+                    size += len(line)
+                    count += 1
+                    if size >= COPY_CHUNK:
+                        buf.append("")
+                        copy.write("\n".join(buf))
+                        buf, size = [], 0
+                if buf:
+                    buf.append("")
+                    copy.write("\n".join(buf))
+        staged.records = count
+    return staged
+
+
+def _chain(first: Record | None, rest: Iterator[Record]) -> Iterator[Record]:
+    if first is not None:
+        yield first
+    yield from rest
+
+
+def _raw_json(rec: Record, fields, layout: Layout) -> str:
+    if fields is None:
+        return json.dumps({"text": rec.text[:1000]}, ensure_ascii=False)
+    out = {}
+    for i, (value, quoted) in enumerate(fields):
+        name = layout.names[i] if i < len(layout.names) else f"csv_column_{i + 1}"
+        out[name] = value if (value or quoted) else None
+    return json.dumps(out, ensure_ascii=False)
+
+
+# --------------------------------------------------------------------------- after the run
+
+
+def rejected_summary(conn: psycopg.Connection, operation_id) -> list[tuple[str, int]]:
+    """Rejected records of a run by kind (error_detail), most first."""
+    rows = conn.execute(
+        "SELECT coalesce(error_detail, sqlstate), count(*) FROM specql.batch_operation_errors "
+        "WHERE operation_id = %s GROUP BY 1 ORDER BY 2 DESC, 1", (operation_id,)).fetchall()
+    return [(kind, n) for kind, n in rows]
+
+
+def write_rejects(conn: psycopg.Connection, operation_id, op, path: Path, out: Path) -> int:
+    """The rejected records, as the file had them, to `out` as CSV with a last column `reason`
+    (a second pass over the file; the header is written first when the file has one)."""
+    import csv as csvmod
+
+    reasons: dict[int, str] = {}
+    for line, reason in conn.execute(
+            "SELECT (failed_records ->> 'line')::bigint, error_message FROM specql.batch_operation_errors "
+            "WHERE operation_id = %s AND failed_records ? 'line' ORDER BY 1", (operation_id,)):
+        reasons.setdefault(line, reason)
+    d = op.csv.delimiter
+    written = 0
+    with open_source(path) as stream, open(out, "w", newline="", encoding="utf-8") as fh:
+        writer = csvmod.writer(fh, delimiter=d, lineterminator="\n")
+        records = read_records(stream, d)
+        if op.csv.has_header:
+            first = next(records, None)
+            if first is not None:
+                writer.writerow([v for v, _ in (first.fields or split_fields(first.text, d))] + ["reason"])
+        for rec in records:
+            if rec.line not in reasons:
+                continue
+            fields = rec.fields if rec.fields is not None else (
+                [(rec.text, True)] if rec.kind == "malformed" else split_fields(rec.text, d))
+            writer.writerow([v for v, _ in fields] + [reasons[rec.line]])
+            written += 1
+    return written
+
+
+def drop_staged(conn: psycopg.Connection, op, staging_id: str) -> None:
+    """Remove a finished load's staged rows: TRUNCATE when it is the only load in the table
+    (and nobody holds it), else DELETE."""
+    target = sql.Identifier(op.schema, op.csv.staging_name)
+    with conn.transaction():
+        conn.execute("SET LOCAL lock_timeout = '1s'")
+        ends = sql.SQL("SELECT (SELECT _staging_id FROM {0} ORDER BY _staging_id LIMIT 1), "
+                       "(SELECT _staging_id FROM {0} ORDER BY _staging_id DESC LIMIT 1)").format(target)
+        only = conn.execute(ends).fetchone() == (uuid.UUID(staging_id),) * 2
+        if only:
+            try:
+                with conn.transaction():
+                    conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(target))
+                    if conn.execute(ends).fetchone() == (uuid.UUID(staging_id),) * 2:
+                        conn.execute(sql.SQL("TRUNCATE {}").format(target))
+                        return
+            except psycopg.errors.LockNotAvailable:
+                pass
+        conn.execute(sql.SQL("DELETE FROM {} WHERE _staging_id = %s").format(target), (staging_id,))
+
+
+# --------------------------------------------------------------------------- `specql run --csv`
+
+
+def run_csv(url: str, op, csv_file: str | None, raw_params: list[str], *, confirm: bool, batch_size: int | None,
+            resume: str | None, rejects: str | None, execute: Callable, bind_params: Callable,
+            echo: Callable[[str], None] = lambda m: print(m, file=sys.stderr), **execute_kw) -> dict:
+    """Stage the file (or, on --resume, find the run's staged load), call the routine, print
+    the summary, write --rejects, drop the staged rows of a finished run."""
+    if op.csv is None:
+        raise RunError(f"--csv: {op.name} does not import CSV (its data_source is not csv_file)")
+    others = [p for p in raw_params if not p.startswith("staging_id=")]
+    if len(others) != len(raw_params):
+        raise RunError("--param staging_id: specql run --csv stages the file and passes staging_id itself")
+    path = Path(csv_file) if csv_file else None
+    try:
+        conn = psycopg.connect(url, autocommit=True, application_name=f"specql run {op.name} (staging)",
+                               connect_timeout=10)
+    except psycopg.OperationalError as exc:
+        raise RunError(f"cannot connect: {str(exc).strip().splitlines()[-1]}") from None
+    with conn:
+        if resume:
+            row = conn.execute("SELECT params ->> 'staging_id' FROM specql.batch_operation_runs "
+                               "WHERE operation_id = %s AND operation = %s", (resume, op.name)).fetchone()
+            if row is None or row[0] is None:
+                raise RunError(f"--resume {resume}: no run of {op.name} with staged rows under that id")
+            staged = Staged(row[0])
+        else:
+            if path is None:
+                raise RunError(f"{op.name} imports a CSV file: pass --csv FILE")
+            staged = stage_file(conn, op, path)
+            if staged.rejected:
+                echo(f"staged {staged.records:,} record(s) from {path}; "
+                     + ", ".join(f"{n:,} {k}" for k, n in sorted(staged.rejected.items())) + " rejected while reading")
+        bound = bind_params(op, others + [f"staging_id={staged.staging_id}"])
+        result = execute(url, op, bound, confirm=confirm, batch_size=batch_size, resume=resume, **execute_kw)
+        summary = rejected_summary(conn, result["operation_id"])
+        rejected = sum(n for _, n in summary)
+        echo(f"imported {result.get('processed_records') or 0:,} record(s), rejected {rejected:,}"
+             + (": " + ", ".join(f"{n:,} {k}" for k, n in summary) if summary else ""))
+        if rejects and path is not None:
+            n = write_rejects(conn, result["operation_id"], op, path, Path(rejects))
+            echo(f"wrote {n:,} rejected record(s) to {rejects}")
+        if result.get("status") in ("completed", "completed_with_errors"):
+            drop_staged(conn, op, staged.staging_id)
+        else:
+            echo(f"the staged rows stay under staging_id {staged.staging_id} for a resume")
+        result["staging_id"] = staged.staging_id
+        return result
+
