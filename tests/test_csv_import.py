@@ -150,7 +150,7 @@ def test_cli_summary_and_rejects_file(database_url, tmp_path):
         "Bolt,B1,0.25,\"wrong field count: 3 field(s), expected 6\"\n"
         "Cog,C1,2,7,2024-03-15,small,extra,\"wrong field count: 7 field(s), expected 6\"\n")
     fresh = tmp_path / "fresh.csv"
-    fresh.write_text("sku,name,price\nX1,Xylo,1\nX2,Yak,2\nX3,Zed,3\n")
+    fresh.write_text("sku,name,price,qty,released,note\nX1,Xylo,1,,,\nX2,Yak,2,,,\nX3,Zed,3,,,\n")
     ok = subprocess.run(cmd[:9] + [str(fresh)], capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0, ok.stderr
     with psycopg.connect(database_url) as conn:
