@@ -150,6 +150,11 @@ class Step:
         return self.output is not None and self.output.used and self.operation_type in ("insert", "upsert")
 
 
+def _a(word: str) -> str:
+    """'a select', 'an update': the article and the word."""
+    return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
+
+
 def output_default(step_name: str) -> str:
     return f"{step_name}_ids"
 
@@ -213,7 +218,7 @@ class StepsReader:
                 if dep == step["name"]:
                     ctx.error(dpath, f"step '{dep}' cannot depend on itself")
                 elif dep not in self.names:
-                    ctx.error(dpath, f"unknown step '{shown(dep)}' in depends_on{did_you_mean(dep, self.names)}")
+                    ctx.error(dpath, f"unknown step {shown(dep)} in depends_on{did_you_mean(dep, self.names)}")
                 elif self.names[dep] not in deps:
                     deps.append(self.names[dep])
             self.deps[i] = deps
@@ -229,7 +234,7 @@ class StepsReader:
             if "output" in step:
                 check_identifier(ctx.doc, opath, name, "output name", ctx.problems)
                 if step["operation_type"] in ("update", "delete"):
-                    ctx.error(opath, f"a {step['operation_type']} step has no output (select, insert, upsert and "
+                    ctx.error(opath, f"{_a(step['operation_type'])} step has no output (select, insert, upsert and "
                                      f"custom_function steps do)", key=True)
                     continue
             if step["operation_type"] in ("update", "delete"):
@@ -319,7 +324,7 @@ class StepsReader:
         n_problems = len(ctx.problems)
         for key in sorted(_TYPE_SPECIFIC & set(spec) - _TYPE_KEYS[op_type]):
             owners = [t for t, keys in _TYPE_KEYS.items() if key in keys]
-            ctx.error(ctx.at(key), f"'{key}' does not belong to a {op_type} step (it belongs to "
+            ctx.error(ctx.at(key), f"'{key}' does not belong to {_a(op_type)} step (it belongs to "
                                    f"{' / '.join(owners)} steps)", key=True)
         if len(ctx.problems) > n_problems:
             return None
@@ -347,6 +352,8 @@ class StepsReader:
                 source_output = ctx.step_outputs[alias]
             if source_output is not None:
                 reader.source_name = source_output.name  # read_assignments: the records come from it
+            if len(ctx.problems) > n_problems:
+                return None  # its records' source is refused: read_assignments would refuse every :x.field again
         reader.read_assignments()
         reader.read_conflict_target()
         if source_output is not None and source_output.fields is not None:
@@ -405,7 +412,7 @@ class StepsReader:
             reader.source_name = alias  # reported here: not again as "no data_source"
             return None
         if spec["operation_type"] in ("insert", "upsert"):
-            ctx.error(ctx.at("operation_type"), f"a {spec['operation_type']} step needs records: data_source "
+            ctx.error(ctx.at("operation_type"), f"{_a(spec['operation_type'])} step needs records: data_source "
                                                 f"(a jsonb parameter or an earlier step's :output), or values "
                                                 f"such as :<output>.field")
         return None
@@ -416,7 +423,7 @@ class StepsReader:
         for j, name in enumerate(spec.get("select_fields") or []):
             column = cols.get(name)
             if column is None:
-                ctx.error(ctx.at("select_fields", j), f"unknown column '{shown(name)}' of {ctx.target.name}"
+                ctx.error(ctx.at("select_fields", j), f"unknown column {shown(name)} of {ctx.target.name}"
                                                       f"{did_you_mean(name, cols)}")
                 continue
             if column not in chosen:
