@@ -250,6 +250,10 @@ def run_operation(operation: str, paths: tuple[str, ...], database_url: str | No
         with LiveBar(op.name, enabled=fmt == "text") as bar:
             if op.csv is not None:  # data_source: csv_file (specql/csvimport.py)
                 from .csvimport import run_csv
+                if workers > 1:  # the staged load, then <op>_start and N workers
+                    from functools import partial
+                    from .workers import run_parallel
+                    execute = partial(run_parallel, workers=workers)
                 result = run_csv(url, op, csv_file, list(params), confirm=confirm, batch_size=batch_size, resume=resume,
                                  rejects=rejects, execute=execute, bind_params=bind_params,
                                  on_progress=bar.update, on_notice=bar.notice)

@@ -237,8 +237,9 @@ class Staged:
 
 def stage_file(conn: psycopg.Connection, op, path: Path, *, staging_id: str | None = None) -> Staged:
     """COPY the file's records into the operation's staging table under a new staging id
-    (committed: the routine, and a resume, read them from there)."""
-    csv = op.csv.to_json()
+    (committed: the routine, and a resume, read them from there). `op` is the Operation, or
+    its CsvSource.to_json() (what generated tests know)."""
+    csv = op if isinstance(op, dict) else op.csv.to_json()
     d = csv["delimiter"]
     staged = Staged(staging_id or str(uuid.uuid4()))
     try:
@@ -266,7 +267,7 @@ def stage_file(conn: psycopg.Connection, op, path: Path, *, staging_id: str | No
         if first_record is not None and header is None:
             first_width = len(first_record.fields or split_fields(first_record.text, d))
         layout = plan_layout(csv, header, first_width, path, header_line)
-        target = sql.Identifier(op.schema, op.csv.staging_name)
+        target = sql.Identifier(csv["schema"], csv["staging"])
         copy_sql = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv, DELIMITER {})").format(
             target, sql.SQL(", ").join(sql.Identifier(c) for c in STAGING_COLUMNS + tuple(layout.columns)),
             sql.Literal(d))

@@ -82,7 +82,8 @@ def statement_facts(s: Statement) -> dict:
         key_param=s.key_param.name if s.key_param else None,
         source_param=s.source_param.name if s.source_param else None,
         conflict_updates=[a.column.name for a in s.conflict_updates],
-        partial_updates=[a.column.name for a in s.partial_updates])
+        partial_updates=[a.column.name for a in s.partial_updates],
+        csv=s.csv.to_json() if s.csv is not None else None)
 
 
 # Plain fields that are not facts, with why: the only hand-kept lists here.

@@ -11,6 +11,7 @@ one concept per module:
 - harness_faults   plant failing rows and records, slow the table down, shorten the timeout
 - harness_runs     cancel a run after its first batch, count row changes, hold a row lock
 - harness_hooks    record hook calls, read audit rows and the soft-delete state
+- harness_csv      write and stage the CSV files of a csv_file import
 
 Generated modules import `Harness` and `batches` from here: that is the public API.
 """
@@ -25,6 +26,7 @@ from psycopg import sql
 
 from .contract import RESULT_FIELDS
 from .harness_calls import Calls, Run
+from .harness_csv import CsvLoads
 from .harness_faults import POISON_TABLE, Faults
 from .harness_hooks import HookCalls
 from .harness_records import Records
@@ -35,7 +37,7 @@ from .harness_target import Targets
 __all__ = ["Harness", "MAX_SEED_ROWS", "POISON_TABLE", "RESULT_FIELDS", "Run", "as_json", "batches", "sample_value"]
 
 
-class Harness(Targets, Seeding, Records, Calls, Faults, Runs, HookCalls):
+class Harness(Targets, Seeding, Records, Calls, Faults, Runs, HookCalls, CsvLoads):
     """One operation on one test database."""
 
     def __init__(self, conn: psycopg.Connection, facts: dict):

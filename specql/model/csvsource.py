@@ -85,8 +85,10 @@ class CsvSource:
 
     def to_json(self) -> dict:
         """What `specql run --csv` needs to read a file for this operation."""
-        return {"delimiter": self.delimiter, "has_header": self.has_header,
-                "mapping": [(m.column.name, m.header, m.position) for m in self.mapping]}
+        return {"schema": self.schema, "staging": self.staging_name, "staging_ident": self.staging_ident,
+                "delimiter": self.delimiter, "has_header": self.has_header,
+                "mapping": [[m.column.name, m.header, m.position] for m in self.mapping],
+                "rules": [r.text for r in self.rules], "skip_invalid_rows": self.skip_invalid_rows}
 
 
 def read_csv_source(ctx) -> tuple[CsvSource | None, list[Assignment]]:
