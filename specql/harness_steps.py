@@ -1,0 +1,348 @@
+"""Generated tests of multi-step operations (SPEC §8): seeding that makes the steps do something,
+a plain-SQL replay of the steps that says what each should do, and readers of the steps' rows.
+
+Why its own module: a multi-step run is checked against an expectation that does not come
+from the routine. The *replay* runs each step as ONE plain statement, in run order, inside a
+transaction that is rolled back: a select is one SELECT of its condition, an update or delete
+one UPDATE/DELETE of its condition (an output it walks read from the replay's own outputs),
+an insert or upsert one INSERT ... SELECT of its records, a custom_function one call. It runs
+in a temporary PL/pgSQL function named like the operation, with the operation's parameters
+and a `_result` of its own, so the step SQL the model wrote for the routine (conditions that
+name `op.param` and read `specql.batch_operation_outputs` by `_result.operation_id`, values
+that read `_rec`) runs unchanged, with no batches: what the routine's batching, chunking,
+resuming or counting gets wrong shows as a difference. Per step it reports the rows it
+changed (their keys), the records it walks, and what it put in its output.
+
+Seeding: the operation's table is seeded (harness_tables) until the first step that walks a
+condition matches a few batches; a nullable column that a step's condition reads is NULL in
+a third of the rows, so `x IS NOT NULL` selects some rows and not others.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from .contract import SCHEMA
+from .harness_calls import NOT_BATCHES
+from .harness_target import adapt, placeholders
+
+STEPS_TABLE = f"{SCHEMA}.batch_operation_steps"
+OUTPUTS_TABLE = f"{SCHEMA}.batch_operation_outputs"
+RUNS_TABLE = f"{SCHEMA}.batch_operation_runs"
+SEED_CAP = 20_000  # rows seeded at most, however rarely the first condition matches
+WALKING = ("select", "update", "delete")
+
+
+def _literal(text: str) -> str:
+    return "'" + str(text).replace("'", "''") + "'"
+
+
+def _unquoted(text: str) -> str:
+    """SQL text with its quoted strings left out (to find the column names it reads)."""
+    return re.sub(r"'(?:[^']|'')*'", "''", text or "")
+
+
+def chunks(n: int, size: int) -> list[int]:
+    """n records cut every size: the lengths of the pieces."""
+    return [min(size, n - i) for i in range(0, n, size)] if n > 0 else []
+
+
+class Steps:
+    """The steps of one operation on the harness's database: seed, replay, read the run's rows."""
+
+    def __init__(self, h):
+        self.h = h
+        self.conn: psycopg.Connection = h.conn
+        self.f: dict = h.f
+        self.steps: list[dict] = self.f["steps"]
+
+    # -- facts
+
+    def on_target(self, step: dict) -> bool:
+        return step["target"]["table"] == self.f["table"]
+
+    def walking_step(self) -> dict | None:
+        """The first step that walks a condition of the operation's table (its size sizes the seed)."""
+        for s in self.steps:
+            if self.on_target(s) and s["operation_type"] in WALKING and s["statement"]["driver"] == "keyset":
+                return s
+            if s["operation_type"] != "custom_function":
+                return None
+        return None
+
+    def writing_step(self) -> dict | None:
+        """The first step that changes a table (a cancel request is made from its first batch)."""
+        return next((s for s in self.steps if s["operation_type"] not in ("select", "custom_function")), None)
+
+    def nullable_read(self) -> list[dict]:
+        """Nullable columns of the operation's table that a step's condition reads."""
+        text = " ".join(_unquoted(s["statement"]["where_sql"]) for s in self.steps
+                        if self.on_target(s) and s["statement"]["where_sql"])
+        return [c for c in self.f["columns"]
+                if c["nullable"] and not c["primary_key"] and re.search(rf"\b{re.escape(c['name'])}\b", text)]
+
+    # -- seeding
+
+    def seed(self, at_least: int | None = None) -> dict:
+        """Seed the operation's table until its first walking step matches at_least rows (by
+        default two and a half of its batches); the parameters to call the routine with."""
+        walker = self.walking_step()
+        wanted = at_least if at_least is not None else (int(walker["batch_size"] * 2.5) + 1 if walker else 0)
+        chunk = max(200, self.f["batch_size"] * 3)
+        while True:
+            self.h.seed(min(chunk, SEED_CAP - self.h.seeded))
+            self.null_some()
+            params = self.h.params()
+            if walker is None or self.h.seeded >= SEED_CAP or self.matching(walker, params) >= wanted:
+                return params
+            chunk *= 2
+
+    def null_some(self) -> None:
+        """A third of the rows get NULL in each nullable column a condition reads (each its own third)."""
+        pk = sql.SQL(self.h.pk_column["ident"])
+        for c in self.nullable_read():
+            self.conn.execute(sql.SQL("UPDATE {t} SET {c} = NULL WHERE abs(hashtext({salt} || {k}::text)) % 3 = 0").format(
+                t=self.h.table, c=sql.SQL(c["ident"]), salt=sql.Literal(f"null:{c['name']}:"), k=pk))
+        self.conn.execute(sql.SQL("ANALYZE {}").format(self.h.table))
+
+    def matching(self, step: dict, params: dict) -> int:
+        """Rows of the operation's table a step's condition matches now (its count_sql, $n typed)."""
+        where = step["statement"]["count_sql"]
+        query = sql.SQL("SELECT count(*) FROM {}").format(self.h.table)
+        if where:
+            query = sql.SQL("SELECT count(*) FROM {} WHERE {}").format(
+                self.h.table, sql.SQL(placeholders(where, self.f["params"])))
+        args = {f"p{i}": adapt(params.get(p["name"]), p["sql_type"]) for i, p in enumerate(self.f["params"], start=1)}
+        return self.conn.execute(query, args).fetchone()[0]
+
+    # -- the replay
+
+    def replay(self, params: dict) -> list[dict]:
+        """What each step should do from the data as it is now: per step, `processed` (rows it
+        changes; a select's rows; 1 for a call), `walked` (the records its batches take),
+        `output` (what it puts in its output), `keys` (the keys it changed, as text).
+        Nothing stays: the transaction is rolled back."""
+        given = [p for p in self.f["params"] if p["name"] in params]
+        with self.conn.transaction(force_rollback=True):
+            self.conn.execute(self.replay_function())
+            args = sql.SQL(", ").join(
+                sql.SQL("{} => {}::{}").format(sql.SQL(p["ident"]), sql.Placeholder(p["name"]), sql.SQL(p["sql_type"]))
+                for p in given)
+            row = self.conn.execute(
+                sql.SQL("SELECT pg_temp.{}({})").format(sql.SQL(self.f["name_ident"]), args),
+                {p["name"]: adapt(params[p["name"]], p["sql_type"]) for p in given}).fetchone()
+        return row[0]
+
+    def replay_function(self) -> str:
+        f = self.f
+        config = self.conn.execute(
+            "SELECT p.proconfig FROM pg_catalog.pg_proc AS p JOIN pg_catalog.pg_namespace AS n ON n.oid = p.pronamespace "
+            "WHERE n.nspname = %s AND p.proname = %s LIMIT 1", (f["schema"], f["name"])).fetchone()
+        path = next((c.split("=", 1)[1] for c in (config[0] if config and config[0] else [])
+                     if c.startswith("search_path=")), "pg_catalog, public, pg_temp")
+        args = ", ".join(f"{p['ident']} {p['sql_type']}" for p in f["params"])
+        body = "\n".join(self.step_sql(s) for s in self.steps)
+        return f"""
+CREATE FUNCTION pg_temp.{f['name_ident']}({args}) RETURNS jsonb LANGUAGE plpgsql
+SET search_path TO {path}
+AS $specql_replay$
+#variable_conflict use_column
+DECLARE
+    _result {SCHEMA}.batch_operation_result;
+    _n bigint;
+    _w bigint;
+    _o bigint;
+    _keys text[];
+    _items jsonb[];
+    _out jsonb := '[]';
+BEGIN
+    _result.operation_id := gen_random_uuid();
+{body}
+    RETURN _out;
+END
+$specql_replay$""".replace("%", "%%")
+
+    def step_sql(self, s: dict) -> str:
+        st, t, out = s["statement"], s["target"], s["output"]
+        table, pk = t["table"], t["pk_ident"]
+        where = f" WHERE ({st['where_sql']})" if st["where_sql"] else ""
+        lines = [f"    -- step {s['number']}: {s['name']} ({s['operation_type']})", "    _o := NULL; _keys := NULL;"]
+        kind = s["operation_type"]
+        if kind == "select":
+            lines.append(f"    SELECT count(*), coalesce(array_agg({pk}::text ORDER BY {pk}), '{{}}') INTO _n, _keys FROM {table}{where};")
+            lines.append("    _w := _n;")
+            if out:
+                lines.append(f"    INSERT INTO {OUTPUTS_TABLE} (operation_id, output, chunk, keys, records) "
+                             f"SELECT _result.operation_id, {_literal(out['name'])}, 1, _keys, "
+                             f"(SELECT jsonb_agg(to_jsonb(_t) ORDER BY _t.{pk}) FROM {table} AS _t WHERE _t.{pk}::text = ANY(_keys));")
+                lines.append("    _o := _n;")
+            lines.append("    _keys := '{}';  -- a select changes nothing")
+        elif kind in ("update", "delete"):
+            lines.append(f"    _w := {self.walked_sql(s)};")
+            if kind == "update":
+                sets = ", ".join(f"{t['columns'][a['column']]} = {a['sql']}" for a in st["assignments"])
+                change = f"UPDATE {table} SET {sets}{where}"
+            else:
+                change = f"DELETE FROM {table}{where}"
+            lines.append(f"    WITH _c AS ({change} RETURNING {table}.{pk}::text AS _k) "
+                         f"SELECT count(*), coalesce(array_agg(_k), '{{}}') INTO _n, _keys FROM _c;")
+            if st["driver"] == "keyset":
+                lines.append("    _w := _n;  -- a walk takes the matching rows")
+        elif kind in ("insert", "upsert"):
+            source = self.records_sql(s)
+            lines.append(f"    SELECT count(*) INTO _w FROM {source};")
+            cols = ", ".join(t["columns"][a["column"]] for a in st["assignments"])
+            values = ", ".join(a["sql"] for a in st["assignments"])
+            conflict = ""
+            if kind == "upsert":
+                target = ", ".join(t["columns"][c] for c in st["conflict_columns"])
+                updates = ", ".join(f"{t['columns'][c]} = EXCLUDED.{t['columns'][c]}" for c in st["conflict_updates"])
+                conflict = f" ON CONFLICT ({target}) " + (f"DO UPDATE SET {updates}" if updates else "DO NOTHING")
+            elif st["ignore_conflicts"]:
+                conflict = " ON CONFLICT DO NOTHING"
+            lines.append(f"    WITH _c AS (INSERT INTO {table} ({cols}) SELECT {values} FROM {source}{conflict} "
+                         f"RETURNING {table}.{pk}::text AS _k) SELECT count(*), coalesce(array_agg(_k), '{{}}') INTO _n, _keys FROM _c;")
+            if out and out["used"]:
+                lines.append(f"    INSERT INTO {OUTPUTS_TABLE} (operation_id, output, chunk, keys) "
+                             f"VALUES (_result.operation_id, {_literal(out['name'])}, 1, _keys);")
+                lines.append("    _o := _n;")
+        else:  # custom_function: one call
+            call = s["call"]
+            invoke = f"{call['ident']}({call['input_sql'] or ''})"
+            if out and out["used"]:
+                lines.append(f"    SELECT coalesce(array_agg(to_jsonb(_r)), '{{}}') INTO _items FROM {invoke} AS _r;")
+                keys = (f"ARRAY(SELECT (_e #>> '{{}}')::{out['key_type']}::text FROM unnest(_items) AS _e)"
+                        if out["stores_keys"] else "NULL")
+                records = "to_jsonb(_items)" if out["stores_records"] else "NULL"
+                lines.append(f"    INSERT INTO {OUTPUTS_TABLE} (operation_id, output, chunk, keys, records) "
+                             f"VALUES (_result.operation_id, {_literal(out['name'])}, 1, {keys}, {records});")
+                lines.append("    _o := cardinality(_items);")
+            else:
+                lines.append(f"    PERFORM {invoke};")
+            lines.append("    _n := 1; _w := 1; _keys := '{}';")
+        lines.append("    _out := _out || jsonb_build_object('step', " + _literal(s["name"]) +
+                     ", 'processed', _n, 'walked', _w, 'output', _o, 'keys', to_jsonb(_keys));")
+        return "\n".join(lines)
+
+    def walked_sql(self, s: dict) -> str:
+        """The records an update's or delete's batches take: its output's keys, its id array's."""
+        st = s["statement"]
+        if st["driver"] == "output_keys":
+            return (f"(SELECT coalesce(sum(cardinality(_o.keys)), 0) FROM {OUTPUTS_TABLE} AS _o "
+                    f"WHERE _o.operation_id = _result.operation_id AND _o.output = {_literal(st['key_output'])})")
+        if st["driver"] == "keys" and st["key_param"]:
+            param = next(p for p in self.f["params"] if p["name"] == st["key_param"])
+            return f"coalesce(cardinality({self.f['name_ident']}.{param['ident']}), 0)"
+        return "0"
+
+    def records_sql(self, s: dict) -> str:
+        """An insert's or upsert's records, each as _rec: an earlier step's output, or a jsonb parameter."""
+        st = s["statement"]
+        if st["source_output"]:
+            return (f"(SELECT _e._rec FROM {OUTPUTS_TABLE} AS _o, jsonb_array_elements(_o.records) WITH ORDINALITY "
+                    f"AS _e(_rec, _i) WHERE _o.operation_id = _result.operation_id AND _o.output = "
+                    f"{_literal(st['source_output'])} ORDER BY _o.chunk, _e._i) AS _source")
+        param = next(p for p in self.f["params"] if p["name"] == st["source_param"])
+        return (f"(SELECT _e AS _rec FROM jsonb_array_elements({self.f['name_ident']}.{param['ident']}) "
+                f"AS _e) AS _source")
+
+    def expected_batches(self, replayed: list[dict], size: int | None = None) -> int:
+        """The batches a run takes: a walk cuts its records every batch size; a step reading an
+        output slices each chunk of it (a select's chunk is one of its batches, a function's
+        rows are cut every batch size); a call is one batch."""
+        chunked: dict[str, list[int]] = {}
+        total = 0
+        for s, r in zip(self.steps, replayed):
+            own = size or s["batch_size"]
+            st = s["statement"]
+            if s["operation_type"] == "custom_function":
+                pieces = [1]
+                if s["output"] and s["output"]["used"]:
+                    chunked[s["output"]["name"]] = chunks(r["output"], own)
+            elif st["driver"] in ("output_keys", "output_records"):
+                source = chunked.get(st["key_output"] or st["source_output"], [])
+                pieces = [p for c in source for p in chunks(c, own)]
+            else:
+                pieces = chunks(r["walked"], own)
+            if s["output"] and s["output"]["used"] and s["operation_type"] != "custom_function":
+                chunked[s["output"]["name"]] = pieces if s["operation_type"] == "select" else [
+                    p for p in pieces]  # an insert's chunk: the keys of one batch (every record makes a row)
+            total += len(pieces)
+        return total
+
+    def touches_expected(self, replayed: list[dict], table: str) -> Counter:
+        """How often each row of `table` changes in an uninterrupted run: once per step that changes it."""
+        return Counter(k for s, r in zip(self.steps, replayed) if s["target"]["table"] == table for k in r["keys"])
+
+    # -- what the run wrote
+
+    def step_rows(self, operation_id) -> list[dict]:
+        cur = self.conn.cursor(row_factory=dict_row)
+        return cur.execute(f"SELECT * FROM {STEPS_TABLE} WHERE operation_id = %s ORDER BY step_number",
+                           (operation_id,)).fetchall()
+
+    def step_log(self, operation_id) -> list[tuple]:
+        """(batch_number, step, records_processed, records_failed, batch_size) of each logged batch."""
+        return self.conn.execute(
+            sql.SQL("SELECT batch_number, step, records_processed, records_failed, batch_size FROM {} "
+                    f"WHERE operation_id = %s AND status NOT IN {NOT_BATCHES} ORDER BY batch_number").format(
+                sql.SQL(self.f["log_table"])), (operation_id,)).fetchall()
+
+    def outputs_left(self, operation_id) -> int:
+        return self.conn.execute(f"SELECT count(*) FROM {OUTPUTS_TABLE} WHERE operation_id = %s",
+                                 (operation_id,)).fetchone()[0]
+
+    def keys_of(self, table: str, pk_ident: str) -> set[str]:
+        return {r[0] for r in self.conn.execute(f"SELECT {pk_ident}::text FROM {table}").fetchall()}
+
+    # -- interrupting a run
+
+    def cancel_on_first_write(self, table: str) -> None:
+        """A run of the operation gets a cancel request from its first statement that writes
+        `table`: the step it is in stops after that batch."""
+        self.conn.execute(f"""
+            CREATE OR REPLACE FUNCTION public.specql_test_cancel() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                PERFORM {SCHEMA}.cancel_operation(r.operation_id) FROM {RUNS_TABLE} AS r
+                WHERE r.operation = {_literal(self.f["name"])} AND r.status = 'running';
+                RETURN NULL;
+            END $$""")
+        self.conn.execute(f"CREATE TRIGGER specql_test_cancel AFTER INSERT OR UPDATE OR DELETE ON {table} "
+                          "FOR EACH STATEMENT EXECUTE FUNCTION public.specql_test_cancel()")
+
+    def stop_cancelling(self, table: str) -> None:
+        self.conn.execute(f"DROP TRIGGER specql_test_cancel ON {table}")
+
+    def record_touches(self, table: str, pk_ident: str) -> None:
+        """From now on each committed change of a row of `table` leaves its key in a table."""
+        self.conn.execute("CREATE TABLE IF NOT EXISTS public.specql_test_step_touches (key text NOT NULL)")
+        self.conn.execute(f"""
+            CREATE OR REPLACE FUNCTION public.specql_test_step_touch() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF TG_OP = 'DELETE' THEN
+                    INSERT INTO public.specql_test_step_touches VALUES (OLD.{pk_ident}::text);
+                ELSE
+                    INSERT INTO public.specql_test_step_touches VALUES (NEW.{pk_ident}::text);
+                END IF;
+                RETURN NULL;
+            END $$""")
+        self.conn.execute(f"CREATE TRIGGER specql_test_step_touch AFTER INSERT OR UPDATE OR DELETE ON {table} "
+                          "FOR EACH ROW EXECUTE FUNCTION public.specql_test_step_touch()")
+
+    def touches(self) -> Counter:
+        return Counter(r[0] for r in self.conn.execute("SELECT key FROM public.specql_test_step_touches").fetchall())
+
+
+def batches_of(n: int, size: int) -> int:
+    return math.ceil(n / size) if n else 0
+
+
+__all__ = ["Steps", "chunks", "batches_of"]
+_ = Any
