@@ -100,9 +100,26 @@ def policy_facts(p: Policy) -> dict:
                         hooks=plain_fields(p.hooks) if p.hooks else None)
 
 
+def step_facts(step) -> dict:
+    """One step of a multi-step operation (SPEC §8): its place, statement, output and call, and
+    the table it works on (the columns a replay of its statement names)."""
+    st, out, call, target = step.statement, step.output, step.call, step.statement.target
+    return plain_fields(
+        step, derived=("captures_output",), skip=("description", "index", "has_output_key"),
+        statement={**statement_facts(st), "key_output": st.key_output.name if st.key_output else None,
+                   "source_output": st.source_output.name if st.source_output else None},
+        output=plain_fields(out, derived=("stores_keys", "stores_records", "used"),
+                            used_as=sorted(out.used_as)) if out else None,
+        call=plain_fields(call, derived=("ident", "signature")) if call else None,
+        select_fields=[c.name for c in step.select_fields],
+        target={"table": target.ident, "pk": target.primary_key.name, "pk_ident": target.primary_key.ident,
+                "columns": {c.name: c.ident for c in target.columns.values()}})
+
+
 def operation_facts(op: Operation) -> dict:
     return plain_fields(
         op, skip=OPERATION_SKIP,
+        steps=[step_facts(s) for s in op.steps],
         compared_values=op.compared_values,
         params=[{**plain_fields(p), "ident": p.ident, "role": op.param_roles[p.name][0],
                  "column": op.param_roles[p.name][1]} for p in op.params],
