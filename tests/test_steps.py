@@ -663,3 +663,105 @@ def test_an_insert_killed_inside_a_functions_records_resumes_exactly_once(tmp_pa
         ]
         assert log_sizes(conn, run["operation_id"]) == {"totals": [1], "add_notes": [3] * 7 + [2]}
         assert outputs_left(conn, run["operation_id"]) == 0
+
+
+def test_a_run_cancelled_between_two_steps_resumes_with_the_next(tmp_path, database_url_any):
+    """specql.cancel_operation while bump's step row waits: bump starts, sees the request before
+    its first batch and stops (cancelled, nothing changed, pick's keys kept); the resume runs it."""
+    url = database_url_any
+    setup(url, tmp_path, rows=ROWS, grp1=GRP1)
+    with connect(url) as conn:
+        conn.execute(HOLD)
+        conn.execute("INSERT INTO st.hold (step) VALUES (2)")
+    thread, box = start_in_thread(url, "CALL st.bump_picked(grp => 1, result => NULL)")
+    wait_for(url, "SELECT true FROM pg_stat_activity WHERE pid = %s AND wait_event = 'PgSleep'", (box["pid"],))
+    with connect(url) as conn:
+        op = conn.execute("SELECT operation_id FROM specql.batch_operation_runs").fetchone()[0]
+        assert conn.execute("SELECT specql.cancel_operation(%s)", (op,)).fetchone() == (True,)
+        conn.execute("DELETE FROM st.hold")
+    thread.join(30)
+    assert "row" in box, box
+    with connect(url) as conn:
+        status = conn.execute("SELECT (%s::specql.batch_operation_result).status", (box["row"][0],)).fetchone()
+        assert status == ("cancelled",)
+        assert step_rows(conn, op) == [
+            (1, "pick", "completed", GRP1, GRP1, 0, 3, GRP1),
+            (2, "bump", "cancelled", GRP1, 0, 0, 0, 0),
+        ]
+        assert conn.execute("SELECT count(*) FROM st.item WHERE n <> 0").fetchone() == (0,)
+        assert outputs_left(conn, op) == 3
+        cur = conn.cursor(row_factory=psycopg.rows.dict_row)
+        run = cur.execute("SELECT * FROM specql.batch_operation_runs WHERE operation_id = %s", (op,)).fetchone()
+    assert_resumed_exactly_once(url, run)
+
+
+# ----------------------------------------------------------------------------- the seed's examples
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_the_seeds_three_multi_step_examples_do_what_they_say(tmp_path, database_url_any):
+    """entities/user.yaml migrate_user_data, entities/product_cache.yaml refresh_product_cache and
+    entities/invoice.yaml generate_monthly_invoices (with entities/sql/*.sql), as shipped."""
+    from specql.generate import generate
+    from specql.migrate import migrate
+
+    url = database_url_any
+    files = [str(REPO / "entities" / f"{name}.yaml") for name in ("user", "product", "product_cache", "invoice")]
+    generate(files, tmp_path / "out")
+    lines: list[str] = []
+    assert migrate(tmp_path / "out", url, echo=lines.append) == 0, "\n".join(lines)
+    with connect(url) as conn:
+        # 1,200 users with a legacy id; 300 without, 100 of them migrated 40 days ago
+        conn.execute("INSERT INTO public.\"user\" (email, status, legacy_id) "
+                     "SELECT 'u' || g || '@example.com', 'active', g FROM generate_series(1, 1200) g")
+        conn.execute("INSERT INTO public.\"user\" (email, status, migrated_at) "
+                     "SELECT 'n' || g || '@example.com', 'active', "
+                     "CASE WHEN g <= 100 THEN now() - interval '40 days' END FROM generate_series(1, 300) g")
+        result = call(conn, "public.migrate_user_data")
+        op = result["operation_id"]
+        assert step_rows(conn, op) == [
+            (1, "validate_data", "completed", 1200, 1200, 0, 3, 1200),  # batches of 500
+            (2, "update_profiles", "completed", 1200, 1200, 0, 12, 0),  # batches of 100
+            (3, "cleanup_legacy", "completed", 100, 100, 0, 1, 0),  # batches of 1000
+        ]
+        assert (result["status"], result["processed_records"], result["batch_count"]) == ("completed", 2500, 16)
+        assert conn.execute("SELECT count(*), count(*) FILTER (WHERE migration_version = '2.0'), "
+                            "count(*) FILTER (WHERE legacy_id IS NOT NULL AND migrated_at > now() - interval '1 hour') "
+                            "FROM public.\"user\"").fetchone() == (1400, 1200, 1200)
+
+        # 150 products; the cache holds 120 of them, stale (2 hours old) under old names, 30 fresh
+        conn.execute("INSERT INTO public.product (name, price) SELECT 'p' || g, g FROM generate_series(1, 150) g")
+        conn.execute("INSERT INTO public.product_cache (product_id, name, price, last_updated) "
+                     "SELECT id, 'old', 0, now() - CASE WHEN price <= 120 THEN interval '2 hours' ELSE interval '1 minute' END "
+                     "FROM public.product")
+        result = call(conn, "public.refresh_product_cache")
+        op = result["operation_id"]
+        assert step_rows(conn, op) == [
+            (1, "identify_stale", "completed", 120, 120, 0, 3, 120),  # batches of 50
+            (2, "fetch_fresh_data", "completed", 1, 1, 0, 1, 120),
+            (3, "update_cache", "completed", 120, 120, 0, 3, 0),
+        ]
+        assert conn.execute("SELECT count(*) FILTER (WHERE c.name = p.name AND c.price = p.price), "
+                            "count(*) FILTER (WHERE c.name = 'old') FROM public.product_cache c "
+                            "JOIN public.product p ON p.id = c.product_id").fetchone() == (120, 30)
+
+        # 30 customers with usage in March 2026 (2 rows each), 5 with usage in April only
+        conn.execute("INSERT INTO public.customer_usage (customer_id, used_on, amount) "
+                     "SELECT c, d, 10 FROM (SELECT gen_random_uuid() AS c FROM generate_series(1, 30)) AS cs, "
+                     "(VALUES (date '2026-03-02'), (date '2026-03-20')) AS ds(d)")
+        conn.execute("INSERT INTO public.customer_usage (customer_id, used_on, amount) "
+                     "SELECT gen_random_uuid(), date '2026-04-02', 5 FROM generate_series(1, 5)")
+        result = call(conn, "public.generate_monthly_invoices", target_month="2026-03-01")
+        op = result["operation_id"]
+        assert [r[:3] + r[4:5] + r[7:] for r in step_rows(conn, op)] == [
+            (1, "calculate_usage", "completed", 1, 30),
+            (2, "create_invoices", "completed", 30, 30),
+            (3, "generate_pdf", "completed", 1, 0),
+            (4, "send_notifications", "completed", 1, 0),
+        ]
+        assert conn.execute("SELECT count(*), sum(amount), count(pdf_url), count(n.invoice_id), "
+                            "bool_and(month = date '2026-03-01' AND status = 'pending') "
+                            "FROM public.invoice i LEFT JOIN public.invoice_notifications n ON n.invoice_id = i.id"
+                            ).fetchone() == (30, 600, 30, 30, True)
+        assert conn.execute("SELECT count(*) FROM specql.batch_operation_outputs").fetchone() == (0,)
