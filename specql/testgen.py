@@ -75,15 +75,17 @@ def table_facts(entity: Entity, entities: dict[str, tuple[Entity, Column]], seen
 
 
 def statement_facts(s: Statement) -> dict:
-    return plain_fields(
+    facts = plain_fields(
         s, derived=("range_batches",), skip=("target",),
         assignments=[{**plain_fields(a, skip=("column",)), "column": a.column.name} for a in s.assignments],
         conflict_columns=[c.name for c in s.conflict_columns],
         key_param=s.key_param.name if s.key_param else None,
         source_param=s.source_param.name if s.source_param else None,
         conflict_updates=[a.column.name for a in s.conflict_updates],
-        partial_updates=[a.column.name for a in s.partial_updates],
-        csv=s.csv.to_json() if s.csv is not None else None)
+        partial_updates=[a.column.name for a in s.partial_updates])
+    if s.csv is not None:  # data_source: csv_file: the file's layout (specql/harness_csv.py)
+        facts["csv"] = s.csv.to_json()
+    return facts
 
 
 # Plain fields that are not facts, with why: the only hand-kept lists here.
