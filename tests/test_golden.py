@@ -296,7 +296,21 @@ SENTINELS = [
     ("accounting", "ignore_conflicts counts skipped records", "_result.skipped_records := _result.skipped_records +"),
     ("routine", "hook placeholders", "specql placeholder of a hook of"),
     ("entity", "soft delete: deletion statistics", "ticket_deletion_stats(OUT active bigint"),
-    ("soft delete", "index of the soft-deleted rows of a managed table", "ticket_deleted_at_idx"),
+    # --- issue 12: CSV import (case csv_import)
+    ("routine", "csv_file: the staging table before the routine", "CREATE TABLE IF NOT EXISTS inventory.import_stock_staging ("),
+    ("csv", "typed rows with what specql staged beside them", "coalesce(_s._line, _s._record - _csv_line_base) AS _line"),
+    ("csv", "typed rows to apply: rejected lines left out", "AND _s._rejected IS NULL\n"),
+    ("csv", "validation rules filter the batch", "WHERE (price > 0) IS NOT FALSE"),
+    ("csv", "no validation rules: the typed rows themselves", "AND _s._rejected IS NULL\n                          OFFSET 0) AS _typed;"),
+    ("csv", "skip_invalid_rows: error rows of the left-out records", "skip_invalid_rows writes one error row per rejected record"),
+    ("csv", "skip_invalid_rows false: the first rejected record fails the batch",
+     "with skip_invalid_rows: false the first rejected one fails the batch"),
+    ("csv", "record by record: the rules named", "SELECT _r._reason INTO _csv_reason"),
+    ("csv", "record by record, skipping: an error row each", re.compile(r"_csv_rejected, clock_timestamp\(\)\);\n\s+_result\.error_count := _result\.error_count \+ 1;\n\s+_result\.failed_records")),
+    ("csv", "record by record, skipping: max_errors", "EXIT WHEN _result.error_count > 10;"),
+    ("csv", "record by record, stopping: the batch fails", re.compile(r"'record', coalesce\(_csv_staged\._raw, .*\)\)\);\n\s+RAISE EXCEPTION USING ERRCODE = _csv_state")),
+    ("csv", "resume: the staged rows must still be there", "cannot resume run % of %: it staged % rows"),
+    ("csv", "parallel: a chunk is a range of staged rows", "_csv_to := coalesce(_chunk.lower_key::bigint, 0);"),
 ]
 
 
