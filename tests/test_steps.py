@@ -148,7 +148,8 @@ patterns:
         function: st.tag_notes
         input: :note_ids
     batch_size: 100
-  # 2. The same, collect_errors: a record that fails is isolated, the others inserted.
+  # 2. The same, collect_errors: a record that fails is isolated, the others inserted, and
+  #    the keys of every inserted one reach the next step.
   - name: batch_operations
     operation: make_notes_collect
     params: {grp: integer}
@@ -166,7 +167,13 @@ patterns:
           item_id: :totals.item_id
           amount: :totals.amount
           tagged: "false"
+        output: note_ids
         batch_size: 3
+      - name: tag
+        operation_type: update
+        update_data: {tagged: "true"}
+        where_condition: "id IN (:note_ids)"
+        batch_size: 4
   # 4. The same, commit_per_batch: the insert resumes inside the function's records.
   - name: batch_operations
     operation: make_notes_resumable
@@ -378,7 +385,8 @@ def test_a_functions_records_feed_an_insert_whose_keys_feed_a_function(tmp_path,
 
 def test_a_failing_record_of_a_functions_output_is_isolated(tmp_path, database_url_any):
     """collect_errors: add_notes' 2nd batch holds records 4, 5, 6 (the last of totals' first
-    chunk of 4 and the first two of its second); record 5 fails and is logged with its place."""
+    chunk of 4 and the first two of its second); record 5 fails and is logged with its place.
+    That batch is applied again record by record: the keys of 4 and 6 both reach tag."""
     url = database_url_any
     setup(url, tmp_path)
     with connect(url) as conn:
@@ -394,18 +402,20 @@ def test_a_failing_record_of_a_functions_output_is_isolated(tmp_path, database_u
         op = result["operation_id"]
         assert step_rows(conn, op) == [
             (1, "totals", "completed", 1, 1, 0, 1, 23),
-            (2, "add_notes", "completed_with_errors", 23, 22, 1, 8, 0),
+            (2, "add_notes", "completed_with_errors", 23, 22, 1, 8, 22),
+            (3, "tag", "completed", 22, 22, 0, 6, 0),
         ]
         assert (result["status"], result["processed_records"], result["failed_records"], result["error_count"]) == \
-            ("completed_with_errors", 23, 1, 1)
+            ("completed_with_errors", 1 + 22 + 22, 1, 1)
         [(step, _, message)] = error_rows(conn, op)
         assert (step, message) == ("add_notes", "item 5 refused")
         failed = conn.execute("SELECT batch_number, failed_records FROM specql.batch_operation_errors "
                               "WHERE operation_id = %s", (op,)).fetchone()
         assert failed == (3, [{"chunk": 2, "index": 0, "record": {"item_id": 5, "amount": 7.5}}])
-        assert conn.execute("SELECT array_agg(item_id ORDER BY item_id) FROM st.note").fetchone()[0] == \
+        assert conn.execute("SELECT array_agg(item_id ORDER BY item_id) FROM st.note WHERE tagged").fetchone()[0] == \
             [i for i in range(1, 24) if i != 5]
-        assert log_sizes(conn, op) == {"totals": [1], "add_notes": [3, 2, 3, 3, 3, 3, 3, 2]}
+        assert conn.execute("SELECT count(*) FROM st.note WHERE NOT tagged").fetchone() == (0,)
+        assert log_sizes(conn, op) == {"totals": [1], "add_notes": [3, 2, 3, 3, 3, 3, 3, 2], "tag": [4] * 5 + [2]}
 
 
 def test_a_missing_function_or_a_row_without_a_read_field_fails_its_step_named(tmp_path, database_url_any):
