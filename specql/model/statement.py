@@ -207,6 +207,9 @@ class StatementReader:
         if scope.record_alias and not self.source_name and "data_source" not in spec:
             ctx.error(scope.record_alias_at, f":{scope.record_alias}.… refers to a data_source element, "
                                              f"but this operation has no data_source")
+        elif scope.record_alias and self.csv is not None:
+            ctx.error(scope.record_alias_at, f":{scope.record_alias}.… refers to a jsonb data_source element; "
+                                             f"a CSV import reads its fields through field_mapping")
 
     def read_conflict_target(self) -> None:
         ctx, spec, at = self.ctx, self.ctx.spec, self.ctx.at
