@@ -193,6 +193,22 @@ patterns:
           amount: :totals.amount
           tagged: "false"
         batch_size: 3
+  # 2. A function RETURNS TABLE of one column: its rows are records too.
+  - name: batch_operations
+    operation: make_bare_notes
+    params: {grp: integer}
+    steps:
+      - name: ids
+        operation_type: custom_function
+        function: st.item_ids_table
+        input: :grp
+        output: found
+      - name: add_notes
+        operation_type: insert
+        insert_data:
+          item_id: :found.item_id
+          amount: "0"
+          tagged: "false"
   - name: batch_operations
     operation: make_notes_short
     params: {grp: integer}
@@ -242,6 +258,15 @@ LANGUAGE plpgsql STABLE
 AS $$
 BEGIN
     RETURN QUERY SELECT i.id, i.id * 1.5 FROM st.item AS i WHERE i.grp = item_totals_short.grp ORDER BY i.id;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION st.item_ids_table(grp integer)
+RETURNS TABLE (item_id bigint)
+LANGUAGE plpgsql STABLE
+AS $$
+BEGIN
+    RETURN QUERY SELECT i.id FROM st.item AS i WHERE i.grp = item_ids_table.grp ORDER BY i.id;
 END
 $$;
 
@@ -381,6 +406,12 @@ def test_a_functions_records_feed_an_insert_whose_keys_feed_a_function(tmp_path,
         assert notes == [(i, i * __import__("decimal").Decimal("1.5"), True) for i in range(1, 24)]
         assert conn.execute("SELECT array_agg(keys) FROM st.tag_calls").fetchone()[0] == [23]
         assert outputs_left(conn, op) == 0
+
+        # RETURNS TABLE (item_id bigint): one column, still records with a field item_id
+        bare = call(conn, "st.make_bare_notes", grp=2)
+        assert (bare["status"], bare["processed_records"]) == ("completed", 1 + 27)
+        assert conn.execute("SELECT count(*), min(item_id), max(item_id) FROM st.note WHERE amount = 0").fetchone() == \
+            (27, 24, 50)
 
 
 def test_a_failing_record_of_a_functions_output_is_isolated(tmp_path, database_url_any):
