@@ -109,6 +109,17 @@ FAULTS = {
     "a conflict counted as processed": (
         "public.member", "test_public_create_members",
         r"ON CONFLICT DO NOTHING;\n(\s+)GET DIAGNOSTICS _n = ROW_COUNT;", r"ON CONFLICT DO NOTHING;\n\1_n := _to - _from + 1;"),
+    # CSV import (issue 12): a rejected line without its error row, a line number off by one,
+    # a batch one staged row wider than batch_size
+    "csv: rejected lines not logged": (
+        "public.product.", "test_public_import_products_csv",
+        r"IF _n < _csv_records THEN", "IF false THEN"),
+    "csv: rejected line numbered one too far": (
+        "public.product.", "test_public_import_products_csv",
+        r"coalesce\(_s\._line, _s\._record - _csv_line_base\) AS _line", "_s._line + 1 AS _line"),
+    "csv: a batch wider than batch_size": (
+        "public.product.", "test_public_import_products_csv",
+        r"ORDER BY _s\._record LIMIT _batch_size\) AS _b;", "ORDER BY _s._record LIMIT _batch_size + 1) AS _b;"),
 }
 
 
