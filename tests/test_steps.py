@@ -23,7 +23,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from helpers import call, connect, generate_and_apply, write_entities
+from helpers import call, connect, write_entities
+from specql.generate import generate
+from specql.migrate import migrate
 
 # ----------------------------------------------------------------------------- entities
 
@@ -294,12 +296,21 @@ $$;
 """
 
 
-def setup(url: str, tmp_path: Path, rows: int = 50, grp1: int = 23) -> None:
-    """Both entities applied; st.item holds ids 1..rows, the first grp1 of them in group 1."""
-    entities = write_entities(tmp_path / "entities", item=ITEM, note=NOTE)
-    (entities / "sql").mkdir(exist_ok=True)
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory) -> Path:
+    """The migrations of ITEM and NOTE, generated once for the module."""
+    folder = tmp_path_factory.mktemp("steps")
+    entities = write_entities(folder / "entities", item=ITEM, note=NOTE)
+    (entities / "sql").mkdir()
     (entities / "sql" / "note.sql").write_text(NOTE_SQL, encoding="utf-8")
-    generate_and_apply(url, entities, tmp_path / "out")
+    generate([str(entities)], folder / "out")
+    return folder / "out"
+
+
+def setup(url: str, out: Path, rows: int = 50, grp1: int = 23) -> None:
+    """Both entities applied; st.item holds ids 1..rows, the first grp1 of them in group 1."""
+    lines: list[str] = []
+    assert migrate(out, url, echo=lines.append) == 0, "\n".join(lines)
     with connect(url) as conn:
         conn.execute("INSERT INTO st.item (id, grp, n) SELECT g, CASE WHEN g <= %s THEN 1 ELSE 2 END, 0 "
                      "FROM generate_series(1, %s) g", (grp1, rows))
@@ -339,9 +350,9 @@ def error_rows(conn, operation_id) -> list[tuple]:
 # ----------------------------------------------------------------------------- 1. order and counts
 
 
-def test_steps_run_in_order_with_exact_counts(tmp_path, database_url_any):
+def test_steps_run_in_order_with_exact_counts(generated, database_url_any):
     url = database_url_any
-    setup(url, tmp_path)  # 50 rows, ids 1..23 in group 1
+    setup(url, generated)  # 50 rows, ids 1..23 in group 1
     with connect(url) as conn:
         result = call(conn, "st.sweep", grp=1)
         op = result["operation_id"]
@@ -386,9 +397,9 @@ def test_steps_run_in_order_with_exact_counts(tmp_path, database_url_any):
 # ----------------------------------------------------------------------------- 2. outputs
 
 
-def test_a_functions_records_feed_an_insert_whose_keys_feed_a_function(tmp_path, database_url_any):
+def test_a_functions_records_feed_an_insert_whose_keys_feed_a_function(generated, database_url_any):
     url = database_url_any
-    setup(url, tmp_path)
+    setup(url, generated)
     with connect(url) as conn:
         result = call(conn, "st.make_notes", grp=1)
         op = result["operation_id"]
@@ -414,12 +425,12 @@ def test_a_functions_records_feed_an_insert_whose_keys_feed_a_function(tmp_path,
             (27, 24, 50)
 
 
-def test_a_failing_record_of_a_functions_output_is_isolated(tmp_path, database_url_any):
+def test_a_failing_record_of_a_functions_output_is_isolated(generated, database_url_any):
     """collect_errors: add_notes' 2nd batch holds records 4, 5, 6 (the last of totals' first
     chunk of 4 and the first two of its second); record 5 fails and is logged with its place.
     That batch is applied again record by record: the keys of 4 and 6 both reach tag."""
     url = database_url_any
-    setup(url, tmp_path)
+    setup(url, generated)
     with connect(url) as conn:
         conn.execute("""
             CREATE FUNCTION st.refuse_five() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -449,9 +460,9 @@ def test_a_failing_record_of_a_functions_output_is_isolated(tmp_path, database_u
         assert log_sizes(conn, op) == {"totals": [1], "add_notes": [3, 2, 3, 3, 3, 3, 3, 2], "tag": [4] * 5 + [2]}
 
 
-def test_a_missing_function_or_a_row_without_a_read_field_fails_its_step_named(tmp_path, database_url_any):
+def test_a_missing_function_or_a_row_without_a_read_field_fails_its_step_named(generated, database_url_any):
     url = database_url_any
-    setup(url, tmp_path)
+    setup(url, generated)
     with connect(url) as conn:
         missing = call(conn, "st.call_missing", grp=1)
         op = missing["operation_id"]
@@ -475,9 +486,9 @@ def test_a_missing_function_or_a_row_without_a_read_field_fails_its_step_named(t
 # ----------------------------------------------------------------------------- 3. a failing step
 
 
-def test_a_failing_step_stops_its_dependants_not_the_others(tmp_path, database_url_any):
+def test_a_failing_step_stops_its_dependants_not_the_others(generated, database_url_any):
     url = database_url_any
-    setup(url, tmp_path)
+    setup(url, generated)
     with connect(url) as conn:
         result = call(conn, "st.chain_continue", grp=1)
         op = result["operation_id"]
@@ -627,9 +638,9 @@ def assert_resumed_exactly_once(url: str, run: dict) -> None:
 # bump's batches of 7 over pick's chunks of 100: its 6th lies inside the first chunk, its 15th
 # (keys 99..105) takes the end of the first and the start of the second, its 16th follows it.
 @pytest.mark.parametrize("point", ["held_at_6", "held_at_15", "held_at_16", "after_commits"])
-def test_a_run_killed_inside_its_second_step_resumes_exactly_once(tmp_path, database_url_any, point):
+def test_a_run_killed_inside_its_second_step_resumes_exactly_once(generated, database_url_any, point):
     url = database_url_any
-    setup(url, tmp_path, rows=ROWS, grp1=GRP1)
+    setup(url, generated, rows=ROWS, grp1=GRP1)
     with connect(url) as conn:
         conn.execute(HOLD)
         if point.startswith("held_at_"):
@@ -657,9 +668,27 @@ def test_a_run_killed_inside_its_second_step_resumes_exactly_once(tmp_path, data
     assert_resumed_exactly_once(url, run)
 
 
-def test_a_run_killed_between_two_steps_resumes_with_the_next(tmp_path, database_url_any):
+def test_a_run_killed_inside_its_first_step_resumes_exactly_once(generated, database_url_any):
+    """Killed while pick's 2nd batch (its 2nd chunk of keys) waits before its commit: the resume
+    walks on from pick's first 100 keys, then bump takes all 300."""
     url = database_url_any
-    setup(url, tmp_path, rows=ROWS, grp1=GRP1)
+    setup(url, generated, rows=ROWS, grp1=GRP1)
+    with connect(url) as conn:
+        conn.execute(HOLD)
+        conn.execute("INSERT INTO st.hold (batch) VALUES (2)")
+    thread, box = start_in_thread(url, "CALL st.bump_picked(grp => 1, result => NULL)")
+    wait_for(url, "SELECT true FROM pg_stat_activity WHERE pid = %s AND wait_event = 'PgSleep'", (box["pid"],))
+    run = kill(url, thread, box)
+    assert (run["state"], run["processed_records"], run["batch_count"]) == ("abandoned", 100, 1), run
+    with connect(url) as conn:
+        assert step_rows(conn, run["operation_id"]) == [(1, "pick", "running", 0, 0, 0, 0, 0)]
+        assert outputs_left(conn, run["operation_id"]) == 1
+    assert_resumed_exactly_once(url, run)
+
+
+def test_a_run_killed_between_two_steps_resumes_with_the_next(generated, database_url_any):
+    url = database_url_any
+    setup(url, generated, rows=ROWS, grp1=GRP1)
     with connect(url) as conn:
         conn.execute(HOLD)
         conn.execute("INSERT INTO st.hold (step) VALUES (2)")  # bump's step row waits, uncommitted
@@ -674,13 +703,13 @@ def test_a_run_killed_between_two_steps_resumes_with_the_next(tmp_path, database
     assert_resumed_exactly_once(url, run)
 
 
-def test_an_insert_killed_inside_a_functions_records_resumes_exactly_once(tmp_path, database_url_any):
+def test_an_insert_killed_inside_a_functions_records_resumes_exactly_once(generated, database_url_any):
     """make_notes_resumable: totals stores 23 records in chunks of 4; add_notes inserts them 3 at a
     time, its 2nd batch taking the last record of chunk 1 and two of chunk 2. Killed while that
     batch waits before its commit, the resume inserts every record once (no unique key would
     stop a record inserted twice)."""
     url = database_url_any
-    setup(url, tmp_path)
+    setup(url, generated)
     with connect(url) as conn:
         conn.execute(HOLD)
         conn.execute("INSERT INTO st.hold (batch) VALUES (3)")  # the call is batch 1, add_notes 2..9
@@ -706,11 +735,11 @@ def test_an_insert_killed_inside_a_functions_records_resumes_exactly_once(tmp_pa
         assert outputs_left(conn, run["operation_id"]) == 0
 
 
-def test_a_run_cancelled_between_two_steps_resumes_with_the_next(tmp_path, database_url_any):
+def test_a_run_cancelled_between_two_steps_resumes_with_the_next(generated, database_url_any):
     """specql.cancel_operation while bump's step row waits: bump starts, sees the request before
     its first batch and stops (cancelled, nothing changed, pick's keys kept); the resume runs it."""
     url = database_url_any
-    setup(url, tmp_path, rows=ROWS, grp1=GRP1)
+    setup(url, generated, rows=ROWS, grp1=GRP1)
     with connect(url) as conn:
         conn.execute(HOLD)
         conn.execute("INSERT INTO st.hold (step) VALUES (2)")
@@ -744,9 +773,6 @@ REPO = Path(__file__).resolve().parent.parent
 def test_the_seeds_three_multi_step_examples_do_what_they_say(tmp_path, database_url_any):
     """entities/user.yaml migrate_user_data, entities/product_cache.yaml refresh_product_cache and
     entities/invoice.yaml generate_monthly_invoices (with entities/sql/*.sql), as shipped."""
-    from specql.generate import generate
-    from specql.migrate import migrate
-
     url = database_url_any
     files = [str(REPO / "entities" / f"{name}.yaml") for name in ("user", "product", "product_cache", "invoice")]
     generate(files, tmp_path / "out")
@@ -806,3 +832,46 @@ def test_the_seeds_three_multi_step_examples_do_what_they_say(tmp_path, database
                             "FROM public.invoice i LEFT JOIN public.invoice_notifications n ON n.invoice_id = i.id"
                             ).fetchone() == (30, 600, 30, 30, True)
         assert conn.execute("SELECT count(*) FROM specql.batch_operation_outputs").fetchone() == (0,)
+
+
+def test_a_run_failed_inside_its_second_step_resumes_after_the_fix(generated, database_url_any):
+    """stop_on_error: bump's batch holding row 150 fails (a trigger refuses the row), the run
+    stops failed with pick's keys kept; once the row is accepted, the resume applies that batch
+    and the rest, each row once."""
+    url = database_url_any
+    setup(url, generated, rows=ROWS, grp1=GRP1)
+    with connect(url) as conn:
+        conn.execute("""
+            CREATE TABLE st.refused (id bigint);
+            INSERT INTO st.refused VALUES (150);
+            CREATE FUNCTION st.refuse_row() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF EXISTS (SELECT 1 FROM st.refused WHERE id = NEW.id) THEN
+                    RAISE EXCEPTION 'row % refused', NEW.id;
+                END IF;
+                RETURN NEW;
+            END $$;
+            CREATE TRIGGER refuse_row BEFORE UPDATE ON st.item FOR EACH ROW EXECUTE FUNCTION st.refuse_row();
+        """)
+        row = conn.execute("CALL st.bump_picked(grp => 1, result => NULL)").fetchone()
+        cur = conn.cursor(row_factory=psycopg.rows.dict_row)
+        failed = cur.execute("SELECT (%s::specql.batch_operation_result).*", (row[0],)).fetchone()
+        op = failed["operation_id"]
+        # bump's batches of 7: 21 applied (147 rows), the 22nd (rows 148..154) failed
+        assert (failed["status"], failed["processed_records"], failed["failed_records"], failed["batch_count"]) == \
+            ("failed", GRP1 + 147, 7, 3 + 22)
+        assert step_rows(conn, op) == [
+            (1, "pick", "completed", GRP1, GRP1, 0, 3, GRP1),
+            (2, "bump", "failed", GRP1, 147, 7, 22, 0),
+        ]
+        assert conn.execute("SELECT count(*) FROM st.item WHERE n = 1").fetchone() == (147,)
+        assert outputs_left(conn, op) == 3
+        conn.execute("DELETE FROM st.refused")
+    result = resume(url, op)
+    assert (result["status"], result["processed_records"], result["failed_records"], result["error_count"]) == \
+        ("completed_with_errors", 2 * GRP1, 0, 1)  # the error row of the first attempt stays
+    with connect(url) as conn:
+        assert conn.execute("SELECT grp, array_agg(DISTINCT n) FROM st.item GROUP BY grp ORDER BY grp").fetchall() == \
+            [(1, [1]), (2, [0])]
+        assert step_rows(conn, op)[1][:6] == (2, "bump", "completed_with_errors", GRP1, GRP1, 0)
+        assert outputs_left(conn, op) == 0
