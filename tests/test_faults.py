@@ -105,6 +105,15 @@ FAULTS = {
     "soft-deleted row touched": (
         "public.member", "test_public_set_member_status",
         r"\(status = set_member_status\.old_status\) AND deleted_at IS NULL", "(status = set_member_status.old_status)"),
+    # issue 15, the heap walk (a uuid key walked in physical order): each batch's ctid range ends
+    # before its last listed row, which the walk has passed: that row is never changed
+    "heap walk skips the last row of each batch": (
+        "public.order", "test_public_bulk_approve_orders",
+        r"ctid <= _tids\[cardinality\(_tids\)\]", "ctid < _tids[cardinality(_tids)]"),
+    # a listing takes more rows than a batch holds
+    "heap walk batch wider than batch_size": (
+        "public.order", "test_public_bulk_approve_orders",
+        r"LIMIT _batch_size - cardinality\(_tids\)", "LIMIT _batch_size + 5 - cardinality(_tids)"),
     # ignore_conflicts: a record skipped by a unique conflict counted as processed
     "a conflict counted as processed": (
         "public.member", "test_public_create_members",

@@ -73,6 +73,19 @@ class Operation:
         return self.statement.driver in ("keys", "source") or self.counts_up_front
 
     @property
+    def driver_template(self) -> str:
+        """The file of templates/sql/drivers/ for this operation's batches: a condition walk over
+        a key that is not an integer walks the heap in physical order (heap_walk, issue 15) in a
+        plain function run; a procedure (its position resumes), a step, a parallel run, hooks
+        or audit keep the statement's own driver."""
+        s = self.statement
+        if (s.driver == "keyset" and s.operation_type in ("update", "delete") and not s.range_batches
+                and not self.policy.is_procedure and not self.steps and self.step is None
+                and self.parallel is None and not getattr(self.policy, "captures_rows", False)):
+            return "heap_walk"
+        return s.driver_template
+
+    @property
     def generic_plans(self) -> bool:
         if self.steps:
             return any(s.statement.generic_plans for s in self.steps)

@@ -178,6 +178,9 @@ def prepare(h, dense=False):
     assert target, "the seeded rows match none of the operation's condition"
     if dense:
         params, target = h.make_target_dense(h.params)
+    # heap walk: the target in physical order (ctid), as the rows lie before the run
+    target = [r[0] for r in h.conn.execute(psycopg.sql.SQL(
+        "SELECT {k}::text FROM {t} WHERE {k}::text = ANY(%s) ORDER BY ctid").format(k=h.pk, t=h.table), (target,))]
     return params, target
 
 
@@ -275,8 +278,6 @@ def test_batch_size_argument_overrides_the_file(h):
     assert h.logged_batch_sizes(r["operation_id"]) == [size] * r["batch_count"]
     log = h.batch_log(r["operation_id"])
     assert all(b[1] + b[2] <= size for b in log), "a batch took more records than the batch_size argument"
-
-
 def cancelled_after_first_batch(h, params, first_batch, size=BATCH):
     """Run (in batches of size) with a cancel requested inside the first batch; the stopped run's result."""
     h.record_touches()
