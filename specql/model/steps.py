@@ -56,6 +56,7 @@ _NOT_WITH_STEPS = {
                 "another on one connection",
 }
 _FUNCTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$")
+_INTEGER_TYPES = {"smallint", "integer", "bigint"}  # keys of one cast to another
 _STOP_TOKENS = {"id", "ids", "data", "the", "of", "to", "and", "step", "all"}
 
 
@@ -445,6 +446,13 @@ class StepsReader:
                 ctx.error(wpath, f"output :{ph.name} holds keys of many rows: use it as a condition's "
                                  f"'{pk} IN (:{ph.name})' or '{pk} = ANY(:{ph.name})' (joined by AND to the rest)",
                           offset=ph.offset)
+            elif ph.name in ctx.step_outputs and ctx.step_outputs[ph.name].holds == "keys":
+                # The step walks them as its own keys: they are cast to its key type batch by batch.
+                out, pk_type = ctx.step_outputs[ph.name], ctx.target.primary_key.sql_type
+                if out.key_type != pk_type and not {out.key_type, pk_type} <= _INTEGER_TYPES:
+                    ctx.error(wpath, f"output :{ph.name} holds {out.key_type} keys (of step '{out.step}'), but "
+                                     f"{pk} of {ctx.target.name} is {pk_type}: a step walks an output as keys "
+                                     f"of its own table", offset=ph.offset)
 
     def _unavailable(self, ctx, path, name: str, offset) -> None:
         producer = ctx.unavailable_outputs[name]
