@@ -875,3 +875,49 @@ def test_a_run_failed_inside_its_second_step_resumes_after_the_fix(generated, da
             [(1, [1]), (2, [0])]
         assert step_rows(conn, op)[1][:6] == (2, "bump", "completed_with_errors", GRP1, GRP1, 0)
         assert outputs_left(conn, op) == 0
+
+
+# ----------------------------------------------------------------------------- refusals across files
+
+
+def test_keys_of_another_type_are_refused_where_they_are_walked(tmp_path, monkeypatch):
+    """A step walking the users' uuid keys as keys of order (bigint): refused, located (the run
+    would otherwise stop on a cast error outside any batch). Two entity files, so not in the
+    one-file corpus of tests/bad_entities/."""
+    from click.testing import CliRunner
+
+    from specql.cli import main
+
+    write_entities(tmp_path / "e", user="""
+        name: user
+        fields:
+          id: uuid
+          status: string
+        patterns:
+          - name: batch_operations
+            operation: close_users
+            steps:
+              - name: find
+                operation_type: select
+                where_condition: "status = 'closed'"
+              - name: close_orders
+                operation_type: update
+                target_entity: order
+                update_data:
+                  status: cancelled
+                where_condition: "id IN (:find_ids)"
+        """, order="""
+        name: order
+        fields:
+          id: bigint
+          user_id: uuid
+          status: string
+        """)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["validate", "e"])
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        "e/user.yaml:18:34: error: output :find_ids holds uuid keys (of step 'find'), but id of order is bigint: "
+        "a step walks an output as keys of its own table",
+        "1 error(s); nothing was written.",
+    ]
