@@ -3,12 +3,12 @@ CREATE SEQUENCE IF NOT EXISTS public.ledger_copy_seq START 100000000;
 
 -- Per account, the sum of the month's open entries, as new ledger rows.
 CREATE OR REPLACE FUNCTION public.ledger_totals(input jsonb)
-RETURNS TABLE (id bigint, account text, amount numeric)
+RETURNS TABLE (account text, amount numeric)
 LANGUAGE plpgsql STABLE
 AS $$
 BEGIN
     RETURN QUERY
-    SELECT 200000000 + row_number() OVER (ORDER BY l.account), l.account, sum(l.amount)
+    SELECT l.account, sum(l.amount)
     FROM public.ledger AS l
     WHERE l.booked_on >= (input ->> 'since')::date AND l.note IS NULL
     GROUP BY l.account;

@@ -7,4 +7,4 @@ AS $$ SELECT id FROM public.parcel WHERE weight > 30 ORDER BY id $$;
 CREATE OR REPLACE FUNCTION public.restock_parcels(cutoff timestamptz)
 RETURNS TABLE (id uuid, status text, weight integer)
 LANGUAGE sql STABLE
-AS $$ SELECT gen_random_uuid(), 'new', 1 FROM generate_series(1, 3) WHERE cutoff IS NOT NULL $$;
+AS $$ SELECT md5(cutoff::text || g)::uuid, 'new', 1 FROM generate_series(1, 3) AS g WHERE cutoff IS NOT NULL $$;
