@@ -319,27 +319,13 @@ $specql_replay$"""  # executed without parameters: a % in it is the SQL's own
                 f"AS _e) AS _source")
 
     def expected_batches(self, replayed: list[dict], size: int | None = None) -> int:
-        """The batches a run takes: a walk cuts its records every batch size; a step reading an
-        output slices each chunk of it (a select's chunk is one of its batches, a function's
-        rows are cut every batch size); a call is one batch."""
-        chunked: dict[str, list[int]] = {}
+        """The batches a run takes: a walk cuts the records it takes every batch size (a step
+        reading an output takes its keys or records in order, a batch running on from one
+        chunk into the next); a call is one batch."""
         total = 0
         for s, r in zip(self.steps, replayed):
             own = size or s["batch_size"]
-            st = s["statement"]
-            if s["operation_type"] == "custom_function":
-                pieces = [1]
-                if s["output"] and s["output"]["used"]:
-                    chunked[s["output"]["name"]] = chunks(r["output"], own)
-            elif st["driver"] in ("output_keys", "output_records"):
-                source = chunked.get(st["key_output"] or st["source_output"], [])
-                pieces = [p for c in source for p in chunks(c, own)]
-            else:
-                pieces = chunks(r["walked"], own)
-            if s["output"] and s["output"]["used"] and s["operation_type"] != "custom_function":
-                chunked[s["output"]["name"]] = pieces if s["operation_type"] == "select" else [
-                    p for p in pieces]  # an insert's chunk: the keys of one batch (every record makes a row)
-            total += len(pieces)
+            total += 1 if s["operation_type"] == "custom_function" else len(chunks(r["walked"], own))
         return total
 
     def touches_expected(self, replayed: list[dict], table: str) -> Counter:

@@ -1,0 +1,103 @@
+"""The generated tests of multi-step operations (templates/tests/steps.py.j2) catch real bugs:
+each fault below is injected into the generated SQL of the example entities' multi-step
+operations (and of SHIPMENT, a commit_per_batch multi-step procedure, which no example is),
+one at a time, and the operation's generated tests must fail. The machinery is
+tests/test_faults.py's (same fixture shape, same runner)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from specql.generate import generate
+from specql.testgen import generate_tests
+
+from test_faults import run_generated_tests, with_fault
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# name -> (migration file part, generated test module, regex, replacement)
+FAULTS = {
+    # the update walking the select's keys never reads their last chunk
+    "a step reading an output skips its last chunk": (
+        "public.user", "test_public_migrate_user_data",
+        r"(AND o\.output = 'validated_user_ids' AND o\.chunk > _chunk)",
+        r"\1 AND o.chunk < (SELECT max(m.chunk) FROM specql.batch_operation_outputs AS m "
+        r"WHERE m.operation_id = _result.operation_id AND m.output = 'validated_user_ids')"),
+    "a step row does not sum its batches": (
+        "public.user", "test_public_migrate_user_data",
+        r"processed_records = _result\.processed_records - _step_base\.processed_records,",
+        "processed_records = _result.processed_records - _step_base.processed_records - 1,"),
+    "a completed run keeps its outputs": (
+        "public.user", "test_public_migrate_user_data",
+        r"DELETE FROM specql\.batch_operation_outputs WHERE operation_id = _result\.operation_id;", "NULL;"),
+    "a step takes the operation's batch size, not its own": (
+        "public.user", "test_public_migrate_user_data",
+        r"nullif\(_outer_batch_size, ''\)::integer, 500\);", "nullif(_outer_batch_size, '')::integer, 100);"),
+    # refresh_product_cache's function rows (a stand-in's): the last, partial chunk is never stored
+    "a function's rows lose their last chunk": (
+        "public.product_cache", "test_public_refresh_product_cache",
+        r"IF cardinality\(_items\) > 0 THEN", "IF false THEN"),
+    # the position a commit_per_batch step saves is 5 keys before its batch's end
+    "a resumed step redoes part of its last batch": (
+        "public.shipment", "test_public_archive_shipments",
+        r"'next', _to \+ 1\)", "'next', _to - 4)"),
+}
+
+SHIPMENT = """
+name: shipment
+fields:
+  id: integer
+  status: string
+  weight: integer
+patterns:
+  - name: batch_operations
+    operation: archive_shipments
+    steps:
+      - name: heavy
+        operation_type: select
+        where_condition: "status = 'heavy'"
+        batch_size: 40
+      - name: mark_heavy
+        operation_type: update
+        update_data: {status: archived}
+        where_condition: "id IN (:heavy_ids)"
+        batch_size: 30
+      - name: drop_light
+        operation_type: delete
+        where_condition: "status = 'light'"
+        batch_size: 25
+    transaction: commit_per_batch
+    batch_size: 50
+"""
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    out = tmp_path_factory.mktemp("generated")
+    extra = tmp_path_factory.mktemp("extra_entities")
+    (extra / "shipment.yaml").write_text(SHIPMENT)
+    sources = [str(ROOT / "entities"), str(extra)]
+    generate(sources, out)
+    generate_tests(sources, out)
+    return out
+
+
+def test_the_unchanged_sql_passes_its_generated_tests(generated, pg_server_url):
+    for module in sorted({module for _, module, _, _ in FAULTS.values()}):
+        proc = run_generated_tests(generated, generated / "migrations", module, pg_server_url)
+        assert proc.returncode == 0, f"{module}:\n{proc.stdout[-3000:]}"
+        assert " passed" in proc.stdout and " skipped" not in proc.stdout, proc.stdout[-1000:]
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_the_generated_tests_catch_the_fault(fault, generated, pg_server_url, tmp_path):
+    part, module, pattern, replacement = FAULTS[fault]
+    faulty = with_fault(generated, tmp_path, part, pattern, replacement)
+    proc = run_generated_tests(generated, faulty, module, pg_server_url)
+    assert proc.returncode == 1, f"fault not caught: {fault}\n{proc.stdout[-3000:]}"
+    caught_by = re.findall(r"^FAILED \S+::(\w+)", proc.stdout, flags=re.M)
+    assert caught_by, proc.stdout[-3000:]
+    print(f"{fault}: caught by {', '.join(sorted(set(caught_by)))}")
