@@ -244,6 +244,11 @@ class StepsReader:
                 other = self.steps_spec[self.outputs[name][0]]["name"]
                 ctx.error(opath, f"output '{name}' is also the output of step '{other}'")
                 continue
+            if name in (ctx.spec.get("params") or {}):
+                ctx.error(ctx.at("params", name), f"parameter '{name}' has the name of the output of step "
+                                                  f"'{step['name']}': :{name} could mean either; rename one",
+                          key=True)
+                continue
             holds = "records" if step["operation_type"] == "custom_function" else "keys"
             self.outputs[name] = (i, holds)
         return len(ctx.problems) == n_problems
