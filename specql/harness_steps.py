@@ -133,7 +133,9 @@ class Steps:
         """Replace each function of stood_in() (the project's, which may read tables the tests
         do not seed) by a stand-in of the same signature and result that writes nothing: one
         row per key of an array input (the first result column of the key's type is the key),
-        else 2.5 batches of rows; every other column a value of its type from the row number."""
+        else, for rows a later step reads as keys, every other key of its table (up to 2.5
+        batches), else 2.5 batches of rows; every other column a value of its type from the
+        row number."""
         for step in self.stood_in():
             call = step["call"]
             found = self.conn.execute(
@@ -148,13 +150,23 @@ class Steps:
             columns = [(n, t) for n, t, m in zip(names or [], types or [], modes or []) if m in ("t", "o")]
             array_input = (call["input_type"] or "").endswith("[]")
             element = (call["input_type"] or "")[:-2] if array_input else None
+            consumer = next((c for c in self.steps if c["statement"]["key_output"] == step["output"]["name"]), None)
             if array_input:
                 rows = "unnest($1) WITH ORDINALITY AS _u(k, i)"
+            elif consumer is not None:
+                # rows read as keys by a later step: every other key of that step's table
+                t = consumer["target"]
+                element = self.conn.execute(
+                    f"SELECT a.atttypid::regtype::text FROM pg_catalog.pg_attribute AS a "
+                    f"WHERE a.attrelid = %s::regclass AND a.attname = %s", (t["table"], t["pk"])).fetchone()[0]
+                rows = (f"(SELECT {t['pk_ident']} AS k, row_number() OVER (ORDER BY {t['pk_ident']}) AS i FROM {t['table']} "
+                        f"WHERE abs(hashtext({t['pk_ident']}::text)) % 2 = 0 "
+                        f"ORDER BY {t['pk_ident']} LIMIT {int(step['batch_size'] * 2.5) + 1}) AS _u")
             else:
                 rows = f"(SELECT NULL AS k, g AS i FROM generate_series(1, {int(step['batch_size'] * 2.5) + 1}) AS g) AS _u"
             values, keyed = [], False
             for col, sql_type in (columns or [(None, rettype)]):
-                if array_input and not keyed and self.conn.execute(
+                if element is not None and not keyed and self.conn.execute(
                         "SELECT %s::regtype = %s::regtype", (sql_type, element)).fetchone()[0]:
                     values.append("_u.k")
                     keyed = True
@@ -242,7 +254,8 @@ $specql_replay$"""  # executed without parameters: a % in it is the SQL's own
         kind = s["operation_type"]
         if kind == "select":
             lines.append(f"    SELECT count(*), coalesce(array_agg({pk}::text ORDER BY {pk}), '{{}}') INTO _n, _keys FROM {table}{where};")
-            lines.append("    _w := _n;")
+            # a walk takes the matching rows; a select over an output or id array, their keys
+            lines.append(f"    _w := {'_n' if st['driver'] == 'keyset' else self.walked_sql(s)};")
             if out:
                 lines.append(f"    INSERT INTO {OUTPUTS_TABLE} (operation_id, output, chunk, keys, records) "
                              f"SELECT _result.operation_id, {_literal(out['name'])}, 1, _keys, "
