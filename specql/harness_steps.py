@@ -20,6 +20,7 @@ a third of the rows, so `x IS NOT NULL` selects some rows and not others.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections import Counter
@@ -192,7 +193,7 @@ class Steps:
         if base == "boolean":
             return "_u.i % 2 = 0"
         if base.startswith("timestamp"):
-            return f"(now() - _u.i * interval '1 hour')::{sql_type}"
+            return f"(timestamptz '2024-03-01 12:00+00' - _u.i * interval '1 hour')::{sql_type}"
         if base == "date":
             return "(date '2024-03-01' + _u.i::integer)"
         if base == "jsonb":
@@ -215,7 +216,27 @@ class Steps:
             row = self.conn.execute(
                 sql.SQL("SELECT pg_temp.{}({})").format(sql.SQL(self.f["name_ident"]), args),
                 {p["name"]: adapt(params[p["name"]], p["sql_type"]) for p in given}).fetchone()
-        return row[0]
+        self.replayed_rows = row[0]["rows"]
+        return row[0]["steps"]
+
+    def volatile_columns(self) -> set[str]:
+        """Columns of the operation's table a step sets to a value of the moment (now(), a new
+        key, a sequence): the replay's and the run's differ there."""
+        volatile = re.compile(r"now\(|clock_timestamp|statement_timestamp|transaction_timestamp|current_time"
+                              r"|localtime|random|gen_random_uuid|uuidv|nextval", re.I)
+        return {a["column"] for s in self.steps if self.on_target(s)
+                for a in s["statement"]["assignments"] if a["kind"] == "sql" and volatile.search(a["sql"])}
+
+    def differences(self, snapshot: dict[str, str]) -> list[str]:
+        """Keys of rows in both the replay's final table and `snapshot` (key -> row as jsonb
+        text, Targets.snapshot) whose columns differ, but for volatile_columns()."""
+        skip = self.volatile_columns()
+        differ = []
+        for key in sorted(set(snapshot) & set(self.replayed_rows)):
+            have, want = json.loads(snapshot[key]), self.replayed_rows[key]
+            if {c: v for c, v in have.items() if c not in skip} != {c: v for c, v in want.items() if c not in skip}:
+                differ.append(key)
+        return differ
 
     def replay_function(self) -> str:
         f = self.f
@@ -242,7 +263,8 @@ DECLARE
 BEGIN
     _result.operation_id := gen_random_uuid();
 {body}
-    RETURN _out;
+    RETURN jsonb_build_object('steps', _out, 'rows',
+        (SELECT coalesce(jsonb_object_agg(_t.{self.h.pk_column['ident']}::text, to_jsonb(_t)), '{{}}') FROM {f['table']} AS _t));
 END
 $specql_replay$"""  # executed without parameters: a % in it is the SQL's own
 

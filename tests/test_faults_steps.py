@@ -30,6 +30,10 @@ FAULTS = {
         "public.user", "test_public_migrate_user_data",
         r"processed_records = _result\.processed_records - _step_base\.processed_records,",
         "processed_records = _result.processed_records - _step_base.processed_records - 1,"),
+    # the update step's SET loses a column: every count is right, the rows are not
+    "an update step leaves a column out": (
+        "public.user", "test_public_migrate_user_data",
+        r"SET migrated_at = now\(\),\s+migration_version = '2\.0'", "SET migrated_at = now()"),
     "a completed run keeps its outputs": (
         "public.user", "test_public_migrate_user_data",
         r"DELETE FROM specql\.batch_operation_outputs WHERE operation_id = _result\.operation_id;", "NULL;"),
