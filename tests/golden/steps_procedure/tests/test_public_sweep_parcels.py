@@ -599,6 +599,8 @@ def check_effects(h, stand_ins):
     check_run(steps, r, expected)
     # the operation's table: rows deleted, changed and added as the steps' plain statements do
     assert set(before) - set(after) == changes_on_the_table(expected, ("delete",)) & set(before)
+    # every row the run and the replay both end with holds the same values (but values of the moment)
+    assert not steps.differences(after), "rows differ from what the steps' plain statements leave"
     changed = {k for k in after if k in before and after[k] != before[k]}
     assert changed <= changes_on_the_table(expected, ("update", "upsert"))
     # rows added: an insert's keys may be new defaults (not the replay's), so they are counted;
@@ -639,6 +641,7 @@ def test_second_run_does_what_the_steps_say_then_and_nothing_else(h):
     after = h.snapshot()
     assert r["status"] == "completed"
     check_run(steps, r, again)
+    assert not steps.differences(after), "rows differ from what the steps' plain statements leave"
     changed = {k for k in between if after.get(k) != between[k]}
     assert changed <= changes_on_the_table(again, ("update", "upsert", "delete")), "a row no step changes changed"
 
