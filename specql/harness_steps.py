@@ -21,11 +21,8 @@ a third of the rows, so `x IS NOT NULL` selects some rows and not others.
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections import Counter
-from typing import Any
-
 import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
@@ -77,10 +74,6 @@ class Steps:
             if s["operation_type"] != "custom_function":
                 return None
         return None
-
-    def writing_step(self) -> dict | None:
-        """The first step that changes a table (a cancel request is made from its first batch)."""
-        return next((s for s in self.steps if s["operation_type"] not in ("select", "custom_function")), None)
 
     def nullable_read(self) -> list[dict]:
         """Nullable columns of the operation's table that a step's condition reads."""
@@ -158,8 +151,8 @@ class Steps:
                 # rows read as keys by a later step: every other key of that step's table
                 t = consumer["target"]
                 element = self.conn.execute(
-                    f"SELECT a.atttypid::regtype::text FROM pg_catalog.pg_attribute AS a "
-                    f"WHERE a.attrelid = %s::regclass AND a.attname = %s", (t["table"], t["pk"])).fetchone()[0]
+                    "SELECT a.atttypid::regtype::text FROM pg_catalog.pg_attribute AS a "
+                    "WHERE a.attrelid = %s::regclass AND a.attname = %s", (t["table"], t["pk"])).fetchone()[0]
                 rows = (f"(SELECT {t['pk_ident']} AS k, row_number() OVER (ORDER BY {t['pk_ident']}) AS i FROM {t['table']} "
                         f"WHERE abs(hashtext({t['pk_ident']}::text)) % 2 = 0 "
                         f"ORDER BY {t['pk_ident']} LIMIT {int(step['batch_size'] * 2.5) + 1}) AS _u")
@@ -426,9 +419,4 @@ $specql_replay$"""  # executed without parameters: a % in it is the SQL's own
         return Counter(r[0] for r in self.conn.execute("SELECT key FROM public.specql_test_step_touches").fetchall())
 
 
-def batches_of(n: int, size: int) -> int:
-    return math.ceil(n / size) if n else 0
-
-
-__all__ = ["Steps", "chunks", "batches_of"]
-_ = Any
+__all__ = ["Steps", "chunks"]
