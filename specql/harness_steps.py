@@ -66,6 +66,13 @@ class Steps:
     def on_target(self, step: dict) -> bool:
         return step["target"]["table"] == self.f["table"]
 
+    def size_of(self, step: dict, size: int | None = None) -> int:
+        """The batch size a step runs with: the batch_size argument (the harness gives one for
+        batch_size: auto, the first batch's size, harness_calls), else the step's own."""
+        if size is None and self.f.get("target_batch_time"):
+            size = self.f["batch_size"]
+        return size or step["batch_size"]
+
     def walking_step(self) -> dict | None:
         """The first step that walks a condition of the operation's table (its size sizes the seed)."""
         for s in self.steps:
@@ -352,7 +359,7 @@ $specql_replay$"""  # executed without parameters: a % in it is the SQL's own
         chunk into the next); a call is one batch."""
         total = 0
         for s, r in zip(self.steps, replayed):
-            own = size or s["batch_size"]
+            own = self.size_of(s, size)
             total += 1 if s["operation_type"] == "custom_function" else len(chunks(r["walked"], own))
         return total
 

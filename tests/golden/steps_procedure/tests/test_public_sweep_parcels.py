@@ -571,7 +571,7 @@ def check_run(steps, r, expected, size=None):
     assert [b[1] for b in log] == [row["step_name"] for row in rows for _ in range(row["batch_count"])], \
         "log rows do not name the steps in run order"
     for s, row in zip(STEPS, rows):
-        limit = size or s["batch_size"]
+        limit = steps.size_of(s, size)
         mine = [b for b in log if b[1] == s["name"]]
         assert all(b[4] == limit for b in mine), f"step {s['name']}: logged batch_size"
         assert all(b[2] + b[3] <= limit for b in mine), f"step {s['name']}: a batch took more than its batch size"
@@ -670,7 +670,7 @@ def cancelled_in_first_writing_batch(h, steps, params, expected):
     assert stopped["batch_count"] == 1, "the step went on after its first batch"
     touches = steps.touches()
     assert set(touches.values()) <= {1}
-    assert sum(touches.values()) == stopped["processed_records"] <= step["batch_size"]
+    assert sum(touches.values()) == stopped["processed_records"] <= steps.size_of(step)
     for field in ("processed_records", "failed_records", "batch_count"):
         assert r[field] == sum(s[field] for s in rows), f"the run's {field} is not the sum of its steps'"
     assert h.run_row(r["operation_id"])["status"] == "cancelled"
