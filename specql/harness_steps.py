@@ -29,6 +29,8 @@ from psycopg.rows import dict_row
 
 from .contract import SCHEMA
 from .harness_calls import NOT_BATCHES
+from .harness_records import _unique_value
+from .harness_tables import sample_value
 from .harness_target import adapt, placeholders
 
 STEPS_TABLE = f"{SCHEMA}.batch_operation_steps"
@@ -101,10 +103,37 @@ class Steps:
         while True:
             self.h.seed(min(chunk, SEED_CAP - self.h.seeded))
             self.null_some()
-            params = self.h.params()
+            params = {**self.h.params(), **self.source_records()}
             if walker is None or self.h.seeded >= SEED_CAP or self.matching(walker, params) >= wanted:
                 return params
             chunk *= 2
+
+    def source_records(self) -> dict[str, list[dict]]:
+        """Records for each jsonb parameter a step on the operation's table takes as its
+        data_source: two and a half of its batches, values from the fields' columns (as
+        harness_records makes a single-step insert's)."""
+        out: dict[str, list[dict]] = {}
+        for step in self.steps:
+            name = step["statement"]["source_param"]
+            if not name or not self.on_target(step):
+                continue
+            fields = [(a["ref"], self.h.column(a["column"])) for a in step["statement"]["assignments"]
+                      if a["kind"] == "record"]
+            identifying = set(step["statement"]["conflict_columns"])
+            references = {c["name"]: self.h.reference_values(c) for _, c in fields if c["references"]}
+            records = []
+            for i in range(int(step["batch_size"] * 2.5) + 1):
+                rec = {}
+                for field, column in fields:
+                    if column["name"] in references:
+                        rec[field] = references[column["name"]][i % len(references[column["name"]])]
+                    elif column["primary_key"] or column["unique"] or column["name"] in identifying:
+                        rec[field] = _unique_value(column, i)
+                    else:
+                        rec[field] = sample_value(column["sql_type"], i)
+                records.append(rec)
+            out[name] = records
+        return out
 
     def null_some(self) -> None:
         """A third of the rows get NULL in each nullable column a condition reads (each its own third)."""
