@@ -34,6 +34,10 @@ FAULTS = {
     "an update step leaves a column out": (
         "public.user", "test_public_migrate_user_data",
         r"SET migrated_at = now\(\),\s+migration_version = '2\.0'", "SET migrated_at = now()"),
+    # stop_on_error: the steps after a failed one start anyway
+    "the steps after a failed step still start": (
+        "public.user", "test_public_migrate_user_data",
+        r"IF _stop IS NOT NULL THEN(\s+)NULL;  -- the run stopped before this step", r"IF false THEN\1NULL;"),
     "a completed run keeps its outputs": (
         "public.user", "test_public_migrate_user_data",
         r"DELETE FROM specql\.batch_operation_outputs WHERE operation_id = _result\.operation_id;", "NULL;"),

@@ -646,6 +646,40 @@ def test_second_run_does_what_the_steps_say_then_and_nothing_else(h):
     assert changed <= changes_on_the_table(again, ("update", "upsert", "delete")), "a row no step changes changed"
 
 
+def test_a_failing_row_in_a_step_follows_the_error_mode(h):
+    # collect_errors: a row of the first step that changes existing rows of the table fails (a trigger)
+    steps, params, expected = prepare(h, stand_ins=STAND_INS)
+    i = next((i for i, (s, want) in enumerate(zip(STEPS, expected))
+              if s["target"]["table"] == FACTS["table"] and s["operation_type"] in ("update", "delete", "upsert")
+              and set(want["keys"]) & set(h.snapshot())), None)
+    if i is None:
+        pytest.skip("no step changes rows that exist before the run: there is no row to plant a failure in")
+    step, want = STEPS[i], expected[i]
+    existing = sorted(set(want["keys"]) & set(h.snapshot()))
+    bad = existing[len(existing) // 2]
+    h.poison_keys(bad)
+    before = h.snapshot()[bad]
+    r = h.call(params).result
+    rows = steps.step_rows(r["operation_id"])
+    for s, row, earlier in zip(STEPS[:i], rows, expected):
+        assert (row["status"], row["processed_records"]) == ("completed", earlier["processed"]), s["name"]
+    failing = rows[i]
+    errors = h.errors(r["operation_id"])
+    assert len(errors) == r["error_count"] == failing["error_count"] == 1
+    assert errors[0][1] == "23514"
+    assert h.snapshot().get(bad) == before, "the failing row changed"
+    every_walked_row_changes = want["processed"] == want["walked"]
+    assert r["status"] == "completed_with_errors"
+    assert failing["status"] == "completed_with_errors"
+    assert failing["failed_records"] == 1, "collect_errors: only the failing record fails"
+    assert [str(k) for k in errors[0][3]] == [bad]
+    if every_walked_row_changes:
+        assert failing["processed_records"] == want["processed"] - 1
+    assert [row["step_number"] for row in rows] == [s["number"] for s in STEPS], "the run did not go on"
+    for field in ("processed_records", "failed_records", "error_count", "batch_count"):
+        assert r[field] == sum(s[field] for s in rows), f"the run's {field} is not the sum of its steps'"
+
+
 def cancelled_in_first_writing_batch(h, steps, params, expected):
     """Run with a cancel requested from the first statement that writes a table: the step that
     writes first (with records to take) stops after its first batch. Skipped when no step
