@@ -1,7 +1,7 @@
 """The generated tests catch real bugs: each fault below is injected into the generated SQL
-of the example entities (and of NOTE, an insert whose fields declare defaults, and LEDGER,
-an update that retries lock waits, which no example has), one at a time, and the generated
-tests must fail."""
+of the example entities (and of NOTE, an insert whose fields declare defaults, LEDGER,
+an update that retries lock waits, and SESSION, a delete over a uuid key, which no example
+has), one at a time, and the generated tests must fail."""
 
 from __future__ import annotations
 
@@ -105,14 +105,14 @@ FAULTS = {
     "soft-deleted row touched": (
         "public.member", "test_public_set_member_status",
         r"\(status = set_member_status\.old_status\) AND deleted_at IS NULL", "(status = set_member_status.old_status)"),
-    # issue 15, the heap walk (a uuid key walked in physical order): each batch's ctid range ends
-    # before its last listed row, which the walk has passed: that row is never changed
+    # issue 15, the heap walk (SESSION: a delete over a uuid key, walked in physical order): each
+    # batch's ctid range ends before its last listed row, which the walk has passed: never deleted
     "heap walk skips the last row of each batch": (
-        "public.order", "test_public_bulk_approve_orders",
+        "public.session", "test_public_purge_sessions",
         r"ctid <= _tids\[cardinality\(_tids\)\]", "ctid < _tids[cardinality(_tids)]"),
     # a listing takes more rows than a batch holds
     "heap walk batch wider than batch_size": (
-        "public.order", "test_public_bulk_approve_orders",
+        "public.session", "test_public_purge_sessions",
         r"LIMIT _batch_size - cardinality\(_tids\)", "LIMIT _batch_size + 5 - cardinality(_tids)"),
     # ignore_conflicts: a record skipped by a unique conflict counted as processed
     "a conflict counted as processed": (
@@ -169,12 +169,30 @@ patterns:
 """
 
 
+# No example deletes by a condition over a uuid key (the heap walk, issue 15).
+SESSION = """
+name: session
+fields:
+  id: uuid
+  expires_at: timestamp
+  user_name: string
+patterns:
+  - name: batch_operations
+    operation: purge_sessions
+    operation_type: delete
+    where_condition: "expires_at < :cutoff"
+    batch_size: 40
+    progress_tracking: true
+"""
+
+
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory):
     out = tmp_path_factory.mktemp("generated")
     extra = tmp_path_factory.mktemp("extra_entities")
     (extra / "note.yaml").write_text(NOTE)
     (extra / "ledger_entry.yaml").write_text(LEDGER)
+    (extra / "session.yaml").write_text(SESSION)
     sources = [str(ROOT / "entities"), str(extra)]
     generate(sources, out)
     generate_tests(sources, out)

@@ -257,19 +257,16 @@ SENTINELS = [
     ("keyset", "change a key range or listed keys", "IF _ranged THEN\n"),
     ("keyset", "key range topped up", "-- Fewer rows than a batch: top it up"),
     ("keyset", "top-up keys after the range", "WHERE id > _upto"),
-    # --- heap walk (issue 15, case heap_walk_text_key): a uuid/text key walked in physical order
+    # --- heap walk (issue 15, case heap_walk_text_key): a delete over a uuid/text key in physical order
     ("heap walk", "the walk lists a window of blocks", "-- Heap walk: the next _batch_size matching rows after _pos in physical order"),
-    ("heap walk", "a walk with a condition", re.compile(r"least\(_blk \+ _win, _end\)\)::tid\n\s+AND \(state = touch_docs\.state\)")),
+    ("heap walk", "a walk with a condition", re.compile(r"least\(_blk \+ _win, _end\)\)::tid\n\s+AND \(state = drop_docs\.state\)")),
     ("heap walk", "a walk of every row", re.compile(r"least\(_blk \+ _win, _end\)\)::tid\n\s+AND \(NOT _catch_up")),
-    ("heap walk", "an update leaves this run's own versions out", "IS DISTINCT FROM 'in progress' END"),
-    ("heap walk", "a delete writes no versions: no such filter", re.compile(r"age\(xmin\) <= _newer\)\n\s+ORDER BY ctid")),
     ("heap walk", "the batch by its ctid range, re-checking the condition", "WHERE ctid >= _tids[1] AND ctid <= _tids[cardinality(_tids)] AND (state = "),
-    ("heap walk", "the batch by its ctid range, every row", re.compile(r"WHERE ctid >= _tids\[1\] AND ctid <= _tids\[cardinality\(_tids\)\]\n")),
-    ("heap walk", "a delete's batch without the own-version filter", re.compile(r"AND \(state = drop_docs\.state\);")),
+    ("heap walk", "the batch by its ctid range, every row", "WHERE ctid >= _tids[1] AND ctid <= _tids[cardinality(_tids)];"),
     ("heap walk", "batch counts its records", "_batch_records := cardinality(_tids);"),
+    ("heap walk", "without counting its records", re.compile(r"EXIT batches WHEN cardinality\(_tids\) = 0;\n\n")),
     ("heap walk", "collect_errors: a failed batch row by row by ctid", "_tids := ARRAY[_batch_tids[_i]];"),
     ("heap walk", "a failed batch lists its keys", "-- The batch's keys, in the order of its rows."),
-    ("heap walk", "without counting its records", re.compile(r"EXIT batches WHEN cardinality\(_tids\) = 0;\n\n")),
     # --- entity file, table, stale routines, runtime
     ("entity", "managed table", "CREATE TABLE IF NOT EXISTS public.warehouse ("),
     ("entity", "unmanaged table: no CREATE TABLE", "(entity stock).\n"),

@@ -178,9 +178,6 @@ def prepare(h, dense=False):
     assert target, "the seeded rows match none of the operation's condition"
     if dense:
         params, target = h.make_target_dense(h.params)
-    # heap walk: the target in physical order (ctid), as the rows lie before the run
-    target = [r[0] for r in h.conn.execute(psycopg.sql.SQL(
-        "SELECT {k}::text FROM {t} WHERE {k}::text = ANY(%s) ORDER BY ctid").format(k=h.pk, t=h.table), (target,))]
     return params, target
 
 

@@ -18,7 +18,7 @@ ALTER TABLE public.member ADD COLUMN IF NOT EXISTS score integer;
 
 -- -----------------------------------------------------------------------------
 -- public.reset_scores: Reset every member's score
---   update public.member in batches of 1000, walking the heap in physical order (ctid windows)
+--   update public.member in batches of 1000, walking the primary key (keyset pagination)
 --   transaction: single; error_handling: stop_on_error
 -- -----------------------------------------------------------------------------
 
@@ -58,16 +58,7 @@ DECLARE
     -- specql:generated from keyset_uuid_everything/member.yaml; edit the entity file, not this body.
     _result specql.batch_operation_result;
     _keys uuid[];        -- primary keys of the current batch
-    _tids tid[];               -- where the current batch's rows are: the batch is listed and changed by them
-    _more_tids tid[];
-    _pos tid := '(0,0)';       -- heap walk position: every row before it has been listed
-    _blk bigint := 0;          -- the block of _pos
-    _win bigint := 8;          -- blocks one listing reads (doubles while listings come back short)
-    _first_blk bigint;         -- the block the current batch's listing started at
-    _end bigint;               -- where the walk ends: the heap's blocks at the start, then at the catch-up
-    _base bigint;              -- 64-bit transaction id that age() counts from
-    _newer bigint;             -- age() of the oldest transaction still running when the run started
-    _catch_up boolean := false;  -- the walk reached _end once: only rows newer than the run now
+    _last uuid;          -- keyset position: the last key of the previous batch
     _n bigint;
     _batch_processed bigint;
     _batch_failed bigint;
@@ -121,11 +112,6 @@ BEGIN
             USING ERRCODE = 'SQ001', HINT = 'Nothing was changed.';
     END IF;
 
-    -- Heap walk: the heap's blocks now (the walk ends there, then catches up), and the ids that
-    -- tell this transaction's own row versions and the versions written since the run started.
-    _end := pg_catalog.pg_relation_size('public.member'::regclass) / pg_catalog.current_setting('block_size')::bigint;
-    _base := pg_catalog.pg_current_xact_id()::text::bigint - pg_catalog.age(pg_catalog.pg_current_xact_id()::xid);
-    _newer := _base - pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot())::text::bigint;
     -- Count what the operation would touch (for max_records, confirmation, progress).
     SELECT count(*) INTO _n FROM public.member;
     _result.total_records := _n;
@@ -165,49 +151,24 @@ BEGIN
                 RAISE EXCEPTION 'cancelled by specql.cancel_operation(%)', _result.operation_id USING ERRCODE = '57014';
             END IF;
             -- Select the next batch.
-            -- Heap walk: the next _batch_size matching rows after _pos in physical order, a window of
-            -- blocks at a time (a TID range scan), leaving out the versions this run wrote.
-            _tids := '{}';
-            _first_blk := _blk;
-            LOOP
-                _more_tids := ARRAY(SELECT ctid FROM public.member
-                                    WHERE ctid > _pos AND ctid < format('(%s,0)', least(_blk + _win, _end))::tid
-                                      AND (NOT _catch_up OR pg_catalog.age(xmin) <= _newer)
-                                      AND CASE WHEN pg_catalog.age(xmin) > 0 THEN true
-                                               ELSE pg_catalog.pg_xact_status((_base - pg_catalog.age(xmin))::text::xid8) IS DISTINCT FROM 'in progress' END
-                                    ORDER BY ctid LIMIT _batch_size - cardinality(_tids));
-                _tids := _tids || _more_tids;
-                IF cardinality(_tids) >= _batch_size THEN
-                    _pos := _tids[cardinality(_tids)];
-                    _blk := (_pos::text::point)[0]::bigint;
-                    -- A listing sorts its whole window: keep the window about twice what a batch spans.
-                    _win := greatest(8, 2 * (_blk - _first_blk + 1));
-                    EXIT;
-                END IF;
-                -- The window is read: move past it; the next one is twice as large.
-                _blk := least(_blk + _win, _end);
-                _pos := format('(%s,0)', _blk)::tid;
-                _win := least(_win * 2, 1048576);
-                IF _blk >= _end THEN
-                    EXIT WHEN _catch_up;  -- the catch-up pass is done too
-                    -- The walk reached where the heap ended at the start: catch up, over the whole heap as
-                    -- it is now, on rows another transaction wrote since the run started.
-                    _catch_up := true;
-                    _blk := 0;
-                    _pos := '(0,0)';
-                    _end := pg_catalog.pg_relation_size('public.member'::regclass) / pg_catalog.current_setting('block_size')::bigint;
-                    _win := _end;
-                END IF;
-            END LOOP;
-            EXIT batches WHEN cardinality(_tids) = 0;
+            -- Keyset pagination on the primary key: each batch is the next _batch_size matching keys
+            -- after the last key seen.
+            IF _last IS NULL THEN
+                _keys := ARRAY(SELECT id FROM public.member
+                               ORDER BY id LIMIT _batch_size);
+            ELSE
+                _keys := ARRAY(SELECT id FROM public.member
+                               WHERE id > _last
+                               ORDER BY id LIMIT _batch_size);
+            END IF;
+            EXIT WHEN cardinality(_keys) = 0;
+            _last := _keys[cardinality(_keys)];
 
             _batch_started := clock_timestamp();
 
             UPDATE public.member
             SET score = 0
-            WHERE ctid >= _tids[1] AND ctid <= _tids[cardinality(_tids)]
-              AND CASE WHEN pg_catalog.age(xmin) > 0 THEN true
-                       ELSE pg_catalog.pg_xact_status((_base - pg_catalog.age(xmin))::text::xid8) IS DISTINCT FROM 'in progress' END;
+            WHERE id = ANY(_keys);
             GET DIAGNOSTICS _n = ROW_COUNT;
             _batch_processed := _n;
             _batch_failed := 0;

@@ -17,13 +17,13 @@ ALTER TABLE public.doc ADD COLUMN IF NOT EXISTS state text;
 ALTER TABLE public.doc ADD COLUMN IF NOT EXISTS hits integer;
 
 -- -----------------------------------------------------------------------------
--- public.touch_docs: Count a hit on every doc in a state
---   update public.doc in batches of 50, walking the heap in physical order (ctid windows)
---   where: state = touch_docs.state
+-- public.drop_docs: Drop the docs in a state
+--   delete public.doc in batches of 50, walking the heap in physical order (ctid windows)
+--   where: state = drop_docs.state
 --   transaction: per_batch; error_handling: collect_errors
 -- -----------------------------------------------------------------------------
 
--- Drop an older specql-generated touch_docs whose arguments or kind differ: CREATE OR
+-- Drop an older specql-generated drop_docs whose arguments or kind differ: CREATE OR
 -- REPLACE cannot change those. Routines not marked "specql:generated" are never touched.
 DO $specql$
 DECLARE
@@ -34,9 +34,9 @@ BEGIN
         FROM pg_catalog.pg_proc AS p
         JOIN pg_catalog.pg_namespace AS n ON n.oid = p.pronamespace
         WHERE n.nspname = 'public'
-          AND p.proname = 'touch_docs'
+          AND p.proname = 'drop_docs'
           AND p.prosrc LIKE '%specql:generated%'
-          AND (p.oid IS DISTINCT FROM to_regprocedure('public.touch_docs(text, integer)')
+          AND (p.oid IS DISTINCT FROM to_regprocedure('public.drop_docs(text, integer)')
                OR p.prokind <> 'f'
                OR p.proargnames IS DISTINCT FROM ARRAY['state', 'batch_size']::text[])
     LOOP
@@ -45,7 +45,7 @@ BEGIN
 END
 $specql$;
 
-CREATE OR REPLACE FUNCTION public.touch_docs(
+CREATE OR REPLACE FUNCTION public.drop_docs(
     state text,
     batch_size integer DEFAULT NULL
 )
@@ -68,7 +68,7 @@ DECLARE
     _win bigint := 8;          -- blocks one listing reads (doubles while listings come back short)
     _first_blk bigint;         -- the block the current batch's listing started at
     _end bigint;               -- where the walk ends: the heap's blocks at the start, then at the catch-up
-    _base bigint;              -- 64-bit transaction id that age() counts from
+    _base bigint;              -- 64-bit transaction id that age() counts from (this transaction's)
     _newer bigint;             -- age() of the oldest transaction still running when the run started
     _catch_up boolean := false;  -- the walk reached _end once: only rows newer than the run now
     _batch_tids tid[];
@@ -96,16 +96,16 @@ BEGIN
     -- batch_size: this call's argument, else the one a calling specql routine was given
     -- (specql.batch_size), else the entity file's.
     _outer_batch_size := pg_catalog.current_setting('specql.batch_size', true);
-    _batch_size := coalesce(touch_docs.batch_size, nullif(_outer_batch_size, '')::integer, 50);
+    _batch_size := coalesce(drop_docs.batch_size, nullif(_outer_batch_size, '')::integer, 50);
     IF _batch_size < 1 THEN
         RAISE EXCEPTION 'batch_size must be at least 1, not %', _batch_size USING ERRCODE = '22023';
     END IF;
-    IF touch_docs.batch_size IS NOT NULL THEN
+    IF drop_docs.batch_size IS NOT NULL THEN
         PERFORM pg_catalog.set_config('specql.batch_size', _batch_size::text, true);
     END IF;
     _progress := pg_catalog.current_setting('specql.progress', true) = 'on';
     _result.operation_id := gen_random_uuid();
-    _result.operation := 'touch_docs';
+    _result.operation := 'drop_docs';
     _result.started_at := _run_started;
     _result.processed_records := 0;
     _result.failed_records := 0;
@@ -113,8 +113,8 @@ BEGIN
     _result.batch_count := 0;
     _result.skipped_records := 0;
 
-    -- Heap walk: the heap's blocks now (the walk ends there, then catches up), and the ids that
-    -- tell this transaction's own row versions and the versions written since the run started.
+    -- Heap walk: the heap's blocks now (the walk ends there, then catches up), and the id of the
+    -- oldest transaction still running (what the catch-up pass takes rows newer than).
     _end := pg_catalog.pg_relation_size('public.doc'::regclass) / pg_catalog.current_setting('block_size')::bigint;
     _base := pg_catalog.pg_current_xact_id()::text::bigint - pg_catalog.age(pg_catalog.pg_current_xact_id()::xid);
     _newer := _base - pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot())::text::bigint;
@@ -128,7 +128,7 @@ BEGIN
         (_result.operation_id, _result.operation, _result.total_records, _result.started_at, _result.started_at,
          pg_catalog.pg_backend_pid(),
          (SELECT backend_start FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid())),
-         'public.touch_docs(text, integer)', 'per_batch', _batch_size);
+         'public.drop_docs(text, integer)', 'per_batch', _batch_size);
 
     <<batches>>
     LOOP
@@ -139,23 +139,21 @@ BEGIN
         END IF;
         -- Select the next batch.
         -- Heap walk: the next _batch_size matching rows after _pos in physical order, a window of
-        -- blocks at a time (a TID range scan), leaving out the versions this run wrote.
+        -- blocks at a time (a TID range scan).
         _tids := '{}';
         _first_blk := _blk;
         LOOP
             _more_tids := ARRAY(SELECT ctid FROM public.doc
                                 WHERE ctid > _pos AND ctid < format('(%s,0)', least(_blk + _win, _end))::tid
-                                  AND (state = touch_docs.state)
+                                  AND (state = drop_docs.state)
                                   AND (NOT _catch_up OR pg_catalog.age(xmin) <= _newer)
-                                  AND CASE WHEN pg_catalog.age(xmin) > 0 THEN true
-                                           ELSE pg_catalog.pg_xact_status((_base - pg_catalog.age(xmin))::text::xid8) IS DISTINCT FROM 'in progress' END
                                 ORDER BY ctid LIMIT _batch_size - cardinality(_tids));
             _tids := _tids || _more_tids;
             IF cardinality(_tids) >= _batch_size THEN
                 _pos := _tids[cardinality(_tids)];
                 _blk := (_pos::text::point)[0]::bigint;
-                -- A listing sorts its whole window: keep the window about twice what a batch spans.
-                _win := greatest(8, 2 * (_blk - _first_blk + 1));
+                -- A listing sorts its whole window: keep it a little over what a batch spans.
+                _win := greatest(8, (_blk - _first_blk) * 9 / 8 + 2);
                 EXIT;
             END IF;
             -- The window is read: move past it; the next one is twice as large.
@@ -180,11 +178,8 @@ BEGIN
 
         LOOP
             BEGIN
-                UPDATE public.doc
-                SET hits = hits + 1
-                WHERE ctid >= _tids[1] AND ctid <= _tids[cardinality(_tids)] AND (state = touch_docs.state)
-                  AND CASE WHEN pg_catalog.age(xmin) > 0 THEN true
-                           ELSE pg_catalog.pg_xact_status((_base - pg_catalog.age(xmin))::text::xid8) IS DISTINCT FROM 'in progress' END;
+                DELETE FROM public.doc
+                WHERE ctid >= _tids[1] AND ctid <= _tids[cardinality(_tids)] AND (state = drop_docs.state);
                 GET DIAGNOSTICS _n = ROW_COUNT;
                 _batch_processed := _n;
                 _batch_failed := 0;
@@ -223,11 +218,8 @@ BEGIN
                     _keys := ARRAY[_batch_keys[_i]];
                     _tids := ARRAY[_batch_tids[_i]];
                     BEGIN
-                        UPDATE public.doc
-                        SET hits = hits + 1
-                        WHERE ctid >= _tids[1] AND ctid <= _tids[cardinality(_tids)] AND (state = touch_docs.state)
-                          AND CASE WHEN pg_catalog.age(xmin) > 0 THEN true
-                                   ELSE pg_catalog.pg_xact_status((_base - pg_catalog.age(xmin))::text::xid8) IS DISTINCT FROM 'in progress' END;
+                        DELETE FROM public.doc
+                        WHERE ctid >= _tids[1] AND ctid <= _tids[cardinality(_tids)] AND (state = drop_docs.state);
                         GET DIAGNOSTICS _n = ROW_COUNT;
                         _batch_processed := _batch_processed + _n;
                     EXCEPTION WHEN OTHERS THEN
@@ -287,274 +279,22 @@ BEGIN
         batch_count = _result.batch_count,
         heartbeat_at = clock_timestamp()
     WHERE operation_id = _result.operation_id;
-    IF touch_docs.batch_size IS NOT NULL THEN
+    IF drop_docs.batch_size IS NOT NULL THEN
         PERFORM pg_catalog.set_config('specql.batch_size', coalesce(_outer_batch_size, ''), true);
     END IF;
     RETURN _result;
 END
 $specql$;
 
-COMMENT ON FUNCTION public.touch_docs(text, integer) IS 'Count a hit on every doc in a state';
+COMMENT ON FUNCTION public.drop_docs(text, integer) IS 'Drop the docs in a state';
 
 -- -----------------------------------------------------------------------------
--- public.drop_docs
+-- public.purge_docs
 --   delete public.doc in batches of 50, walking the heap in physical order (ctid windows)
---   where: state = drop_docs.state
---   transaction: per_batch; error_handling: stop_on_error
--- -----------------------------------------------------------------------------
-
--- Drop an older specql-generated drop_docs whose arguments or kind differ: CREATE OR
--- REPLACE cannot change those. Routines not marked "specql:generated" are never touched.
-DO $specql$
-DECLARE
-    _old regprocedure;
-BEGIN
-    FOR _old IN
-        SELECT p.oid::regprocedure
-        FROM pg_catalog.pg_proc AS p
-        JOIN pg_catalog.pg_namespace AS n ON n.oid = p.pronamespace
-        WHERE n.nspname = 'public'
-          AND p.proname = 'drop_docs'
-          AND p.prosrc LIKE '%specql:generated%'
-          AND (p.oid IS DISTINCT FROM to_regprocedure('public.drop_docs(text, integer)')
-               OR p.prokind <> 'f'
-               OR p.proargnames IS DISTINCT FROM ARRAY['state', 'batch_size']::text[])
-    LOOP
-        EXECUTE format('DROP ROUTINE %s', _old);
-    END LOOP;
-END
-$specql$;
-
-CREATE OR REPLACE FUNCTION public.drop_docs(
-    state text,
-    batch_size integer DEFAULT NULL
-)
-RETURNS specql.batch_operation_result
-LANGUAGE plpgsql
-VOLATILE
-SET search_path = pg_catalog, public, pg_temp
-AS $specql$
-#variable_conflict use_column
-DECLARE
-    -- specql:generated from heap_walk_text_key/doc.yaml; edit the entity file, not this body.
-    _result specql.batch_operation_result;
-    _keys text[];        -- primary keys of the current batch
-    _tids tid[];               -- where the current batch's rows are: the batch is listed and changed by them
-    _more_tids tid[];
-    _pos tid := '(0,0)';       -- heap walk position: every row before it has been listed
-    _blk bigint := 0;          -- the block of _pos
-    _win bigint := 8;          -- blocks one listing reads (doubles while listings come back short)
-    _first_blk bigint;         -- the block the current batch's listing started at
-    _end bigint;               -- where the walk ends: the heap's blocks at the start, then at the catch-up
-    _base bigint;              -- 64-bit transaction id that age() counts from
-    _newer bigint;             -- age() of the oldest transaction still running when the run started
-    _catch_up boolean := false;  -- the walk reached _end once: only rows newer than the run now
-    _batch_records bigint;     -- records in the current batch
-    _n bigint;
-    _batch_processed bigint;
-    _batch_failed bigint;
-    _batch_started timestamptz;
-    _batch_ms numeric;
-    _sum_batch_ms numeric := 0;
-    _max_batch_ms numeric := 0;
-    _status text;              -- outcome of the current batch
-    _stop text;                -- set when the run ends early: failed, timed_out or cancelled
-    _batch_size integer;       -- records per batch: the batch_size argument, a calling routine's, or the file's
-    _outer_batch_size text;    -- specql.batch_size as this routine found it (restored at the end)
-    _run_started timestamptz;  -- when this call started (a timeout counts from here, also on a resume)
-    _progress boolean;         -- the caller asked for a progress notice per batch (SET specql.progress = on)
-    _sqlstate text;
-    _errmsg text;
-    _detail text;
-BEGIN
-
-    _run_started := clock_timestamp();
-    -- batch_size: this call's argument, else the one a calling specql routine was given
-    -- (specql.batch_size), else the entity file's.
-    _outer_batch_size := pg_catalog.current_setting('specql.batch_size', true);
-    _batch_size := coalesce(drop_docs.batch_size, nullif(_outer_batch_size, '')::integer, 50);
-    IF _batch_size < 1 THEN
-        RAISE EXCEPTION 'batch_size must be at least 1, not %', _batch_size USING ERRCODE = '22023';
-    END IF;
-    IF drop_docs.batch_size IS NOT NULL THEN
-        PERFORM pg_catalog.set_config('specql.batch_size', _batch_size::text, true);
-    END IF;
-    _progress := pg_catalog.current_setting('specql.progress', true) = 'on';
-    _result.operation_id := gen_random_uuid();
-    _result.operation := 'drop_docs';
-    _result.started_at := _run_started;
-    _result.processed_records := 0;
-    _result.failed_records := 0;
-    _result.error_count := 0;
-    _result.batch_count := 0;
-    _result.skipped_records := 0;
-
-    -- Heap walk: the heap's blocks now (the walk ends there, then catches up), and the ids that
-    -- tell this transaction's own row versions and the versions written since the run started.
-    _end := pg_catalog.pg_relation_size('public.doc'::regclass) / pg_catalog.current_setting('block_size')::bigint;
-    _base := pg_catalog.pg_current_xact_id()::text::bigint - pg_catalog.age(pg_catalog.pg_current_xact_id()::xid);
-    _newer := _base - pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot())::text::bigint;
-
-    -- The run row: what `specql status` shows; its
-    -- backend tells a live run from an abandoned one (the view specql.batch_operation_status).
-    INSERT INTO specql.batch_operation_runs
-        (operation_id, operation, total_records, started_at, heartbeat_at, backend_pid, backend_start,
-         routine, transaction_mode, batch_size)
-    VALUES
-        (_result.operation_id, _result.operation, _result.total_records, _result.started_at, _result.started_at,
-         pg_catalog.pg_backend_pid(),
-         (SELECT backend_start FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid())),
-         'public.drop_docs(text, integer)', 'per_batch', _batch_size);
-
-    <<batches>>
-    LOOP
-        -- A cancel request (specql.cancel_operation, from any session) stops the run between batches.
-        IF EXISTS (SELECT 1 FROM specql.batch_operation_cancellations WHERE operation_id = _result.operation_id) THEN
-            _stop := 'cancelled';
-            EXIT;
-        END IF;
-        -- Select the next batch.
-        -- Heap walk: the next _batch_size matching rows after _pos in physical order, a window of
-        -- blocks at a time (a TID range scan), leaving out the versions this run wrote.
-        _tids := '{}';
-        _first_blk := _blk;
-        LOOP
-            _more_tids := ARRAY(SELECT ctid FROM public.doc
-                                WHERE ctid > _pos AND ctid < format('(%s,0)', least(_blk + _win, _end))::tid
-                                  AND (state = drop_docs.state)
-                                  AND (NOT _catch_up OR pg_catalog.age(xmin) <= _newer)
-                                ORDER BY ctid LIMIT _batch_size - cardinality(_tids));
-            _tids := _tids || _more_tids;
-            IF cardinality(_tids) >= _batch_size THEN
-                _pos := _tids[cardinality(_tids)];
-                _blk := (_pos::text::point)[0]::bigint;
-                -- A listing sorts its whole window: keep the window about twice what a batch spans.
-                _win := greatest(8, 2 * (_blk - _first_blk + 1));
-                EXIT;
-            END IF;
-            -- The window is read: move past it; the next one is twice as large.
-            _blk := least(_blk + _win, _end);
-            _pos := format('(%s,0)', _blk)::tid;
-            _win := least(_win * 2, 1048576);
-            IF _blk >= _end THEN
-                EXIT WHEN _catch_up;  -- the catch-up pass is done too
-                -- The walk reached where the heap ended at the start: catch up, over the whole heap as
-                -- it is now, on rows another transaction wrote since the run started.
-                _catch_up := true;
-                _blk := 0;
-                _pos := '(0,0)';
-                _end := pg_catalog.pg_relation_size('public.doc'::regclass) / pg_catalog.current_setting('block_size')::bigint;
-                _win := _end;
-            END IF;
-        END LOOP;
-        EXIT batches WHEN cardinality(_tids) = 0;
-        _batch_records := cardinality(_tids);
-
-        _batch_started := clock_timestamp();
-
-        LOOP
-            BEGIN
-                DELETE FROM public.doc
-                WHERE ctid >= _tids[1] AND ctid <= _tids[cardinality(_tids)] AND (state = drop_docs.state);
-                GET DIAGNOSTICS _n = ROW_COUNT;
-                _batch_processed := _n;
-                _batch_failed := 0;
-                _status := 'completed';
-                EXIT;
-            EXCEPTION WHEN OTHERS THEN
-                -- The savepoint rolled the whole batch back.
-                GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
-                -- The batch's keys, in the order of its rows.
-                _keys := ARRAY(SELECT id FROM public.doc
-                               WHERE ctid >= _tids[1] AND ctid <= _tids[cardinality(_tids)] AND ctid = ANY(_tids)
-                               ORDER BY ctid);
-                IF _sqlstate IN ('40001', '40P01', '55P03') THEN
-                    -- A transient failure that outlasted its retries stops the run, whatever the error mode.
-                    -- stop_on_error: log the failed batch with its records.
-                    INSERT INTO specql.batch_operation_errors
-                        (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at)
-                    VALUES
-                        (_result.operation_id, _result.operation, _result.batch_count + 1, _sqlstate, _errmsg, _detail,
-                         coalesce(to_jsonb(_keys), '[]'::jsonb), clock_timestamp());
-                    _result.error_count := _result.error_count + 1;
-                    _batch_processed := 0;
-                    _batch_failed := cardinality(_tids);
-                    _status := 'failed';
-                    _stop := 'failed';
-                    EXIT;
-                END IF;
-                -- stop_on_error: log the failed batch with its records.
-                INSERT INTO specql.batch_operation_errors
-                    (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at)
-                VALUES
-                    (_result.operation_id, _result.operation, _result.batch_count + 1, _sqlstate, _errmsg, _detail,
-                     coalesce(to_jsonb(_keys), '[]'::jsonb), clock_timestamp());
-                _result.error_count := _result.error_count + 1;
-                _batch_processed := 0;
-                _batch_failed := cardinality(_tids);
-                _status := 'failed';
-                EXIT;
-            END;
-        END LOOP;
-
-        -- Account for the batch.
-        _result.total_records := coalesce(_result.total_records, 0) + _batch_records;
-        _result.batch_count := _result.batch_count + 1;
-        _result.processed_records := _result.processed_records + _batch_processed;
-        _result.failed_records := _result.failed_records + _batch_failed;
-        _batch_ms := extract(epoch FROM clock_timestamp() - _batch_started) * 1000;
-        _sum_batch_ms := _sum_batch_ms + _batch_ms;
-        _max_batch_ms := greatest(_max_batch_ms, _batch_ms);
-        INSERT INTO specql.batch_operation_logs
-            (operation_id, operation, batch_number, records_processed, records_failed, started_at, completed_at, status,
-             batch_size)
-        VALUES
-            (_result.operation_id, _result.operation, _result.batch_count, _batch_processed, _batch_failed,
-             _batch_started, clock_timestamp(), _status, _batch_size);
-        IF _progress THEN
-            RAISE NOTICE 'specql:progress %', json_build_object(
-                'operation_id', _result.operation_id, 'total_records', _result.total_records,
-                'processed_records', _result.processed_records, 'failed_records', _result.failed_records,
-                'error_count', _result.error_count, 'batch_count', _result.batch_count, 'batch_size', _batch_size);
-        END IF;
-        IF _status = 'failed' THEN
-            _stop := 'failed';
-        END IF;
-        EXIT WHEN _stop IS NOT NULL;
-    END LOOP batches;
-
-    -- Finish: status, run row, metrics, notification.
-    _result.total_records := coalesce(_result.total_records, 0);  -- the walk found no batch
-    _result.completed_at := clock_timestamp();
-    _result.status := CASE
-        WHEN _stop IS NOT NULL THEN _stop
-        WHEN _result.error_count > 0 THEN 'completed_with_errors'
-        ELSE 'completed'
-    END;
-    UPDATE specql.batch_operation_runs
-    SET status = _result.status,
-        completed_at = _result.completed_at,
-        total_records = _result.total_records,
-        processed_records = _result.processed_records,
-        failed_records = _result.failed_records,
-        error_count = _result.error_count,
-        batch_count = _result.batch_count,
-        heartbeat_at = clock_timestamp()
-    WHERE operation_id = _result.operation_id;
-    IF drop_docs.batch_size IS NOT NULL THEN
-        PERFORM pg_catalog.set_config('specql.batch_size', coalesce(_outer_batch_size, ''), true);
-    END IF;
-    RETURN _result;
-END
-$specql$;
-
--- -----------------------------------------------------------------------------
--- public.reset_docs
---   update public.doc in batches of 50, walking the heap in physical order (ctid windows)
 --   transaction: single; error_handling: stop_on_error
 -- -----------------------------------------------------------------------------
 
--- Drop an older specql-generated reset_docs whose arguments or kind differ: CREATE OR
+-- Drop an older specql-generated purge_docs whose arguments or kind differ: CREATE OR
 -- REPLACE cannot change those. Routines not marked "specql:generated" are never touched.
 DO $specql$
 DECLARE
@@ -565,9 +305,9 @@ BEGIN
         FROM pg_catalog.pg_proc AS p
         JOIN pg_catalog.pg_namespace AS n ON n.oid = p.pronamespace
         WHERE n.nspname = 'public'
-          AND p.proname = 'reset_docs'
+          AND p.proname = 'purge_docs'
           AND p.prosrc LIKE '%specql:generated%'
-          AND (p.oid IS DISTINCT FROM to_regprocedure('public.reset_docs(integer)')
+          AND (p.oid IS DISTINCT FROM to_regprocedure('public.purge_docs(integer)')
                OR p.prokind <> 'f'
                OR p.proargnames IS DISTINCT FROM ARRAY['batch_size']::text[])
     LOOP
@@ -576,7 +316,7 @@ BEGIN
 END
 $specql$;
 
-CREATE OR REPLACE FUNCTION public.reset_docs(
+CREATE OR REPLACE FUNCTION public.purge_docs(
     batch_size integer DEFAULT NULL
 )
 RETURNS specql.batch_operation_result
@@ -596,10 +336,9 @@ DECLARE
     _win bigint := 8;          -- blocks one listing reads (doubles while listings come back short)
     _first_blk bigint;         -- the block the current batch's listing started at
     _end bigint;               -- where the walk ends: the heap's blocks at the start, then at the catch-up
-    _base bigint;              -- 64-bit transaction id that age() counts from
+    _base bigint;              -- 64-bit transaction id that age() counts from (this transaction's)
     _newer bigint;             -- age() of the oldest transaction still running when the run started
     _catch_up boolean := false;  -- the walk reached _end once: only rows newer than the run now
-    _batch_records bigint;     -- records in the current batch
     _n bigint;
     _batch_processed bigint;
     _batch_failed bigint;
@@ -622,16 +361,16 @@ BEGIN
     -- batch_size: this call's argument, else the one a calling specql routine was given
     -- (specql.batch_size), else the entity file's.
     _outer_batch_size := pg_catalog.current_setting('specql.batch_size', true);
-    _batch_size := coalesce(reset_docs.batch_size, nullif(_outer_batch_size, '')::integer, 50);
+    _batch_size := coalesce(purge_docs.batch_size, nullif(_outer_batch_size, '')::integer, 50);
     IF _batch_size < 1 THEN
         RAISE EXCEPTION 'batch_size must be at least 1, not %', _batch_size USING ERRCODE = '22023';
     END IF;
-    IF reset_docs.batch_size IS NOT NULL THEN
+    IF purge_docs.batch_size IS NOT NULL THEN
         PERFORM pg_catalog.set_config('specql.batch_size', _batch_size::text, true);
     END IF;
     _progress := pg_catalog.current_setting('specql.progress', true) = 'on';
     _result.operation_id := gen_random_uuid();
-    _result.operation := 'reset_docs';
+    _result.operation := 'purge_docs';
     _result.started_at := _run_started;
     _result.processed_records := 0;
     _result.failed_records := 0;
@@ -639,11 +378,20 @@ BEGIN
     _result.batch_count := 0;
     _result.skipped_records := 0;
 
-    -- Heap walk: the heap's blocks now (the walk ends there, then catches up), and the ids that
-    -- tell this transaction's own row versions and the versions written since the run started.
+    -- Heap walk: the heap's blocks now (the walk ends there, then catches up), and the id of the
+    -- oldest transaction still running (what the catch-up pass takes rows newer than).
     _end := pg_catalog.pg_relation_size('public.doc'::regclass) / pg_catalog.current_setting('block_size')::bigint;
     _base := pg_catalog.pg_current_xact_id()::text::bigint - pg_catalog.age(pg_catalog.pg_current_xact_id()::xid);
     _newer := _base - pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot())::text::bigint;
+    -- Count what the operation would touch (for max_records, confirmation, progress).
+    SELECT count(*) INTO _n FROM public.doc;
+    _result.total_records := _n;
+
+    -- max_records: refuse before changing anything.
+    IF _n > 100000 THEN
+        RAISE EXCEPTION '% would touch % records, more than max_records %', 'purge_docs', _n, 100000
+            USING ERRCODE = 'SQ002', HINT = 'Nothing was changed. Narrow the selection or raise max_records.';
+    END IF;
 
     -- The run row: what `specql status` shows; its
     -- backend tells a live run from an abandoned one (the view specql.batch_operation_status).
@@ -654,7 +402,7 @@ BEGIN
         (_result.operation_id, _result.operation, _result.total_records, _result.started_at, _result.started_at,
          pg_catalog.pg_backend_pid(),
          (SELECT backend_start FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid())),
-         'public.reset_docs(integer)', 'single', _batch_size);
+         'public.purge_docs(integer)', 'single', _batch_size);
 
     -- transaction: single. No savepoints: the first error aborts the caller's transaction
     -- and nothing stays. The outer block only adds which batch failed to the error.
@@ -668,22 +416,20 @@ BEGIN
             END IF;
             -- Select the next batch.
             -- Heap walk: the next _batch_size matching rows after _pos in physical order, a window of
-            -- blocks at a time (a TID range scan), leaving out the versions this run wrote.
+            -- blocks at a time (a TID range scan).
             _tids := '{}';
             _first_blk := _blk;
             LOOP
                 _more_tids := ARRAY(SELECT ctid FROM public.doc
                                     WHERE ctid > _pos AND ctid < format('(%s,0)', least(_blk + _win, _end))::tid
                                       AND (NOT _catch_up OR pg_catalog.age(xmin) <= _newer)
-                                      AND CASE WHEN pg_catalog.age(xmin) > 0 THEN true
-                                               ELSE pg_catalog.pg_xact_status((_base - pg_catalog.age(xmin))::text::xid8) IS DISTINCT FROM 'in progress' END
                                     ORDER BY ctid LIMIT _batch_size - cardinality(_tids));
                 _tids := _tids || _more_tids;
                 IF cardinality(_tids) >= _batch_size THEN
                     _pos := _tids[cardinality(_tids)];
                     _blk := (_pos::text::point)[0]::bigint;
-                    -- A listing sorts its whole window: keep the window about twice what a batch spans.
-                    _win := greatest(8, 2 * (_blk - _first_blk + 1));
+                    -- A listing sorts its whole window: keep it a little over what a batch spans.
+                    _win := greatest(8, (_blk - _first_blk) * 9 / 8 + 2);
                     EXIT;
                 END IF;
                 -- The window is read: move past it; the next one is twice as large.
@@ -702,22 +448,17 @@ BEGIN
                 END IF;
             END LOOP;
             EXIT batches WHEN cardinality(_tids) = 0;
-            _batch_records := cardinality(_tids);
 
             _batch_started := clock_timestamp();
 
-            UPDATE public.doc
-            SET hits = 0
-            WHERE ctid >= _tids[1] AND ctid <= _tids[cardinality(_tids)]
-              AND CASE WHEN pg_catalog.age(xmin) > 0 THEN true
-                       ELSE pg_catalog.pg_xact_status((_base - pg_catalog.age(xmin))::text::xid8) IS DISTINCT FROM 'in progress' END;
+            DELETE FROM public.doc
+            WHERE ctid >= _tids[1] AND ctid <= _tids[cardinality(_tids)];
             GET DIAGNOSTICS _n = ROW_COUNT;
             _batch_processed := _n;
             _batch_failed := 0;
             _status := 'completed';
 
             -- Account for the batch.
-            _result.total_records := coalesce(_result.total_records, 0) + _batch_records;
             _result.batch_count := _result.batch_count + 1;
             _result.processed_records := _result.processed_records + _batch_processed;
             _result.failed_records := _result.failed_records + _batch_failed;
@@ -748,7 +489,6 @@ BEGIN
     END;
 
     -- Finish: status, run row, metrics, notification.
-    _result.total_records := coalesce(_result.total_records, 0);  -- the walk found no batch
     _result.completed_at := clock_timestamp();
     _result.status := CASE
         WHEN _stop IS NOT NULL THEN _stop
@@ -765,7 +505,7 @@ BEGIN
         batch_count = _result.batch_count,
         heartbeat_at = clock_timestamp()
     WHERE operation_id = _result.operation_id;
-    IF reset_docs.batch_size IS NOT NULL THEN
+    IF purge_docs.batch_size IS NOT NULL THEN
         PERFORM pg_catalog.set_config('specql.batch_size', coalesce(_outer_batch_size, ''), true);
     END IF;
     RETURN _result;

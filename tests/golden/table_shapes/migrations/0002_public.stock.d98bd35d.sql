@@ -8,7 +8,7 @@ CREATE SCHEMA IF NOT EXISTS public;
 
 -- -----------------------------------------------------------------------------
 -- public.zero_stock
---   update public.stock in batches of 1000, walking the heap in physical order (ctid windows)
+--   update public.stock in batches of 1000, walking the primary key (keyset pagination)
 --   where: warehouse_id = zero_stock.warehouse_id
 --   transaction: per_batch; error_handling: continue_on_error
 -- -----------------------------------------------------------------------------
@@ -49,16 +49,7 @@ DECLARE
     -- specql:generated from table_shapes/stock.yaml; edit the entity file, not this body.
     _result specql.batch_operation_result;
     _keys uuid[];        -- primary keys of the current batch
-    _tids tid[];               -- where the current batch's rows are: the batch is listed and changed by them
-    _more_tids tid[];
-    _pos tid := '(0,0)';       -- heap walk position: every row before it has been listed
-    _blk bigint := 0;          -- the block of _pos
-    _win bigint := 8;          -- blocks one listing reads (doubles while listings come back short)
-    _first_blk bigint;         -- the block the current batch's listing started at
-    _end bigint;               -- where the walk ends: the heap's blocks at the start, then at the catch-up
-    _base bigint;              -- 64-bit transaction id that age() counts from
-    _newer bigint;             -- age() of the oldest transaction still running when the run started
-    _catch_up boolean := false;  -- the walk reached _end once: only rows newer than the run now
+    _last uuid;          -- keyset position: the last key of the previous batch
     _batch_records bigint;     -- records in the current batch
     _n bigint;
     _batch_processed bigint;
@@ -99,12 +90,6 @@ BEGIN
     _result.batch_count := 0;
     _result.skipped_records := 0;
 
-    -- Heap walk: the heap's blocks now (the walk ends there, then catches up), and the ids that
-    -- tell this transaction's own row versions and the versions written since the run started.
-    _end := pg_catalog.pg_relation_size('public.stock'::regclass) / pg_catalog.current_setting('block_size')::bigint;
-    _base := pg_catalog.pg_current_xact_id()::text::bigint - pg_catalog.age(pg_catalog.pg_current_xact_id()::xid);
-    _newer := _base - pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot())::text::bigint;
-
     -- The run row: what `specql status` shows; its
     -- backend tells a live run from an abandoned one (the view specql.batch_operation_status).
     INSERT INTO specql.batch_operation_runs
@@ -124,43 +109,20 @@ BEGIN
             EXIT;
         END IF;
         -- Select the next batch.
-        -- Heap walk: the next _batch_size matching rows after _pos in physical order, a window of
-        -- blocks at a time (a TID range scan), leaving out the versions this run wrote.
-        _tids := '{}';
-        _first_blk := _blk;
-        LOOP
-            _more_tids := ARRAY(SELECT ctid FROM public.stock
-                                WHERE ctid > _pos AND ctid < format('(%s,0)', least(_blk + _win, _end))::tid
-                                  AND (warehouse_id = zero_stock.warehouse_id)
-                                  AND (NOT _catch_up OR pg_catalog.age(xmin) <= _newer)
-                                  AND CASE WHEN pg_catalog.age(xmin) > 0 THEN true
-                                           ELSE pg_catalog.pg_xact_status((_base - pg_catalog.age(xmin))::text::xid8) IS DISTINCT FROM 'in progress' END
-                                ORDER BY ctid LIMIT _batch_size - cardinality(_tids));
-            _tids := _tids || _more_tids;
-            IF cardinality(_tids) >= _batch_size THEN
-                _pos := _tids[cardinality(_tids)];
-                _blk := (_pos::text::point)[0]::bigint;
-                -- A listing sorts its whole window: keep the window about twice what a batch spans.
-                _win := greatest(8, 2 * (_blk - _first_blk + 1));
-                EXIT;
-            END IF;
-            -- The window is read: move past it; the next one is twice as large.
-            _blk := least(_blk + _win, _end);
-            _pos := format('(%s,0)', _blk)::tid;
-            _win := least(_win * 2, 1048576);
-            IF _blk >= _end THEN
-                EXIT WHEN _catch_up;  -- the catch-up pass is done too
-                -- The walk reached where the heap ended at the start: catch up, over the whole heap as
-                -- it is now, on rows another transaction wrote since the run started.
-                _catch_up := true;
-                _blk := 0;
-                _pos := '(0,0)';
-                _end := pg_catalog.pg_relation_size('public.stock'::regclass) / pg_catalog.current_setting('block_size')::bigint;
-                _win := _end;
-            END IF;
-        END LOOP;
-        EXIT batches WHEN cardinality(_tids) = 0;
-        _batch_records := cardinality(_tids);
+        -- Keyset pagination on the primary key: each batch is the next _batch_size matching keys
+        -- after the last key seen.
+        IF _last IS NULL THEN
+            _keys := ARRAY(SELECT id FROM public.stock
+                           WHERE warehouse_id = zero_stock.warehouse_id
+                           ORDER BY id LIMIT _batch_size);
+        ELSE
+            _keys := ARRAY(SELECT id FROM public.stock
+                           WHERE id > _last AND (warehouse_id = zero_stock.warehouse_id)
+                           ORDER BY id LIMIT _batch_size);
+        END IF;
+        EXIT WHEN cardinality(_keys) = 0;
+        _last := _keys[cardinality(_keys)];
+        _batch_records := cardinality(_keys);
 
         _batch_started := clock_timestamp();
 
@@ -168,9 +130,7 @@ BEGIN
             BEGIN
                 UPDATE public.stock
                 SET quantity = 0
-                WHERE ctid >= _tids[1] AND ctid <= _tids[cardinality(_tids)] AND (warehouse_id = zero_stock.warehouse_id)
-                  AND CASE WHEN pg_catalog.age(xmin) > 0 THEN true
-                           ELSE pg_catalog.pg_xact_status((_base - pg_catalog.age(xmin))::text::xid8) IS DISTINCT FROM 'in progress' END;
+                WHERE id = ANY(_keys) AND (warehouse_id = zero_stock.warehouse_id);
                 GET DIAGNOSTICS _n = ROW_COUNT;
                 _batch_processed := _n;
                 _batch_failed := 0;
@@ -179,10 +139,6 @@ BEGIN
             EXCEPTION WHEN OTHERS THEN
                 -- The savepoint rolled the whole batch back.
                 GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
-                -- The batch's keys, in the order of its rows.
-                _keys := ARRAY(SELECT id FROM public.stock
-                               WHERE ctid >= _tids[1] AND ctid <= _tids[cardinality(_tids)] AND ctid = ANY(_tids)
-                               ORDER BY ctid);
                 IF _sqlstate IN ('40001', '40P01', '55P03') THEN
                     -- A transient failure that outlasted its retries stops the run, whatever the error mode.
                     -- continue_on_error: log the failed batch with its records.
@@ -193,7 +149,7 @@ BEGIN
                          coalesce(to_jsonb(_keys), '[]'::jsonb), clock_timestamp());
                     _result.error_count := _result.error_count + 1;
                     _batch_processed := 0;
-                    _batch_failed := cardinality(_tids);
+                    _batch_failed := cardinality(_keys);
                     _status := 'failed';
                     _stop := 'failed';
                     EXIT;
@@ -206,7 +162,7 @@ BEGIN
                      coalesce(to_jsonb(_keys), '[]'::jsonb), clock_timestamp());
                 _result.error_count := _result.error_count + 1;
                 _batch_processed := 0;
-                _batch_failed := cardinality(_tids);
+                _batch_failed := cardinality(_keys);
                 _status := 'failed';
                 EXIT;
             END;
