@@ -6,7 +6,10 @@ tests/test_faults.py's (same fixture shape, same runner)."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -82,6 +85,16 @@ patterns:
 """
 
 
+def first_failure(out: Path, migrations: Path, module: str, server: str) -> subprocess.CompletedProcess:
+    """run_generated_tests, stopping at the first failing test (-x): a fault needs one to be caught."""
+    env = dict(os.environ, SPECQL_DATABASE_URL=server, SPECQL_MIGRATIONS=str(migrations))
+    env.pop("SPECQL_TEMPLATE_DATABASE", None)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", str(out / "tests" / f"{module}.py"), "-q", "-x", "-p", "no:cacheprovider",
+         "--rootdir", str(out)],
+        cwd=out, env=env, capture_output=True, text=True, timeout=600)
+
+
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory):
     out = tmp_path_factory.mktemp("generated")
@@ -104,7 +117,7 @@ def test_the_unchanged_sql_passes_its_generated_tests(generated, pg_server_url):
 def test_the_generated_tests_catch_the_fault(fault, generated, pg_server_url, tmp_path):
     part, module, pattern, replacement = FAULTS[fault]
     faulty = with_fault(generated, tmp_path, part, pattern, replacement)
-    proc = run_generated_tests(generated, faulty, module, pg_server_url)
+    proc = first_failure(generated, faulty, module, pg_server_url)
     assert proc.returncode == 1, f"fault not caught: {fault}\n{proc.stdout[-3000:]}"
     caught_by = re.findall(r"^FAILED \S+::(\w+)", proc.stdout, flags=re.M)
     assert caught_by, proc.stdout[-3000:]
