@@ -59,11 +59,13 @@ class Operation:
         return "steps/run" if self.steps else "routine/loop"
 
     def as_step(self, step) -> "Operation":
-        """The operation as one of its steps sees it: the step's statement and batch size, the
-        run's policy and parameters (what routine/loop.sql.j2 renders a step's batches from)."""
+        """The operation as one of its steps sees it: the step's statement, table (its
+        target_entity) and batch size, the run's policy and parameters (what
+        routine/loop.sql.j2 renders a step's batches from)."""
         from dataclasses import replace
 
-        return replace(self, statement=step.statement, policy=replace(self.policy, batch_size=step.batch_size),
+        return replace(self, statement=step.statement, target=step.statement.target,
+                       policy=replace(self.policy, batch_size=step.batch_size),
                        steps=[], step=step, step_count=len(self.steps))
 
     @property
