@@ -30,7 +30,7 @@ from psycopg.rows import dict_row
 from .contract import SCHEMA
 from .harness_calls import NOT_BATCHES
 from .harness_records import _unique_value
-from .harness_tables import sample_value
+from .harness_tables import insert_rows, sample_value
 from .harness_target import adapt, placeholders
 
 STEPS_TABLE = f"{SCHEMA}.batch_operation_steps"
@@ -105,8 +105,21 @@ class Steps:
             self.null_some()
             params = {**self.h.params(), **self.source_records()}
             if walker is None or self.h.seeded >= SEED_CAP or self.matching(walker, params) >= wanted:
+                self.seed_other_tables()
                 return params
             chunk *= 2
+
+    def seed_other_tables(self) -> None:
+        """Rows in each other table a step works on (its target_entity): 2.5 of its batches, once."""
+        seeded: set[str] = set()
+        for step in self.steps:
+            table = step["target"]["other_table"]
+            if table is None or table["table"] in seeded:
+                continue
+            seeded.add(table["table"])
+            count = self.conn.execute(f"SELECT count(*) FROM {table['table']}").fetchone()[0]
+            insert_rows(self.conn, table, count + 1, count + int(step["batch_size"] * 2.5) + 1,
+                        compared_values=self.f["compared_values"])
 
     def source_records(self) -> dict[str, list[dict]]:
         """Records for each jsonb parameter a step on the operation's table takes as its

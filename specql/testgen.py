@@ -102,10 +102,12 @@ def policy_facts(p: Policy) -> dict:
                         hooks=plain_fields(p.hooks) if p.hooks else None)
 
 
-def step_facts(step) -> dict:
+def step_facts(step, op_target: Entity) -> dict:
     """One step of a multi-step operation (SPEC §8): its place, statement, output and call, and
-    the table it works on (the columns a replay of its statement names)."""
+    the table it works on (the columns a replay of its statement names; the table's own facts
+    when it is not the operation's, to seed it)."""
     st, out, call, target = step.statement, step.output, step.call, step.statement.target
+    other = table_facts(target, {}) if target.ident != op_target.ident else None
     return plain_fields(
         step, derived=("captures_output",), skip=("description", "index", "has_output_key"),
         statement={**statement_facts(st), "key_output": st.key_output.name if st.key_output else None,
@@ -115,13 +117,13 @@ def step_facts(step) -> dict:
         call=plain_fields(call, derived=("ident", "signature")) if call else None,
         select_fields=[c.name for c in step.select_fields],
         target={"table": target.ident, "pk": target.primary_key.name, "pk_ident": target.primary_key.ident,
-                "columns": {c.name: c.ident for c in target.columns.values()}})
+                "columns": {c.name: c.ident for c in target.columns.values()}, "other_table": other})
 
 
 def operation_facts(op: Operation) -> dict:
     return plain_fields(
         op, skip=OPERATION_SKIP,
-        steps=[step_facts(s) for s in op.steps],
+        steps=[step_facts(s, op.target) for s in op.steps],
         compared_values=op.compared_values,
         params=[{**plain_fields(p), "ident": p.ident, "role": op.param_roles[p.name][0],
                  "column": op.param_roles[p.name][1]} for p in op.params],
