@@ -270,7 +270,7 @@ def render_plan(plan: dict, depth: int = 0) -> list[str]:
 
 
 def plan_operation(url: str, op: Operation, bound: list[Bound], *, batch_size: int | None = None,
-                   sample_batches: int = 5) -> PlanReport:
+                   sample_batches: int = 12) -> PlanReport:
     try:
         conn = psycopg.connect(url, autocommit=True, application_name=f"specql plan {op.name}", connect_timeout=10)
     except psycopg.OperationalError as exc:
@@ -319,9 +319,12 @@ def plan_operation(url: str, op: Operation, bound: list[Bound], *, batch_size: i
             sample = Sample(done, processed, seconds, setup)
             if len(stamps) >= 3:
                 # Time per batch on the server's clock, between the ends of consecutive batch
-                # statements after the first (which also plans its statements): the client's
-                # view would add sending and parsing the arguments, twice as noisy as 5 batches.
-                gaps = sorted(b - a for a, b in zip(stamps[1:], stamps[2:]))
+                # statements: the client's view adds sending and parsing the arguments (a 1M-id
+                # array drowned 5 batches). PL/pgSQL plans a statement's first 5 executions for
+                # their values (custom plans), then may keep a generic plan: the gaps after the
+                # sixth statement are the run's steady state when there are that many.
+                steady = stamps[6:] if len(stamps) >= 9 else stamps[1:]
+                gaps = sorted(b - a for a, b in zip(steady, steady[1:]))
                 per_batch = gaps[len(gaps) // 2]
                 estimate = setup + max(batches - 1, 0) * per_batch + max(seconds - setup - (stamps[-1] - stamps[0]), 0.0)
             elif done:
