@@ -314,6 +314,11 @@ def plan_operation(url: str, op: Operation, bound: list[Bound], *, batch_size: i
         estimate = None
         if records:
             setup, _, _, _ = _sample_run(conn, op, bound, batch_size, 0, explain=False)
+            # Twice: the first sample's batches are the first to touch their pages since the
+            # last checkpoint (a full-page image in the WAL each) and read them cold, which a
+            # long run pays once per page, not once per row; the second meets them as a run's
+            # later batches do (the plans' sample above touched the first batch already).
+            _sample_run(conn, op, bound, batch_size, sample_batches, explain=False)
             seconds, done, processed, _ = _sample_run(conn, op, bound, batch_size, sample_batches, explain=False)
             stamps = _sample_run.stamps  # type: ignore[attr-defined]
             sample = Sample(done, processed, seconds, setup)
