@@ -19,6 +19,7 @@ from __future__ import annotations
 import gzip
 import json
 import operator
+import queue
 import sys
 import uuid
 from collections import Counter
@@ -309,7 +310,11 @@ def stage_file(conn: psycopg.Connection, op, path: Path, *, staging_id: str | No
             conn.execute("SELECT pg_catalog.set_config('specql.staging_id', %s, true)", (staged.staging_id,))
             cur = conn.cursor()
             # A writer thread sends each chunk while the next one is read and split.
-            with cur.copy(copy_sql, writer=QueuedLibpqWriter(cur)) as copy:
+            writer = QueuedLibpqWriter(cur)
+            # psycopg queues up to 1024 chunks: a few are enough to keep the sender busy, and
+            # the client's memory stays flat (a handful of 1 MB chunks) whatever the file's size.
+            writer._queue = queue.Queue(maxsize=4)
+            with cur.copy(copy_sql, writer=writer) as copy:
                 buf: list[str] = []
                 size = 0
                 for line in rows():
