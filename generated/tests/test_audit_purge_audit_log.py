@@ -13,6 +13,7 @@ import pytest
 from specql.testing import Harness, batches
 
 FACTS = {   'assignments': [],
+    'audit': False,
     'batch_size': 1000,
     'batch_where_sql': 'occurred_at < purge_audit_log.cutoff',
     'channels': [],
@@ -61,10 +62,16 @@ FACTS = {   'assignments': [],
     'conflict_columns': [],
     'conflict_updates': [],
     'count_sql': 'occurred_at < $1',
+    'csv': None,
+    'deletion_stats': None,
     'driver': 'keyset',
     'error_handling': 'stop_on_error',
     'heartbeat_interval': None,
+    'hooked': False,
+    'hooks': None,
+    'ignore_conflicts': False,
     'is_procedure': False,
+    'key_output': None,
     'key_param': None,
     'lock_timeout': None,
     'lock_timeout_ms': None,
@@ -80,6 +87,7 @@ FACTS = {   'assignments': [],
     'name_ident': 'purge_audit_log',
     'notify': False,
     'operation_type': 'delete',
+    'parallel': None,
     'params': [   {   'column': 'occurred_at',
                       'ident': 'cutoff',
                       'name': 'cutoff',
@@ -99,8 +107,14 @@ FACTS = {   'assignments': [],
     'routine': 'audit.purge_audit_log',
     'schema': 'audit',
     'schema_ident': 'audit',
+    'skips_deleted': False,
+    'soft_delete': False,
     'source_name': 'entities/audit_log.yaml',
+    'source_output': None,
     'source_param': None,
+    'step': None,
+    'step_count': 0,
+    'steps': [],
     'table': 'audit.audit_log',
     'table_schema_ident': 'audit',
     'target_batch_time': None,
@@ -210,8 +224,6 @@ def test_batch_size_argument_overrides_the_file(h):
     assert h.logged_batch_sizes(r["operation_id"]) == [size] * r["batch_count"]
     log = h.batch_log(r["operation_id"])
     assert all(b[1] + b[2] <= size for b in log), "a batch took more records than the batch_size argument"
-
-
 
 
 def test_cancel_rolls_the_whole_run_back(h):

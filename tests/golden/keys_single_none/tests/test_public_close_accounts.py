@@ -221,5 +221,3 @@ def test_batch_size_argument_overrides_the_file(h):
     r = h.call({**params, "batch_size": size}).result
     assert r["status"] == "completed"
     assert r["batch_count"] == expected_batches(size)
-
-

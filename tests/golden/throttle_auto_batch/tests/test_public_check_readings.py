@@ -229,8 +229,6 @@ def test_timeout_stops_between_batches(h):
     assert 1 <= r["batch_count"] < expected_batches(params, target)
     changed = sum(1 for k in before if after.get(k) != before[k])
     assert r["processed_records"] == changed
-
-
 def cancelled_after_first_batch(h, params, first_batch, size=BATCH):
     """Run (in batches of size) with a cancel requested inside the first batch; the stopped run's result."""
     h.record_touches()

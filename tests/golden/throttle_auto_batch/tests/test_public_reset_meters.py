@@ -216,8 +216,6 @@ def test_error_handling_stop_on_error(h):
     assert r["batch_count"] == failing
     untouched = [k for k, batch in order if batch >= failing]
     assert all(after.get(k) == before[k] for k in untouched), "rows after the failure changed"
-
-
 def cancelled_after_first_batch(h, params, first_batch, size=BATCH):
     """Run (in batches of size) with a cancel requested inside the first batch; the stopped run's result."""
     h.record_touches()

@@ -215,8 +215,6 @@ def test_batch_size_argument_overrides_the_file(h):
     assert all(b[1] + b[2] <= size for b in log), "a batch took more records than the batch_size argument"
 
 
-
-
 def test_cancel_rolls_the_whole_run_back(h):
     # transaction: single: a cancel request raises query_canceled and nothing stays changed
     params, first_batch, target, expected_batches = plan_run(h)

@@ -231,8 +231,6 @@ def test_batch_size_argument_overrides_the_file(h):
     assert h.logged_batch_sizes(r["operation_id"]) == [size] * r["batch_count"]
     log = h.batch_log(r["operation_id"])
     assert all(b[1] + b[2] <= size for b in log), "a batch took more records than the batch_size argument"
-
-
 def cancelled_after_first_batch(h, params, first_batch, size=BATCH):
     """Run (in batches of size) with a cancel requested inside the first batch; the stopped run's result."""
     h.record_touches()

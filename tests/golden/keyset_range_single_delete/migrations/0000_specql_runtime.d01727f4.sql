@@ -591,7 +591,10 @@ SELECT r.operation_id,
        r.run_by,
        r.backend_pid,
        r.transaction_mode,
-       r.batch_size
+       r.batch_size,
+       -- a multi-step run: the step it is in (or ended in); one index probe
+       (SELECT s.step_name FROM specql.batch_operation_steps s
+         WHERE s.operation_id = r.operation_id ORDER BY s.step_number DESC LIMIT 1) AS step
   FROM specql.batch_operation_runs r
  CROSS JOIN LATERAL (
        SELECT CASE
@@ -644,28 +647,5 @@ $specql$;
 
 COMMENT ON FUNCTION specql.cancel_operation(uuid) IS
     'Ask the run operation_id to stop after its current batch (status cancelled; committed batches stay, a commit_per_batch run can be resumed). Works from any session, also for a per_batch function whose run is not visible yet. Returns false when the run has already ended, true when the request is recorded.';
-
--- The fields whose values differ between a row's old and new objects (hooks, audit). A missing
--- side (an insert's old row, a delete's new row) changes every field of the other.
-CREATE OR REPLACE FUNCTION specql.changed_fields(old_row jsonb, new_row jsonb)
-RETURNS text[]
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-AS $specql$
-    SELECT coalesce(array_agg(f.key ORDER BY f.key), '{}')
-    FROM pg_catalog.jsonb_each(coalesce(new_row, old_row)) AS f
-    WHERE old_row IS NULL OR new_row IS NULL OR old_row -> f.key IS DISTINCT FROM f.value
-$specql$;
-
--- The same over a batch: arrays of row objects paired by position; the fields that differ
--- in at least one pair (what a hook receives as changed_fields).
-CREATE OR REPLACE FUNCTION specql.batch_changed_fields(old_rows jsonb, new_rows jsonb)
-RETURNS text[]
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-AS $specql$
-    SELECT coalesce(array_agg(DISTINCT c.field ORDER BY c.field), '{}')
-    FROM pg_catalog.jsonb_array_elements(coalesce(old_rows, '[]')) WITH ORDINALITY AS o(r, i)
-    FULL JOIN pg_catalog.jsonb_array_elements(coalesce(new_rows, '[]')) WITH ORDINALITY AS n(r, i) USING (i)
-    CROSS JOIN LATERAL pg_catalog.unnest(specql.changed_fields(o.r, n.r)) AS c(field)
-$specql$;
 
 RESET client_min_messages;

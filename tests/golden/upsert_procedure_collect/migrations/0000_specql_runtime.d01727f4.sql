@@ -24,7 +24,8 @@ BEGIN
             error_count       integer,
             batch_count       integer,
             started_at        timestamptz,
-            completed_at      timestamptz
+            completed_at      timestamptz,
+            skipped_records   bigint
         );
     END IF;
 END
@@ -73,6 +74,10 @@ BEGIN
     IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'specql.batch_operation_result'::regclass
                    AND attname = 'completed_at' AND NOT attisdropped) THEN
         ALTER TYPE specql.batch_operation_result ADD ATTRIBUTE completed_at timestamptz CASCADE;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'specql.batch_operation_result'::regclass
+                   AND attname = 'skipped_records' AND NOT attisdropped) THEN
+        ALTER TYPE specql.batch_operation_result ADD ATTRIBUTE skipped_records bigint CASCADE;
     END IF;
 END
 $specql$;
@@ -149,7 +154,8 @@ CREATE TABLE IF NOT EXISTS specql.batch_operation_logs (
     worker            integer DEFAULT 1,
     attempt           integer,
     wait_reason       text,
-    wait_ms           numeric
+    wait_ms           numeric,
+    step              text
 );
 -- Columns a table created by an earlier specql lacks (a no-op on a fresh database).
 ALTER TABLE specql.batch_operation_logs
@@ -166,7 +172,8 @@ ALTER TABLE specql.batch_operation_logs
     ADD COLUMN IF NOT EXISTS worker            integer DEFAULT 1,
     ADD COLUMN IF NOT EXISTS attempt           integer,
     ADD COLUMN IF NOT EXISTS wait_reason       text,
-    ADD COLUMN IF NOT EXISTS wait_ms           numeric;
+    ADD COLUMN IF NOT EXISTS wait_ms           numeric,
+    ADD COLUMN IF NOT EXISTS step              text;
 CREATE INDEX IF NOT EXISTS batch_operation_logs_operation_idx
     ON specql.batch_operation_logs (operation_id, batch_number);
 
@@ -180,7 +187,8 @@ CREATE TABLE IF NOT EXISTS specql.batch_operation_errors (
     error_message     text NOT NULL,
     error_detail      text,
     failed_records    jsonb NOT NULL,
-    occurred_at       timestamptz NOT NULL
+    occurred_at       timestamptz NOT NULL,
+    step              text
 );
 -- Columns a table created by an earlier specql lacks (a no-op on a fresh database).
 ALTER TABLE specql.batch_operation_errors
@@ -192,7 +200,8 @@ ALTER TABLE specql.batch_operation_errors
     ADD COLUMN IF NOT EXISTS error_message     text NOT NULL,
     ADD COLUMN IF NOT EXISTS error_detail      text,
     ADD COLUMN IF NOT EXISTS failed_records    jsonb NOT NULL,
-    ADD COLUMN IF NOT EXISTS occurred_at       timestamptz NOT NULL;
+    ADD COLUMN IF NOT EXISTS occurred_at       timestamptz NOT NULL,
+    ADD COLUMN IF NOT EXISTS step              text;
 CREATE INDEX IF NOT EXISTS batch_operation_errors_operation_idx
     ON specql.batch_operation_errors (operation_id, batch_number);
 
@@ -253,6 +262,154 @@ ALTER TABLE specql.batch_operation_cancellations
     ADD COLUMN IF NOT EXISTS operation_id      uuid PRIMARY KEY,
     ADD COLUMN IF NOT EXISTS requested_at      timestamptz NOT NULL DEFAULT clock_timestamp();
 
+-- audit: true (issue 14): one row per changed record, old and new values, written in
+-- the same savepoint as the change (a rolled-back batch leaves none).
+CREATE TABLE IF NOT EXISTS specql.batch_operation_audit (
+    id                bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    operation_id      uuid NOT NULL,
+    batch_number      integer NOT NULL,
+    record_key        jsonb NOT NULL,
+    action            text NOT NULL,
+    old_row           jsonb,
+    new_row           jsonb,
+    changed_fields    text[] NOT NULL DEFAULT '{}',
+    recorded_at       timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+-- Columns a table created by an earlier specql lacks (a no-op on a fresh database).
+ALTER TABLE specql.batch_operation_audit
+    ADD COLUMN IF NOT EXISTS id                bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    ADD COLUMN IF NOT EXISTS operation_id      uuid NOT NULL,
+    ADD COLUMN IF NOT EXISTS batch_number      integer NOT NULL,
+    ADD COLUMN IF NOT EXISTS record_key        jsonb NOT NULL,
+    ADD COLUMN IF NOT EXISTS action            text NOT NULL,
+    ADD COLUMN IF NOT EXISTS old_row           jsonb,
+    ADD COLUMN IF NOT EXISTS new_row           jsonb,
+    ADD COLUMN IF NOT EXISTS changed_fields    text[] NOT NULL DEFAULT '{}',
+    ADD COLUMN IF NOT EXISTS recorded_at       timestamptz NOT NULL DEFAULT clock_timestamp();
+CREATE INDEX IF NOT EXISTS batch_operation_audit_operation_idx
+    ON specql.batch_operation_audit (operation_id, batch_number);
+
+-- One row per step of a multi-step run, written when the step starts (or is not run
+-- because a step it depends on failed); the run's result sums its steps.
+CREATE TABLE IF NOT EXISTS specql.batch_operation_steps (
+    operation_id      uuid NOT NULL,
+    operation         text NOT NULL,
+    step_name         text NOT NULL,
+    step_number       integer NOT NULL,
+    status            text NOT NULL DEFAULT 'running',
+    total_records     bigint NOT NULL DEFAULT 0,
+    processed_records bigint NOT NULL DEFAULT 0,
+    failed_records    bigint NOT NULL DEFAULT 0,
+    error_count       integer NOT NULL DEFAULT 0,
+    batch_count       integer NOT NULL DEFAULT 0,
+    output_records    bigint NOT NULL DEFAULT 0,
+    started_at        timestamptz,
+    completed_at      timestamptz,
+    error_message     text
+);
+-- Columns a table created by an earlier specql lacks (a no-op on a fresh database).
+ALTER TABLE specql.batch_operation_steps
+    ADD COLUMN IF NOT EXISTS operation_id      uuid NOT NULL,
+    ADD COLUMN IF NOT EXISTS operation         text NOT NULL,
+    ADD COLUMN IF NOT EXISTS step_name         text NOT NULL,
+    ADD COLUMN IF NOT EXISTS step_number       integer NOT NULL,
+    ADD COLUMN IF NOT EXISTS status            text NOT NULL DEFAULT 'running',
+    ADD COLUMN IF NOT EXISTS total_records     bigint NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS processed_records bigint NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS failed_records    bigint NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS error_count       integer NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS batch_count       integer NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS output_records    bigint NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS started_at        timestamptz,
+    ADD COLUMN IF NOT EXISTS completed_at      timestamptz,
+    ADD COLUMN IF NOT EXISTS error_message     text;
+CREATE INDEX IF NOT EXISTS batch_operation_steps_run_idx
+    ON specql.batch_operation_steps (operation_id, step_number);
+
+-- What a step hands to later steps (its `output`), kept in chunks of at most a batch:
+-- keys as text (cast back to the key type when read) or records as a jsonb array.
+-- A run's rows are deleted when it completes; a stopped run keeps them for its resume.
+CREATE TABLE IF NOT EXISTS specql.batch_operation_outputs (
+    operation_id      uuid NOT NULL,
+    output            text NOT NULL,
+    chunk             integer NOT NULL,
+    keys              text[],
+    records           jsonb
+);
+-- Columns a table created by an earlier specql lacks (a no-op on a fresh database).
+ALTER TABLE specql.batch_operation_outputs
+    ADD COLUMN IF NOT EXISTS operation_id      uuid NOT NULL,
+    ADD COLUMN IF NOT EXISTS output            text NOT NULL,
+    ADD COLUMN IF NOT EXISTS chunk             integer NOT NULL,
+    ADD COLUMN IF NOT EXISTS keys              text[],
+    ADD COLUMN IF NOT EXISTS records           jsonb;
+CREATE INDEX IF NOT EXISTS batch_operation_outputs_chunk_idx
+    ON specql.batch_operation_outputs (operation_id, output, chunk);
+
+-- One row per parallel run (op_start): the parameter values its workers read, the
+-- workers started so far, and why the run stops (failed, cancelled, timed_out).
+CREATE TABLE IF NOT EXISTS specql.batch_operation_parallel_runs (
+    operation_id      uuid PRIMARY KEY,
+    inputs            jsonb NOT NULL DEFAULT '{}',
+    worker_batch_size integer NOT NULL,
+    chunk_count       integer NOT NULL DEFAULT 0,
+    batches_per_chunk integer NOT NULL DEFAULT 1,
+    workers           integer NOT NULL DEFAULT 0,
+    stop              text
+);
+-- Columns a table created by an earlier specql lacks (a no-op on a fresh database).
+ALTER TABLE specql.batch_operation_parallel_runs
+    ADD COLUMN IF NOT EXISTS operation_id      uuid PRIMARY KEY,
+    ADD COLUMN IF NOT EXISTS inputs            jsonb NOT NULL DEFAULT '{}',
+    ADD COLUMN IF NOT EXISTS worker_batch_size integer NOT NULL,
+    ADD COLUMN IF NOT EXISTS chunk_count       integer NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS batches_per_chunk integer NOT NULL DEFAULT 1,
+    ADD COLUMN IF NOT EXISTS workers           integer NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS stop              text;
+
+-- The claim queue of a parallel run: a chunk is claimed with FOR UPDATE SKIP LOCKED and
+-- marked done in the transaction that applies it, so a dead worker's chunk is claimed again.
+CREATE TABLE IF NOT EXISTS specql.batch_operation_chunks (
+    id                bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    operation_id      uuid NOT NULL,
+    chunk_number      integer NOT NULL,
+    status            text NOT NULL DEFAULT 'pending',
+    records           bigint NOT NULL DEFAULT 0,
+    lower_key         text,
+    upper_key         text,
+    keys              text[],
+    items             jsonb,
+    first_index       integer,
+    next_batch        integer NOT NULL DEFAULT 1,
+    worker            integer,
+    claimed_at        timestamptz,
+    completed_at      timestamptz,
+    processed_records bigint NOT NULL DEFAULT 0,
+    failed_records    bigint NOT NULL DEFAULT 0,
+    error_count       integer NOT NULL DEFAULT 0
+);
+-- Columns a table created by an earlier specql lacks (a no-op on a fresh database).
+ALTER TABLE specql.batch_operation_chunks
+    ADD COLUMN IF NOT EXISTS id                bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    ADD COLUMN IF NOT EXISTS operation_id      uuid NOT NULL,
+    ADD COLUMN IF NOT EXISTS chunk_number      integer NOT NULL,
+    ADD COLUMN IF NOT EXISTS status            text NOT NULL DEFAULT 'pending',
+    ADD COLUMN IF NOT EXISTS records           bigint NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS lower_key         text,
+    ADD COLUMN IF NOT EXISTS upper_key         text,
+    ADD COLUMN IF NOT EXISTS keys              text[],
+    ADD COLUMN IF NOT EXISTS items             jsonb,
+    ADD COLUMN IF NOT EXISTS first_index       integer,
+    ADD COLUMN IF NOT EXISTS next_batch        integer NOT NULL DEFAULT 1,
+    ADD COLUMN IF NOT EXISTS worker            integer,
+    ADD COLUMN IF NOT EXISTS claimed_at        timestamptz,
+    ADD COLUMN IF NOT EXISTS completed_at      timestamptz,
+    ADD COLUMN IF NOT EXISTS processed_records bigint NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS failed_records    bigint NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS error_count       integer NOT NULL DEFAULT 0;
+CREATE INDEX IF NOT EXISTS batch_operation_chunks_claim_idx
+    ON specql.batch_operation_chunks (operation_id, status, chunk_number);
+
 -- Every field and column has the type this version expects. An object of the same name
 -- that differs (made by hand, or by a newer specql) stops the migration here instead of
 -- failing later inside a routine.
@@ -274,6 +431,7 @@ BEGIN
         ('specql.batch_operation_result', 'batch_count', 'integer'),
         ('specql.batch_operation_result', 'started_at', 'timestamptz'),
         ('specql.batch_operation_result', 'completed_at', 'timestamptz'),
+        ('specql.batch_operation_result', 'skipped_records', 'bigint'),
         ('specql.batch_operation_runs', 'operation_id', 'uuid'),
         ('specql.batch_operation_runs', 'operation', 'text'),
         ('specql.batch_operation_runs', 'status', 'text'),
@@ -310,6 +468,7 @@ BEGIN
         ('specql.batch_operation_logs', 'attempt', 'integer'),
         ('specql.batch_operation_logs', 'wait_reason', 'text'),
         ('specql.batch_operation_logs', 'wait_ms', 'numeric'),
+        ('specql.batch_operation_logs', 'step', 'text'),
         ('specql.batch_operation_errors', 'id', 'bigint'),
         ('specql.batch_operation_errors', 'operation_id', 'uuid'),
         ('specql.batch_operation_errors', 'operation', 'text'),
@@ -319,6 +478,7 @@ BEGIN
         ('specql.batch_operation_errors', 'error_detail', 'text'),
         ('specql.batch_operation_errors', 'failed_records', 'jsonb'),
         ('specql.batch_operation_errors', 'occurred_at', 'timestamptz'),
+        ('specql.batch_operation_errors', 'step', 'text'),
         ('specql.batch_performance_metrics', 'id', 'bigint'),
         ('specql.batch_performance_metrics', 'operation_id', 'uuid'),
         ('specql.batch_performance_metrics', 'operation', 'text'),
@@ -334,7 +494,59 @@ BEGIN
         ('specql.batch_operation_notifications', 'created_at', 'timestamptz'),
         ('specql.batch_operation_notifications', 'delivered_at', 'timestamptz'),
         ('specql.batch_operation_cancellations', 'operation_id', 'uuid'),
-        ('specql.batch_operation_cancellations', 'requested_at', 'timestamptz')
+        ('specql.batch_operation_cancellations', 'requested_at', 'timestamptz'),
+        ('specql.batch_operation_audit', 'id', 'bigint'),
+        ('specql.batch_operation_audit', 'operation_id', 'uuid'),
+        ('specql.batch_operation_audit', 'batch_number', 'integer'),
+        ('specql.batch_operation_audit', 'record_key', 'jsonb'),
+        ('specql.batch_operation_audit', 'action', 'text'),
+        ('specql.batch_operation_audit', 'old_row', 'jsonb'),
+        ('specql.batch_operation_audit', 'new_row', 'jsonb'),
+        ('specql.batch_operation_audit', 'changed_fields', 'text[]'),
+        ('specql.batch_operation_audit', 'recorded_at', 'timestamptz'),
+        ('specql.batch_operation_steps', 'operation_id', 'uuid'),
+        ('specql.batch_operation_steps', 'operation', 'text'),
+        ('specql.batch_operation_steps', 'step_name', 'text'),
+        ('specql.batch_operation_steps', 'step_number', 'integer'),
+        ('specql.batch_operation_steps', 'status', 'text'),
+        ('specql.batch_operation_steps', 'total_records', 'bigint'),
+        ('specql.batch_operation_steps', 'processed_records', 'bigint'),
+        ('specql.batch_operation_steps', 'failed_records', 'bigint'),
+        ('specql.batch_operation_steps', 'error_count', 'integer'),
+        ('specql.batch_operation_steps', 'batch_count', 'integer'),
+        ('specql.batch_operation_steps', 'output_records', 'bigint'),
+        ('specql.batch_operation_steps', 'started_at', 'timestamptz'),
+        ('specql.batch_operation_steps', 'completed_at', 'timestamptz'),
+        ('specql.batch_operation_steps', 'error_message', 'text'),
+        ('specql.batch_operation_outputs', 'operation_id', 'uuid'),
+        ('specql.batch_operation_outputs', 'output', 'text'),
+        ('specql.batch_operation_outputs', 'chunk', 'integer'),
+        ('specql.batch_operation_outputs', 'keys', 'text[]'),
+        ('specql.batch_operation_outputs', 'records', 'jsonb'),
+        ('specql.batch_operation_parallel_runs', 'operation_id', 'uuid'),
+        ('specql.batch_operation_parallel_runs', 'inputs', 'jsonb'),
+        ('specql.batch_operation_parallel_runs', 'worker_batch_size', 'integer'),
+        ('specql.batch_operation_parallel_runs', 'chunk_count', 'integer'),
+        ('specql.batch_operation_parallel_runs', 'batches_per_chunk', 'integer'),
+        ('specql.batch_operation_parallel_runs', 'workers', 'integer'),
+        ('specql.batch_operation_parallel_runs', 'stop', 'text'),
+        ('specql.batch_operation_chunks', 'id', 'bigint'),
+        ('specql.batch_operation_chunks', 'operation_id', 'uuid'),
+        ('specql.batch_operation_chunks', 'chunk_number', 'integer'),
+        ('specql.batch_operation_chunks', 'status', 'text'),
+        ('specql.batch_operation_chunks', 'records', 'bigint'),
+        ('specql.batch_operation_chunks', 'lower_key', 'text'),
+        ('specql.batch_operation_chunks', 'upper_key', 'text'),
+        ('specql.batch_operation_chunks', 'keys', 'text[]'),
+        ('specql.batch_operation_chunks', 'items', 'jsonb'),
+        ('specql.batch_operation_chunks', 'first_index', 'integer'),
+        ('specql.batch_operation_chunks', 'next_batch', 'integer'),
+        ('specql.batch_operation_chunks', 'worker', 'integer'),
+        ('specql.batch_operation_chunks', 'claimed_at', 'timestamptz'),
+        ('specql.batch_operation_chunks', 'completed_at', 'timestamptz'),
+        ('specql.batch_operation_chunks', 'processed_records', 'bigint'),
+        ('specql.batch_operation_chunks', 'failed_records', 'bigint'),
+        ('specql.batch_operation_chunks', 'error_count', 'integer')
       ) AS e(relation, name, type)
       LEFT JOIN pg_attribute a
         ON a.attrelid = e.relation::regclass AND a.attname = e.name AND NOT a.attisdropped
@@ -379,7 +591,10 @@ SELECT r.operation_id,
        r.run_by,
        r.backend_pid,
        r.transaction_mode,
-       r.batch_size
+       r.batch_size,
+       -- a multi-step run: the step it is in (or ended in); one index probe
+       (SELECT s.step_name FROM specql.batch_operation_steps s
+         WHERE s.operation_id = r.operation_id ORDER BY s.step_number DESC LIMIT 1) AS step
   FROM specql.batch_operation_runs r
  CROSS JOIN LATERAL (
        SELECT CASE

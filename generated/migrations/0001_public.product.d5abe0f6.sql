@@ -532,9 +532,7 @@ BEGIN
         FOR UPDATE SKIP LOCKED;
         EXIT WHEN NOT FOUND;
         _chunk_claimed_at := clock_timestamp();
-        -- `|| '[]'` gives the elements decompressed: a compressed value read element by element would
-        -- be decompressed again for every element.
-        import_products.products_array := _chunk.items || '[]'::jsonb;
+        import_products.products_array := _chunk.items;
         _count := jsonb_array_length(_chunk.items);
         _from := (_chunk.next_batch - 1) * _batch_size;
         _batch_in_chunk := _chunk.next_batch - 1;

@@ -104,6 +104,7 @@ BEGIN
     _result.failed_records := 0;
     _result.error_count := 0;
     _result.batch_count := 0;
+    _result.skipped_records := 0;
 
     -- The run row: what `specql status` shows; its
     -- backend tells a live run from an abandoned one (the view specql.batch_operation_status).

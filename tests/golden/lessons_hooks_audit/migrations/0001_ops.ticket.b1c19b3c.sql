@@ -24,10 +24,6 @@ ALTER TABLE ops.ticket ADD COLUMN IF NOT EXISTS deleted_at timestamptz;
 ALTER TABLE ops.ticket ADD COLUMN IF NOT EXISTS deleted_by text;
 ALTER TABLE ops.ticket ADD COLUMN IF NOT EXISTS deletion_reason text;
 
--- soft_delete: purge and the statistics find the soft-deleted rows by this index.
-CREATE INDEX IF NOT EXISTS ticket_deleted_at_idx
-    ON ops.ticket (deleted_at) WHERE deleted_at IS NOT NULL;
-
 -- soft_delete: how many rows are active, soft-deleted, and in all.
 CREATE OR REPLACE FUNCTION ops.ticket_deletion_stats(OUT active bigint, OUT deleted bigint, OUT total bigint)
 LANGUAGE sql STABLE
@@ -123,6 +119,7 @@ DECLARE
     _count integer;            -- elements in the data_source array
     _old_rows jsonb;           -- hooks: the batch's rows before the change, as JSON objects
     _new_rows jsonb;           -- and after it (or as proposed, for a before hook), paired by position
+    _changed_fields text[];    -- the fields whose values differ in at least one pair
     _n bigint;
     _batch_processed bigint;
     _batch_failed bigint;
@@ -209,14 +206,17 @@ BEGIN
                               FROM generate_series(_from, _to) AS _g(_i)
                               OFFSET 0) AS _source
                         ON CONFLICT DO NOTHING
-                        RETURNING id AS _key, NULL::jsonb AS _old_row, to_jsonb(ticket.*) AS _new_row
+                        RETURNING id AS _key, NULL::ops.ticket AS _old_row,
+                                  ROW(ticket.*)::ops.ticket AS _new_row
                     ),
                     _audit AS (
                         -- audit: one row per changed record, written in the batch's savepoint with the change.
                         INSERT INTO specql.batch_operation_audit
                             (operation_id, batch_number, record_key, action, old_row, new_row, changed_fields, recorded_at)
                         SELECT _result.operation_id, _result.batch_count + 1, jsonb_build_object('id', _key),
-                               'insert', _old_row, _new_row, specql.changed_fields(_old_row, _new_row), clock_timestamp()
+                               'insert', to_jsonb(_old_row), to_jsonb(_new_row),
+                               ARRAY['code', 'deleted_at', 'deleted_by', 'deletion_reason', 'id', 'priority', 'state']::text[],
+                               clock_timestamp()
                         FROM _changed
                     )
                     SELECT count(*)
@@ -225,17 +225,16 @@ BEGIN
                 ELSE
                     -- before hook: the batch's rows (locked) and what the change would make of them, before
                     -- anything changes; a hook that raises fails the batch.
-                    SELECT coalesce(jsonb_agg(_old_row) FILTER (WHERE _old_row IS NOT NULL), '[]'),
-                           coalesce(jsonb_agg(_new_row) FILTER (WHERE _new_row IS NOT NULL), '[]')
-                    INTO _old_rows, _new_rows
-                    FROM (SELECT NULL::jsonb AS _old_row,
-                                 jsonb_build_object('id', (_rec ->> 'id')::integer, 'code', (_rec ->> 'code'), 'state', (_rec ->> 'state'), 'priority', (_rec ->> 'priority')::integer)
-                                 AS _new_row
+                    SELECT '[]'::jsonb,
+                           coalesce(jsonb_agg(to_jsonb(_new_row)), '[]'),
+                           CASE WHEN count(*) > 0 THEN ARRAY['code', 'deleted_at', 'deleted_by', 'deletion_reason', 'id', 'priority', 'state']::text[] ELSE '{}' END
+                    INTO _old_rows, _new_rows, _changed_fields
+                    FROM (SELECT NULL::ops.ticket AS _old_row,
+                                 ROW((_rec ->> 'id')::integer, (_rec ->> 'code'), (_rec ->> 'state'), (_rec ->> 'priority')::integer, NULL::timestamptz, NULL::text, NULL::text)::ops.ticket AS _new_row
                           FROM (SELECT import_tickets.tickets -> _g._i AS _rec
                                 FROM generate_series(_from, _to) AS _g(_i)
                                 OFFSET 0) AS _source) AS _proposed;
-                    PERFORM ops.ticket_checks(_result.operation_id, _result.batch_count + 1, _old_rows, _new_rows,
-                            specql.batch_changed_fields(_old_rows, _new_rows));
+                    PERFORM ops.ticket_checks(_result.operation_id, _result.batch_count + 1, _old_rows, _new_rows, _changed_fields);
                     WITH _changed AS (
                         INSERT INTO ops.ticket (id, code, state, priority)
                         SELECT (_rec ->> 'id')::integer,
@@ -247,24 +246,27 @@ BEGIN
                               FROM generate_series(_from, _to) AS _g(_i)
                               OFFSET 0) AS _source
                         ON CONFLICT DO NOTHING
-                        RETURNING id AS _key, NULL::jsonb AS _old_row, to_jsonb(ticket.*) AS _new_row
+                        RETURNING id AS _key, NULL::ops.ticket AS _old_row,
+                                  ROW(ticket.*)::ops.ticket AS _new_row
                     ),
                     _audit AS (
                         -- audit: one row per changed record, written in the batch's savepoint with the change.
                         INSERT INTO specql.batch_operation_audit
                             (operation_id, batch_number, record_key, action, old_row, new_row, changed_fields, recorded_at)
                         SELECT _result.operation_id, _result.batch_count + 1, jsonb_build_object('id', _key),
-                               'insert', _old_row, _new_row, specql.changed_fields(_old_row, _new_row), clock_timestamp()
+                               'insert', to_jsonb(_old_row), to_jsonb(_new_row),
+                               ARRAY['code', 'deleted_at', 'deleted_by', 'deletion_reason', 'id', 'priority', 'state']::text[],
+                               clock_timestamp()
                         FROM _changed
                     )
                     SELECT count(*),
-                           coalesce(jsonb_agg(_old_row) FILTER (WHERE _old_row IS NOT NULL), '[]'),
-                           coalesce(jsonb_agg(_new_row) FILTER (WHERE _new_row IS NOT NULL), '[]')
-                    INTO _n, _old_rows, _new_rows
+                           '[]'::jsonb,
+                           coalesce(jsonb_agg(to_jsonb(_new_row)), '[]'),
+                           CASE WHEN count(*) > 0 THEN ARRAY['code', 'deleted_at', 'deleted_by', 'deletion_reason', 'id', 'priority', 'state']::text[] ELSE '{}' END
+                    INTO _n, _old_rows, _new_rows, _changed_fields
                     FROM _changed;
                     -- after hook: the rows the batch changed, before and after, inside the batch's savepoint.
-                    PERFORM ops.ticket_imported(_result.operation_id, _result.batch_count + 1, _old_rows, _new_rows,
-                            specql.batch_changed_fields(_old_rows, _new_rows));
+                    PERFORM ops.ticket_imported(_result.operation_id, _result.batch_count + 1, _old_rows, _new_rows, _changed_fields);
                 END IF;
 
                 _batch_processed := _n;
@@ -313,14 +315,17 @@ BEGIN
                                       FROM generate_series(_from, _to) AS _g(_i)
                                       OFFSET 0) AS _source
                                 ON CONFLICT DO NOTHING
-                                RETURNING id AS _key, NULL::jsonb AS _old_row, to_jsonb(ticket.*) AS _new_row
+                                RETURNING id AS _key, NULL::ops.ticket AS _old_row,
+                                          ROW(ticket.*)::ops.ticket AS _new_row
                             ),
                             _audit AS (
                                 -- audit: one row per changed record, written in the batch's savepoint with the change.
                                 INSERT INTO specql.batch_operation_audit
                                     (operation_id, batch_number, record_key, action, old_row, new_row, changed_fields, recorded_at)
                                 SELECT _result.operation_id, _result.batch_count + 1, jsonb_build_object('id', _key),
-                                       'insert', _old_row, _new_row, specql.changed_fields(_old_row, _new_row), clock_timestamp()
+                                       'insert', to_jsonb(_old_row), to_jsonb(_new_row),
+                                       ARRAY['code', 'deleted_at', 'deleted_by', 'deletion_reason', 'id', 'priority', 'state']::text[],
+                                       clock_timestamp()
                                 FROM _changed
                             )
                             SELECT count(*)
@@ -329,17 +334,16 @@ BEGIN
                         ELSE
                             -- before hook: the batch's rows (locked) and what the change would make of them, before
                             -- anything changes; a hook that raises fails the batch.
-                            SELECT coalesce(jsonb_agg(_old_row) FILTER (WHERE _old_row IS NOT NULL), '[]'),
-                                   coalesce(jsonb_agg(_new_row) FILTER (WHERE _new_row IS NOT NULL), '[]')
-                            INTO _old_rows, _new_rows
-                            FROM (SELECT NULL::jsonb AS _old_row,
-                                         jsonb_build_object('id', (_rec ->> 'id')::integer, 'code', (_rec ->> 'code'), 'state', (_rec ->> 'state'), 'priority', (_rec ->> 'priority')::integer)
-                                         AS _new_row
+                            SELECT '[]'::jsonb,
+                                   coalesce(jsonb_agg(to_jsonb(_new_row)), '[]'),
+                                   CASE WHEN count(*) > 0 THEN ARRAY['code', 'deleted_at', 'deleted_by', 'deletion_reason', 'id', 'priority', 'state']::text[] ELSE '{}' END
+                            INTO _old_rows, _new_rows, _changed_fields
+                            FROM (SELECT NULL::ops.ticket AS _old_row,
+                                         ROW((_rec ->> 'id')::integer, (_rec ->> 'code'), (_rec ->> 'state'), (_rec ->> 'priority')::integer, NULL::timestamptz, NULL::text, NULL::text)::ops.ticket AS _new_row
                                   FROM (SELECT import_tickets.tickets -> _g._i AS _rec
                                         FROM generate_series(_from, _to) AS _g(_i)
                                         OFFSET 0) AS _source) AS _proposed;
-                            PERFORM ops.ticket_checks(_result.operation_id, _result.batch_count + 1, _old_rows, _new_rows,
-                                    specql.batch_changed_fields(_old_rows, _new_rows));
+                            PERFORM ops.ticket_checks(_result.operation_id, _result.batch_count + 1, _old_rows, _new_rows, _changed_fields);
                             WITH _changed AS (
                                 INSERT INTO ops.ticket (id, code, state, priority)
                                 SELECT (_rec ->> 'id')::integer,
@@ -351,24 +355,27 @@ BEGIN
                                       FROM generate_series(_from, _to) AS _g(_i)
                                       OFFSET 0) AS _source
                                 ON CONFLICT DO NOTHING
-                                RETURNING id AS _key, NULL::jsonb AS _old_row, to_jsonb(ticket.*) AS _new_row
+                                RETURNING id AS _key, NULL::ops.ticket AS _old_row,
+                                          ROW(ticket.*)::ops.ticket AS _new_row
                             ),
                             _audit AS (
                                 -- audit: one row per changed record, written in the batch's savepoint with the change.
                                 INSERT INTO specql.batch_operation_audit
                                     (operation_id, batch_number, record_key, action, old_row, new_row, changed_fields, recorded_at)
                                 SELECT _result.operation_id, _result.batch_count + 1, jsonb_build_object('id', _key),
-                                       'insert', _old_row, _new_row, specql.changed_fields(_old_row, _new_row), clock_timestamp()
+                                       'insert', to_jsonb(_old_row), to_jsonb(_new_row),
+                                       ARRAY['code', 'deleted_at', 'deleted_by', 'deletion_reason', 'id', 'priority', 'state']::text[],
+                                       clock_timestamp()
                                 FROM _changed
                             )
                             SELECT count(*),
-                                   coalesce(jsonb_agg(_old_row) FILTER (WHERE _old_row IS NOT NULL), '[]'),
-                                   coalesce(jsonb_agg(_new_row) FILTER (WHERE _new_row IS NOT NULL), '[]')
-                            INTO _n, _old_rows, _new_rows
+                                   '[]'::jsonb,
+                                   coalesce(jsonb_agg(to_jsonb(_new_row)), '[]'),
+                                   CASE WHEN count(*) > 0 THEN ARRAY['code', 'deleted_at', 'deleted_by', 'deletion_reason', 'id', 'priority', 'state']::text[] ELSE '{}' END
+                            INTO _n, _old_rows, _new_rows, _changed_fields
                             FROM _changed;
                             -- after hook: the rows the batch changed, before and after, inside the batch's savepoint.
-                            PERFORM ops.ticket_imported(_result.operation_id, _result.batch_count + 1, _old_rows, _new_rows,
-                                    specql.batch_changed_fields(_old_rows, _new_rows));
+                            PERFORM ops.ticket_imported(_result.operation_id, _result.batch_count + 1, _old_rows, _new_rows, _changed_fields);
                         END IF;
 
                         _batch_processed := _batch_processed + _n;
@@ -629,7 +636,7 @@ BEGIN
                     -- The key range (_last, _upto]: at most _batch_size rows, as the key is unique.
                     _upto := CASE WHEN _last > 2147483647 - _batch_size THEN 2147483647 ELSE _last + _batch_size END;
                     WITH _pre AS MATERIALIZED (
-                        SELECT id AS _key, to_jsonb(ticket.*) AS _row
+                        SELECT id AS _key, ROW(ticket.*)::ops.ticket AS _row
                         FROM ops.ticket
                         WHERE id > _last AND id <= _upto AND ((priority > escalate_tickets.min_priority) AND deleted_at IS NULL)
                         FOR UPDATE
@@ -638,7 +645,7 @@ BEGIN
                         UPDATE ops.ticket
                         SET state = 'escalated'
                         WHERE id = ANY(ARRAY(SELECT _key FROM _pre))
-                        RETURNING id AS _key, to_jsonb(ticket.*) AS _row
+                        RETURNING id AS _key, ROW(ticket.*)::ops.ticket AS _row
                     ),
                     _changed AS (
                         SELECT _updated._key, _pre._row AS _old_row, _updated._row AS _new_row
@@ -649,7 +656,15 @@ BEGIN
                         INSERT INTO specql.batch_operation_audit
                             (operation_id, batch_number, record_key, action, old_row, new_row, changed_fields, recorded_at)
                         SELECT _result.operation_id, _result.batch_count + 1, jsonb_build_object('id', _key),
-                               'update', _old_row, _new_row, specql.changed_fields(_old_row, _new_row), clock_timestamp()
+                               'update', to_jsonb(_old_row), to_jsonb(_new_row),
+                               array_remove(ARRAY[CASE WHEN (_old_row).code IS DISTINCT FROM (_new_row).code THEN 'code' END,
+                                                  CASE WHEN (_old_row).deleted_at IS DISTINCT FROM (_new_row).deleted_at THEN 'deleted_at' END,
+                                                  CASE WHEN (_old_row).deleted_by IS DISTINCT FROM (_new_row).deleted_by THEN 'deleted_by' END,
+                                                  CASE WHEN (_old_row).deletion_reason IS DISTINCT FROM (_new_row).deletion_reason THEN 'deletion_reason' END,
+                                                  CASE WHEN (_old_row).id IS DISTINCT FROM (_new_row).id THEN 'id' END,
+                                                  CASE WHEN (_old_row).priority IS DISTINCT FROM (_new_row).priority THEN 'priority' END,
+                                                  CASE WHEN (_old_row).state IS DISTINCT FROM (_new_row).state THEN 'state' END], NULL),
+                               clock_timestamp()
                         FROM _changed
                     )
                     SELECT count(*)
@@ -666,7 +681,7 @@ BEGIN
                                        ORDER BY id LIMIT _batch_size - _n);
                         IF cardinality(_keys) > 0 THEN
                             WITH _pre AS MATERIALIZED (
-                                SELECT id AS _key, to_jsonb(ticket.*) AS _row
+                                SELECT id AS _key, ROW(ticket.*)::ops.ticket AS _row
                                 FROM ops.ticket
                                 WHERE id = ANY(_keys) AND ((priority > escalate_tickets.min_priority) AND deleted_at IS NULL)
                                 FOR UPDATE
@@ -675,7 +690,7 @@ BEGIN
                                 UPDATE ops.ticket
                                 SET state = 'escalated'
                                 WHERE id = ANY(ARRAY(SELECT _key FROM _pre))
-                                RETURNING id AS _key, to_jsonb(ticket.*) AS _row
+                                RETURNING id AS _key, ROW(ticket.*)::ops.ticket AS _row
                             ),
                             _changed AS (
                                 SELECT _updated._key, _pre._row AS _old_row, _updated._row AS _new_row
@@ -686,7 +701,15 @@ BEGIN
                                 INSERT INTO specql.batch_operation_audit
                                     (operation_id, batch_number, record_key, action, old_row, new_row, changed_fields, recorded_at)
                                 SELECT _result.operation_id, _result.batch_count + 1, jsonb_build_object('id', _key),
-                                       'update', _old_row, _new_row, specql.changed_fields(_old_row, _new_row), clock_timestamp()
+                                       'update', to_jsonb(_old_row), to_jsonb(_new_row),
+                                       array_remove(ARRAY[CASE WHEN (_old_row).code IS DISTINCT FROM (_new_row).code THEN 'code' END,
+                                                          CASE WHEN (_old_row).deleted_at IS DISTINCT FROM (_new_row).deleted_at THEN 'deleted_at' END,
+                                                          CASE WHEN (_old_row).deleted_by IS DISTINCT FROM (_new_row).deleted_by THEN 'deleted_by' END,
+                                                          CASE WHEN (_old_row).deletion_reason IS DISTINCT FROM (_new_row).deletion_reason THEN 'deletion_reason' END,
+                                                          CASE WHEN (_old_row).id IS DISTINCT FROM (_new_row).id THEN 'id' END,
+                                                          CASE WHEN (_old_row).priority IS DISTINCT FROM (_new_row).priority THEN 'priority' END,
+                                                          CASE WHEN (_old_row).state IS DISTINCT FROM (_new_row).state THEN 'state' END], NULL),
+                                       clock_timestamp()
                                 FROM _changed
                             )
                             SELECT count(*)
@@ -700,7 +723,7 @@ BEGIN
                     EXIT batches WHEN _batch_records = 0;  -- past the last matching key: nothing was changed
                 ELSE
                     WITH _pre AS MATERIALIZED (
-                        SELECT id AS _key, to_jsonb(ticket.*) AS _row
+                        SELECT id AS _key, ROW(ticket.*)::ops.ticket AS _row
                         FROM ops.ticket
                         WHERE id = ANY(_keys) AND ((priority > escalate_tickets.min_priority) AND deleted_at IS NULL)
                         FOR UPDATE
@@ -709,7 +732,7 @@ BEGIN
                         UPDATE ops.ticket
                         SET state = 'escalated'
                         WHERE id = ANY(ARRAY(SELECT _key FROM _pre))
-                        RETURNING id AS _key, to_jsonb(ticket.*) AS _row
+                        RETURNING id AS _key, ROW(ticket.*)::ops.ticket AS _row
                     ),
                     _changed AS (
                         SELECT _updated._key, _pre._row AS _old_row, _updated._row AS _new_row
@@ -720,7 +743,15 @@ BEGIN
                         INSERT INTO specql.batch_operation_audit
                             (operation_id, batch_number, record_key, action, old_row, new_row, changed_fields, recorded_at)
                         SELECT _result.operation_id, _result.batch_count + 1, jsonb_build_object('id', _key),
-                               'update', _old_row, _new_row, specql.changed_fields(_old_row, _new_row), clock_timestamp()
+                               'update', to_jsonb(_old_row), to_jsonb(_new_row),
+                               array_remove(ARRAY[CASE WHEN (_old_row).code IS DISTINCT FROM (_new_row).code THEN 'code' END,
+                                                  CASE WHEN (_old_row).deleted_at IS DISTINCT FROM (_new_row).deleted_at THEN 'deleted_at' END,
+                                                  CASE WHEN (_old_row).deleted_by IS DISTINCT FROM (_new_row).deleted_by THEN 'deleted_by' END,
+                                                  CASE WHEN (_old_row).deletion_reason IS DISTINCT FROM (_new_row).deletion_reason THEN 'deletion_reason' END,
+                                                  CASE WHEN (_old_row).id IS DISTINCT FROM (_new_row).id THEN 'id' END,
+                                                  CASE WHEN (_old_row).priority IS DISTINCT FROM (_new_row).priority THEN 'priority' END,
+                                                  CASE WHEN (_old_row).state IS DISTINCT FROM (_new_row).state THEN 'state' END], NULL),
+                               clock_timestamp()
                         FROM _changed
                     )
                     SELECT count(*)
@@ -915,6 +946,7 @@ DECLARE
     _last_index integer;
     _old_rows jsonb;           -- hooks: the batch's rows before the change, as JSON objects
     _new_rows jsonb;           -- and after it (or as proposed, for a before hook), paired by position
+    _changed_fields text[];    -- the fields whose values differ in at least one pair
     _n bigint;
     _batch_processed bigint;
     _batch_failed bigint;
@@ -998,19 +1030,20 @@ BEGIN
             ELSE
                 -- before hook: the batch's rows (locked) and what the change would make of them, before
                 -- anything changes; a hook that raises fails the batch.
-                SELECT coalesce(jsonb_agg(_old_row) FILTER (WHERE _old_row IS NOT NULL), '[]'),
-                       coalesce(jsonb_agg(_new_row) FILTER (WHERE _new_row IS NOT NULL), '[]')
-                INTO _old_rows, _new_rows
-                FROM (SELECT to_jsonb(ticket.*) AS _old_row, NULL::jsonb AS _new_row
+                SELECT coalesce(jsonb_agg(to_jsonb(_old_row)), '[]'),
+                       '[]'::jsonb,
+                       CASE WHEN count(*) > 0 THEN ARRAY['code', 'deleted_at', 'deleted_by', 'deletion_reason', 'id', 'priority', 'state']::text[] ELSE '{}' END
+                INTO _old_rows, _new_rows, _changed_fields
+                FROM (SELECT ROW(ticket.*)::ops.ticket AS _old_row, NULL::ops.ticket AS _new_row
                       FROM ops.ticket
                       WHERE id = ANY(_keys) AND deleted_at IS NOT NULL
                       FOR UPDATE) AS _proposed;
-                PERFORM ops.ticket_dropping(_result.operation_id, _result.batch_count + 1, _old_rows, _new_rows,
-                        specql.batch_changed_fields(_old_rows, _new_rows));
+                PERFORM ops.ticket_dropping(_result.operation_id, _result.batch_count + 1, _old_rows, _new_rows, _changed_fields);
                 WITH _changed AS (
                     DELETE FROM ops.ticket
                     WHERE id = ANY(_keys) AND deleted_at IS NOT NULL
-                    RETURNING id AS _key, to_jsonb(ticket.*) AS _old_row, NULL::jsonb AS _new_row
+                    RETURNING id AS _key, ROW(ticket.*)::ops.ticket AS _old_row,
+                              NULL::ops.ticket AS _new_row
                 )
                 SELECT count(*)
                 INTO _n
@@ -1220,14 +1253,17 @@ BEGIN
                     WITH _changed AS (
                         DELETE FROM ops.ticket
                         WHERE id > _last AND id <= _upto AND (deleted_at < purge_tickets.cutoff)
-                        RETURNING id AS _key, to_jsonb(ticket.*) AS _old_row, NULL::jsonb AS _new_row
+                        RETURNING id AS _key, ROW(ticket.*)::ops.ticket AS _old_row,
+                                  NULL::ops.ticket AS _new_row
                     ),
                     _audit AS (
                         -- audit: one row per changed record, written in the batch's savepoint with the change.
                         INSERT INTO specql.batch_operation_audit
                             (operation_id, batch_number, record_key, action, old_row, new_row, changed_fields, recorded_at)
                         SELECT _result.operation_id, _result.batch_count + 1, jsonb_build_object('id', _key),
-                               'purge', _old_row, _new_row, specql.changed_fields(_old_row, _new_row), clock_timestamp()
+                               'purge', to_jsonb(_old_row), to_jsonb(_new_row),
+                               ARRAY['code', 'deleted_at', 'deleted_by', 'deletion_reason', 'id', 'priority', 'state']::text[],
+                               clock_timestamp()
                         FROM _changed
                     )
                     SELECT count(*)
@@ -1246,14 +1282,17 @@ BEGIN
                             WITH _changed AS (
                                 DELETE FROM ops.ticket
                                 WHERE id = ANY(_keys) AND (deleted_at < purge_tickets.cutoff)
-                                RETURNING id AS _key, to_jsonb(ticket.*) AS _old_row, NULL::jsonb AS _new_row
+                                RETURNING id AS _key, ROW(ticket.*)::ops.ticket AS _old_row,
+                                          NULL::ops.ticket AS _new_row
                             ),
                             _audit AS (
                                 -- audit: one row per changed record, written in the batch's savepoint with the change.
                                 INSERT INTO specql.batch_operation_audit
                                     (operation_id, batch_number, record_key, action, old_row, new_row, changed_fields, recorded_at)
                                 SELECT _result.operation_id, _result.batch_count + 1, jsonb_build_object('id', _key),
-                                       'purge', _old_row, _new_row, specql.changed_fields(_old_row, _new_row), clock_timestamp()
+                                       'purge', to_jsonb(_old_row), to_jsonb(_new_row),
+                                       ARRAY['code', 'deleted_at', 'deleted_by', 'deletion_reason', 'id', 'priority', 'state']::text[],
+                                       clock_timestamp()
                                 FROM _changed
                             )
                             SELECT count(*)
@@ -1269,14 +1308,17 @@ BEGIN
                     WITH _changed AS (
                         DELETE FROM ops.ticket
                         WHERE id = ANY(_keys) AND (deleted_at < purge_tickets.cutoff)
-                        RETURNING id AS _key, to_jsonb(ticket.*) AS _old_row, NULL::jsonb AS _new_row
+                        RETURNING id AS _key, ROW(ticket.*)::ops.ticket AS _old_row,
+                                  NULL::ops.ticket AS _new_row
                     ),
                     _audit AS (
                         -- audit: one row per changed record, written in the batch's savepoint with the change.
                         INSERT INTO specql.batch_operation_audit
                             (operation_id, batch_number, record_key, action, old_row, new_row, changed_fields, recorded_at)
                         SELECT _result.operation_id, _result.batch_count + 1, jsonb_build_object('id', _key),
-                               'purge', _old_row, _new_row, specql.changed_fields(_old_row, _new_row), clock_timestamp()
+                               'purge', to_jsonb(_old_row), to_jsonb(_new_row),
+                               ARRAY['code', 'deleted_at', 'deleted_by', 'deletion_reason', 'id', 'priority', 'state']::text[],
+                               clock_timestamp()
                         FROM _changed
                     )
                     SELECT count(*)

@@ -104,6 +104,7 @@ BEGIN
     _result.failed_records := 0;
     _result.error_count := 0;
     _result.batch_count := 0;
+    _result.skipped_records := 0;
 
     -- Precondition: COUNT(*) FILTER (WHERE status = 'pending') > 0
     IF NOT coalesce((SELECT count(*) FILTER (WHERE status = 'pending') > 0 FROM public."order"), false) THEN
