@@ -100,7 +100,7 @@ FAULTS = {
     # an audit row missing: the first changed record of each batch is not audited
     "audit row missing": (
         "public.member", "test_public_set_member_status",
-        r"(specql\.changed_fields\(_old_row, _new_row\), clock_timestamp\(\)\n\s+FROM _changed)", r"\1 OFFSET 1"),
+        r"(\s+clock_timestamp\(\)\n\s+FROM _changed)", r"\1 OFFSET 1"),
     # the soft-delete filter of an ordinary update dropped: it touches soft-deleted rows
     "soft-deleted row touched": (
         "public.member", "test_public_set_member_status",
