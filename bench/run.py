@@ -9,6 +9,7 @@ N.  Everything runs on ONE embedded PostgreSQL started by this script.
 
     /work/venv/bin/python bench/run.py
     /work/venv/bin/python bench/run.py --sizes 100000 --cases update_ids --batch-size 100
+    /work/venv/bin/python bench/run.py --steps [bench/steps.py's options]   # issue 11: select step -> update
 
 See bench/README.md for what is measured and the targets.
 """
@@ -564,6 +565,10 @@ def report(results: list[Result], sizes: list[int], batch_size: int, out=sys.std
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--steps" in argv:  # issue 11's case (a select step, then an update of its output): bench/steps.py
+        import steps
+        return steps.main([a for a in argv if a != "--steps"])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="100000,1000000", help="comma-separated row counts (default %(default)s)")
@@ -581,6 +586,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="before each timing wait up to this many seconds for the CPUs to be idle "
                          "(shared machine; 0 = never wait; default %(default)s)")
     ap.add_argument("--keep-sql", metavar="DIR", help="copy the generated migrations here")
+    ap.add_argument("--steps", action="store_true",
+                    help="run bench/steps.py instead (issue 11: a select step, then an update of its output, vs "
+                         "the update with the condition directly); the other options are then steps.py's")
     args = ap.parse_args(argv)
 
     sizes = sorted(int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip())
