@@ -921,3 +921,56 @@ def test_keys_of_another_type_are_refused_where_they_are_walked(tmp_path, monkey
         "a step walks an output as keys of its own table",
         "1 error(s); nothing was written.",
     ]
+
+
+# ----------------------------------------------------------------------------- a step on another table
+
+SHELF = """
+name: shelf
+schema: xt
+fields:
+  id: bigint
+  grp: integer
+patterns:
+  - name: batch_operations
+    operation: flag_boxes
+    params: {grp: integer}
+    steps:
+      - name: pick_boxes
+        operation_type: select
+        target_entity: box
+        where_condition: "grp = :grp"
+        batch_size: 3
+      - name: flag
+        operation_type: update
+        target_entity: box
+        update_data: {flag: "1"}
+        where_condition: "box_no IN (:pick_boxes_ids)"
+"""
+
+BOX = """
+name: box
+schema: xt
+primary_key: box_no
+fields:
+  box_no: bigint
+  grp: integer
+  flag: integer
+"""
+
+
+def test_a_step_on_another_table_walks_that_table(tmp_path, database_url):
+    """flag_boxes runs on shelf, its steps on box (target_entity): pick_boxes must select boxes of
+    group 1 (box_no 1..4), not shelves of group 1 (id 1..2, whose numbers are boxes 1 and 2)."""
+    url = database_url
+    entities = write_entities(tmp_path / "entities", shelf=SHELF, box=BOX)
+    generate([str(entities)], tmp_path / "out")
+    assert migrate(tmp_path / "out", url, echo=lambda line: None) == 0
+    with connect(url) as conn:
+        conn.execute("INSERT INTO xt.shelf (id, grp) VALUES (1, 1), (2, 1), (3, 2)")
+        conn.execute("INSERT INTO xt.box (box_no, grp, flag) SELECT g, CASE WHEN g <= 4 THEN 1 ELSE 2 END, 0 "
+                     "FROM generate_series(1, 10) g")
+        result = call(conn, "xt.flag_boxes", grp=1)
+        assert conn.execute("SELECT array_agg(box_no ORDER BY box_no) FROM xt.box WHERE flag = 1").fetchone()[0] == \
+            [1, 2, 3, 4]
+        assert step_rows(conn, result["operation_id"])[0][:5] == (1, "pick_boxes", "completed", 4, 4)
