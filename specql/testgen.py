@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import pprint
 import re
+from importlib import resources
 from collections import Counter
 from dataclasses import fields, is_dataclass
 from pathlib import Path
@@ -161,7 +162,12 @@ def module_name(op: Operation) -> str:
 
 def template_name(op: Operation) -> str:
     """One test template per driver (templates/tests/<driver>.py.j2), each extending base.py.j2:
-    a new driver is a new file."""
+    a new driver is a new file. A driver variant with batches of its own shape (the heap walk
+    of a uuid or text key, issue 15) has a file named after its SQL template that extends its
+    driver's; a variant without one (key ranges) is tested by its driver's file."""
+    variant = getattr(op, "driver_template", None)
+    if variant and (resources.files("specql.templates") / "tests" / f"{variant}.py.j2").is_file():
+        return f"tests/{variant}.py.j2"
     return f"tests/{op.statement.driver}.py.j2"
 
 
