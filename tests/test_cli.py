@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 import pytest
+import yaml
 from click.testing import CliRunner
 
 import specql.generate
@@ -108,7 +109,9 @@ def test_validate_single_file_and_yml_folder(tmp_path: Path):
     assert run("validate", "entities/user.yaml").exit_code == 0
     result = run("validate", str(tmp_path))
     assert result.exit_code == 0, result.output
-    assert result.stdout == "ok: 1 entities, 2 operations\n"
+    declared = len(yaml.safe_load((ENTITIES / "user.yaml").read_text("utf-8"))["patterns"])
+    assert declared >= 3  # the seed's two single-step operations and its multi-step migration
+    assert result.stdout == f"ok: 1 entities, {declared} operations\n"
 
 
 def test_validate_json_format_on_valid_entities():
