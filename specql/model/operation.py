@@ -51,6 +51,25 @@ class Operation:
                 return getattr(part, name)
         raise AttributeError(f"'Operation' object has no attribute {name!r}")
 
+    @property
+    def created_objects(self) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        """(tables, routines) as (schema, name) that the operation's migration creates: the
+        routine, a parallel run's entry points, its hooks' placeholders, a CSV import's staging
+        table. The fuzz oracle
+        (tests/fuzz/apply.py) holds a migration to exactly these, so a new kind of object an
+        operation creates is declared here."""
+        tables, routines = [], [(self.schema, self.name)]
+        if self.parallel is not None:
+            routines += [(self.schema, self.parallel.start_name), (self.schema, self.parallel.worker_name)]
+        if self.policy.hooks is not None:
+            routines += self.policy.hooks.functions
+        csv = getattr(self.statement, "csv", None)
+        if csv is not None:
+            tables.append((csv.schema, csv.staging_name))
+        if self.stages_json:
+            tables.append((self.schema, self.json_staging_name))
+        return tables, routines
+
     # -- multi-step operations (SPEC §8)
 
     @property
@@ -104,10 +123,13 @@ class Operation:
 
     @property
     def routine_args(self) -> list[tuple[Param, str]]:
-        """The arguments specql adds after the parameters, with their defaults: confirm (with
+        """The arguments specql adds after the parameters, with their defaults: staging_id (a
+        jsonb data_source that can be staged), confirm (with
         requires_confirmation), bypass_hooks (with hooks), batch_size (every routine: overrides the file for this call and
         the specql routines it calls), resume (a procedure: the run to continue)."""
-        args = [(Param("confirm", "boolean"), "false")] if self.policy.requires_confirmation else []
+        args = [(Param("staging_id", "uuid"), "NULL")] if self.stages_json else []
+        if self.policy.requires_confirmation:
+            args.append((Param("confirm", "boolean"), "false"))
         if self.policy.hooks:
             args.append((Param("bypass_hooks", "boolean"), "false"))  # hooks: call the batch without them
         args.append((Param("batch_size", "integer"), "NULL"))
@@ -170,4 +192,25 @@ class Operation:
             else:
                 value = ref
             parts.append(f"{literal(p.name)}, {value}")
+        if self.stages_json:  # a resume reads the same staged load (and `specql run --resume` finds it)
+            parts.append(f"'staging_id', {self.param_ref('staging_id')}")
         return f"jsonb_build_object({', '.join(parts)})"
+
+    # -- a jsonb data_source staged by `specql run --json` (SPEC §11, specql/jsonimport.py)
+
+    @property
+    def stages_json(self) -> bool:
+        """Whether the routine can read its jsonb data_source from a staging table instead of
+        the argument (staging_id => ...): a single-statement insert or upsert with a jsonb
+        data_source. Not a step (its source is the step's own) and not a parallel operation
+        (its chunks copy the argument's elements; op_start takes no staged load)."""
+        return (self.statement.driver == "source" and self.statement.source_param is not None
+                and not self.steps and self.step is None and self.parallel is None)
+
+    @property
+    def json_staging_name(self) -> str:
+        return f"{self.name}_staging"
+
+    @property
+    def json_staging_ident(self) -> str:
+        return qname(self.schema, self.json_staging_name)

@@ -6,7 +6,7 @@ statement it applies.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..contract import RESULT_FIELDS
 from ..diagnostics import did_you_mean
@@ -158,6 +158,8 @@ class Hooks:
 
     before: str | None = None
     after: str | None = None
+    # (schema, function) of each, unquoted: the placeholders the migration creates (hooks.sql.j2)
+    functions: list = field(default_factory=list)
 
 
 @dataclass
@@ -262,7 +264,7 @@ def _hooks(ctx) -> Hooks | None:
         ctx.error(ctx.at("hooks"), "hooks are not supported on upsert (its old rows are not captured); "
                                    "use an update and an insert", key=True)
         return None
-    names = {}
+    names, functions = {}, []
     for when in ("before", "after"):
         if when not in spec:
             continue
@@ -272,7 +274,8 @@ def _hooks(ctx) -> Hooks | None:
                                              f"audit.on_batch (schema.function)")
             continue
         names[when] = qname(m.group(1) or ctx.entity.schema, m.group(2))
-    return Hooks(**names) if names else None
+        functions.append((m.group(1) or ctx.entity.schema, m.group(2)))
+    return Hooks(**names, functions=functions) if names else None
 
 
 def _audit(ctx) -> bool:

@@ -70,6 +70,28 @@ def unquote_qualified(text: str) -> tuple[str, str]:
     return (parts[0], parts[-1]) if len(parts) >= 2 else ("", parts[0] if parts else "")
 
 
+def _created_by(text: str) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+    """(tables, routines) the entity's own SQL (`sql_files`) creates, read by PostgreSQL's
+    parser; an unqualified name lands in public (the migration's search_path)."""
+    import pglast
+
+    def name_of(parts) -> tuple[str, str]:
+        names = [p.sval for p in parts]
+        return (names[-2] if len(names) > 1 else "public", names[-1])
+
+    tables, routines = set(), set()
+    for raw in pglast.parse_sql(text):
+        stmt = raw.stmt
+        kind = type(stmt).__name__
+        if kind == "CreateFunctionStmt":
+            routines.add(name_of(stmt.funcname))
+        elif kind in ("CreateStmt", "ViewStmt", "CreateSeqStmt", "CreateTableAsStmt"):
+            rel = stmt.into.rel if kind == "CreateTableAsStmt" else (
+                stmt.view if kind == "ViewStmt" else (stmt.sequence if kind == "CreateSeqStmt" else stmt.relation))
+            tables.add((rel.schemaname or "public", rel.relname))
+    return tables, routines
+
+
 def declared(entity_file: Path) -> tuple[set[str], set[tuple[str, str]], set[tuple[str, str]]]:
     """(schemas, tables, routines) the entity asks for, read by specql's own model."""
     from specql.generate import load_project
@@ -82,9 +104,17 @@ def declared(entity_file: Path) -> tuple[set[str], set[tuple[str, str]], set[tup
         for extra in e.extra_tables:
             schemas.add(extra.schema)
             tables.add((extra.schema, extra.table))
+        for sql in e.project_sql:
+            made_tables, made_routines = _created_by(sql.text)
+            tables.update(made_tables)
+            routines.update(made_routines)
+        if e.soft_delete:
+            routines.add((e.schema, f"{e.name}_deletion_stats"))
         for op in e.operations:
             schemas.add(op.schema)
-            routines.add((op.schema, op.name))
+            made_tables, made_routines = op.created_objects
+            tables.update(made_tables)
+            routines.update(made_routines)
     return schemas, tables, routines
 
 
