@@ -110,7 +110,9 @@ def start_types(op) -> str:
 
 
 def worker_inputs(op) -> list:
-    """The parameters a worker reads from the run (as text): all but the id array and the
-    jsonb data_source, whose values the chunks hold, and resume."""
+    """The parameters a worker reads from the run (as text): the operation's own but the id
+    array and the jsonb data_source, whose values the chunks hold. Not specql's arguments:
+    confirm is op_start's decision and batch_size is in the run row (a worker that declared
+    them would never read them: plpgsql_check warns)."""
     held = {p.name for p in (op.statement.key_param, op.statement.source_param) if p is not None}
-    return [p for p in op.params + [p for p, _ in start_args(op)] if p.name not in held]
+    return [p for p in op.params if p.name not in held]
