@@ -11,7 +11,7 @@ from __future__ import annotations
 from ..diagnostics import Diagnostic, SpecError, did_you_mean
 from ..loader import Document
 from ..reserved import routine_locals
-from ..sqlnames import qi
+from ..sqlnames import MAX_IDENTIFIER_BYTES, qi
 from ..validate import schema_check
 from .context import Context
 from .entity import Entity, Project, build_entity, resolve_field_details
@@ -50,6 +50,8 @@ def build_operation(ctx: Context) -> Operation | None:
     check_names_not_captured(ctx)
     policy = read_policy(ctx, preconditions)
     parallel = read_parallel(ctx, policy)
+    if reader.driver == "source" and reader.source_name and parallel is None:
+        check_json_staging(ctx, params)
     if len(ctx.problems) > n_problems:
         return None
     statement = reader.finish(params)
@@ -63,6 +65,17 @@ def build_operation(ctx: Context) -> Operation | None:
         functions=[(name, ctx.location(path, offset)) for name, path, offset in ctx.functions],
         parallel=parallel,
     )
+
+
+def check_json_staging(ctx: Context, params) -> None:
+    """A jsonb data_source can be staged (SPEC §11): the routine gains `staging_id` and a
+    table `<operation>_staging`; neither name may be taken."""
+    if any(p.name == "staging_id" for p in params):
+        ctx.error(ctx.at("data_source"), "parameter 'staging_id' is the argument specql adds to read a staged "
+                                         "data_source (specql run --json); rename the parameter")
+    if len(f"{ctx.name}_staging".encode("utf-8")) > MAX_IDENTIFIER_BYTES:
+        ctx.error(ctx.at("operation"), f"operation name '{ctx.name}' is too long for its staging table "
+                                       f"'{ctx.name}_staging' (at most {MAX_IDENTIFIER_BYTES} bytes)")
 
 
 def _operation_type(ctx: Context) -> str | None:
