@@ -216,13 +216,16 @@ def migrate(directory: str, database_url: str | None, status: bool, dry_run: boo
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Parallel workers (operations with parallel: true).")
 @click.option("--csv", "csv_file", type=click.Path(dir_okay=False), help="CSV file (data_source: csv_file).")
-@click.option("--rejects", type=click.Path(dir_okay=False), help="Write the rejected CSV records here, with a reason column.")
+@click.option("--json", "json_file", type=click.Path(dir_okay=False),
+              help="A large jsonb data_source: a JSON array or JSON lines file, staged with COPY.")
+@click.option("--rejects", type=click.Path(dir_okay=False),
+              help="Write the rejected records here (CSV with a reason column; --json: JSON lines).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
               help="The result as a table, or as one JSON object.")
 @_guard
 def run_operation(operation: str, paths: tuple[str, ...], database_url: str | None, params: tuple[str, ...],
                   confirm: bool, batch_size: int | None, resume: str | None, workers: int, csv_file: str | None,
-                  rejects: str | None, fmt: str) -> None:
+                  json_file: str | None, rejects: str | None, fmt: str) -> None:
     """Run OPERATION (looked up in PATH..., default entities/) with a live progress bar.
 
     Exit 0 when the run ends `completed`, 1 for any other status or a refused run.
@@ -246,9 +249,24 @@ def run_operation(operation: str, paths: tuple[str, ...], database_url: str | No
             raise RunError(f"--csv: {op.name} does not import CSV (its data_source is not csv_file)")
         if resume and not op.is_procedure and workers == 1:
             raise RunError(f"--resume: {op.name} is not resumable (only transaction: commit_per_batch runs are)")
-        bound = bind_params(op, list(params)) if op.csv is None else None  # csv: bound once staged
+        staged_json = bool(json_file)
+        if json_file:  # a jsonb data_source staged from a file (specql/jsonimport.py)
+            from .jsonimport import check_json_op
+            check_json_op(op)
+            if workers > 1:
+                raise RunError(f"--json: {op.name} is not a parallel operation; --workers applies to those")
+        elif resume and op.stages_json:  # a resume of a staged run reads its staged load again
+            from .jsonimport import resumes_staged
+            staged_json = resumes_staged(url, op, resume)
+        # csv and --json: bound once staged
+        bound = bind_params(op, list(params)) if op.csv is None and not staged_json else None
         with LiveBar(op.name, enabled=fmt == "text") as bar:
-            if op.csv is not None:  # data_source: csv_file (specql/csvimport.py)
+            if staged_json:
+                from .jsonimport import run_json
+                result = run_json(url, op, json_file, list(params), confirm=confirm, batch_size=batch_size,
+                                  resume=resume, rejects=rejects, execute=execute, bind_params=bind_params,
+                                  on_progress=bar.update, on_notice=bar.notice)
+            elif op.csv is not None:  # data_source: csv_file (specql/csvimport.py)
                 from .csvimport import run_csv
                 if workers > 1:  # the staged load, then <op>_start and N workers
                     from functools import partial

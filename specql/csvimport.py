@@ -388,10 +388,11 @@ def write_rejects(conn: psycopg.Connection, operation_id, op, path: Path, out: P
     return written
 
 
-def drop_staged(conn: psycopg.Connection, op, staging_id: str) -> None:
+def drop_staged(conn: psycopg.Connection, op, staging_id: str, table: str | None = None) -> None:
     """Remove a finished load's staged rows: TRUNCATE when it is the only load in the table
-    (and nobody holds it), else DELETE."""
-    target = sql.Identifier(op.schema, op.csv.staging_name)
+    (and nobody holds it), else DELETE. `table`: another staging table of the operation's
+    schema (a jsonb data_source's, specql/jsonimport.py)."""
+    target = sql.Identifier(op.schema, table or op.csv.staging_name)
     with conn.transaction():
         conn.execute("SET LOCAL lock_timeout = '1s'")
         ends = sql.SQL("SELECT (SELECT _staging_id FROM {0} ORDER BY _staging_id LIMIT 1), "
