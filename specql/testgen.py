@@ -100,7 +100,9 @@ OPERATION_SKIP = ("source_path", "functions", "param_roles", "description")
 def policy_facts(p: Policy) -> dict:
     return plain_fields(p, derived=("is_procedure", "logs_batches", "logs_run", "resumable", "lock_timeout_ms", "retry_backoff_ms"), skip=POLICY_SKIP,
                         preconditions=[plain_fields(c) for c in p.preconditions],
-                        hooks=plain_fields(p.hooks) if p.hooks else None)
+                        # hooks: when -> function (harness_hooks.py); the placeholders' (schema, name)
+                        # pairs are the migration's, not a hook
+                        hooks=plain_fields(p.hooks, skip=("functions",)) if p.hooks else None)
 
 
 def step_facts(step, op_target: Entity) -> dict:
@@ -124,6 +126,8 @@ def step_facts(step, op_target: Entity) -> dict:
 def operation_facts(op: Operation) -> dict:
     return plain_fields(
         op, skip=OPERATION_SKIP,
+        # a parallel operation's entry points and chunking (harness_parallel.py); None otherwise
+        parallel=plain_fields(op.parallel, derived=("start_ident", "worker_ident")) if op.parallel else None,
         steps=[step_facts(s, op.target) for s in op.steps],
         compared_values=op.compared_values,
         params=[{**plain_fields(p), "ident": p.ident, "role": op.param_roles[p.name][0],

@@ -12,6 +12,7 @@ one concept per module:
 - harness_runs     cancel a run after its first batch, count row changes, hold a row lock
 - harness_hooks    record hook calls, read audit rows and the soft-delete state
 - harness_csv      write and stage the CSV files of a csv_file import
+- harness_parallel start a parallel run, run its workers in sessions of their own, gate and end them
 
 Generated modules import `Harness` and `batches` from here: that is the public API.
 """
@@ -29,6 +30,7 @@ from .harness_calls import Calls, Run
 from .harness_csv import CsvLoads
 from .harness_faults import POISON_TABLE, Faults
 from .harness_hooks import HookCalls
+from .harness_parallel import ParallelRuns
 from .harness_records import Records
 from .harness_runs import Runs
 from .harness_tables import MAX_SEED_ROWS, Seeding, sample_value
@@ -37,7 +39,7 @@ from .harness_target import Targets
 __all__ = ["Harness", "MAX_SEED_ROWS", "POISON_TABLE", "RESULT_FIELDS", "Run", "as_json", "batches", "sample_value"]
 
 
-class Harness(Targets, Seeding, Records, Calls, Faults, Runs, HookCalls, CsvLoads):
+class Harness(Targets, Seeding, Records, Calls, Faults, Runs, HookCalls, CsvLoads, ParallelRuns):
     """One operation on one test database."""
 
     def __init__(self, conn: psycopg.Connection, facts: dict):

@@ -129,6 +129,19 @@ FAULTS = {
     "csv: a batch wider than batch_size": (
         "public.product.", "test_public_import_products_csv",
         r"ORDER BY _s\._record LIMIT _batch_size\) AS _b;", "ORDER BY _s._record LIMIT _batch_size + 1) AS _b;"),
+    # parallel workers (issue 13): a claim that waits for the chunk another worker holds; a
+    # claim that takes no lock (two workers apply one chunk); a chunk marked done and committed
+    # when claimed, before its batches (a worker that dies in it loses it)
+    "parallel: a claim without SKIP LOCKED": (
+        "public.product.", "test_public_import_products",
+        r"FOR UPDATE SKIP LOCKED;", "FOR UPDATE;"),
+    "parallel: a chunk claimed without a lock": (
+        "public.product.", "test_public_import_products",
+        r"\n\s*FOR UPDATE SKIP LOCKED;", ";"),
+    "parallel: a chunk marked done when claimed": (
+        "public.product.", "test_public_import_products_csv",
+        r"(_chunk_claimed_at := clock_timestamp\(\);)",
+        r"\1 UPDATE specql.batch_operation_chunks SET status = 'done' WHERE id = _chunk.id; COMMIT;"),
 }
 
 

@@ -13,14 +13,14 @@ import json
 import random
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import psycopg
 import pytest
 
 from helpers import connect, generate_and_apply, write_entities
+from specql.harness_parallel import Worker as HarnessWorker
+from specql.harness_parallel import wait_at_gate as _wait_at_gate
 
 ITEM = """\
     name: item
@@ -53,6 +53,14 @@ ITEM = """\
         batch_size: 40
         parallel: true
         worker_batch_size: 130
+      - name: batch_operations
+        operation: bump_listed_capped
+        operation_type: update
+        update_data:
+          n: {sql: "n + 1"}
+        where_condition: "id = ANY(:ids) AND status <> 'skip'"
+        max_records: 400
+        parallel: true
 """
 
 READING = """\
@@ -103,39 +111,12 @@ def _setup(url: str, entities: Path, tmp_path: Path, rows: int = 2000) -> None:
         conn.execute("CREATE TRIGGER item_gate BEFORE UPDATE ON item FOR EACH ROW EXECUTE FUNCTION gate_row()")
 
 
-class Worker:
-    """CALL public.<op>_worker(...) in a session of its own, in a thread."""
+class Worker(HarnessWorker):
+    """The generated tests' worker (specql/harness_parallel.py) of public.<op>_worker: its
+    CALL in a session of its own, in a thread; result as a dict."""
 
     def __init__(self, url: str, op: str, operation_id, resume: bool = False):
-        self.conn = psycopg.connect(url, autocommit=True)
-        self.pid = self.conn.info.backend_pid
-        self.result = self.error = None
-        self.thread = threading.Thread(target=self._run, args=(op, operation_id, resume), daemon=True)
-        self.thread.start()
-
-    def _run(self, op, operation_id, resume) -> None:
-        try:
-            row = self.conn.execute(f"CALL public.{op}_worker(operation_id => %s, resume => %s)",
-                                    (operation_id, resume)).fetchone()
-            self.result = self.conn.execute("SELECT (%s::specql.batch_operation_result).*", (row[0],)).fetchone()
-        except psycopg.Error as exc:
-            self.error = exc
-
-    def join(self):
-        self.thread.join(60)
-        assert not self.thread.is_alive(), "worker did not return"
-        self.conn.close()
-        return self
-
-
-def _wait_at_gate(admin: psycopg.Connection, pid: int) -> None:
-    """Until the backend `pid` waits for the gate's advisory lock (it is inside a chunk)."""
-    for _ in range(600):
-        row = admin.execute("SELECT wait_event FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()
-        if row and row[0] == "advisory":
-            return
-        time.sleep(0.05)
-    raise AssertionError("the worker never reached the gate")
+        super().__init__(url, f"public.{op}_worker", operation_id, resume)
 
 
 def _chunks(conn, operation_id):
@@ -163,12 +144,14 @@ def test_two_workers_split_a_condition_walk_into_disjoint_complete_chunks(databa
         first = Worker(database_url, "bump_items", op_id)
         _wait_at_gate(admin, first.pid)  # worker 1 holds chunk 1
         second = Worker(database_url, "bump_items", op_id).join()  # worker 2 does every other chunk
-        assert second.error is None and second.result[2] == "completed" and second.result[4] == 1415
+        assert second.error is None
+        assert (second.result["status"], second.result["processed_records"]) == ("completed", 1415)
         assert _run(admin, op_id)[0] == "running"  # worker 1 is still at work: nobody closed the run
         admin.execute("SELECT pg_advisory_unlock(%s)", (GATE,))
         first.join()
         assert first.error is None
-        assert first.result[2] == "completed" and first.result[4] == 300  # the last worker closed the run
+        # the last worker closed the run
+        assert (first.result["status"], first.result["processed_records"]) == ("completed", 300)
         assert _run(admin, op_id) == ("completed", 1715, 1715, 0, 0, 35)
         assert admin.execute("SELECT n, status, count(*) FROM item GROUP BY 1, 2 ORDER BY 1, 2").fetchall() == [
             (0, "skip", 285), (1, "done", 1715)]
@@ -185,7 +168,7 @@ def test_two_workers_split_a_condition_walk_into_disjoint_complete_chunks(databa
                              "AND metric_name = 'processed_records'", (op_id,)).fetchall() == [(1715,)]
         # A worker started after the run closed has nothing to do.
         late = Worker(database_url, "bump_items", op_id).join()
-        assert late.result[2] == "completed" and late.result[4] == 0
+        assert late.result["status"] == "completed" and late.result["processed_records"] == 0
 
 
 def test_id_array_chunks_hold_their_ids(database_url, entities, tmp_path):
@@ -210,6 +193,19 @@ def test_id_array_chunks_hold_their_ids(database_url, entities, tmp_path):
         assert _run(admin, op_id)[:3] == ("completed", 0, 0)
 
 
+def test_id_array_total_is_the_matching_rows_where_the_routine_counts_them(database_url, entities, tmp_path):
+    # max_records counts the rows the ids match, as the routine does: 460 ids, 395 rows (every
+    # 7th is 'skip'), within 400; 470 ids match 403 rows, refused.
+    _setup(database_url, entities, tmp_path, rows=1000)
+    with connect(database_url) as admin:
+        op_id = admin.execute("SELECT public.bump_listed_capped_start(ids => %s)", (list(range(1, 461)),)).fetchone()[0]
+        assert _run(admin, op_id)[:2] == ("running", 395)
+        assert Worker(database_url, "bump_listed_capped", op_id).join().result["processed_records"] == 395
+        with pytest.raises(psycopg.Error) as refused:
+            admin.execute("SELECT public.bump_listed_capped_start(ids => %s)", (list(range(1, 471)),))
+        assert refused.value.sqlstate == "SQ002"
+
+
 def test_a_killed_workers_chunk_is_applied_exactly_once(database_url_any, entities, tmp_path):
     url = database_url_any
     _setup(url, entities, tmp_path)
@@ -229,8 +225,8 @@ def test_a_killed_workers_chunk_is_applied_exactly_once(database_url_any, entiti
         admin.execute("SELECT pg_advisory_unlock(%s)", (GATE,))
         # Starting a worker again takes up the run: chunk 2 is claimed again, from its start.
         again = Worker(url, "bump_items", op_id).join()
-        assert again.error is None and again.result[2] == "completed"
-        assert again.result[4] == 1715 - 300
+        assert again.error is None and again.result["status"] == "completed"
+        assert again.result["processed_records"] == 1715 - 300
         assert admin.execute("SELECT n, count(*) FROM item WHERE status <> 'skip' GROUP BY 1").fetchall() == [(1, 1715)]
         assert _run(admin, op_id)[:3] == ("completed", 1715, 1715)
         assert [(c[0], c[1], c[5]) for c in _chunks(admin, op_id)[:2]] == [(1, "done", 1), (2, "done", 2)]
@@ -246,17 +242,19 @@ def test_cancel_stops_every_worker_and_resume_finishes_the_run(database_url, ent
         _wait_at_gate(admin, first.pid)
         assert admin.execute("SELECT specql.cancel_operation(%s)", (op_id,)).fetchone()[0] is True
         second = Worker(database_url, "bump_items", op_id).join()  # sees the cancel: claims nothing
-        assert second.result[2] == "cancelled" and second.result[4] == 0
+        assert second.result["status"] == "cancelled" and second.result["processed_records"] == 0
         admin.execute("SELECT pg_advisory_unlock(%s)", (GATE,))
         first.join()
-        assert first.result[2] == "cancelled" and first.result[4] == 100  # stopped after its current batch
+        # stopped after its current batch
+        assert (first.result["status"], first.result["processed_records"]) == ("cancelled", 100)
         assert _run(admin, op_id)[0] == "cancelled"
         chunk = _chunks(admin, op_id)[0]
         assert (chunk[1], chunk[6], chunk[2]) == ("pending", 3, "116")  # goes on after batch 2 (keys 59..116)
         # Without resume => true a worker leaves a stopped run alone; with it, the run goes on.
-        assert Worker(database_url, "bump_items", op_id).join().result[4] == 0
+        assert Worker(database_url, "bump_items", op_id).join().result["processed_records"] == 0
         resumed = Worker(database_url, "bump_items", op_id, resume=True).join()
-        assert resumed.error is None and resumed.result[2] == "completed" and resumed.result[4] == 1615
+        assert resumed.error is None
+        assert (resumed.result["status"], resumed.result["processed_records"]) == ("completed", 1615)
         assert _run(admin, op_id)[:3] == ("completed", 1715, 1715)
         assert admin.execute("SELECT n, count(*) FROM item WHERE status <> 'skip' GROUP BY 1").fetchall() == [(1, 1715)]
         with pytest.raises(psycopg.Error) as refused:
@@ -272,10 +270,11 @@ def test_max_errors_per_worker_stops_that_worker_only(database_url, entities, tm
                               (json.dumps(readings),)).fetchone()[0]
         first = Worker(database_url, "import_readings", op_id).join()
         # 3 errors > max_errors_per_worker 2, in its first batch: it stops; the run goes on.
-        assert first.result[2] == "failed" and (first.result[4], first.result[5], first.result[6]) == (2, 3, 3)
+        assert [first.result[f] for f in ("status", "processed_records", "failed_records", "error_count")] == [
+            "failed", 2, 3, 3]
         assert _run(admin, op_id)[0] == "running"
         second = Worker(database_url, "import_readings", op_id).join()
-        assert second.result[2] == "completed_with_errors" and second.result[4] == 35
+        assert second.result["status"] == "completed_with_errors" and second.result["processed_records"] == 35
         assert _run(admin, op_id) == ("completed_with_errors", 40, 37, 3, 3, 8)
         failed = admin.execute("SELECT batch_number, failed_records FROM specql.batch_operation_errors "
                                "WHERE operation_id = %s ORDER BY id", (op_id,)).fetchall()
