@@ -84,6 +84,23 @@ READING = """\
         max_errors_per_worker: 2
 """
 
+GADGET = """\
+    name: gadget
+    fields:
+      id: uuid
+      sku: {type: string, unique: true}
+      title: {type: string, nullable: false}
+    patterns:
+      - name: batch_operations
+        operation: import_gadgets
+        data_source: csv_file
+        field_mapping: {sku: sku, title: title}
+        skip_invalid_rows: true
+        batch_size: 20
+        parallel: true
+        worker_batch_size: 50
+"""
+
 GATE = 4242  # the advisory lock a gated row waits for
 
 
@@ -297,3 +314,23 @@ def test_specql_run_with_workers(database_url, entities, tmp_path):
     assert "bump_items allows at most max_workers 3" in refused.stderr
     with connect(database_url) as conn:
         assert conn.execute("SELECT n, count(*) FROM item WHERE status = 'x' GROUP BY 1").fetchall() == [(1, 600)]
+
+
+def test_a_csv_loads_rejected_lines_count_in_the_parallel_run_as_in_the_routines(database_url, tmp_path):
+    # skip_invalid_rows counts a rejected line itself (not as a batch's failure): the chunks and
+    # the run must add it up too. 130 lines, every 9th without its title (NOT NULL): 15 rejected.
+    entities = write_entities(tmp_path / "csv", gadget=GADGET)
+    generate_and_apply(database_url, entities, tmp_path / "out")
+    specql = [str(Path(sys.executable).parent / "specql"), "run", "import_gadgets", str(entities),
+              "--database-url", database_url]
+    for prefix, workers in (("P", "2"), ("R", "1")):
+        path = tmp_path / f"{prefix}.csv"
+        path.write_text("sku,title\n" + "".join(f"{prefix}{i},{'' if i % 9 == 0 else f'T{i}'}\n" for i in range(130)))
+        out = subprocess.run(specql + ["--csv", str(path), "--workers", workers], capture_output=True, text=True)
+        assert out.returncode == 1 and "completed_with_errors" in out.stdout, out.stdout + out.stderr  # 1: not completed
+    with connect(database_url) as conn:
+        runs = conn.execute("SELECT transaction_mode, status, total_records, processed_records, failed_records, "
+                            "error_count FROM specql.batch_operation_runs ORDER BY started_at").fetchall()
+        assert runs == [("parallel", "completed_with_errors", 130, 115, 15, 15),
+                        ("per_batch", "completed_with_errors", 130, 115, 15, 15)]
+        assert conn.execute("SELECT sum(failed_records) FROM specql.batch_operation_chunks").fetchone()[0] == 15
