@@ -118,9 +118,10 @@ def array_rows(stream: BinaryIO, path: Path) -> Iterator[bytes]:
     decoder = codecs.getincrementaldecoder("utf-8")()
     decode = json.JSONDecoder().raw_decode
     buf, pos, base_line, eof = "", 0, 1, False  # base_line: the line buf[0] is on
+    line_pos, line_at = 0, 1  # the line buf[line_pos] is on (counted forward, element by element)
 
     def more() -> bool:
-        nonlocal buf, pos, base_line, eof
+        nonlocal buf, pos, base_line, eof, line_pos, line_at
         if eof:
             return False
         raw = stream.read(READ_CHUNK)
@@ -130,7 +131,8 @@ def array_rows(stream: BinaryIO, path: Path) -> Iterator[bytes]:
             line, col = where(len(buf))
             raise _located(path, line, col, f"invalid UTF-8 ({exc.reason}) near here") from None
         base_line += buf.count("\n", 0, pos)
-        buf, pos = buf[pos:] + text, 0
+        line_at += buf.count("\n", line_pos, pos)
+        buf, pos, line_pos = buf[pos:] + text, 0, 0
         if not raw:
             eof = True
         return True
@@ -175,7 +177,9 @@ def array_rows(stream: BinaryIO, path: Path) -> Iterator[bytes]:
                     start = pos
                     continue
                 break
-            line = base_line + buf.count("\n", 0, start)
+            line_at += buf.count("\n", line_pos, start)
+            line_pos = start
+            line = line_at
             if not isinstance(value, dict):
                 raise _located(path, *where(start), f"element {n + 1} of the array is a JSON "
                                                     f"{_JSON_TYPES.get(type(value), 'value')}, "

@@ -277,3 +277,18 @@ def test_sql_only_path_with_psql_copy(database_url, tmp_path):
     with psycopg.connect(database_url) as conn:
         names = [r[0] for r in conn.execute("SELECT name FROM js.item ORDER BY id")]
     assert names == [r["name"] for r in recs]
+
+
+def test_names_the_staged_path_needs_are_checked(tmp_path):
+    """A parameter called staging_id, or an operation whose <operation>_staging name is too long
+    for PostgreSQL, is refused at validate time (the routine adds both names)."""
+    from specql.diagnostics import SpecError
+    clash = ITEM.replace("data_source: :rows\n        insert_data:\n          id: :r.id",
+                         "data_source: :rows\n        insert_data:\n          id: :staging_id", 1)
+    long_name = ITEM.replace("operation: load_items_strict", "operation: " + "l" * 60, 1)
+    for text, message in ((clash, "parameter 'staging_id' is the argument specql adds"),
+                          (long_name, "is too long for its staging table")):
+        ents = write_entities(tmp_path / str(len(message)), item=text)
+        with pytest.raises(SpecError) as exc:
+            load_project([str(ents)])
+        assert message in str(exc.value)
