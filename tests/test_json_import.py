@@ -292,3 +292,28 @@ def test_names_the_staged_path_needs_are_checked(tmp_path):
         with pytest.raises(SpecError) as exc:
             load_project([str(ents)])
         assert message in str(exc.value)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 1 << 20])
+def test_array_reader_across_window_boundaries(tmp_path, monkeypatch, chunk):
+    """The array reader's window moves forward chunk by chunk: every element (one split across
+    any number of chunks, a multi-byte character cut in two) comes out whole, with its line."""
+    import specql.jsonimport as ji
+    monkeypatch.setattr(ji, "READ_CHUNK", chunk)
+    recs = [{"id": i, "s": "é€😀 \\ \" \t" * (i % 4), "big": "x" * (300 if i == 5 else 1), "n": 12345.678e3}
+            for i in range(1, 13)]
+    text = json.dumps(recs, indent=1, ensure_ascii=False)
+    path = tmp_path / "a.json"
+    path.write_text(text, encoding="utf-8")
+    with open(path, "rb") as fh:
+        rows = [line.rstrip(b"\n").split(b"\t", 2) for line in ji.array_rows(fh, path)]
+    assert [int(r[0]) for r in rows] == list(range(1, 13))
+    lines = text.splitlines()
+    for rec, (_, line, body) in zip(recs, rows):
+        unescaped = body.decode().replace("\\\\", "\x00").replace("\\n", "\n").replace("\\t", "\t").replace("\x00", "\\")
+        assert json.loads(unescaped) == rec
+        assert lines[int(line) - 1] == " {" and f'"id": {rec["id"]},' in lines[int(line)]
+    bad = tmp_path / "b.json"
+    bad.write_text(text[:-40] + "]", encoding="utf-8")
+    with open(bad, "rb") as fh, pytest.raises(RunError, match=r"b\.json:\d+:\d+: "):
+        list(ji.array_rows(fh, bad))
