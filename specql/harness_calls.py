@@ -63,15 +63,29 @@ class Calls:
         return Run(result, notices)
 
     def all_params(self) -> list[dict]:
-        """The operation's parameters, then the arguments every routine adds: confirm where
-        required, batch_size, and resume for a procedure."""
-        extra = [{"name": "confirm", "ident": "confirm", "sql_type": "boolean"}] if self.f["requires_confirmation"] else []
+        """The operation's parameters, then the arguments every routine adds: staging_id for a
+        jsonb data_source that can be staged, confirm where required, batch_size, and resume
+        for a procedure."""
+        extra = [{"name": "staging_id", "ident": "staging_id", "sql_type": "uuid"}] if self.f.get("json_staging") else []
+        if self.f["requires_confirmation"]:
+            extra.append({"name": "confirm", "ident": "confirm", "sql_type": "boolean"})
         if self.f.get("hooks"):
             extra.append({"name": "bypass_hooks", "ident": "bypass_hooks", "sql_type": "boolean"})
         extra.append({"name": "batch_size", "ident": "batch_size", "sql_type": "integer"})
         if self.f["is_procedure"]:
             extra.append({"name": "resume", "ident": "resume", "sql_type": "uuid"})
         return self.f["params"] + extra
+
+    def stage(self, records: list) -> str:
+        """Stage records in the operation's staging table as `specql run --json` does (one
+        committed load, _record 1..n); its staging_id."""
+        staging_id = str(__import__("uuid").uuid4())
+        with self.conn.transaction():
+            self.conn.execute(
+                sql.SQL("INSERT INTO {} (_staging_id, _record, _line, record) "
+                        "SELECT %s, _e.n, _e.n, _e.v FROM jsonb_array_elements(%s) WITH ORDINALITY AS _e(v, n)"
+                        ).format(sql.SQL(self.f["json_staging"])), (staging_id, adapt(records, "jsonb")))
+        return staging_id
 
     def batch_log(self, operation_id) -> list[tuple]:
         """(batch_number, records_processed, records_failed, status) of each logged batch (not

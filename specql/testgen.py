@@ -132,7 +132,9 @@ def operation_facts(op: Operation) -> dict:
         compared_values=op.compared_values,
         params=[{**plain_fields(p), "ident": p.ident, "role": op.param_roles[p.name][0],
                  "column": op.param_roles[p.name][1]} for p in op.params],
-        name_ident=qi(op.name), routine=op.ident, schema_ident=qi(op.schema))
+        name_ident=qi(op.name), routine=op.ident, schema_ident=qi(op.schema),
+        # a jsonb data_source that can be staged (specql run --json): its staging table; None otherwise
+        json_staging=op.json_staging_ident if op.stages_json else None)
 
 
 def facts(op: Operation, entities: list[Entity] | None = None) -> dict:
