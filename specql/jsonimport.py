@@ -315,7 +315,8 @@ def run_json(url: str, op, json_file: str | None, raw_params: list[str], *, conf
              resume: str | None, rejects: str | None, execute: Callable, bind_params: Callable,
              echo: Callable[[str], None] = lambda m: print(m, file=sys.stderr), **execute_kw) -> dict:
     """Stage the file (or, on --resume, find the run's staged load), call the routine with
-    staging_id, print the summary, write --rejects, drop the staged rows of a finished run."""
+    staging_id, print the summary, write --rejects, drop the staged rows of a finished run
+    (and of any run of a function: only a procedure's run can be resumed)."""
     check_json_op(op)
     source = op.statement.source_param.name
     if any(p.startswith(("staging_id=", f"{source}=")) for p in raw_params):
@@ -339,7 +340,12 @@ def run_json(url: str, op, json_file: str | None, raw_params: list[str], *, conf
         bound = [b if b.name != source else Bound(source, "jsonb", None)
                  for b in bind_params(op, list(raw_params) + [f"{source}=[]"])]
         bound.append(Bound("staging_id", "uuid", staged.staging_id))
-        result = execute(url, op, bound, confirm=confirm, batch_size=batch_size, resume=resume, **execute_kw)
+        try:
+            result = execute(url, op, bound, confirm=confirm, batch_size=batch_size, resume=resume, **execute_kw)
+        except RunError:
+            if not op.is_procedure:  # nothing can resume a function's run: its load is of no more use
+                drop_staged(conn, op, staged.staging_id, table=op.json_staging_name)
+            raise
         summary = conn.execute("SELECT sqlstate, count(*) FROM specql.batch_operation_errors WHERE operation_id = %s "
                                "GROUP BY 1 ORDER BY 2 DESC, 1", (result["operation_id"],)).fetchall()
         rejected = result.get("failed_records") or 0
@@ -348,7 +354,7 @@ def run_json(url: str, op, json_file: str | None, raw_params: list[str], *, conf
         if rejects:
             n = write_rejects(conn, result["operation_id"], Path(rejects))
             echo(f"wrote {n:,} rejected record(s) to {rejects}")
-        if result.get("status") in ("completed", "completed_with_errors"):
+        if result.get("status") in ("completed", "completed_with_errors") or not op.is_procedure:
             drop_staged(conn, op, staged.staging_id, table=op.json_staging_name)
         else:
             echo(f"the staged records stay under staging_id {staged.staging_id} for a resume")

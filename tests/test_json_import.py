@@ -57,6 +57,15 @@ ITEM = """
         conflict_target: id
         transaction: commit_per_batch
         batch_size: 10
+      - name: batch_operations
+        operation: load_items_once
+        operation_type: insert
+        data_source: :rows
+        insert_data:
+          id: :r.id
+          name: :r.name
+          price: :r.price
+        error_handling: stop_on_error
 """
 
 
@@ -317,3 +326,19 @@ def test_array_reader_across_window_boundaries(tmp_path, monkeypatch, chunk):
     bad.write_text(text[:-40] + "]", encoding="utf-8")
     with open(bad, "rb") as fh, pytest.raises(RunError, match=r"b\.json:\d+:\d+: "):
         list(ji.array_rows(fh, bad))
+
+
+def test_a_function_run_that_fails_leaves_no_staged_load(project_db, tmp_path):
+    """Only a procedure's run can be resumed: a failed run of a function drops its load."""
+    url, project = project_db
+    op = find_operation(project, "load_items_once")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE js.item ADD CONSTRAINT cheap CHECK (price < 10)")
+    r = _run(url, op, write(tmp_path / "items.jsonl", [{"id": 1, "name": "x", "price": 50}], "lines"))
+    assert (r["status"], r["processed_records"]) == ("failed", 0)
+    strict = find_operation(project, "load_items_strict")
+    r = _run(url, strict, write(tmp_path / "s.jsonl", [{"id": 2, "name": "x", "price": 50}], "lines"))
+    assert r["status"] == "failed"
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT count(*) FROM js.load_items_once_staging").fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM js.load_items_strict_staging").fetchone()[0] == 1  # for its resume
