@@ -17,6 +17,7 @@ Targets: audit >= 0.5 x plain, empty after hook >= 0.8 x plain, each soft-delete
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import statistics
 import sys
@@ -38,12 +39,30 @@ HOOK = """CREATE OR REPLACE FUNCTION bench14.noop_hook(operation_id uuid, batch_
     new_rows jsonb, changed_fields text[]) RETURNS void LANGUAGE plpgsql AS $$ BEGIN END $$"""
 
 
-def timed(url: str, sql: str, params: tuple = ()) -> tuple[float, dict]:
+def backend_cpu(pid: int) -> float | None:
+    """CPU seconds (user + system) the server backend `pid` has used, or None when the server is
+    not on this machine. On a shared machine wall times vary with the load; the backend's own
+    CPU time much less, so the ratios are printed both ways (bench/README.md, issue 14)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def timed(url: str, sql: str, params: tuple = (), cpu: dict | None = None) -> tuple[float, dict]:
+    """Wall seconds of one statement on a connection of its own and its row; with `cpu`, the
+    backend's CPU seconds in cpu["s"] (None when unknown)."""
     with psycopg.connect(url, autocommit=True) as conn:
         cur = conn.cursor(row_factory=psycopg.rows.dict_row)
+        before = backend_cpu(conn.info.backend_pid)
         started = time.perf_counter()
         row = cur.execute(sql, params).fetchone()
-        return time.perf_counter() - started, row
+        wall = time.perf_counter() - started
+        after = backend_cpu(conn.info.backend_pid)
+        if cpu is not None:
+            cpu["s"] = None if before is None or after is None else after - before
+        return wall, row
 
 
 def bench_updates(url: str, rows: int, repeat: int) -> dict[str, float]:
@@ -58,15 +77,19 @@ def bench_updates(url: str, rows: int, repeat: int) -> dict[str, float]:
     ids_text = "{" + ",".join(map(str, ids)) + "}"
     times: dict[str, list[float]] = {"bump_plain": [], "bump_audited": [], "bump_hooked": []}
     ratios: dict[str, list[float]] = {"bump_audited": [], "bump_hooked": []}
+    cpus: dict[str, list[float]] = {name: [] for name in times}
+    cpu_ratios: dict[str, list[float]] = {name: [] for name in ratios}
     for r in range(repeat):
         order = list(times) if r % 2 == 0 else list(reversed(times))
         this: dict[str, float] = {}
+        this_cpu: dict[str, float | None] = {}
         for name in order:
             with psycopg.connect(url, autocommit=True) as conn:
                 conn.execute("TRUNCATE specql.batch_operation_audit")
                 conn.execute("VACUUM bench14.item")
                 conn.execute("CHECKPOINT")
-            t, row = timed(url, f"SELECT * FROM bench14.{name}(ids => %s::bigint[])", (ids_text,))
+            cpu: dict = {}
+            t, row = timed(url, f"SELECT * FROM bench14.{name}(ids => %s::bigint[])", (ids_text,), cpu)
             assert row["status"] == "completed" and row["processed_records"] == rows, row
             if name == "bump_audited":
                 with psycopg.connect(url) as conn:
@@ -74,15 +97,22 @@ def bench_updates(url: str, rows: int, repeat: int) -> dict[str, float]:
                 assert audited == rows, audited
             times[name].append(t)
             this[name] = t
-            print(f"  repeat {r + 1} {name:<13} {t:7.2f} s  {rows / t:>10,.0f} rec/s", flush=True)
+            this_cpu[name] = cpu["s"]
+            shown = "" if cpu["s"] is None else f"  backend CPU {cpu['s']:7.2f} s"
+            print(f"  repeat {r + 1} {name:<13} {t:7.2f} s  {rows / t:>10,.0f} rec/s{shown}", flush=True)
         for name in ratios:
             ratios[name].append(this["bump_plain"] / this[name])
+            if this_cpu[name] and this_cpu["bump_plain"]:
+                cpu_ratios[name].append(this_cpu["bump_plain"] / this_cpu[name])
     out = {}
     for name in ratios:
         out[name] = statistics.median(ratios[name])
         print(f"{name}: {out[name]:.2f} x bump_plain (per-repeat ratios "
               f"{', '.join(f'{x:.2f}' for x in ratios[name])}; median times plain "
               f"{statistics.median(times['bump_plain']):.2f} s, {name} {statistics.median(times[name]):.2f} s)")
+        if cpu_ratios[name]:
+            print(f"{name}: backend CPU ratio {statistics.median(cpu_ratios[name]):.2f} x bump_plain "
+                  f"(per repeat {', '.join(f'{x:.2f}' for x in cpu_ratios[name])})")
     return out
 
 

@@ -6,6 +6,7 @@ references are resolved once every entity is known, since a reference names anot
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -64,6 +65,17 @@ class Entity:
     @property
     def ident(self) -> str:
         return qname(self.schema, self.table)
+
+    @property
+    def soft_deleted_index(self) -> str:
+        """The name of a soft-delete entity's index of its soft-deleted rows' keys: the table's
+        name and a suffix, cut to PostgreSQL's 63 bytes with a hash of the whole name (two long
+        names that share their start must not share an index: IF NOT EXISTS would skip one)."""
+        name = f"{self.table}_soft_deleted_idx"
+        if len(name.encode("utf-8")) > 63:
+            digest = hashlib.sha1(self.table.encode("utf-8")).hexdigest()[:8]
+            name = f"{self.table.encode('utf-8')[:44].decode('utf-8', 'ignore')}_{digest}_sd_idx"
+        return qi(name)
 
     @property
     def key(self) -> str:
