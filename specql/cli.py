@@ -233,55 +233,21 @@ def run_operation(operation: str, paths: tuple[str, ...], database_url: str | No
     """
     from .database import resolve_database_url
     from .generate import load_project
+    from .launch import Request, check, launch
     from .progress import LiveBar, show_result
-    from .run import RunError, bind_params, execute, find_operation
+    from .run import RunError, find_operation
 
     url = resolve_database_url(database_url)
     if not url:
         raise click.UsageError("no database: pass --database-url or set SPECQL_DATABASE_URL")
+    request = Request(list(params), confirm=confirm, batch_size=batch_size, resume=resume, workers=workers,
+                      csv_file=csv_file, json_file=json_file, rejects=rejects)
     try:
         project = load_project(list(paths) or ["entities/"])
         op = find_operation(project, operation)
-        if workers > 1:  # parallel: true (specql/workers.py): <op>_start, then N workers
-            from .workers import check_workers
-            check_workers(op, workers)
-        if csv_file and op.csv is None:
-            raise RunError(f"--csv: {op.name} does not import CSV (its data_source is not csv_file)")
-        if resume and not op.is_procedure and workers == 1:
-            raise RunError(f"--resume: {op.name} is not resumable (only transaction: commit_per_batch runs are)")
-        staged_json = bool(json_file)
-        if json_file:  # a jsonb data_source staged from a file (specql/jsonimport.py)
-            from .jsonimport import check_json_op
-            check_json_op(op)
-            if workers > 1:
-                raise RunError(f"--json: {op.name} is not a parallel operation; --workers applies to those")
-        elif resume and op.stages_json:  # a resume of a staged run reads its staged load again
-            from .jsonimport import resumes_staged
-            staged_json = resumes_staged(url, op, resume)
-        # csv and --json: bound once staged
-        bound = bind_params(op, list(params)) if op.csv is None and not staged_json else None
+        check(op, request)  # refused before the progress bar appears
         with LiveBar(op.name, enabled=fmt == "text") as bar:
-            if staged_json:
-                from .jsonimport import run_json
-                result = run_json(url, op, json_file, list(params), confirm=confirm, batch_size=batch_size,
-                                  resume=resume, rejects=rejects, execute=execute, bind_params=bind_params,
-                                  on_progress=bar.update, on_notice=bar.notice)
-            elif op.csv is not None:  # data_source: csv_file (specql/csvimport.py)
-                from .csvimport import run_csv
-                if workers > 1:  # the staged load, then <op>_start and N workers
-                    from functools import partial
-                    from .workers import run_parallel
-                    execute = partial(run_parallel, workers=workers)
-                result = run_csv(url, op, csv_file, list(params), confirm=confirm, batch_size=batch_size, resume=resume,
-                                 rejects=rejects, execute=execute, bind_params=bind_params,
-                                 on_progress=bar.update, on_notice=bar.notice)
-            elif workers > 1:
-                from .workers import run_parallel
-                result = run_parallel(url, op, bound, workers=workers, confirm=confirm, batch_size=batch_size,
-                                      resume=resume, on_progress=bar.update, on_notice=bar.notice)
-            else:
-                result = execute(url, op, bound, confirm=confirm, batch_size=batch_size, resume=resume,
-                                 on_progress=bar.update, on_notice=bar.notice)
+            result = launch(url, op, request, on_progress=bar.update, on_notice=bar.notice)
     except RunError as exc:
         click.echo(f"specql run: {exc}", err=True)
         sys.exit(1)
