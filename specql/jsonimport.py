@@ -236,16 +236,17 @@ def stage_file(conn: psycopg.Connection, op, path: Path, *, staging_id: str | No
                     if buf:
                         copy.write(b"".join(buf))
         except psycopg.Error as exc:
-            raise _refused_record(exc, path) from None
+            raise _refused_record(exc, path, staged.shape) from None
     staged.records = count
     return staged
 
 
-def _refused_record(exc: psycopg.Error, path: Path) -> RunError:
-    """A record PostgreSQL refused while staging (JSON lines), named by its place in the file."""
+def _refused_record(exc: psycopg.Error, path: Path, shape: str) -> RunError:
+    """A record PostgreSQL refused while staging (a JSON line that is not JSON or not an
+    object; a string jsonb cannot hold, such as \u0000), named by its place in the file."""
     diag = exc.diag
     message = (diag.message_primary or str(exc)).splitlines()[0]
-    if diag.constraint_name or diag.sqlstate == "23514":
+    if diag.sqlstate == "23514":
         message = "not a JSON object (a JSON lines file holds one object a line)"
     elif diag.message_detail:
         message += f" ({diag.message_detail.rstrip('.')})"
@@ -253,6 +254,14 @@ def _refused_record(exc: psycopg.Error, path: Path) -> RunError:
     if m is None:
         return RunError(f"{path}: staging failed: {message}")
     record = int(m.group(1))
+    if shape == "array":  # the element's line, from the reader's own numbering
+        with open_source(path) as stream:
+            for row in array_rows(stream, path):
+                number, line, _ = row.split(b"\t", 2)
+                if int(number) == record:
+                    return RunError(f"{path}:{int(line)}: element {record} of the array (it starts on this line): "
+                                    f"{message}; nothing was staged")
+        return RunError(f"{path}: element {record}: {message}; nothing was staged")
     with open_source(path) as stream:
         n = 0
         for lineno, raw in enumerate(stream, 1):

@@ -165,6 +165,8 @@ BAD = [
     ("extra.json", '[{"id": 1}]\n[]', r"extra.json:2:1: extra data after the array"),
     ("utf8.jsonl", b'{"id": 1}\n{"id": 2, "name": "\xff"}\n', r'utf8.jsonl:2:\d+: invalid byte sequence for encoding "UTF8"'),
     ("text.json", 'id,name\n1,x\n', r"text.json:1: expected a JSON array of objects"),
+    ("nul.jsonl", '{"id": 1}\n{"id": 2, "name": "a\\u0000b"}\n', r"nul.jsonl:2:1: unsupported Unicode escape sequence"),
+    ("nul.json", '[{"id": 1},\n\n {"id": 2, "name": "a\\u0000b"}]', r"nul.json:3: element 2 of the array \(it starts on this line\): unsupported Unicode"),
 ]
 
 
