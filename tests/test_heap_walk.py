@@ -187,3 +187,57 @@ def test_the_concurrency_proof_fails_without_the_catch_up_pass(tmp_path, databas
     apply(database_url, tmp_path, NO_CATCH_UP)
     result, before, after, moved, _ = run_with_a_concurrent_update(database_url)
     assert moved in after, "the proof cannot tell a row left behind"
+
+
+
+# The catch-up filter before the run's first snapshot was consulted (age() alone).
+SNAPSHOT_BLIND = (r"AND NOT pg_catalog\.pg_visible_in_snapshot\(\(_base - pg_catalog\.age\(xmin\)\)::text::xid8, _snap\)", "")
+
+
+def run_while_an_older_transaction_runs(url: str) -> tuple[dict, int, list, int, str]:
+    """drop_counters_collect over 1,000 rows seeded after another session took a transaction
+    id (the oldest running transaction is cluster-wide), one target row refusing its delete:
+    (result, error rows, target rows left, target size, the refusing row)."""
+    with connect(url) as old:
+        old.execute("BEGIN")
+        old.execute("SELECT pg_current_xact_id()")  # older than every row seeded below
+        try:
+            with connect(url) as conn:
+                seed(conn, 1000)
+                target = conn.execute("SELECT count(*) FROM public.counter WHERE tag = 'a'").fetchone()[0]
+                bad = conn.execute("SELECT id::text FROM public.counter WHERE tag = 'a' ORDER BY ctid "
+                                   "OFFSET 50 LIMIT 1").fetchone()[0]
+                conn.execute(f"""
+                    CREATE FUNCTION public.refuse_bad() RETURNS trigger LANGUAGE plpgsql AS $f$
+                    BEGIN
+                        IF OLD.id = '{bad}' THEN RAISE check_violation USING MESSAGE = 'planted'; END IF;
+                        RETURN OLD;
+                    END $f$""")
+                conn.execute("CREATE TRIGGER refuse_bad BEFORE DELETE ON public.counter "
+                             "FOR EACH ROW EXECUTE FUNCTION public.refuse_bad()")
+                result = call(conn, "public.drop_counters_collect", tag="a")
+                errors = conn.execute("SELECT count(*) FROM specql.batch_operation_errors WHERE operation_id = %s",
+                                      (result["operation_id"],)).fetchone()[0]
+                left = conn.execute("SELECT array_agg(id::text) FROM public.counter WHERE tag = 'a'").fetchone()[0]
+        finally:
+            old.execute("ROLLBACK")
+    return result, errors, left, target, bad
+
+
+def test_rows_committed_before_the_run_are_not_caught_up_while_an_older_transaction_runs(
+        tmp_path, database_url_any):
+    """The catch-up pass takes only versions the run's first snapshot did not see: rows seeded
+    after an older transaction began are not new to the run. Otherwise the row that failed
+    (still matching) is taken and fails again, and the main walk's rows are listed twice."""
+    apply(database_url_any, tmp_path)  # PostgreSQL 18 and 15
+    result, errors, left, target, bad = run_while_an_older_transaction_runs(database_url_any)
+    assert result["status"] == "completed_with_errors"
+    assert (result["processed_records"], result["failed_records"], errors) == (target - 1, 1, 1)
+    assert result["batch_count"] == math.ceil(target / 40), "the catch-up pass took rows the main walk had"
+    assert left == [bad]
+
+
+def test_the_older_transaction_proof_fails_with_a_catch_up_blind_to_the_snapshot(tmp_path, database_url):
+    apply(database_url, tmp_path, SNAPSHOT_BLIND)
+    result, errors, left, target, bad = run_while_an_older_transaction_runs(database_url)
+    assert errors > 1 or result["batch_count"] != math.ceil(target / 40), "the proof cannot tell"
