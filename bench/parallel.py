@@ -8,12 +8,16 @@ workers, against one plain UPDATE, on one embedded PostgreSQL.
 Cases (batch_size 1000, worker_batch_size 10000 = the default of 10 batches a chunk):
 - update: `bench_par_update_by_status` (status = :from_status, a keyset walk in each chunk) vs one
   plain `UPDATE ... WHERE status = $1`, on a fresh copy of the same table each time;
-- insert: `bench_par_insert_rows` from a jsonb array of the rows (data_source), into an empty table.
+- insert: `bench_par_insert_rows` from a jsonb array of the rows (data_source), into an empty table;
+- staged: `bench_par_import_csv` (bench/csv_bench.py's CSV entity with `parallel: true`): the
+  CSV file staged once with COPY (specql.csvimport.stage_file, as `specql run --csv` does), then
+  each timing `<op>_start(staging_id => ...)` and the workers into an emptied target: the issue's
+  "import from staging".
 
 A timing is one run: `<op>_start(...)` (the split into chunks included) and N sessions each
 `CALL <op>_worker(...)` until the last returns. Both sides must change the same rows
 (bench/run.py's table fingerprint). Targets: update with 2 workers >= 1.7 x 1 worker and >= 0.95 x
-the plain UPDATE; insert with 2 workers >= 1.5 x 1 worker. Medians of --repeat timings.
+the plain UPDATE; an import from staging (staged) with 2 workers >= 1.5 x 1 worker. Medians of --repeat timings.
 """
 
 from __future__ import annotations
@@ -74,14 +78,14 @@ def prepare(workdir: Path) -> Path:
     return entities
 
 
-def parallel_run(url: str, op: str, args: dict, workers: int) -> tuple[float, float, tuple]:
+def parallel_run(url: str, op: str, args: dict, workers: int, table: str = "bench.bench_item") -> tuple[float, float, tuple]:
     """Seconds for <op>_start(args) + `workers` sessions running <op>_worker to the end, the seconds
     of <op>_start alone, and the run row."""
     conns = [connect(url, autocommit=True) for _ in range(workers + 1)]
     try:
         for c in conns:
             c.pgconn.nonblocking = 0  # blocking libpq: see bench/run.py (a big jsonb parameter)
-            c.execute("SELECT 1 FROM bench.bench_item LIMIT 1")
+            c.execute(f"SELECT 1 FROM {table} LIMIT 1")
         names = ", ".join(f"{k} => %s" for k in args)
         errors: list = []
 
@@ -122,12 +126,51 @@ def plain_update(url: str) -> tuple[float, int]:
         return time.perf_counter() - t0, n
 
 
+def staged_import(server: str, opts, counts: list[int], times: dict) -> None:
+    """The staged case: one CSV file staged once, imported by 1, 2, 4 workers in turn."""
+    import csv_bench
+    from specql.csvimport import stage_file
+    from specql.generate import generate, load_project
+    from specql.migrate import migrate
+    from specql.run import find_operation
+
+    with tempfile.TemporaryDirectory() as tmp, throwaway_database(server) as url:
+        work = Path(tmp)
+        (work / "entities").mkdir()
+        entity = csv_bench.ENTITY.replace("operation: bench_import_csv", "operation: bench_par_import_csv")
+        (work / "entities" / "csv_item.yaml").write_text(entity + "    parallel: true\n", "utf-8")
+        generate([str(work / "entities")], work / "generated")
+        assert migrate(str(work / "generated"), url, echo=lambda *a, **k: None) == 0
+        op = find_operation(load_project([str(work / "entities")]), "bench_par_import_csv")
+        path = work / "items.csv"
+        csv_bench.write_csv(path, opts.rows)
+        with connect(url, autocommit=True) as c:
+            c.execute(f"ALTER TABLE {csv_bench.TABLE} SET (autovacuum_enabled = false)")
+            staged = stage_file(c, op, path)
+        bench.log(f"staged {staged.records} CSV records")
+        expected = None
+        for r in range(opts.repeat):
+            for w in (counts if r % 2 == 0 else counts[::-1]):
+                csv_bench.fresh_target(url)
+                bench.wait_quiet(opts.quiet_wait)
+                seconds, started, row = parallel_run(url, "bench_par_import_csv",
+                                                     {"staging_id": staged.staging_id}, w, csv_bench.TABLE)
+                fp = csv_bench.fingerprint(url)
+                if row[1] != opts.rows or (expected is not None and fp != expected):
+                    raise SystemExit(f"staged x{w}: {row}, table {fp} (expected {expected})")
+                expected = fp
+                times.setdefault(("staged", w), []).append(seconds)
+                times.setdefault(("staged workers", w), []).append(seconds - started)
+                bench.log(f"  repeat {r + 1}: staged import {w} workers {seconds:.2f}s "
+                          f"({opts.rows / seconds:,.0f} rec/s)")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--workers", default="1,2,4")
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--cases", default="update,insert")
+    ap.add_argument("--cases", default="update,insert,staged")
     ap.add_argument("--quiet-wait", type=float, default=30.0)
     opts = ap.parse_args(argv)
     counts = [int(w) for w in opts.workers.split(",")]
@@ -175,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
                         times.setdefault(("insert", w), []).append(seconds)
                         bench.log(f"  repeat {r + 1}: insert {w} workers {seconds:.2f}s "
                                   f"({opts.rows / seconds:,.0f} rec/s)")
+        if "staged" in cases:
+            staged_import(server, opts, counts, times)
     ok = True
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"\n{opts.rows:,} rows, batch_size 1000, worker_batch_size 10000, medians of {opts.repeat}")
@@ -183,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     if "update" in cases:
         plain = med[("plain", 0)]
         print(f"{'update':<15} {'plain':>7} {plain:8.2f} {opts.rows / plain:11,.0f} {'':>12} {1:9.2f}")
-    for case in ("update", "insert", "update workers", "insert workers"):
+    for case in ("update", "insert", "staged", "update workers", "insert workers", "staged workers"):
         if case.split()[0] not in cases:
             continue
         one = med.get((case, 1))
@@ -201,6 +246,10 @@ def main(argv: list[str] | None = None) -> int:
         s = med[("insert", 1)] / med[("insert", 2)]
         ok &= s >= 1.5
         print(f"insert: 2 workers = {s:.2f} x 1 worker (target 1.5): {'PASS' if s >= 1.5 else 'FAIL'}")
+    if "staged" in cases and (1 in counts and 2 in counts):
+        s = med[("staged", 1)] / med[("staged", 2)]
+        ok &= s >= 1.5
+        print(f"import from staging: 2 workers = {s:.2f} x 1 worker (target 1.5): {'PASS' if s >= 1.5 else 'FAIL'}")
     return 0 if ok else 1
 
 
