@@ -113,6 +113,7 @@ FACTS = {   'assignments': [   {'column': 'deleted_at', 'kind': 'sql', 'ref': No
     'hooks': None,
     'ignore_conflicts': False,
     'is_procedure': False,
+    'json_staging': None,
     'key_output': None,
     'key_param': 'member_ids',
     'lock_timeout': None,

@@ -84,6 +84,7 @@ FACTS = {   'assignments': [   {   'column': 'product_id',
     'hooks': None,
     'ignore_conflicts': False,
     'is_procedure': False,
+    'json_staging': 'public.upsert_product_cache_staging',
     'key_output': None,
     'key_param': None,
     'lock_timeout': None,
@@ -181,6 +182,24 @@ def test_nothing_to_do(h):
     for records in (None, []):
         r = call_with(h, records).result
         assert (r["status"], r["processed_records"], r["batch_count"]) == ("completed", 0, 0)
+
+
+def test_a_staged_load_takes_every_record(h):
+    """The records of a load in the staging table (as `specql run --json FILE` stages them),
+    read batch by batch in their order like the same records given as the argument."""
+    records = h.records(RECORDS)
+    staging_id = h.stage(records)
+    before = h.count()
+    params = {**h.params(), FACTS["source_param"]: None, "staging_id": staging_id}
+    r = h.call({**params}).result
+    assert r["status"] == "completed"
+    assert r["total_records"] == r["processed_records"] == RECORDS
+    assert h.count() - before == RECORDS
+    assert r["batch_count"] == batches(RECORDS, BATCH)
+    assert h.records_present(records)
+    with pytest.raises(psycopg.Error) as both:
+        h.call({**params, FACTS["source_param"]: records[:1]})  # the argument and a load at once
+    assert both.value.sqlstate == "22023"
 def test_upsert_inserts_then_updates(h):
     first = h.records(RECORDS)
     call_with(h, first)

@@ -115,6 +115,7 @@ FACTS = {   'assignments': [   {'column': 'sku', 'kind': 'csv', 'ref': 'SKU', 's
     'hooks': None,
     'ignore_conflicts': False,
     'is_procedure': False,
+    'json_staging': None,
     'key_output': None,
     'key_param': None,
     'lock_timeout': None,

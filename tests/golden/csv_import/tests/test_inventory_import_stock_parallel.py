@@ -99,6 +99,7 @@ FACTS = {   'assignments': [   {'column': 'sku', 'kind': 'csv', 'ref': 'sku', 's
     'hooks': None,
     'ignore_conflicts': False,
     'is_procedure': False,
+    'json_staging': None,
     'key_output': None,
     'key_param': None,
     'lock_timeout': None,
@@ -115,6 +116,13 @@ FACTS = {   'assignments': [   {'column': 'sku', 'kind': 'csv', 'ref': 'sku', 's
     'name_ident': 'import_stock_parallel',
     'notify': False,
     'operation_type': 'insert',
+    'parallel': {   'max_errors_per_worker': None,
+                    'max_workers': None,
+                    'operation': 'import_stock_parallel',
+                    'schema': 'inventory',
+                    'start_ident': 'inventory.import_stock_parallel_start',
+                    'worker_batch_size': 1000,
+                    'worker_ident': 'inventory.import_stock_parallel_worker'},
     'params': [   {   'column': None,
                       'ident': 'staging_id',
                       'name': 'staging_id',
@@ -258,3 +266,74 @@ def test_cancel_stops_the_run_after_its_current_batch(h):
     if expected_batches() < 2:  # the target fits in one batch (max_records): cut it smaller
         size = max(1, (len(target) if target is not None else RECORDS) // 2)
     cancelled_after_first_batch(h, params, first_batch, size)
+
+
+def check_applied_once(h, op_id, target, n):
+    """Every record of the run applied exactly once, by the chunks that are all done."""
+    touches = h.touches()
+    assert set(touches.values()) <= {1}, "a row was changed twice: a chunk or a batch was applied again"
+    assert sum(touches.values()) == n, f"{sum(touches.values())} row changes for {n} records"
+    if target is not None:
+        assert sorted(touches) == sorted(target), "the run missed rows of its target or changed others"
+    chunks = h.chunks(op_id)
+    assert [c["status"] for c in chunks] == ["done"] * len(chunks)
+    assert sum(c["processed_records"] for c in chunks) == n
+    run = h.run_row(op_id)
+    assert (run["status"], run["processed_records"], run["failed_records"]) == ("completed", n, 0)
+    assert run["batch_count"] == sum(batches(c["records"], BATCH) for c in chunks)
+    return chunks, run
+
+
+def test_parallel_two_workers_share_the_run_in_disjoint_chunks(h, specql_database_url):
+    params, target, n = h.parallel_load()  # a run of a few chunks (rows seeded, records made)
+    h.record_touches()
+    single = h.single_run(params)  # the routine's own run of the same arguments, rolled back
+    before = h.count()
+    op_id = h.start_parallel(params)
+    chunks = h.chunks(op_id)
+    problems = h.chunks_partition(chunks, params, h.run_row(op_id)["total_records"])
+    assert not problems, "; ".join(problems)
+    h.close_gate()
+    first = h.parallel_worker(specql_database_url, op_id, gate_after=0)  # held in chunk 1, at its first batch
+    second = h.parallel_worker(specql_database_url, op_id).join()  # takes every other chunk
+    assert second.error is None, second.error
+    assert h.run_row(op_id)["status"] == "running", "the run closed while a worker was still at work"
+    h.open_gate()
+    first.join()
+    assert first.error is None, first.error
+    chunks, run = check_applied_once(h, op_id, target, n)
+    assert [c["worker"] for c in chunks] == [1] + [2] * (len(chunks) - 1)
+    assert first.result["status"] == "completed"  # the last worker closed the run
+    assert first.result["processed_records"] == chunks[0]["processed_records"]
+    assert second.result["processed_records"] == sum(c["processed_records"] for c in chunks[1:])
+    assert h.count() - before == n
+    if single is not None:
+        result, touches, count = single
+        fields = ("total_records", "processed_records", "failed_records", "error_count")
+        assert [run[f] for f in fields] == [result[f] for f in fields], "counts differ from the routine's own run"
+        assert h.count() == count
+        assert sum(touches.values()) == n
+        if target is not None:
+            assert sorted(touches) == sorted(target)
+
+
+def test_parallel_a_killed_workers_chunk_is_applied_exactly_once(h, specql_database_url):
+    params, target, n = h.parallel_load()
+    h.record_touches()
+    op_id = h.start_parallel(params)
+    chunks = h.chunks(op_id)
+    h.close_gate()
+    # One batch applied (uncommitted), waiting at the next: inside a chunk.
+    after = 1 if sum(batches(c["records"], BATCH) for c in chunks) > 1 else 0
+    doomed = h.parallel_worker(specql_database_url, op_id, gate_after=after)
+    committed = h.touches()
+    h.terminate(doomed)
+    assert h.touches() == committed, "changes of the dead worker's open chunk stayed"
+    held = [c["chunk_number"] for c in h.chunks(op_id) if c["status"] == "pending"][0]
+    h.open_gate()
+    again = h.parallel_worker(specql_database_url, op_id).join()
+    assert again.error is None, again.error
+    assert again.result["status"] == "completed"
+    chunks, run = check_applied_once(h, op_id, target, n)
+    assert chunks[held - 1]["worker"] == 2, "the dead worker's chunk was not taken up by the next worker"
+    assert again.result["processed_records"] == n - sum(committed.values())

@@ -106,6 +106,7 @@ FACTS = {   'assignments': [   {'column': 'sku', 'kind': 'csv', 'ref': 'csv_colu
     'hooks': None,
     'ignore_conflicts': False,
     'is_procedure': True,
+    'json_staging': None,
     'key_output': None,
     'key_param': None,
     'lock_timeout': None,

@@ -61,6 +61,7 @@ FACTS = {   'assignments': [{'column': 'score', 'kind': 'sql', 'ref': None, 'sql
     'hooks': None,
     'ignore_conflicts': False,
     'is_procedure': False,
+    'json_staging': None,
     'key_output': None,
     'key_param': None,
     'lock_timeout': None,

@@ -101,6 +101,7 @@ FACTS = {   'assignments': [{'column': 'state', 'kind': 'sql', 'ref': None, 'sql
     'hooks': None,
     'ignore_conflicts': False,
     'is_procedure': True,
+    'json_staging': None,
     'key_output': None,
     'key_param': None,
     'lock_timeout': None,

@@ -116,6 +116,7 @@ FACTS = {   'assignments': [   {   'column': 'id',
     'hooks': {'after': 'ops.ticket_imported', 'before': 'ops.ticket_checks'},
     'ignore_conflicts': True,
     'is_procedure': False,
+    'json_staging': 'ops.import_tickets_staging',
     'key_output': None,
     'key_param': None,
     'lock_timeout': None,
@@ -214,6 +215,24 @@ def test_nothing_to_do(h):
     for records in (None, []):
         r = call_with(h, records).result
         assert (r["status"], r["processed_records"], r["batch_count"]) == ("completed", 0, 0)
+
+
+def test_a_staged_load_takes_every_record(h):
+    """The records of a load in the staging table (as `specql run --json FILE` stages them),
+    read batch by batch in their order like the same records given as the argument."""
+    records = h.records(RECORDS)
+    staging_id = h.stage(records)
+    before = h.count()
+    params = {**h.params(), FACTS["source_param"]: None, "staging_id": staging_id}
+    r = h.call({**params}).result
+    assert r["status"] == "completed"
+    assert r["total_records"] == r["processed_records"] == RECORDS
+    assert h.count() - before == RECORDS
+    assert r["batch_count"] == batches(RECORDS, BATCH)
+    assert h.records_present(records)
+    with pytest.raises(psycopg.Error) as both:
+        h.call({**params, FACTS["source_param"]: records[:1]})  # the argument and a load at once
+    assert both.value.sqlstate == "22023"
 
 
 def test_absent_fields_take_their_defaults(h):

@@ -62,6 +62,7 @@ FACTS = {   'assignments': [   {'column': 'paid', 'kind': 'sql', 'ref': None, 's
     'hooks': None,
     'ignore_conflicts': False,
     'is_procedure': True,
+    'json_staging': None,
     'key_output': None,
     'key_param': 'invoice_ids',
     'lock_timeout': None,

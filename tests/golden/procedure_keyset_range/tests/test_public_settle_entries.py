@@ -61,6 +61,7 @@ FACTS = {   'assignments': [{'column': 'settled', 'kind': 'sql', 'ref': None, 's
     'hooks': None,
     'ignore_conflicts': False,
     'is_procedure': True,
+    'json_staging': None,
     'key_output': None,
     'key_param': None,
     'lock_timeout': '500 milliseconds',

@@ -107,6 +107,7 @@ FACTS = {   'assignments': [{'column': 'quantity', 'kind': 'sql', 'ref': None, '
     'hooks': None,
     'ignore_conflicts': False,
     'is_procedure': False,
+    'json_staging': None,
     'key_output': None,
     'key_param': None,
     'lock_timeout': None,

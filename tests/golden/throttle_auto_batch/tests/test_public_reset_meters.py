@@ -61,6 +61,7 @@ FACTS = {   'assignments': [{'column': 'reading', 'kind': 'sql', 'ref': None, 's
     'hooks': None,
     'ignore_conflicts': False,
     'is_procedure': False,
+    'json_staging': None,
     'key_output': None,
     'key_param': 'meter_ids',
     'lock_timeout': None,

@@ -1239,25 +1239,8 @@ DECLARE
     staging_id ALIAS FOR import_stock_parallel_start.staging_id;
     batch_size ALIAS FOR import_stock_parallel_start.batch_size;
     _result specql.batch_operation_result;
-    _csv_from bigint;          -- _record of the first and last staged rows of the current batch
-    _csv_to bigint;
-    _csv_records bigint;       -- staged rows in the current batch
-    _csv_last bigint;          -- the last _record staged for this load
-    _csv_line_base bigint;     -- a row staged without _line (psql \copy) is on line _record - _csv_line_base
-    _csv_batch_from bigint;    -- the batch while it is applied record by record
-    _csv_batch_to bigint;
-    _csv_staged record;        -- the staged row being applied alone
-    _csv_reason text;          -- why it is rejected, its kind, its SQLSTATE
-    _csv_kind text;
-    _csv_state text;
-    _csv_rejected jsonb;       -- {"line": ..., "record": {...}} of the row that fails the batch (stop)
-    _csv_rows bigint;
-    _count bigint;             -- rows staged for this load
-    _upper bigint;             -- the chunk's last _record (NULL: to the end of the load)
-    _prev bigint;              -- _csv_to before the current batch
-    _bound record;
-    _lower text;
-    _n bigint;
+    _bound record;             -- a chunk's last _record and its row number
+    _lower text;               -- the previous chunk's last _record
     _batch_size integer;
     _wbs integer := 1000;  -- worker_batch_size: records per chunk
     _chunks integer := 0;
@@ -1276,13 +1259,6 @@ BEGIN
         RAISE EXCEPTION 'staging_id must name the rows staged in %', 'inventory.import_stock_parallel_staging'
             USING ERRCODE = '22023', HINT = 'specql run import_stock_parallel --csv FILE stages a file and calls this routine.';
     END IF;
-    SELECT count(*), min(_s._record), max(_s._record) INTO _count, _csv_from, _csv_last
-    FROM inventory.import_stock_parallel_staging AS _s
-    WHERE _s._staging_id = import_stock_parallel.staging_id;
-    _result.total_records := _count;
-    _csv_to := coalesce(_csv_from, 1) - 1;
-    _csv_last := coalesce(_csv_last, 0);
-    _csv_line_base := _csv_to - 1;
     _lower := NULL;
     FOR _bound IN
         SELECT s._k, s._rn, s._next_key IS NULL AS _final
@@ -1297,10 +1273,12 @@ BEGIN
         VALUES (_result.operation_id, _chunks, _bound._rn - (_chunks - 1)::bigint * _wbs, _lower,
                 CASE WHEN _bound._final THEN NULL ELSE _bound._k::text END);
         _lower := _bound._k::text;
+        _result.total_records := _bound._rn;
     END LOOP;
     IF _chunks = 0 THEN
         -- Nothing staged: one open chunk, so a worker still looks (and closes the run).
         _chunks := 1;
+        _result.total_records := 0;
         INSERT INTO specql.batch_operation_chunks (operation_id, chunk_number, records)
         VALUES (_result.operation_id, 1, 0);
     END IF;
@@ -1315,7 +1293,7 @@ BEGIN
     -- What the workers read: the parameters (but the ones the chunks hold) as text, the chunking.
     INSERT INTO specql.batch_operation_parallel_runs (operation_id, inputs, worker_batch_size, chunk_count, batches_per_chunk)
     VALUES (_result.operation_id,
-            jsonb_build_object('batch_size', import_stock_parallel.batch_size::text),
+            jsonb_build_object(),
             _wbs, _chunks, ceil(_wbs / _batch_size::numeric)::integer);
     RETURN _result.operation_id;
 END
@@ -1353,9 +1331,8 @@ AS $specql$
 <<import_stock_parallel>>
 DECLARE
     -- specql:generated from csv_import/stock_item.yaml; edit the entity file, not this body.
-    -- The run's parameters, as the operation's SQL names them.
+    -- The run's parameters, as the operation's SQL names them (confirm and batch_size are op_start's).
     staging_id uuid;
-    batch_size integer;
     _result specql.batch_operation_result;  -- this worker's own counts (the run's when it closes it)
     _mine specql.batch_operation_result;
     _csv_from bigint;          -- _record of the first and last staged rows of the current batch
@@ -1371,11 +1348,8 @@ DECLARE
     _csv_state text;
     _csv_rejected jsonb;       -- {"line": ..., "record": {...}} of the row that fails the batch (stop)
     _csv_rows bigint;
-    _count bigint;             -- rows staged for this load
     _upper bigint;             -- the chunk's last _record (NULL: to the end of the load)
     _prev bigint;              -- _csv_to before the current batch
-    _bound record;
-    _lower text;
     _n bigint;
     _batch_processed bigint;
     _batch_failed bigint;
@@ -1393,7 +1367,6 @@ DECLARE
     _detail text;
     _search_path text := pg_catalog.current_setting('search_path');
     _run record;               -- the run's row
-    _inputs jsonb;             -- its parameters, as text
     _worker integer;           -- this worker's number in the run: 1, 2, ...
     _lock_key integer;         -- the run's advisory lock: held (shared) by each live worker
     _chunk record;             -- the claimed chunk
@@ -1407,7 +1380,7 @@ DECLARE
     _chunk_batches integer;
     _worker_batches integer := 0;  -- batches this worker applied
     _errors_before integer;    -- this worker's errors when it claimed the chunk
-    _run_errors integer;       -- the run's errors committed when the chunk was claimed (max_errors)
+    _failed_before bigint;     -- and its failed records
     _worker_stopped boolean := false;  -- max_errors_per_worker: this worker's own errors
     _pending boolean;
     _others boolean;
@@ -1445,7 +1418,7 @@ BEGIN
     END IF;
     UPDATE specql.batch_operation_parallel_runs AS p SET workers = p.workers + 1
     WHERE p.operation_id = _result.operation_id
-    RETURNING p.workers, p.inputs, p.batches_per_chunk INTO _worker, _inputs, _stride;
+    RETURNING p.workers, p.batches_per_chunk INTO _worker, _stride;
     SELECT * INTO _run FROM specql.batch_operation_runs AS r
     WHERE r.operation_id = _result.operation_id AND r.operation = _result.operation;
     IF _worker IS NULL OR _run.operation_id IS NULL THEN
@@ -1474,8 +1447,6 @@ BEGIN
     WHERE r.operation_id = _result.operation_id;
     COMMIT;
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, inventory, pg_temp', true);
-
-    import_stock_parallel.batch_size := (_inputs ->> 'batch_size')::integer;
 
     <<chunks>>
     LOOP
@@ -1507,7 +1478,7 @@ BEGIN
                            WHERE _s._staging_id = import_stock_parallel.staging_id) - 1 - 1;
         _batch_in_chunk := _chunk.next_batch - 1;
         _chunk_processed := 0;
-        _chunk_failed := 0;
+        _failed_before := _result.failed_records;
         _chunk_batches := 0;
         _errors_before := _result.error_count;
         _retry_batch := false;
@@ -1668,7 +1639,6 @@ BEGIN
             _chunk_batches := _chunk_batches + 1;
             _worker_batches := _worker_batches + 1;
             _chunk_processed := _chunk_processed + _batch_processed;
-            _chunk_failed := _chunk_failed + _batch_failed;
             _result.processed_records := _result.processed_records + _batch_processed;
             _result.failed_records := _result.failed_records + _batch_failed;
             _batch_ms := extract(epoch FROM clock_timestamp() - _batch_started) * 1000;
@@ -1701,6 +1671,7 @@ BEGIN
         END LOOP batches;
 
         -- The chunk's end, committed with its changes: done, or pending from where it stopped.
+        _chunk_failed := _result.failed_records - _failed_before;  -- with what a batch counts itself (CSV rejects)
         UPDATE specql.batch_operation_chunks AS c
         SET status = CASE WHEN _chunk_done THEN 'done' ELSE 'pending' END,
             next_batch = _batch_in_chunk + CASE WHEN _chunk_done OR _retry_batch THEN 0 ELSE 1 END,

@@ -317,13 +317,8 @@ DECLARE
     products_array ALIAS FOR import_products_start.products_array;
     batch_size ALIAS FOR import_products_start.batch_size;
     _result specql.batch_operation_result;
-    _from integer;             -- positions of the current batch in the data_source array
-    _to integer;
-    _batch_from integer;
-    _batch_to integer;
+    _from integer;             -- the first position (0)
     _count integer;            -- elements in the data_source array
-    _lower text;
-    _n bigint;
     _batch_size integer;
     _wbs integer := 250;  -- worker_batch_size: records per chunk
     _chunks integer := 0;
@@ -345,13 +340,14 @@ BEGIN
     _count := coalesce(jsonb_array_length(import_products.products_array), 0);
     _result.total_records := _count;
     _from := 0;
-    -- Chunks: the elements, _wbs at a time (an empty source: one empty chunk).
-    _chunks := greatest(1, ceil(_count / _wbs::numeric)::integer);
+
+    -- Chunks: the elements _from.._count - 1, _wbs at a time (an empty source: one empty chunk).
+    _chunks := greatest(1, ceil((_count - _from) / _wbs::numeric)::integer);
     INSERT INTO specql.batch_operation_chunks (operation_id, chunk_number, records, items, first_index)
-    SELECT _result.operation_id, _g._c + 1, coalesce(jsonb_array_length(_s._items), 0), coalesce(_s._items, '[]'), _g._c * _wbs
+    SELECT _result.operation_id, _g._c + 1, jsonb_array_length(_s._items), _s._items, _g._c * _wbs
     FROM generate_series(0, _chunks - 1) AS _g(_c)
-    CROSS JOIN LATERAL (SELECT jsonb_agg(import_products.products_array -> _e._i ORDER BY _e._i) AS _items
-                        FROM generate_series(_g._c * _wbs, least((_g._c + 1) * _wbs, _count) - 1) AS _e(_i)) AS _s;
+    CROSS JOIN LATERAL (SELECT jsonb_path_query_array(import_products.products_array, '$[$lo to $hi]',
+                                   jsonb_build_object('lo', _from + _g._c * _wbs, 'hi', _from + (_g._c + 1) * _wbs - 1)) AS _items) AS _s;
 
     -- The run: what `specql status` shows; no backend of its own (its workers set theirs).
     INSERT INTO specql.batch_operation_runs
@@ -363,7 +359,7 @@ BEGIN
     -- What the workers read: the parameters (but the ones the chunks hold) as text, the chunking.
     INSERT INTO specql.batch_operation_parallel_runs (operation_id, inputs, worker_batch_size, chunk_count, batches_per_chunk)
     VALUES (_result.operation_id,
-            jsonb_build_object('batch_size', import_products.batch_size::text),
+            jsonb_build_object(),
             _wbs, _chunks, ceil(_wbs / _batch_size::numeric)::integer);
     RETURN _result.operation_id;
 END
@@ -401,9 +397,8 @@ AS $specql$
 <<import_products>>
 DECLARE
     -- specql:generated from entities/product.yaml; edit the entity file, not this body.
-    -- The run's parameters, as the operation's SQL names them.
+    -- The run's parameters, as the operation's SQL names them (confirm and batch_size are op_start's).
     products_array jsonb;
-    batch_size integer;
     _result specql.batch_operation_result;  -- this worker's own counts (the run's when it closes it)
     _mine specql.batch_operation_result;
     _from integer;             -- positions of the current batch in the data_source array
@@ -411,7 +406,6 @@ DECLARE
     _batch_from integer;
     _batch_to integer;
     _count integer;            -- elements in the data_source array
-    _lower text;
     _n bigint;
     _batch_processed bigint;
     _batch_failed bigint;
@@ -429,7 +423,6 @@ DECLARE
     _detail text;
     _search_path text := pg_catalog.current_setting('search_path');
     _run record;               -- the run's row
-    _inputs jsonb;             -- its parameters, as text
     _worker integer;           -- this worker's number in the run: 1, 2, ...
     _lock_key integer;         -- the run's advisory lock: held (shared) by each live worker
     _chunk record;             -- the claimed chunk
@@ -443,7 +436,7 @@ DECLARE
     _chunk_batches integer;
     _worker_batches integer := 0;  -- batches this worker applied
     _errors_before integer;    -- this worker's errors when it claimed the chunk
-    _run_errors integer;       -- the run's errors committed when the chunk was claimed (max_errors)
+    _failed_before bigint;     -- and its failed records
     _worker_stopped boolean := false;  -- max_errors_per_worker: this worker's own errors
     _pending boolean;
     _others boolean;
@@ -482,7 +475,7 @@ BEGIN
     END IF;
     UPDATE specql.batch_operation_parallel_runs AS p SET workers = p.workers + 1
     WHERE p.operation_id = _result.operation_id
-    RETURNING p.workers, p.inputs, p.batches_per_chunk INTO _worker, _inputs, _stride;
+    RETURNING p.workers, p.batches_per_chunk INTO _worker, _stride;
     SELECT * INTO _run FROM specql.batch_operation_runs AS r
     WHERE r.operation_id = _result.operation_id AND r.operation = _result.operation;
     IF _worker IS NULL OR _run.operation_id IS NULL THEN
@@ -513,8 +506,6 @@ BEGIN
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, public, pg_temp', true);
     PERFORM pg_catalog.set_config('plan_cache_mode', 'force_generic_plan', true);
 
-    import_products.batch_size := (_inputs ->> 'batch_size')::integer;
-
     <<chunks>>
     LOOP
         EXIT WHEN _worker_stopped;
@@ -532,12 +523,14 @@ BEGIN
         FOR UPDATE SKIP LOCKED;
         EXIT WHEN NOT FOUND;
         _chunk_claimed_at := clock_timestamp();
-        import_products.products_array := _chunk.items;
+        -- `|| '[]'` gives the elements decompressed: a compressed value read element by element would
+        -- be decompressed again for every element.
+        import_products.products_array := _chunk.items || '[]'::jsonb;
         _count := jsonb_array_length(_chunk.items);
         _from := (_chunk.next_batch - 1) * _batch_size;
         _batch_in_chunk := _chunk.next_batch - 1;
         _chunk_processed := 0;
-        _chunk_failed := 0;
+        _failed_before := _result.failed_records;
         _chunk_batches := 0;
         _errors_before := _result.error_count;
         _retry_batch := false;
@@ -631,7 +624,6 @@ BEGIN
             _chunk_batches := _chunk_batches + 1;
             _worker_batches := _worker_batches + 1;
             _chunk_processed := _chunk_processed + _batch_processed;
-            _chunk_failed := _chunk_failed + _batch_failed;
             _result.processed_records := _result.processed_records + _batch_processed;
             _result.failed_records := _result.failed_records + _batch_failed;
             _batch_ms := extract(epoch FROM clock_timestamp() - _batch_started) * 1000;
@@ -668,6 +660,7 @@ BEGIN
         END LOOP batches;
 
         -- The chunk's end, committed with its changes: done, or pending from where it stopped.
+        _chunk_failed := _result.failed_records - _failed_before;  -- with what a batch counts itself (CSV rejects)
         UPDATE specql.batch_operation_chunks AS c
         SET status = CASE WHEN _chunk_done THEN 'done' ELSE 'pending' END,
             next_batch = _batch_in_chunk + CASE WHEN _chunk_done OR _retry_batch THEN 0 ELSE 1 END,
@@ -1495,25 +1488,8 @@ DECLARE
     staging_id ALIAS FOR import_products_csv_start.staging_id;
     batch_size ALIAS FOR import_products_csv_start.batch_size;
     _result specql.batch_operation_result;
-    _csv_from bigint;          -- _record of the first and last staged rows of the current batch
-    _csv_to bigint;
-    _csv_records bigint;       -- staged rows in the current batch
-    _csv_last bigint;          -- the last _record staged for this load
-    _csv_line_base bigint;     -- a row staged without _line (psql \copy) is on line _record - _csv_line_base
-    _csv_batch_from bigint;    -- the batch while it is applied record by record
-    _csv_batch_to bigint;
-    _csv_staged record;        -- the staged row being applied alone
-    _csv_reason text;          -- why it is rejected, its kind, its SQLSTATE
-    _csv_kind text;
-    _csv_state text;
-    _csv_rejected jsonb;       -- {"line": ..., "record": {...}} of the row that fails the batch (stop)
-    _csv_rows bigint;
-    _count bigint;             -- rows staged for this load
-    _upper bigint;             -- the chunk's last _record (NULL: to the end of the load)
-    _prev bigint;              -- _csv_to before the current batch
-    _bound record;
-    _lower text;
-    _n bigint;
+    _bound record;             -- a chunk's last _record and its row number
+    _lower text;               -- the previous chunk's last _record
     _batch_size integer;
     _wbs integer := 5000;  -- worker_batch_size: records per chunk
     _chunks integer := 0;
@@ -1532,13 +1508,6 @@ BEGIN
         RAISE EXCEPTION 'staging_id must name the rows staged in %', 'public.import_products_csv_staging'
             USING ERRCODE = '22023', HINT = 'specql run import_products_csv --csv FILE stages a file and calls this routine.';
     END IF;
-    SELECT count(*), min(_s._record), max(_s._record) INTO _count, _csv_from, _csv_last
-    FROM public.import_products_csv_staging AS _s
-    WHERE _s._staging_id = import_products_csv.staging_id;
-    _result.total_records := _count;
-    _csv_to := coalesce(_csv_from, 1) - 1;
-    _csv_last := coalesce(_csv_last, 0);
-    _csv_line_base := _csv_to - 1;
     _lower := NULL;
     FOR _bound IN
         SELECT s._k, s._rn, s._next_key IS NULL AS _final
@@ -1553,10 +1522,12 @@ BEGIN
         VALUES (_result.operation_id, _chunks, _bound._rn - (_chunks - 1)::bigint * _wbs, _lower,
                 CASE WHEN _bound._final THEN NULL ELSE _bound._k::text END);
         _lower := _bound._k::text;
+        _result.total_records := _bound._rn;
     END LOOP;
     IF _chunks = 0 THEN
         -- Nothing staged: one open chunk, so a worker still looks (and closes the run).
         _chunks := 1;
+        _result.total_records := 0;
         INSERT INTO specql.batch_operation_chunks (operation_id, chunk_number, records)
         VALUES (_result.operation_id, 1, 0);
     END IF;
@@ -1571,7 +1542,7 @@ BEGIN
     -- What the workers read: the parameters (but the ones the chunks hold) as text, the chunking.
     INSERT INTO specql.batch_operation_parallel_runs (operation_id, inputs, worker_batch_size, chunk_count, batches_per_chunk)
     VALUES (_result.operation_id,
-            jsonb_build_object('batch_size', import_products_csv.batch_size::text),
+            jsonb_build_object(),
             _wbs, _chunks, ceil(_wbs / _batch_size::numeric)::integer);
     RETURN _result.operation_id;
 END
@@ -1609,9 +1580,8 @@ AS $specql$
 <<import_products_csv>>
 DECLARE
     -- specql:generated from entities/product.yaml; edit the entity file, not this body.
-    -- The run's parameters, as the operation's SQL names them.
+    -- The run's parameters, as the operation's SQL names them (confirm and batch_size are op_start's).
     staging_id uuid;
-    batch_size integer;
     _result specql.batch_operation_result;  -- this worker's own counts (the run's when it closes it)
     _mine specql.batch_operation_result;
     _csv_from bigint;          -- _record of the first and last staged rows of the current batch
@@ -1627,11 +1597,8 @@ DECLARE
     _csv_state text;
     _csv_rejected jsonb;       -- {"line": ..., "record": {...}} of the row that fails the batch (stop)
     _csv_rows bigint;
-    _count bigint;             -- rows staged for this load
     _upper bigint;             -- the chunk's last _record (NULL: to the end of the load)
     _prev bigint;              -- _csv_to before the current batch
-    _bound record;
-    _lower text;
     _n bigint;
     _batch_processed bigint;
     _batch_failed bigint;
@@ -1649,7 +1616,6 @@ DECLARE
     _detail text;
     _search_path text := pg_catalog.current_setting('search_path');
     _run record;               -- the run's row
-    _inputs jsonb;             -- its parameters, as text
     _worker integer;           -- this worker's number in the run: 1, 2, ...
     _lock_key integer;         -- the run's advisory lock: held (shared) by each live worker
     _chunk record;             -- the claimed chunk
@@ -1663,6 +1629,7 @@ DECLARE
     _chunk_batches integer;
     _worker_batches integer := 0;  -- batches this worker applied
     _errors_before integer;    -- this worker's errors when it claimed the chunk
+    _failed_before bigint;     -- and its failed records
     _run_errors integer;       -- the run's errors committed when the chunk was claimed (max_errors)
     _worker_stopped boolean := false;  -- max_errors_per_worker: this worker's own errors
     _pending boolean;
@@ -1701,7 +1668,7 @@ BEGIN
     END IF;
     UPDATE specql.batch_operation_parallel_runs AS p SET workers = p.workers + 1
     WHERE p.operation_id = _result.operation_id
-    RETURNING p.workers, p.inputs, p.batches_per_chunk INTO _worker, _inputs, _stride;
+    RETURNING p.workers, p.batches_per_chunk INTO _worker, _stride;
     SELECT * INTO _run FROM specql.batch_operation_runs AS r
     WHERE r.operation_id = _result.operation_id AND r.operation = _result.operation;
     IF _worker IS NULL OR _run.operation_id IS NULL THEN
@@ -1730,8 +1697,6 @@ BEGIN
     WHERE r.operation_id = _result.operation_id;
     COMMIT;
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, public, pg_temp', true);
-
-    import_products_csv.batch_size := (_inputs ->> 'batch_size')::integer;
 
     <<chunks>>
     LOOP
@@ -1764,7 +1729,7 @@ BEGIN
                            WHERE _s._staging_id = import_products_csv.staging_id) - 1 - 1;
         _batch_in_chunk := _chunk.next_batch - 1;
         _chunk_processed := 0;
-        _chunk_failed := 0;
+        _failed_before := _result.failed_records;
         _chunk_batches := 0;
         _errors_before := _result.error_count;
         _retry_batch := false;
@@ -1970,7 +1935,6 @@ BEGIN
             _chunk_batches := _chunk_batches + 1;
             _worker_batches := _worker_batches + 1;
             _chunk_processed := _chunk_processed + _batch_processed;
-            _chunk_failed := _chunk_failed + _batch_failed;
             _result.processed_records := _result.processed_records + _batch_processed;
             _result.failed_records := _result.failed_records + _batch_failed;
             _batch_ms := extract(epoch FROM clock_timestamp() - _batch_started) * 1000;
@@ -2006,6 +1970,7 @@ BEGIN
         END LOOP batches;
 
         -- The chunk's end, committed with its changes: done, or pending from where it stopped.
+        _chunk_failed := _result.failed_records - _failed_before;  -- with what a batch counts itself (CSV rejects)
         UPDATE specql.batch_operation_chunks AS c
         SET status = CASE WHEN _chunk_done THEN 'done' ELSE 'pending' END,
             next_batch = _batch_in_chunk + CASE WHEN _chunk_done OR _retry_batch THEN 0 ELSE 1 END,

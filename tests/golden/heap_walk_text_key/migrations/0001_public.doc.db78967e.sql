@@ -70,7 +70,8 @@ DECLARE
     _end bigint;               -- where the walk ends: the heap's blocks at the start, then at the catch-up
     _base bigint;              -- 64-bit transaction id that age() counts from (this transaction's)
     _newer bigint;             -- age() of the oldest transaction still running when the run started
-    _catch_up boolean := false;  -- the walk reached _end once: only rows newer than the run now
+    _snap pg_snapshot;         -- the run's first snapshot: a version it sees is not the catch-up's
+    _catch_up boolean := false;  -- the walk reached _end once: only versions newer than the run now
     _batch_tids tid[];
     _i integer;
     _batch_records bigint;     -- records in the current batch
@@ -113,11 +114,11 @@ BEGIN
     _result.batch_count := 0;
     _result.skipped_records := 0;
 
-    -- Heap walk: the heap's blocks now (the walk ends there, then catches up), and the id of the
-    -- oldest transaction still running (what the catch-up pass takes rows newer than).
+    -- Heap walk: the heap's blocks now (the walk ends there, then catches up on what this snapshot misses).
     _end := pg_catalog.pg_relation_size('public.doc'::regclass) / pg_catalog.current_setting('block_size')::bigint;
     _base := pg_catalog.pg_current_xact_id()::text::bigint - pg_catalog.age(pg_catalog.pg_current_xact_id()::xid);
-    _newer := _base - pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot())::text::bigint;
+    _snap := pg_catalog.pg_current_snapshot();
+    _newer := _base - pg_catalog.pg_snapshot_xmin(_snap)::text::bigint;
 
     -- The run row: what `specql status` shows; its
     -- backend tells a live run from an abandoned one (the view specql.batch_operation_status).
@@ -146,7 +147,8 @@ BEGIN
             _more_tids := ARRAY(SELECT ctid FROM public.doc
                                 WHERE ctid > _pos AND ctid < format('(%s,0)', least(_blk + _win, _end))::tid
                                   AND (state = drop_docs.state)
-                                  AND (NOT _catch_up OR pg_catalog.age(xmin) <= _newer)
+                                  AND (NOT _catch_up OR (pg_catalog.age(xmin) <= _newer
+                           AND NOT pg_catalog.pg_visible_in_snapshot((_base - pg_catalog.age(xmin))::text::xid8, _snap)))
                                 ORDER BY ctid LIMIT _batch_size - cardinality(_tids));
             _tids := _tids || _more_tids;
             IF cardinality(_tids) >= _batch_size THEN
@@ -338,7 +340,8 @@ DECLARE
     _end bigint;               -- where the walk ends: the heap's blocks at the start, then at the catch-up
     _base bigint;              -- 64-bit transaction id that age() counts from (this transaction's)
     _newer bigint;             -- age() of the oldest transaction still running when the run started
-    _catch_up boolean := false;  -- the walk reached _end once: only rows newer than the run now
+    _snap pg_snapshot;         -- the run's first snapshot: a version it sees is not the catch-up's
+    _catch_up boolean := false;  -- the walk reached _end once: only versions newer than the run now
     _n bigint;
     _batch_processed bigint;
     _batch_failed bigint;
@@ -378,11 +381,11 @@ BEGIN
     _result.batch_count := 0;
     _result.skipped_records := 0;
 
-    -- Heap walk: the heap's blocks now (the walk ends there, then catches up), and the id of the
-    -- oldest transaction still running (what the catch-up pass takes rows newer than).
+    -- Heap walk: the heap's blocks now (the walk ends there, then catches up on what this snapshot misses).
     _end := pg_catalog.pg_relation_size('public.doc'::regclass) / pg_catalog.current_setting('block_size')::bigint;
     _base := pg_catalog.pg_current_xact_id()::text::bigint - pg_catalog.age(pg_catalog.pg_current_xact_id()::xid);
-    _newer := _base - pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot())::text::bigint;
+    _snap := pg_catalog.pg_current_snapshot();
+    _newer := _base - pg_catalog.pg_snapshot_xmin(_snap)::text::bigint;
     -- Count what the operation would touch (for max_records, confirmation, progress).
     SELECT count(*) INTO _n FROM public.doc;
     _result.total_records := _n;
@@ -422,7 +425,8 @@ BEGIN
             LOOP
                 _more_tids := ARRAY(SELECT ctid FROM public.doc
                                     WHERE ctid > _pos AND ctid < format('(%s,0)', least(_blk + _win, _end))::tid
-                                      AND (NOT _catch_up OR pg_catalog.age(xmin) <= _newer)
+                                      AND (NOT _catch_up OR (pg_catalog.age(xmin) <= _newer
+                               AND NOT pg_catalog.pg_visible_in_snapshot((_base - pg_catalog.age(xmin))::text::xid8, _snap)))
                                     ORDER BY ctid LIMIT _batch_size - cardinality(_tids));
                 _tids := _tids || _more_tids;
                 IF cardinality(_tids) >= _batch_size THEN
