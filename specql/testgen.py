@@ -9,8 +9,8 @@ from __future__ import annotations
 import hashlib
 import pprint
 import re
-from importlib import resources
 from collections import Counter
+from importlib import resources
 from dataclasses import fields, is_dataclass
 from pathlib import Path
 

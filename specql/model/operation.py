@@ -54,10 +54,9 @@ class Operation:
     @property
     def created_objects(self) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
         """(tables, routines) as (schema, name) that the operation's migration creates: the
-        routine, a parallel run's entry points, its hooks' placeholders, a CSV import's staging
-        table. The fuzz oracle
-        (tests/fuzz/apply.py) holds a migration to exactly these, so a new kind of object an
-        operation creates is declared here."""
+        routine, a parallel run's entry points, its hooks' placeholders, a CSV import's or a
+        staged jsonb source's staging table. The fuzz oracle (tests/fuzz/apply.py) holds a
+        migration to exactly these, so a new kind of object an operation creates is declared here."""
         tables, routines = [], [(self.schema, self.name)]
         if self.parallel is not None:
             routines += [(self.schema, self.parallel.start_name), (self.schema, self.parallel.worker_name)]
