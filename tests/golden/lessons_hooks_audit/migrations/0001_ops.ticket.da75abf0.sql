@@ -1150,6 +1150,363 @@ END
 $specql$;
 
 -- -----------------------------------------------------------------------------
+-- ops.reprioritize_tickets
+--   update ops.ticket in batches of 20, slicing :ticket_ids in input order
+--   where: (id = ANY(reprioritize_tickets.ticket_ids)) AND deleted_at IS NULL
+--   transaction: per_batch; error_handling: continue_on_error
+-- -----------------------------------------------------------------------------
+
+-- Drop an older specql-generated reprioritize_tickets whose arguments or kind differ: CREATE OR
+-- REPLACE cannot change those. Routines not marked "specql:generated" are never touched.
+DO $specql$
+DECLARE
+    _old regprocedure;
+BEGIN
+    FOR _old IN
+        SELECT p.oid::regprocedure
+        FROM pg_catalog.pg_proc AS p
+        JOIN pg_catalog.pg_namespace AS n ON n.oid = p.pronamespace
+        WHERE n.nspname = 'ops'
+          AND p.proname = 'reprioritize_tickets'
+          AND p.prosrc LIKE '%specql:generated%'
+          AND (p.oid IS DISTINCT FROM to_regprocedure('ops.reprioritize_tickets(integer[], integer, boolean, integer)')
+               OR p.prokind <> 'f'
+               OR p.proargnames IS DISTINCT FROM ARRAY['ticket_ids', 'new_priority', 'bypass_hooks', 'batch_size']::text[])
+    LOOP
+        EXECUTE format('DROP ROUTINE %s', _old);
+    END LOOP;
+END
+$specql$;
+
+-- hooks: ops.ticket_reprioritizing is called once per batch; until it exists, a placeholder that raises stands in
+-- (replace it with CREATE OR REPLACE FUNCTION, returning void).
+DO $specql$
+BEGIN
+    IF to_regprocedure('ops.ticket_reprioritizing(uuid, integer, jsonb, jsonb, text[])') IS NULL THEN
+        CREATE SCHEMA IF NOT EXISTS ops;
+        CREATE FUNCTION ops.ticket_reprioritizing(operation_id uuid, batch_number integer, old_rows jsonb, new_rows jsonb,
+                                 changed_fields text[])
+        RETURNS void LANGUAGE plpgsql AS $hook$
+        BEGIN
+            RAISE EXCEPTION 'hook % is a placeholder: create it', 'ops.ticket_reprioritizing' USING ERRCODE = '42883';
+        END
+        $hook$;
+        COMMENT ON FUNCTION ops.ticket_reprioritizing(uuid, integer, jsonb, jsonb, text[]) IS
+            'specql placeholder of a hook of ops.reprioritize_tickets: replace it with the real hook';
+    END IF;
+END
+$specql$;
+-- hooks: ops.ticket_reprioritized is called once per batch; until it exists, a placeholder that raises stands in
+-- (replace it with CREATE OR REPLACE FUNCTION, returning void).
+DO $specql$
+BEGIN
+    IF to_regprocedure('ops.ticket_reprioritized(uuid, integer, jsonb, jsonb, text[])') IS NULL THEN
+        CREATE SCHEMA IF NOT EXISTS ops;
+        CREATE FUNCTION ops.ticket_reprioritized(operation_id uuid, batch_number integer, old_rows jsonb, new_rows jsonb,
+                                 changed_fields text[])
+        RETURNS void LANGUAGE plpgsql AS $hook$
+        BEGIN
+            RAISE EXCEPTION 'hook % is a placeholder: create it', 'ops.ticket_reprioritized' USING ERRCODE = '42883';
+        END
+        $hook$;
+        COMMENT ON FUNCTION ops.ticket_reprioritized(uuid, integer, jsonb, jsonb, text[]) IS
+            'specql placeholder of a hook of ops.reprioritize_tickets: replace it with the real hook';
+    END IF;
+END
+$specql$;
+
+CREATE OR REPLACE FUNCTION ops.reprioritize_tickets(
+    ticket_ids integer[],
+    new_priority integer,
+    bypass_hooks boolean DEFAULT false,
+    batch_size integer DEFAULT NULL
+)
+RETURNS specql.batch_operation_result
+LANGUAGE plpgsql
+VOLATILE
+SET search_path = pg_catalog, ops, pg_temp
+-- Generic plans: a custom plan folds each argument into the plan as a constant, which
+-- copies a large id array or jsonb data_source once per batch (quadratic in the input).
+SET plan_cache_mode = force_generic_plan
+AS $specql$
+#variable_conflict use_column
+DECLARE
+    -- specql:generated from lessons_hooks_audit/ticket.yaml; edit the entity file, not this body.
+    _result specql.batch_operation_result;
+    _keys integer[];        -- primary keys of the current batch
+    _from integer;             -- subscripts of the current batch in the id array
+    _to integer;
+    _last_index integer;
+    _old_rows jsonb;           -- hooks: the batch's rows before the change, as JSON objects
+    _new_rows jsonb;           -- and after it (or as proposed, for a before hook), paired by position
+    _changed_fields text[];    -- the fields whose values differ in at least one pair
+    _skipped integer[];  -- keys of rows changed by another transaction after the batch read them
+    _n bigint;
+    _batch_processed bigint;
+    _batch_failed bigint;
+    _batch_started timestamptz;
+    _batch_ms numeric;
+    _sum_batch_ms numeric := 0;
+    _max_batch_ms numeric := 0;
+    _status text;              -- outcome of the current batch
+    _stop text;                -- set when the run ends early: failed, timed_out or cancelled
+    _batch_size integer;       -- records per batch: the batch_size argument, a calling routine's, or the file's
+    _outer_batch_size text;    -- specql.batch_size as this routine found it (restored at the end)
+    _run_started timestamptz;  -- when this call started (a timeout counts from here, also on a resume)
+    _progress boolean;         -- the caller asked for a progress notice per batch (SET specql.progress = on)
+    _sqlstate text;
+    _errmsg text;
+    _detail text;
+BEGIN
+
+    _run_started := clock_timestamp();
+    -- batch_size: this call's argument, else the one a calling specql routine was given
+    -- (specql.batch_size), else the entity file's.
+    _outer_batch_size := pg_catalog.current_setting('specql.batch_size', true);
+    _batch_size := coalesce(reprioritize_tickets.batch_size, nullif(_outer_batch_size, '')::integer, 20);
+    IF _batch_size < 1 THEN
+        RAISE EXCEPTION 'batch_size must be at least 1, not %', _batch_size USING ERRCODE = '22023';
+    END IF;
+    IF reprioritize_tickets.batch_size IS NOT NULL THEN
+        PERFORM pg_catalog.set_config('specql.batch_size', _batch_size::text, true);
+    END IF;
+    _progress := pg_catalog.current_setting('specql.progress', true) = 'on';
+    _result.operation_id := gen_random_uuid();
+    _result.operation := 'reprioritize_tickets';
+    _result.started_at := _run_started;
+    _result.processed_records := 0;
+    _result.failed_records := 0;
+    _result.error_count := 0;
+    _result.batch_count := 0;
+    _result.skipped_records := 0;
+
+    -- Records: the id array, cut into slices in input order.
+    IF array_ndims(reprioritize_tickets.ticket_ids) > 1 THEN
+        RAISE EXCEPTION 'ticket_ids must be a one-dimensional array' USING ERRCODE = '2202E';
+    END IF;
+    _from := coalesce(array_lower(reprioritize_tickets.ticket_ids, 1), 1);
+    _last_index := coalesce(array_upper(reprioritize_tickets.ticket_ids, 1), 0);
+    _result.total_records := coalesce(cardinality(reprioritize_tickets.ticket_ids), 0);
+
+    -- The run row: what `specql status` shows; its
+    -- backend tells a live run from an abandoned one (the view specql.batch_operation_status).
+    INSERT INTO specql.batch_operation_runs
+        (operation_id, operation, total_records, started_at, heartbeat_at, backend_pid, backend_start,
+         routine, transaction_mode, batch_size)
+    VALUES
+        (_result.operation_id, _result.operation, _result.total_records, _result.started_at, _result.started_at,
+         pg_catalog.pg_backend_pid(),
+         (SELECT backend_start FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid())),
+         'ops.reprioritize_tickets(integer[], integer, boolean, integer)', 'per_batch', _batch_size);
+
+    <<batches>>
+    LOOP
+        -- A cancel request (specql.cancel_operation, from any session) stops the run between batches.
+        IF EXISTS (SELECT 1 FROM specql.batch_operation_cancellations WHERE operation_id = _result.operation_id) THEN
+            _stop := 'cancelled';
+            EXIT;
+        END IF;
+        -- Select the next batch.
+        EXIT WHEN _from > _last_index;
+        _to := least(_from + _batch_size - 1, _last_index);
+        -- Element by element: an expanded array is read in place, never copied whole.
+        _keys := ARRAY(SELECT reprioritize_tickets.ticket_ids[_g._i] FROM generate_series(_from, _to) AS _g(_i));
+        _batch_started := clock_timestamp();
+
+        LOOP
+            BEGIN
+                IF coalesce(reprioritize_tickets.bypass_hooks, false) THEN
+                    -- bypass_hooks: the batch without its hooks.
+                    UPDATE ops.ticket
+                    SET priority = reprioritize_tickets.new_priority
+                    WHERE (id = ANY(_keys)) AND deleted_at IS NULL;
+                    GET DIAGNOSTICS _n = ROW_COUNT;
+                ELSE
+                    -- before hook: the batch's rows (locked) and what the change would make of them, before
+                    -- anything changes; a hook that raises fails the batch.
+                    SELECT coalesce(to_jsonb(array_agg(_old_row)), '[]'),
+                           coalesce(to_jsonb(array_agg(_new_row)), '[]'),
+                           array_remove(ARRAY[CASE WHEN bool_or((_old_row).code IS DISTINCT FROM (_new_row).code) THEN 'code' END,
+                                              CASE WHEN bool_or((_old_row).deleted_at IS DISTINCT FROM (_new_row).deleted_at) THEN 'deleted_at' END,
+                                              CASE WHEN bool_or((_old_row).deleted_by IS DISTINCT FROM (_new_row).deleted_by) THEN 'deleted_by' END,
+                                              CASE WHEN bool_or((_old_row).deletion_reason IS DISTINCT FROM (_new_row).deletion_reason) THEN 'deletion_reason' END,
+                                              CASE WHEN bool_or((_old_row).id IS DISTINCT FROM (_new_row).id) THEN 'id' END,
+                                              CASE WHEN bool_or((_old_row).priority IS DISTINCT FROM (_new_row).priority) THEN 'priority' END,
+                                              CASE WHEN bool_or((_old_row).state IS DISTINCT FROM (_new_row).state) THEN 'state' END], NULL)
+                    INTO _old_rows, _new_rows, _changed_fields
+                    FROM (SELECT ROW(ticket.*)::ops.ticket AS _old_row,
+                                 ROW(id, code, state, reprioritize_tickets.new_priority, deleted_at, deleted_by, deletion_reason)::ops.ticket AS _new_row
+                          FROM ops.ticket
+                          WHERE (id = ANY(_keys)) AND deleted_at IS NULL
+                          FOR UPDATE) AS _proposed;
+                    PERFORM ops.ticket_reprioritizing(_result.operation_id, _result.batch_count + 1, _old_rows, _new_rows, _changed_fields);
+                    IF pg_catalog.current_setting('server_version_num')::integer >= 180000 THEN
+                        -- PostgreSQL 18: the statement returns each row's old version (RETURNING old).
+                        WITH _changed AS (
+                            UPDATE ops.ticket
+                            SET priority = reprioritize_tickets.new_priority
+                            WHERE (id = ANY(_keys)) AND deleted_at IS NULL
+                            RETURNING id AS _key, old AS _old_row, new AS _new_row
+                        )
+                        SELECT count(*),
+                               coalesce(to_jsonb(array_agg(_old_row)), '[]'),
+                               coalesce(to_jsonb(array_agg(_new_row)), '[]'),
+                               array_remove(ARRAY[CASE WHEN bool_or((_old_row).code IS DISTINCT FROM (_new_row).code) THEN 'code' END,
+                                                  CASE WHEN bool_or((_old_row).deleted_at IS DISTINCT FROM (_new_row).deleted_at) THEN 'deleted_at' END,
+                                                  CASE WHEN bool_or((_old_row).deleted_by IS DISTINCT FROM (_new_row).deleted_by) THEN 'deleted_by' END,
+                                                  CASE WHEN bool_or((_old_row).deletion_reason IS DISTINCT FROM (_new_row).deletion_reason) THEN 'deletion_reason' END,
+                                                  CASE WHEN bool_or((_old_row).id IS DISTINCT FROM (_new_row).id) THEN 'id' END,
+                                                  CASE WHEN bool_or((_old_row).priority IS DISTINCT FROM (_new_row).priority) THEN 'priority' END,
+                                                  CASE WHEN bool_or((_old_row).state IS DISTINCT FROM (_new_row).state) THEN 'state' END], NULL)
+                        INTO _n, _old_rows, _new_rows, _changed_fields
+                        FROM _changed;
+                    ELSE
+                        WITH _pre AS MATERIALIZED (
+                            SELECT ctid AS _pre_ctid, xmin AS _pre_xmin, id AS _pre_key, ROW(ticket.*)::ops.ticket AS _pre_row
+                            FROM ops.ticket
+                            WHERE (id = ANY(_keys)) AND deleted_at IS NULL
+                        ),
+                        _changed AS (
+                            UPDATE ops.ticket
+                            SET priority = reprioritize_tickets.new_priority
+                            FROM _pre
+                            WHERE ticket.ctid = _pre._pre_ctid AND ticket.xmin = _pre._pre_xmin
+                            RETURNING _pre._pre_key, id AS _key, _pre._pre_row AS _old_row, ROW(ticket.*)::ops.ticket AS _new_row
+                        )
+                        SELECT count(*),
+                               coalesce(to_jsonb(array_agg(_old_row)), '[]'),
+                               coalesce(to_jsonb(array_agg(_new_row)), '[]'),
+                               array_remove(ARRAY[CASE WHEN bool_or((_old_row).code IS DISTINCT FROM (_new_row).code) THEN 'code' END,
+                                                  CASE WHEN bool_or((_old_row).deleted_at IS DISTINCT FROM (_new_row).deleted_at) THEN 'deleted_at' END,
+                                                  CASE WHEN bool_or((_old_row).deleted_by IS DISTINCT FROM (_new_row).deleted_by) THEN 'deleted_by' END,
+                                                  CASE WHEN bool_or((_old_row).deletion_reason IS DISTINCT FROM (_new_row).deletion_reason) THEN 'deletion_reason' END,
+                                                  CASE WHEN bool_or((_old_row).id IS DISTINCT FROM (_new_row).id) THEN 'id' END,
+                                                  CASE WHEN bool_or((_old_row).priority IS DISTINCT FROM (_new_row).priority) THEN 'priority' END,
+                                                  CASE WHEN bool_or((_old_row).state IS DISTINCT FROM (_new_row).state) THEN 'state' END], NULL),
+                               CASE WHEN count(*) < (SELECT count(*) FROM _pre)
+                                    THEN ARRAY(SELECT _pre_key FROM _pre EXCEPT SELECT _pre_key FROM _changed) END
+                        INTO _n, _old_rows, _new_rows, _changed_fields, _skipped
+                        FROM _changed;
+                        IF _skipped IS NOT NULL THEN
+                            -- Rows another transaction changed since this batch read them: read again, locked.
+                            WITH _pre AS MATERIALIZED (
+                                SELECT id AS _key, ROW(ticket.*)::ops.ticket AS _row
+                                FROM ops.ticket
+                                WHERE ((id = ANY(_keys)) AND deleted_at IS NULL) AND id = ANY(_skipped)
+                                FOR UPDATE
+                            ),
+                            _updated AS (
+                                UPDATE ops.ticket
+                                SET priority = reprioritize_tickets.new_priority
+                                WHERE id = ANY(ARRAY(SELECT _key FROM _pre))
+                                RETURNING id AS _key, ROW(ticket.*)::ops.ticket AS _row
+                            ),
+                            _changed AS (
+                                SELECT _updated._key, _pre._row AS _old_row, _updated._row AS _new_row
+                                FROM _updated JOIN _pre USING (_key)
+                            )
+                            SELECT _n + count(*),
+                                   _old_rows || coalesce(to_jsonb(array_agg(_old_row)), '[]'),
+                                   _new_rows || coalesce(to_jsonb(array_agg(_new_row)), '[]'),
+                                   array_remove(ARRAY[CASE WHEN bool_or((_old_row).code IS DISTINCT FROM (_new_row).code) OR 'code' = ANY(_changed_fields) THEN 'code' END,
+                                                      CASE WHEN bool_or((_old_row).deleted_at IS DISTINCT FROM (_new_row).deleted_at) OR 'deleted_at' = ANY(_changed_fields) THEN 'deleted_at' END,
+                                                      CASE WHEN bool_or((_old_row).deleted_by IS DISTINCT FROM (_new_row).deleted_by) OR 'deleted_by' = ANY(_changed_fields) THEN 'deleted_by' END,
+                                                      CASE WHEN bool_or((_old_row).deletion_reason IS DISTINCT FROM (_new_row).deletion_reason) OR 'deletion_reason' = ANY(_changed_fields) THEN 'deletion_reason' END,
+                                                      CASE WHEN bool_or((_old_row).id IS DISTINCT FROM (_new_row).id) OR 'id' = ANY(_changed_fields) THEN 'id' END,
+                                                      CASE WHEN bool_or((_old_row).priority IS DISTINCT FROM (_new_row).priority) OR 'priority' = ANY(_changed_fields) THEN 'priority' END,
+                                                      CASE WHEN bool_or((_old_row).state IS DISTINCT FROM (_new_row).state) OR 'state' = ANY(_changed_fields) THEN 'state' END], NULL)
+                            INTO _n, _old_rows, _new_rows, _changed_fields
+                            FROM _changed;
+                        END IF;
+                    END IF;
+                    -- after hook: the rows the batch changed, before and after, inside the batch's savepoint.
+                    PERFORM ops.ticket_reprioritized(_result.operation_id, _result.batch_count + 1, _old_rows, _new_rows, _changed_fields);
+                END IF;
+
+                _batch_processed := _n;
+                _batch_failed := 0;
+                _status := 'completed';
+                EXIT;
+            EXCEPTION WHEN OTHERS THEN
+                -- The savepoint rolled the whole batch back.
+                GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
+                IF _sqlstate IN ('40001', '40P01', '55P03') THEN
+                    -- A transient failure that outlasted its retries stops the run, whatever the error mode.
+                    -- continue_on_error: log the failed batch with its records.
+                    INSERT INTO specql.batch_operation_errors
+                        (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at)
+                    VALUES
+                        (_result.operation_id, _result.operation, _result.batch_count + 1, _sqlstate, _errmsg, _detail,
+                         coalesce(to_jsonb(_keys), '[]'::jsonb), clock_timestamp());
+                    _result.error_count := _result.error_count + 1;
+                    _batch_processed := 0;
+                    _batch_failed := cardinality(_keys);
+                    _status := 'failed';
+                    _stop := 'failed';
+                    EXIT;
+                END IF;
+                -- continue_on_error: log the failed batch with its records.
+                INSERT INTO specql.batch_operation_errors
+                    (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at)
+                VALUES
+                    (_result.operation_id, _result.operation, _result.batch_count + 1, _sqlstate, _errmsg, _detail,
+                     coalesce(to_jsonb(_keys), '[]'::jsonb), clock_timestamp());
+                _result.error_count := _result.error_count + 1;
+                _batch_processed := 0;
+                _batch_failed := cardinality(_keys);
+                _status := 'failed';
+                EXIT;
+            END;
+        END LOOP;
+
+        -- Account for the batch.
+        _result.batch_count := _result.batch_count + 1;
+        _result.processed_records := _result.processed_records + _batch_processed;
+        _result.failed_records := _result.failed_records + _batch_failed;
+        _batch_ms := extract(epoch FROM clock_timestamp() - _batch_started) * 1000;
+        _sum_batch_ms := _sum_batch_ms + _batch_ms;
+        _max_batch_ms := greatest(_max_batch_ms, _batch_ms);
+        INSERT INTO specql.batch_operation_logs
+            (operation_id, operation, batch_number, records_processed, records_failed, started_at, completed_at, status,
+             batch_size)
+        VALUES
+            (_result.operation_id, _result.operation, _result.batch_count, _batch_processed, _batch_failed,
+             _batch_started, clock_timestamp(), _status, _batch_size);
+        IF _progress THEN
+            RAISE NOTICE 'specql:progress %', json_build_object(
+                'operation_id', _result.operation_id, 'total_records', _result.total_records,
+                'processed_records', _result.processed_records, 'failed_records', _result.failed_records,
+                'error_count', _result.error_count, 'batch_count', _result.batch_count, 'batch_size', _batch_size);
+        END IF;
+        EXIT WHEN _stop IS NOT NULL;
+        _from := _to + 1;
+    END LOOP batches;
+
+    -- Finish: status, run row, metrics, notification.
+    _result.completed_at := clock_timestamp();
+    _result.status := CASE
+        WHEN _stop IS NOT NULL THEN _stop
+        WHEN _result.error_count > 0 THEN 'completed_with_errors'
+        ELSE 'completed'
+    END;
+    UPDATE specql.batch_operation_runs
+    SET status = _result.status,
+        completed_at = _result.completed_at,
+        total_records = _result.total_records,
+        processed_records = _result.processed_records,
+        failed_records = _result.failed_records,
+        error_count = _result.error_count,
+        batch_count = _result.batch_count,
+        heartbeat_at = clock_timestamp()
+    WHERE operation_id = _result.operation_id;
+    IF reprioritize_tickets.batch_size IS NOT NULL THEN
+        PERFORM pg_catalog.set_config('specql.batch_size', coalesce(_outer_batch_size, ''), true);
+    END IF;
+    RETURN _result;
+END
+$specql$;
+
+-- -----------------------------------------------------------------------------
 -- ops.drop_deleted_tickets
 --   delete ops.ticket in batches of 30, slicing :ticket_ids in input order
 --   where: id = ANY(drop_deleted_tickets.ticket_ids) AND deleted_at IS NOT NULL
