@@ -32,6 +32,7 @@ from psycopg import sql
 from psycopg.copy import QueuedLibpqWriter
 
 from .run import RunError
+from .staging import staged_load, staging_connection
 
 COPY_CHUNK = 1 << 20  # bytes sent to COPY at a time
 MAX_RECORD_CHARS = 256 << 20  # a record longer than this is rejected (a quote never closed, most likely)
@@ -424,18 +425,12 @@ def run_csv(url: str, op, csv_file: str | None, raw_params: list[str], *, confir
     if len(others) != len(raw_params):
         raise RunError("--param staging_id: specql run --csv stages the file and passes staging_id itself")
     path = Path(csv_file) if csv_file else None
-    try:
-        conn = psycopg.connect(url, autocommit=True, application_name=f"specql run {op.name} (staging)",
-                               connect_timeout=10)
-    except psycopg.OperationalError as exc:
-        raise RunError(f"cannot connect: {str(exc).strip().splitlines()[-1]}") from None
-    with conn:
+    with staging_connection(url, op) as conn:
         if resume:
-            row = conn.execute("SELECT params ->> 'staging_id' FROM specql.batch_operation_runs "
-                               "WHERE operation_id = %s AND operation = %s", (resume, op.name)).fetchone()
-            if row is None or row[0] is None:
+            staging_id = staged_load(conn, op, resume)
+            if staging_id is None:
                 raise RunError(f"--resume {resume}: no run of {op.name} with staged rows under that id")
-            staged = Staged(row[0])
+            staged = Staged(staging_id)
         else:
             if path is None:
                 raise RunError(f"{op.name} imports a CSV file: pass --csv FILE")

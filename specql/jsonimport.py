@@ -39,6 +39,7 @@ from psycopg.copy import QueuedLibpqWriter
 
 from .csvimport import COPY_CHUNK, drop_staged, open_source
 from .run import Bound, RunError
+from .staging import staged_load, staging_connection
 
 READ_CHUNK = 1 << 20  # characters of a JSON array decoded at a time
 MAX_RECORD_CHARS = 256 << 20  # an array element longer than this is refused (a bracket never closed?)
@@ -301,13 +302,6 @@ def write_rejects(conn: psycopg.Connection, operation_id, out: Path) -> int:
     return written
 
 
-def staged_load(conn: psycopg.Connection, op, operation_id: str) -> str | None:
-    """The staging_id a run of the operation was started on (None: it was given the argument)."""
-    row = conn.execute("SELECT params ->> 'staging_id' FROM specql.batch_operation_runs "
-                       "WHERE operation_id = %s AND operation = %s", (operation_id, op.name)).fetchone()
-    return row[0] if row else None
-
-
 def check_json_op(op) -> None:
     if op.stages_json:
         return
@@ -330,12 +324,7 @@ def run_json(url: str, op, json_file: str | None, raw_params: list[str], *, conf
     source = op.statement.source_param.name
     if any(p.startswith(("staging_id=", f"{source}=")) for p in raw_params):
         raise RunError(f"--param staging_id / {source}: specql run --json stages the file and passes staging_id itself")
-    try:
-        conn = psycopg.connect(url, autocommit=True, application_name=f"specql run {op.name} (staging)",
-                               connect_timeout=10)
-    except psycopg.OperationalError as exc:
-        raise RunError(f"cannot connect: {str(exc).strip().splitlines()[-1]}") from None
-    with conn:
+    with staging_connection(url, op) as conn:
         if resume:
             staging_id = staged_load(conn, op, resume)
             if staging_id is None:

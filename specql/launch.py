@@ -49,9 +49,9 @@ def check(op: Operation, req: Request) -> None:
 
 def launch(url: str, op: Operation, req: Request, *, on_progress: Callable[[Progress], None] = lambda p: None,
            on_notice: Callable[[str], None] = lambda m: None) -> dict:
-    """Run the operation as `req` asks; the result row as a dict (with a parallel run's
+    """Run the operation as `req` asks, once check(op, req) has passed (the command calls it
+    before its progress bar appears); the result row as a dict (with a parallel run's
     per-worker figures under "workers")."""
-    check(op, req)
     runner = execute
     if req.workers > 1:
         from .workers import run_parallel

@@ -1,0 +1,27 @@
+"""What `specql run --csv` (csvimport.py) and `specql run --json` (jsonimport.py) share around a
+staged load: the connection that stages it, and the load a run was started on (what a resume
+reads again instead of the file)."""
+
+from __future__ import annotations
+
+import psycopg
+
+from .run import RunError
+
+
+def staging_connection(url: str, op) -> psycopg.Connection:
+    """An autocommit connection for staging (each COPY commits: the routine and a resume read
+    the staged rows from another session)."""
+    try:
+        return psycopg.connect(url, autocommit=True, application_name=f"specql run {op.name} (staging)",
+                               connect_timeout=10)
+    except psycopg.OperationalError as exc:
+        raise RunError(f"cannot connect: {str(exc).strip().splitlines()[-1]}") from None
+
+
+def staged_load(conn: psycopg.Connection, op, operation_id: str) -> str | None:
+    """The staging_id a run of the operation was started on (None: no such run, or a run not
+    given a staged load)."""
+    row = conn.execute("SELECT params ->> 'staging_id' FROM specql.batch_operation_runs "
+                       "WHERE operation_id = %s AND operation = %s", (operation_id, op.name)).fetchone()
+    return row[0] if row else None
