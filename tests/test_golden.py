@@ -336,6 +336,8 @@ SENTINELS = [
     ("hooks", "PostgreSQL 15: an update's rows read first, changed by ctid and xmin", "_pre._pre_xmin"),
     ("hooks", "the version chosen at run time", "IF pg_catalog.current_setting('server_version_num')::integer >= 180000 THEN"),
     ("hooks", "rows changed in between, read again locked and added to the arrays", "_old_rows || "),
+    ("hooks", "a table with a column old or new: read first on every server (case lessons_old_new_columns)",
+     "-- The table has a column named old or new (RETURNING old would name it)"),
     ("hooks", "rows of an insert: no old rows", re.compile(r"SELECT count\(\*\),\n\s+'\[\]'::jsonb,")),
     ("hooks", "rows of a delete: no new rows", re.compile(r"'\[\]'::jsonb,\n\s+CASE WHEN count\(\*\) > 0 THEN ARRAY\[")),
     ("hooks", "changed fields of an update's batch", "THEN 'state' END"),
