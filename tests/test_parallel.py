@@ -334,3 +334,71 @@ def test_a_csv_loads_rejected_lines_count_in_the_parallel_run_as_in_the_routines
         assert runs == [("parallel", "completed_with_errors", 130, 115, 15, 15),
                         ("per_batch", "completed_with_errors", 130, 115, 15, 15)]
         assert conn.execute("SELECT sum(failed_records) FROM specql.batch_operation_chunks").fetchone()[0] == 15
+
+
+TALLY = """\
+    name: tally
+    primary_key: id
+    fields:
+      id: bigint
+      n: integer
+    patterns:
+      - name: batch_operations
+        operation: bump_tally
+        operation_type: update
+        update_data:
+          n: {sql: "n + 1"}
+        batch_size: 50
+        parallel: true
+        worker_batch_size: 300
+        error_handling: stop_on_error
+        transaction: commit_per_batch
+"""
+
+
+def test_a_resumed_parallel_runs_failed_batch_counts_once_as_in_the_routine(database_url_any, tmp_path):
+    # The batch that stops a run (stop_on_error) changed nothing, so a resume applies it
+    # again: its failed records were counted in the chunk and the run, and a resume must not
+    # add them a second time (its error row stays, as the routine's does). The same steps through the routine (CALL
+    # bump_tally, then resume => id) give the counts to match.
+    url = database_url_any
+    generate_and_apply(url, write_entities(tmp_path / "entities", tally=TALLY), tmp_path / "out")
+    with connect(url) as admin:
+        admin.execute("INSERT INTO tally SELECT g, 0 FROM generate_series(1, 600) g")
+        admin.execute("ALTER TABLE tally ADD CHECK (n < 5)")
+
+        def bad(on: bool) -> None:  # keys 110..112: batch 3 of chunk 1 fails while on
+            admin.execute("UPDATE tally SET n = %s WHERE id BETWEEN 110 AND 112", (4 if on else 0,))
+
+        def stages(resume_once, resume_last) -> list[tuple]:
+            admin.execute("UPDATE tally SET n = 0")
+            bad(True)
+            seen = [resume_once(None)]
+            seen.append(resume_once(seen[0][0]))  # still failing: stops again at the same batch
+            bad(False)
+            seen.append(resume_last(seen[0][0]))
+            seen.append(admin.execute("SELECT count(*) FILTER (WHERE n = 1), count(*) FROM tally").fetchone())
+            return [s[1:] if len(s) > 2 else s for s in seen]
+
+        def parallel(op_id):
+            if op_id is None:
+                op_id = admin.execute("SELECT public.bump_tally_start()").fetchone()[0]
+            Worker(url, "bump_tally", op_id, resume=True).join()
+            return (op_id,) + _run(admin, op_id)
+
+        def routine(op_id):
+            result = admin.execute("CALL public.bump_tally(resume => %s)", (op_id,)).fetchone()[0]
+            op_id = admin.execute("SELECT (%s::specql.batch_operation_result).operation_id", (result,)).fetchone()[0]
+            return (op_id,) + _run(admin, op_id)
+
+        by_workers = stages(parallel, parallel)
+        # failed, total, processed, failed_records, error_count: batch 3's 50 records counted once
+        assert by_workers[0][:5] == ("failed", 600, 100, 50, 1)
+        assert by_workers[1][:5] == ("failed", 600, 100, 50, 2)  # a second error row, its records once
+        assert by_workers[2][:5] == ("completed_with_errors", 600, 600, 0, 2)
+        assert by_workers[3] == (600, 600)
+        assert admin.execute("SELECT sum(failed_records) FROM specql.batch_operation_chunks").fetchone()[0] == 0
+        by_routine = stages(routine, routine)
+        # (the routine's total_records grows as it walks: not compared)
+        assert [(s[0],) + s[2:5] for s in by_routine[:3]] == [(s[0],) + s[2:5] for s in by_workers[:3]]
+        assert by_routine[3] == (600, 600)
