@@ -402,3 +402,30 @@ def test_a_resumed_parallel_runs_failed_batch_counts_once_as_in_the_routine(data
         # (the routine's total_records grows as it walks: not compared)
         assert [(s[0],) + s[2:5] for s in by_routine[:3]] == [(s[0],) + s[2:5] for s in by_workers[:3]]
         assert by_routine[3] == (600, 600)
+
+
+@pytest.mark.parametrize("rows", [0, 1, 299, 300, 301, 599, 600, 601, 1000])
+def test_condition_walk_chunks_cut_every_worker_batch_size_keys(database_url, tmp_path, rows):
+    # op_start cuts a boundary every 300 matching keys, each found from the one before (an
+    # index walk, not a window over every key): around the edges (none, fewer than a chunk,
+    # exactly one or two chunks, one key over), the chunks are full but the last, meet end to
+    # end, the last is open, and each holds as records the matching keys of its range.
+    generate_and_apply(database_url, write_entities(tmp_path / "entities", tally=TALLY), tmp_path / "out")
+    with connect(database_url) as admin:
+        # keys 3, 6, 9, ...: the boundaries are not the row numbers
+        admin.execute("INSERT INTO tally SELECT 3 * g, 0 FROM generate_series(1, %s) g", (rows,))
+        op_id = admin.execute("SELECT public.bump_tally_start()").fetchone()[0]
+        chunks = _chunks(admin, op_id)
+        sizes = [300] * (rows // 300) + ([rows % 300] if rows % 300 or not rows else [])
+        assert [c[4] for c in chunks] == sizes
+        assert chunks[0][2] is None and chunks[-1][3] is None
+        assert all(a[3] == b[2] for a, b in zip(chunks, chunks[1:]))
+        assert [c[3] for c in chunks[:-1]] == [str(3 * 300 * i) for i in range(1, len(chunks))]
+        for c in chunks:
+            held = admin.execute("SELECT count(*) FROM tally WHERE (%s::bigint IS NULL OR id > %s::bigint) "
+                                 "AND (%s::bigint IS NULL OR id <= %s::bigint)", (c[2], c[2], c[3], c[3])).fetchone()[0]
+            assert held == c[4]
+        assert _run(admin, op_id)[:2] == ("running", rows)
+        Worker(database_url, "bump_tally", op_id).join()
+        assert _run(admin, op_id)[:3] == ("completed", rows, rows)
+        assert admin.execute("SELECT count(*) FILTER (WHERE n = 1), count(*) FROM tally").fetchone() == (rows, rows)
