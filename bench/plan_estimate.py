@@ -3,7 +3,9 @@
 
 For each case: a fresh database on one embedded PostgreSQL 18, the entity's migrations, N rows
 (VACUUM ANALYZE, CHECKPOINT), then `specql plan` (specql.explain.plan_operation: plans, a
-rolled-back sample of 5 batches, the estimate), then the routine itself, timed from the client.
+rolled-back sample of 50 batches timed twice, the estimate), then the routine itself, timed from
+the client, with its time per batch from its log rows (the mean gap between batch ends) beside
+the sample's.
 
     /work/venv/bin/python bench/plan_estimate.py              # 1M rows, every case
     /work/venv/bin/python bench/plan_estimate.py --rows 100000 --cases reprice
@@ -113,14 +115,22 @@ def main(argv=None) -> int:
                     t0 = time.perf_counter()
                     conn.execute(query, values).fetchone()
                     real = time.perf_counter() - t0
+                    ends = [r[0] for r in conn.execute(
+                        "SELECT extract(epoch FROM completed_at)::float8 FROM specql.batch_operation_logs "
+                        "WHERE operation = %s ORDER BY completed_at", (name,))]
+                real_batch = (ends[-1] - ends[0]) / (len(ends) - 1) if len(ends) > 1 else float("nan")
                 est = report.estimate_seconds or 0.0
-                rows.append((case, name, report.records, report.batches, est, real, plan_s))
+                sample_batch = report.sample.batch_seconds if report.sample and report.sample.batch_seconds else 0.0
+                rows.append((case, name, report.records, report.batches, est, real, plan_s, sample_batch, real_batch))
                 print(f"{case}: estimate {est:.2f}s, real {real:.2f}s, estimate / real {est / real:.2f} "
-                      f"(specql plan itself took {plan_s:.2f}s)\n", flush=True)
+                      f"(specql plan itself took {plan_s:.2f}s); a batch: sampled {sample_batch * 1000:.3f} ms "
+                      f"({report.sample.timed_by if report.sample else '-'}), real {real_batch * 1000:.3f} ms\n",
+                      flush=True)
     print(f"{'case':<12} {'operation':<24} {'records':>9} {'batches':>8} {'estimate s':>10} {'real s':>8} "
-          f"{'est/real':>8} {'plan s':>7}")
-    for case, name, rec, b, est, real, plan_s in rows:
-        print(f"{case:<12} {name:<24} {rec:>9,} {b:>8,} {est:>10.2f} {real:>8.2f} {est / real:>8.2f} {plan_s:>7.2f}")
+          f"{'est/real':>8} {'plan s':>7} {'ms/batch sample':>15} {'real':>6}")
+    for case, name, rec, b, est, real, plan_s, sample_batch, real_batch in rows:
+        print(f"{case:<12} {name:<24} {rec:>9,} {b:>8,} {est:>10.2f} {real:>8.2f} {est / real:>8.2f} {plan_s:>7.2f} "
+              f"{sample_batch * 1000:>15.3f} {real_batch * 1000:>6.3f}")
     return 0
 
 

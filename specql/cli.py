@@ -269,7 +269,7 @@ def run_operation(operation: str, paths: tuple[str, ...], database_url: str | No
 @click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
               help="A parameter, as `specql run` takes it: NAME=VALUE or NAME=@FILE.")
 @click.option("--batch-size", type=click.IntRange(1, 1_000_000), help="Plan with this batch_size instead of the file's.")
-@click.option("--sample-batches", type=click.IntRange(1, 100), default=12, show_default=True,
+@click.option("--sample-batches", type=click.IntRange(1, 1000), default=50, show_default=True,
               help="Batches the rolled-back sample run times.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
               help="A report, or one JSON object.")
