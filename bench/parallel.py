@@ -12,7 +12,10 @@ Cases (batch_size 1000, worker_batch_size 10000 = the default of 10 batches a ch
 - staged: `bench_par_import_csv` (bench/csv_bench.py's CSV entity with `parallel: true`): the
   CSV file staged once with COPY (specql.csvimport.stage_file, as `specql run --csv` does), then
   each timing `<op>_start(staging_id => ...)` and the workers into an emptied target: the issue's
-  "import from staging".
+  "import from staging";
+- hand (with update): the issue's reference, hand-written sessions on disjoint halves of the key
+  range (key ranges of 1000, COMMIT every 10), timed among the update sides: how far 2 sessions
+  scale on the machine at that moment, without any of the workers' bookkeeping.
 
 A timing is one run: `<op>_start(...)` (the split into chunks included) and N sessions each
 `CALL <op>_worker(...)` until the last returns. Both sides must change the same rows
@@ -126,6 +129,44 @@ def plain_update(url: str) -> tuple[float, int]:
         return time.perf_counter() - t0, n
 
 
+HAND = f"""
+CREATE OR REPLACE PROCEDURE bench.hand_update(lo bigint, hi bigint) LANGUAGE plpgsql AS $$
+DECLARE
+    k bigint := lo;
+    i integer := 0;
+BEGIN
+    WHILE k < hi LOOP
+        UPDATE {bench.TABLE} SET status = '{bench.TO_STATUS}', updated_at = CURRENT_TIMESTAMP
+        WHERE id > k AND id <= least(k + 1000, hi) AND status = '{bench.FROM_STATUS}';
+        k := k + 1000;
+        i := i + 1;
+        IF i % 10 = 0 THEN
+            COMMIT;
+        END IF;
+    END LOOP;
+END $$"""
+
+
+def hand_update(url: str, rows: int, sessions: int) -> float:
+    """The issue's reference: hand-written sessions on disjoint key ranges of the bigint key,
+    each updating key ranges of 1000 with the condition re-checked and committing every 10
+    batches (a chunk's worth), none of the workers' bookkeeping. Seconds until the last ends."""
+    cuts = [rows * i // sessions for i in range(sessions + 1)]
+    conns = [connect(url, autocommit=True) for _ in range(sessions)]
+    try:
+        threads = [threading.Thread(target=c.execute, args=("CALL bench.hand_update(%s, %s)", (cuts[i], cuts[i + 1])))
+                   for i, c in enumerate(conns)]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return time.perf_counter() - t0
+    finally:
+        for c in conns:
+            c.close()
+
+
 def staged_import(server: str, opts, counts: list[int], times: dict) -> None:
     """The staged case: one CSV file staged once, imported by 1, 2, 4 workers in turn."""
     import csv_bench
@@ -184,16 +225,23 @@ def main(argv: list[str] | None = None) -> int:
             bench.log(f"{opts.rows} rows; seeding")
             bench.create_seed(admin, opts.rows, 1.0)
             payload = bench.insert_payloads(opts.rows)[1] if "insert" in cases else None
+            if "hand" in cases:
+                admin.execute(HAND)
             for r in range(opts.repeat):
                 if "update" in cases:
                     expected = None
                     # Alternate the order of the sides between repeats.
-                    sides = [("plain", 0)] + [("update", w) for w in counts]
+                    sides = ([("plain", 0)] + [("update", w) for w in counts]
+                             + [("hand", w) for w in counts if "hand" in cases])
                     for side, w in (sides if r % 2 == 0 else sides[::-1]):
                         bench.fresh_table(admin, with_rows=True)
                         bench.wait_quiet(opts.quiet_wait)
                         if side == "plain":
                             seconds, n = plain_update(url)
+                        elif side == "hand":
+                            seconds = hand_update(url, opts.rows, w)
+                            n = admin.execute(f"SELECT count(*) FROM {bench.TABLE} WHERE status = %s",
+                                              (bench.TO_STATUS,)).fetchone()[0]
                         else:
                             seconds, started, row = parallel_run(url, "bench_par_update_by_status",
                                                                  {"from_status": bench.FROM_STATUS,
@@ -228,20 +276,23 @@ def main(argv: list[str] | None = None) -> int:
     if "update" in cases:
         plain = med[("plain", 0)]
         print(f"{'update':<15} {'plain':>7} {plain:8.2f} {opts.rows / plain:11,.0f} {'':>12} {1:9.2f}")
-    for case in ("update", "insert", "staged", "update workers", "insert workers", "staged workers"):
+    for case in ("update", "insert", "staged", "update workers", "insert workers", "staged workers", "hand"):
         if case.split()[0] not in cases:
             continue
         one = med.get((case, 1))
         for w in counts:
             t = med[(case, w)]
             vs_one = one / t if one else float("nan")
-            vs_plain = med[("plain", 0)] / t if case == "update" else float("nan")
+            vs_plain = med[("plain", 0)] / t if case in ("update", "hand") else float("nan")
             print(f"{case:<15} {w:>7} {t:8.2f} {opts.rows / t:11,.0f} {vs_one:12.2f} {vs_plain:9.2f}")
     if "update" in cases and (1 in counts and 2 in counts):
         s, p = med[("update", 1)] / med[("update", 2)], med[("plain", 0)] / med[("update", 2)]
         ok &= s >= 1.7 and p >= 0.95
         print(f"update: 2 workers = {s:.2f} x 1 worker (target 1.7), {p:.2f} x plain UPDATE (target 0.95): "
               f"{'PASS' if s >= 1.7 and p >= 0.95 else 'FAIL'}")
+    if "hand" in cases and (1 in counts and 2 in counts):
+        print(f"hand-written sessions: 2 = {med[('hand', 1)] / med[('hand', 2)]:.2f} x 1 (the same machine state: "
+              f"what 2 workers could reach)")
     if "insert" in cases and (1 in counts and 2 in counts):
         s = med[("insert", 1)] / med[("insert", 2)]
         ok &= s >= 1.5
