@@ -21,6 +21,7 @@ import json
 import operator
 import queue
 import sys
+import threading
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ from .run import RunError
 from .staging import staged_load, staging_connection
 
 COPY_CHUNK = 1 << 20  # bytes sent to COPY at a time
+BLOCK = 1 << 20  # bytes of the file read at a time past its first records
+STREAM_CHUNK = 16 << 20  # bytes of one committed COPY when the routine follows the staging
 MAX_RECORD_CHARS = 256 << 20  # a record longer than this is rejected (a quote never closed, most likely)
 STAGING_COLUMNS = ("_record", "_line", "_rejected", "_rejected_kind", "_raw")
 
@@ -103,60 +106,129 @@ def read_records(stream: BinaryIO, delimiter: str) -> Iterator[Record]:
     """Every record of the file in order (blank lines are no records), each with the line it
     starts on. A record ends at a line break outside quotes; the parity of the quotes on its
     lines tells (as COPY's own line splitting does)."""
-    number = 0
-    lineno = 0
-    pending: list[str] | None = None
-    start = 0
-    problem: tuple[str, str] | None = None
-    size = 0
+    reader = RecordReader(delimiter)
     for raw in stream:
-        lineno += 1
+        yield from reader.feed(raw)
+    yield from reader.end()
+
+
+class RecordReader:
+    """read_records' state, fed one line (bytes, with its line break) at a time: the records
+    read so far, the lines, a record still open (a quoted field across lines), what is wrong
+    with it."""
+
+    def __init__(self, delimiter: str):
+        self.delimiter = delimiter
+        self.number = 0  # records so far
+        self.lineno = 0  # lines so far
+        self.pending: list[str] | None = None  # the lines of an open record
+        self.start = 0
+        self.problem: tuple[str, str] | None = None
+        self.size = 0
+
+    @property
+    def idle(self) -> bool:
+        """No record is open: the next line starts one."""
+        return self.pending is None
+
+    def feed(self, raw: bytes) -> Iterator[Record]:
+        self.lineno += 1
+        lineno = self.lineno
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             text = raw.decode("utf-8", "replace")
-            if problem is None:
-                problem = (f"invalid UTF-8 at line {lineno}, byte {exc.start + 1} of the line", "encoding")
+            if self.problem is None:
+                self.problem = (f"invalid UTF-8 at line {lineno}, byte {exc.start + 1} of the line", "encoding")
         if lineno == 1 and text.startswith("\ufeff"):
             text = text[1:]
-        if "\x00" in text and problem is None:
-            problem = (f"NUL byte (0x00) at line {lineno}: PostgreSQL text cannot hold it", "encoding")
+        if "\x00" in text and self.problem is None:
+            self.problem = (f"NUL byte (0x00) at line {lineno}: PostgreSQL text cannot hold it", "encoding")
             text = text.replace("\x00", "\ufffd")
-        if pending is None:
+        if self.pending is None:
             if text.count('"') % 2 == 0:
                 body = text[:-1] if text.endswith("\n") else text
                 if body.endswith("\r"):
                     body = body[:-1]
                 if not body:
-                    problem = None
-                    continue
-                number += 1
-                yield _record(number, lineno, body, delimiter, problem)
-                problem = None
-                continue
-            pending, start, size = [text], lineno, len(text)
-            continue
+                    self.problem = None
+                    return
+                self.number += 1
+                yield _record(self.number, lineno, body, self.delimiter, self.problem)
+                self.problem = None
+                return
+            self.pending, self.start, self.size = [text], lineno, len(text)
+            return
+        pending, start = self.pending, self.start
         pending.append(text)
-        size += len(text)
+        self.size += len(text)
         if text.count('"') % 2 == 1:
             body = "".join(pending)
             body = body[:-1] if body.endswith("\n") else body
             if body.endswith("\r"):
                 body = body[:-1]
-            pending = None
-            number += 1
-            yield _record(number, start, body, delimiter, problem)
-            problem = None
-        elif size > MAX_RECORD_CHARS:
-            number += 1
-            yield Record(number, start, pending[0][:200], reason=f"record starting at line {start} is longer than "
-                         f"{MAX_RECORD_CHARS >> 20} MB (a quote never closed?)", kind="malformed")
-            pending, problem = None, None
-    if pending is not None:
-        number += 1
-        text = "".join(pending)
-        yield Record(number, start, text[:1000], reason=f"unterminated quoted field (the quote opened on line {start} "
-                     f"is never closed)", kind="malformed")
+            self.pending = None
+            self.number += 1
+            yield _record(self.number, start, body, self.delimiter, self.problem)
+            self.problem = None
+        elif self.size > MAX_RECORD_CHARS:
+            self.number += 1
+            yield Record(self.number, start, pending[0][:200], reason=f"record starting at line {start} is longer "
+                         f"than {MAX_RECORD_CHARS >> 20} MB (a quote never closed?)", kind="malformed")
+            self.pending, self.problem = None, None
+
+    def end(self) -> Iterator[Record]:
+        if self.pending is not None:
+            self.number += 1
+            text = "".join(self.pending)
+            yield Record(self.number, self.start, text[:1000], reason=f"unterminated quoted field (the quote opened "
+                         f"on line {self.start} is never closed)", kind="malformed")
+            self.pending = None
+
+    def blocks(self, stream: BinaryIO) -> Iterator["Record | Plain"]:
+        """The rest of the stream: a block of about BLOCK bytes whose lines are all records of
+        one line (an even number of quotes on each, no carriage return, no NUL, no blank line,
+        valid UTF-8, no record open before it) as one Plain; any other block line by line, as
+        its Records."""
+        while True:
+            block = stream.read(BLOCK)
+            if not block:
+                break
+            if not block.endswith(b"\n"):
+                block += stream.readline()
+            if (self.pending is None and self.lineno > 0 and b"\r" not in block and b"\x00" not in block
+                    and b"\n\n" not in block and not block.startswith(b"\n")):
+                try:
+                    text = block.decode("utf-8")
+                except UnicodeDecodeError:
+                    text = None
+                lines = text.split("\n") if text is not None else None
+                if lines is not None and '"' in text and any(t.count('"') % 2 for t in lines if '"' in t):
+                    lines = None  # a quoted field goes on on the next line: line by line
+                if lines is not None:
+                    if not lines[-1]:
+                        lines.pop()
+                    yield Plain(self.number + 1, self.lineno + 1, lines)
+                    self.number += len(lines)
+                    self.lineno += len(lines)
+                    continue
+            parts = block.split(b"\n")
+            last = parts.pop()
+            for part in parts:
+                yield from self.feed(part + b"\n")
+            if last:
+                yield from self.feed(last)
+        yield from self.end()
+
+
+@dataclass
+class Plain:
+    """Consecutive records of one line each, their quotes balanced on the line: the first's
+    number and line, their texts."""
+
+    number: int
+    line: int
+    texts: list[str]
 
 
 def _record(number: int, line: int, body: str, delimiter: str, problem) -> Record:
@@ -241,19 +313,48 @@ def stage_file(conn: psycopg.Connection, op, path: Path, *, staging_id: str | No
     """COPY the file's records into the operation's staging table under a new staging id
     (committed: the routine, and a resume, read them from there). `op` is the Operation, or
     its CsvSource.to_json() (what generated tests know)."""
-    csv = op if isinstance(op, dict) else op.csv.to_json()
-    d = csv["delimiter"]
-    staged = Staged(staging_id or str(uuid.uuid4()))
-    try:
-        stream = open_source(path)
-    except OSError as exc:
-        raise RunError(f"--csv: cannot read {path}: {exc.strerror}") from None
-    with stream:
-        records = read_records(stream, d)
+    with FileLoad(op, path, staging_id) as load:
+        with conn.transaction():
+            # The staging table's _staging_id defaults to this setting (psql's \copy uses it too).
+            conn.execute("SELECT pg_catalog.set_config('specql.staging_id', %s, true)", (load.staged.staging_id,))
+            load.copy(conn)
+    return load.staged
+
+
+class FileLoad:
+    """One CSV file on its way into the staging table: opened, its header read and the
+    field_mapping resolved on entry (what cannot work is refused before anything is staged),
+    then its records COPYed, all at once (copy) or in committed chunks behind a marker row
+    that tells the routine the load is still growing (copy_streamed)."""
+
+    def __init__(self, op, path: Path, staging_id: str | None = None):
+        self.csv = op if isinstance(op, dict) else op.csv.to_json()
+        self.path = path
+        self.staged = Staged(staging_id or str(uuid.uuid4()))
+
+    def __enter__(self) -> "FileLoad":
+        csv, path = self.csv, self.path
+        d = csv["delimiter"]
+        try:
+            self.stream = open_source(path)
+        except OSError as exc:
+            raise RunError(f"--csv: cannot read {path}: {exc.strerror}") from None
+        try:
+            self._plan(csv, path, d)
+        except BaseException:
+            self.stream.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stream.close()
+
+    def _plan(self, csv: dict, path: Path, d: str) -> None:
+        items = RecordReader(d).blocks(self.stream)
         header = None
         header_line = 1
         if csv["has_header"]:
-            first = next(records, None)
+            first, items = _take(items)
             if first is None:
                 raise RunError(f"{path}: the file is empty; csv_has_header says its first line is a header")
             if first.reason and first.kind != "encoding":
@@ -261,36 +362,56 @@ def stage_file(conn: psycopg.Connection, op, path: Path, *, staging_id: str | No
             header = [v for v, _ in (first.fields or split_fields(first.text, d))]
             header_line = first.line
             number_offset = 1
-            first_record = next(records, None)
         else:
             number_offset = 0
-            first_record = next(records, None)
+        first_record, items = _take(items)
         first_width = None
         if first_record is not None and header is None:
             first_width = len(first_record.fields or split_fields(first_record.text, d))
         layout = plan_layout(csv, header, first_width, path, header_line)
-        target = sql.Identifier(csv["schema"], csv["staging"])
-        copy_sql = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv, DELIMITER {})").format(
-            target, sql.SQL(", ").join(sql.Identifier(c) for c in STAGING_COLUMNS + tuple(layout.columns)),
+        self.target = sql.Identifier(csv["schema"], csv["staging"])
+        self.copy_sql = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv, DELIMITER {})").format(
+            self.target, sql.SQL(", ").join(sql.Identifier(c) for c in STAGING_COLUMNS + tuple(layout.columns)),
             sql.Literal(d))
+        self.lines = self._lines(layout, _chain(first_record, items), number_offset, d)
+
+    def _lines(self, layout: Layout, items: Iterator["Record | Plain"], number_offset: int,
+               d: str) -> Iterator[tuple[str, int]]:
+        """The staging COPY's lines, several at a time (each ending with a line break) and
+        how many: per record _record, _line, the reject columns, the mapped fields."""
+        staged = self.staged
         width, verbatim = layout.width, layout.verbatim
         pick = operator.itemgetter(*layout.indexes) if layout.indexes else (lambda parts: ())
         single = len(layout.indexes) == 1
         empty_fields = d * max(len(layout.columns) - 1, 0)
         prefix_sep = d * 4
-
-        def rows() -> Iterator[str]:
-            for rec in _chain(first_record, records):
+        separators = width - 1
+        for item in items:
+            if isinstance(item, Plain):
+                first = item.number - number_offset
+                shift = item.line - item.number  # a plain block's records are one line each
+                texts = item.texts
+                if verbatim and all((t.count(d) if '"' not in t else _separators(t, d)) == separators
+                                    for t in texts):
+                    # The common case: the lines go as they are, behind their numbers (COPY
+                    # reads their quoted fields by the rules split_fields follows).
+                    yield "".join([f"{n}{d}{n + number_offset + shift}{prefix_sep}{t}\n"
+                                   for n, t in enumerate(texts, first)]), len(texts)
+                    continue
+                records: Iterator[Record] = (Record(item.number + i, item.line + i, t) for i, t in enumerate(texts))
+            else:
+                records = iter((item,))
+            for rec in records:
                 number = rec.number - number_offset
                 if rec.reason is None and '"' not in rec.text:
                     parts = rec.text.split(d)
                     if len(parts) == width:
                         if verbatim:
-                            yield f"{number}{d}{rec.line}{prefix_sep}{rec.text}"
+                            yield f"{number}{d}{rec.line}{prefix_sep}{rec.text}\n", 1
                         elif single:
-                            yield f"{number}{d}{rec.line}{prefix_sep}{pick(parts)}"
+                            yield f"{number}{d}{rec.line}{prefix_sep}{pick(parts)}\n", 1
                         else:
-                            yield f"{number}{d}{rec.line}{prefix_sep}{d.join(pick(parts))}"
+                            yield f"{number}{d}{rec.line}{prefix_sep}{d.join(pick(parts))}\n", 1
                         continue
                     rec.fields = [(p, False) for p in parts]
                 fields = rec.fields if rec.fields is not None or rec.reason else split_fields(rec.text, d)
@@ -299,44 +420,77 @@ def stage_file(conn: psycopg.Connection, op, path: Path, *, staging_id: str | No
                 if rec.reason is None:
                     values = [fields[i] for i in layout.indexes]
                     body = d.join(_quote(v) if q or v else "" for v, q in values)
-                    yield f"{number}{d}{rec.line}{prefix_sep}{body}"
+                    yield f"{number}{d}{rec.line}{prefix_sep}{body}\n", 1
                     continue
                 staged.rejected[rec.kind] += 1
                 raw = _raw_json(rec, fields, layout)
-                yield f"{number}{d}{rec.line}{d}{_quote(rec.reason)}{d}{_quote(rec.kind)}{d}{_quote(raw)}{d}{empty_fields}"
+                yield (f"{number}{d}{rec.line}{d}{_quote(rec.reason)}{d}{_quote(rec.kind)}{d}{_quote(raw)}{d}"
+                       f"{empty_fields}\n"), 1
 
-        count = 0
-        with conn.transaction():
-            # The staging table's _staging_id defaults to this setting (psql's \copy uses it too).
-            conn.execute("SELECT pg_catalog.set_config('specql.staging_id', %s, true)", (staged.staging_id,))
-            cur = conn.cursor()
-            # A writer thread sends each chunk while the next one is read and split.
-            writer = QueuedLibpqWriter(cur)
-            # psycopg queues up to 1024 chunks: a few are enough to keep the sender busy, and
-            # the client's memory stays flat (a handful of 1 MB chunks) whatever the file's size.
-            writer._queue = queue.Queue(maxsize=4)
-            with cur.copy(copy_sql, writer=writer) as copy:
-                buf: list[str] = []
-                size = 0
-                for line in rows():
-                    buf.append(line)
-                    size += len(line)
-                    count += 1
-                    if size >= COPY_CHUNK:
-                        buf.append("")
-                        copy.write("\n".join(buf))
-                        buf, size = [], 0
-                if buf:
-                    buf.append("")
-                    copy.write("\n".join(buf))
-        staged.records = count
-    return staged
+    def copy(self, conn: psycopg.Connection, limit: int | None = None) -> bool:
+        """One COPY of the next records (all of them, or about `limit` bytes); whether any were left."""
+        cur = conn.cursor()
+        # A writer thread sends each chunk while the next one is read and split.
+        writer = QueuedLibpqWriter(cur)
+        # psycopg queues up to 1024 chunks: a few are enough to keep the sender busy, and
+        # the client's memory stays flat (a handful of 1 MB chunks) whatever the file's size.
+        writer._queue = queue.Queue(maxsize=4)
+        sent = 0
+        with cur.copy(self.copy_sql, writer=writer) as copy:
+            buf: list[str] = []
+            size = 0
+            for lines, count in self.lines:
+                buf.append(lines)
+                size += len(lines)
+                self.staged.records += count
+                if size >= COPY_CHUNK:
+                    copy.write("".join(buf))
+                    sent += size
+                    buf, size = [], 0
+                    if limit is not None and sent >= limit:
+                        return True
+            if buf:
+                copy.write("".join(buf))
+        return False
+
+    def open_marker(self, conn: psycopg.Connection) -> None:
+        """Mark the load as being staged by this connection's backend (committed): a routine
+        started on it follows it as it grows (templates/sql/csv/streamed.sql.j2)."""
+        conn.execute("SELECT pg_catalog.set_config('specql.staging_id', %s, false)", (self.staged.staging_id,))
+        conn.execute(sql.SQL(
+            "INSERT INTO {} (_record, _line, _raw) SELECT 0, 0, jsonb_build_object('pid', a.pid, 'backend_start', "
+            "a.backend_start) FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid()) AS a").format(self.target))
+
+    def copy_streamed(self, conn: psycopg.Connection) -> None:
+        """COPY the records in committed chunks (the first small, so the routine starts soon;
+        then up to STREAM_CHUNK bytes), then remove the marker: the load is whole."""
+        limit = COPY_CHUNK
+        while self.copy(conn, limit):
+            limit = min(limit * 2, STREAM_CHUNK)
+        conn.execute(sql.SQL("DELETE FROM {} WHERE _staging_id = %s AND _record = 0").format(self.target),
+                     (self.staged.staging_id,))
 
 
-def _chain(first: Record | None, rest: Iterator[Record]) -> Iterator[Record]:
+def _chain(first, rest: Iterator) -> Iterator:
     if first is not None:
         yield first
     yield from rest
+
+
+def _separators(text: str, d: str) -> int:
+    """The delimiters of a one-line record outside its quoted stretches (its fields, less one):
+    those between the 2nd and 3rd quote, the 4th and 5th... A doubled quote inside a quoted
+    stretch closes and reopens it, as split_fields reads it."""
+    return sum(part.count(d) for part in text.split('"')[::2])
+
+
+def _take(items: Iterator["Record | Plain"]) -> tuple[Record | None, Iterator["Record | Plain"]]:
+    """The next record (split off a Plain block), and the items after it."""
+    item = next(items, None)
+    if isinstance(item, Plain):
+        rest = Plain(item.number + 1, item.line + 1, item.texts[1:])
+        return Record(item.number, item.line, item.texts[0]), _chain(rest if rest.texts else None, items)
+    return item, items
 
 
 def _raw_json(rec: Record, fields, layout: Layout) -> str:
@@ -414,11 +568,54 @@ def drop_staged(conn: psycopg.Connection, op, staging_id: str, table: str | None
 # --------------------------------------------------------------------------- `specql run --csv`
 
 
+def _echo_staged(echo: Callable[[str], None], staged: Staged, path: Path) -> None:
+    if staged.rejected:
+        echo(f"staged {staged.records:,} record(s) from {path}; "
+             + ", ".join(f"{n:,} {k}" for k, n in sorted(staged.rejected.items())) + " rejected while reading")
+
+
+def _stage_and_run(url: str, op, path: Path, call: Callable[[str], dict], echo: Callable[[str], None]):
+    """Stage the file on a connection of its own, in committed chunks behind the load's
+    marker row, while `call(staging_id)` runs the routine, which follows the load as it grows
+    (one pass over the file: staging and importing overlap). Staging goes on to the end of the
+    file whatever the routine does, so a stopped run can be resumed on the whole load. A
+    staging that fails closes its connection: the routine then stops (failed) instead of
+    waiting for rows that will never come."""
+    failure: list[BaseException] = []
+    with staging_connection(url, op) as stager, FileLoad(op, path) as load:
+        load.open_marker(stager)
+
+        def stage() -> None:
+            try:
+                load.copy_streamed(stager)
+            except BaseException as exc:  # noqa: BLE001 - reported by the caller's thread
+                failure.append(exc)
+                stager.close()
+
+        thread = threading.Thread(target=stage, name="specql-csv-staging", daemon=True)
+        thread.start()
+        try:
+            result = call(load.staged.staging_id)
+        finally:
+            thread.join()
+    _echo_staged(echo, load.staged, path)
+    if failure:
+        exc = failure[0]
+        raise RunError(f"--csv: staging {path} failed after {load.staged.records:,} record(s): "
+                       f"{str(exc).strip() or type(exc).__name__}; the run {result.get('operation_id')} "
+                       f"ended {result.get('status')}") from None
+    return load.staged, result
+
+
+
 def run_csv(url: str, op, csv_file: str | None, raw_params: list[str], *, confirm: bool, batch_size: int | None,
             resume: str | None, rejects: str | None, execute: Callable, bind_params: Callable,
-            echo: Callable[[str], None] = lambda m: print(m, file=sys.stderr), **execute_kw) -> dict:
+            echo: Callable[[str], None] = lambda m: print(m, file=sys.stderr), overlap: bool = True,
+            **execute_kw) -> dict:
     """Stage the file (or, on --resume, find the run's staged load), call the routine, print
-    the summary, write --rejects, drop the staged rows of a finished run."""
+    the summary, write --rejects, drop the staged rows of a finished run. With `overlap`
+    (the routine on one connection, not workers) the routine starts on the file's first
+    committed rows and follows the staging, which goes on on a second connection."""
     if op.csv is None:
         raise RunError(f"--csv: {op.name} does not import CSV (its data_source is not csv_file)")
     others = [p for p in raw_params if not p.startswith("staging_id=")]
@@ -431,15 +628,20 @@ def run_csv(url: str, op, csv_file: str | None, raw_params: list[str], *, confir
             if staging_id is None:
                 raise RunError(f"--resume {resume}: no run of {op.name} with staged rows under that id")
             staged = Staged(staging_id)
-        else:
-            if path is None:
-                raise RunError(f"{op.name} imports a CSV file: pass --csv FILE")
+            result = execute(url, op, bind_params(op, others + [f"staging_id={staging_id}"]), confirm=confirm,
+                             batch_size=batch_size, resume=resume, **execute_kw)
+        elif path is None:
+            raise RunError(f"{op.name} imports a CSV file: pass --csv FILE")
+        elif not overlap or op.max_records is not None or op.requires_confirmation:
+            # Staged whole first: max_records and confirmation need the count, workers the chunks.
             staged = stage_file(conn, op, path)
-            if staged.rejected:
-                echo(f"staged {staged.records:,} record(s) from {path}; "
-                     + ", ".join(f"{n:,} {k}" for k, n in sorted(staged.rejected.items())) + " rejected while reading")
-        bound = bind_params(op, others + [f"staging_id={staged.staging_id}"])
-        result = execute(url, op, bound, confirm=confirm, batch_size=batch_size, resume=resume, **execute_kw)
+            _echo_staged(echo, staged, path)
+            result = execute(url, op, bind_params(op, others + [f"staging_id={staged.staging_id}"]),
+                             confirm=confirm, batch_size=batch_size, resume=resume, **execute_kw)
+        else:
+            staged, result = _stage_and_run(url, op, path, lambda s: execute(
+                url, op, bind_params(op, others + [f"staging_id={s}"]), confirm=confirm, batch_size=batch_size,
+                resume=resume, **execute_kw), echo)
         summary = rejected_summary(conn, result["operation_id"])
         rejected = sum(n for _, n in summary)
         echo(f"imported {result.get('processed_records') or 0:,} record(s), rejected {rejected:,}"

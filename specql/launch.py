@@ -69,5 +69,5 @@ def launch(url: str, op: Operation, req: Request, *, on_progress: Callable[[Prog
     if op.csv is not None:  # data_source: csv_file (specql/csvimport.py)
         from .csvimport import run_csv
         return run_csv(url, op, req.csv_file, req.params, rejects=req.rejects, execute=runner,
-                       bind_params=bind_params, **common)
+                       bind_params=bind_params, overlap=req.workers == 1, **common)
     return runner(url, op, bind_params(op, req.params), **common)

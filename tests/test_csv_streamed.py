@@ -1,0 +1,183 @@
+"""CSV import with staging and the routine overlapping (issue 12's speed): `specql run --csv`
+starts the routine on the file's first committed rows while a second connection stages the
+rest behind the load's marker row (templates/sql/csv/streamed.sql.j2); and the reader's block
+path (lines read a megabyte at a time, the plain ones sent to COPY as they are).
+
+The corpus (tests/csv_corpus, its exact expected outcomes) is imported again with blocks of a
+few bytes, so every line that can take the block path takes it; a routine waits for rows
+committed after it started and imports them; a staging session that dies leaves a run that
+stops (failed, its rows so far imported once) and that cannot be resumed.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+import specql.csvimport as csvimport
+from helpers import generate_and_apply, write_entities
+from specql.csvimport import FileLoad, _separators, read_records, run_csv, split_fields
+from specql.generate import load_project
+from specql.run import RunError, bind_params, execute, find_operation
+from specql.staging import staging_connection
+from test_csv_import import CASES, CORPUS, corpus_db, corpus_db_pg15, corpus_db_pg18, outcome  # noqa: F401
+
+ITEMS = """
+    name: item
+    schema: st
+    fields:
+      id: bigint
+      n: integer
+      note: string
+    patterns:
+      - name: batch_operations
+        operation: import_items
+        data_source: csv_file
+        field_mapping: {id: id, n: n, note: note}
+        validation_rules: ["n >= 0"]
+        skip_invalid_rows: true
+        batch_size: 10
+      - name: batch_operations
+        operation: import_items_resumable
+        data_source: csv_file
+        field_mapping: {id: id, n: n, note: note}
+        transaction: commit_per_batch
+        batch_size: 10
+"""
+
+
+@pytest.fixture
+def items(database_url, tmp_path):
+    ents = write_entities(tmp_path / "e", item=ITEMS)
+    generate_and_apply(database_url, ents, tmp_path / "gen")
+    return database_url, load_project([str(ents)])
+
+
+def write_items(path: Path, n: int) -> None:
+    """n records; one in seven with a quoted note holding the delimiter and a doubled quote,
+    record 50 breaking the rule (n < 0)."""
+    lines = ["id,n,note"]
+    for i in range(1, n + 1):
+        note = f'"note {i}, ""q"""' if i % 7 == 0 else f"note {i}"
+        lines.append(f"{i},{-1 if i == 50 else i},{note}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def test_separators_outside_quotes():
+    assert _separators("a,b,c", ",") == 2
+    assert _separators('a,"b,c",d', ",") == 2
+    assert _separators('"say ""hi, you""",x', ",") == 1
+    assert _separators('ab"c,d"e,f', ",") == 1
+    assert _separators('"",,""', ",") == 2
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_corpus_file_read_in_small_blocks(corpus_db, name, monkeypatch):  # noqa: F811
+    """Blocks of 8 bytes (each about one line): every plain line takes the block path."""
+    monkeypatch.setattr(csvimport, "BLOCK", 8)
+    expected = json.loads((CORPUS / f"{name}.expected.json").read_text())
+    assert outcome(corpus_db, name) == expected
+
+
+def test_block_path_and_line_path_stage_the_same_lines(tmp_path, monkeypatch):
+    path = tmp_path / "f.csv"
+    path.write_bytes(b'id,n,note\n1,1,a\n2,2,"b,""c"""\n3,3\n\n4,4,"multi\nline"\n5,5,x\r\n6,6,\xff\n7,7,y\n8,8,"open\n')
+    op = find_operation(load_project([str(write_entities(tmp_path / "e", item=ITEMS))]), "import_items")
+
+    def staged_lines(block: int) -> tuple[list, int]:
+        """What COPY reads from the staging lines: each record's values (None: NULL)."""
+        monkeypatch.setattr(csvimport, "BLOCK", block)
+        with FileLoad(op, path, "00000000-0000-0000-0000-000000000000") as load:
+            staged = list(load.lines)
+        text = "".join(lines for lines, _ in staged)
+        with io.BytesIO(text.encode()) as fh:
+            values = [[v if v or q else None for v, q in split_fields(r.text, ",")] for r in read_records(fh, ",")]
+        return values, sum(n for _, n in staged)
+
+    line_by_line = staged_lines(1 << 20)  # one block: the file is read line by line
+    assert line_by_line[1] == len(line_by_line[0]) == 8
+    assert line_by_line[0][1] == ["2", "3", None, None, None, "2", "2", 'b,"c"']
+    assert line_by_line[0][7][2].startswith("unterminated quoted field")
+    for block in (1, 5, 12, 30):
+        assert staged_lines(block) == line_by_line, block
+
+
+def test_routine_follows_a_load_still_being_staged(items, tmp_path, monkeypatch):
+    url, project = items
+    op = find_operation(project, "import_items")
+    path = tmp_path / "items.csv"
+    write_items(path, 400)
+    monkeypatch.setattr(csvimport, "COPY_CHUNK", 200)  # a COPY sends ~200 bytes at a time
+    results: list[dict] = []
+    with staging_connection(url, op) as stager, FileLoad(op, path) as load:
+        load.open_marker(stager)
+        assert load.copy(stager, 200)  # the first few records only, committed
+        first = load.staged.records
+        assert 0 < first < 400
+        bound = bind_params(op, [f"staging_id={load.staged.staging_id}"])
+        runner = threading.Thread(target=lambda: results.append(execute(url, op, bound)))
+        runner.start()
+        time.sleep(1.0)
+        assert runner.is_alive()  # it imported what was there and waits for the rest
+        load.copy_streamed(stager)
+        runner.join(60)
+    r = results[0]
+    assert (r["status"], r["total_records"], r["processed_records"], r["error_count"]) == \
+        ("completed_with_errors", 400, 399, 1)
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT count(*), count(DISTINCT id), sum(n) FROM st.item").fetchone() == \
+            (399, 399, sum(range(1, 401)) - 50)
+        assert conn.execute("SELECT failed_records FROM specql.batch_operation_errors").fetchone()[0]["line"] == 51
+        # the marker row is gone with the last chunk
+        assert conn.execute("SELECT count(*) FROM st.import_items_staging WHERE _record = 0").fetchone()[0] == 0
+
+
+def test_run_csv_overlaps_staging_and_routine(items, tmp_path):
+    """specql run's path: several committed chunks (1 MB, 2 MB...), every record once."""
+    url, project = items
+    op = find_operation(project, "import_items")
+    path = tmp_path / "items.csv"
+    write_items(path, 120_000)  # ~2.4 MB
+    r = run_csv(url, op, str(path), [], confirm=False, batch_size=1000, resume=None, rejects=None,
+                execute=execute, bind_params=bind_params, echo=lambda m: None)
+    assert (r["status"], r["total_records"], r["processed_records"], r["error_count"]) == \
+        ("completed_with_errors", 120_000, 119_999, 1)
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT count(*), count(DISTINCT id), sum(n) FROM st.item").fetchone() == \
+            (119_999, 119_999, sum(range(1, 120_001)) - 50)
+        assert conn.execute("SELECT count(*) FROM st.item WHERE note LIKE '%, \"q\"'").fetchone()[0] == 120_000 // 7
+        assert conn.execute("SELECT count(*) FROM st.import_items_staging").fetchone()[0] == 0
+
+
+def test_a_staging_session_that_dies_stops_the_run(items, tmp_path, monkeypatch):
+    """The marker stays and its backend is gone: the run imports what was staged, once, stops
+    failed with an error row saying so, and a resume is refused (the load will never be whole)."""
+    url, project = items
+    op = find_operation(project, "import_items_resumable")
+    path = tmp_path / "items.csv"
+    write_items(path, 300)
+    monkeypatch.setattr(csvimport, "COPY_CHUNK", 200)
+    stager = staging_connection(url, op)
+    with FileLoad(op, path) as load:
+        load.open_marker(stager)
+        assert load.copy(stager, 200)
+        staged = load.staged.records
+    stager.close()
+    bound = bind_params(op, [f"staging_id={load.staged.staging_id}"])
+    r = execute(url, op, bound)
+    assert (r["status"], r["processed_records"], r["error_count"]) == ("failed", staged, 1)
+    with psycopg.connect(url) as conn:
+        state, detail, message = conn.execute(
+            "SELECT sqlstate, error_detail, error_message FROM specql.batch_operation_errors "
+            "WHERE operation_id = %s", (r["operation_id"],)).fetchone()
+        assert (state, detail) == ("SQ004", "incomplete load")
+        assert f"after {staged} row(s)" in message
+        assert conn.execute("SELECT count(*), count(DISTINCT id) FROM st.item").fetchone() == (staged, staged)
+    with pytest.raises(RunError, match="never completely staged"):
+        execute(url, op, bound, resume=str(r["operation_id"]))
