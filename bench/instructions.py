@@ -10,6 +10,7 @@ It measures CPU work only: I/O waits and the kernel (WAL writes, page cache) are
 
     /work/venv/bin/python bench/instructions.py                       # 100k rows, 4 cases, ~8 minutes
     /work/venv/bin/python bench/instructions.py --cases update_cond --rows 20000
+    /work/venv/bin/python bench/instructions.py --key uuid --cases delete          # a uuid key (run.py --keys)
     /work/venv/bin/python bench/instructions.py --migrations /tmp/old/migrations   # another checkout's SQL
     /work/venv/bin/python bench/instructions.py --variants no_cancel_probe,const_batch   # pieces, see pieces.py
 
@@ -125,7 +126,8 @@ def prepare_cluster(postgres_url: str, args, work: Path) -> list[str]:
             admin.execute(f"ALTER TABLE {B.TABLE} RENAME TO bench_item_template")
             migrations = Path(args.migrations)
         else:
-            migrations = B.generate_and_migrate(B.prepare_entities(args.batch_size, work), work, postgres_url)
+            migrations = B.generate_and_migrate(B.prepare_entities(args.batch_size, work, args.key), work,
+                                                postgres_url)
         B.create_seed(admin, args.rows, 1.0)
         admin.execute("VACUUM (ANALYZE) bench.seed")
         admin.execute("DROP TABLE IF EXISTS bench.seed_rows")
@@ -151,6 +153,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rows", type=int, default=100_000)
     ap.add_argument("--cases", default=",".join(SIDES))
     ap.add_argument("--batch-size", type=int, default=1000)
+    ap.add_argument("--key", choices=list(B.KEY_TYPES), default="bigint",
+                    help="the bench entity's key type (run.py --keys): a uuid or text key is random against the heap")
     ap.add_argument("--routine-only", action="store_true", help="skip the plain statement (to compare two checkouts)")
     ap.add_argument("--migrations", metavar="DIR",
                     help="apply these generated migrations (e.g. another commit's bench/entities) instead of "
@@ -162,6 +166,7 @@ def main(argv=None) -> int:
                     "(with --migrations of entities that say so): CALL them")
     ap.add_argument("--no-generated", action="store_true", help="with --variants: skip the routine as generated")
     args = ap.parse_args(argv)
+    B.KEY = args.key  # create_seed and the cases read the key type from run.py
     if not shutil.which("valgrind"):
         raise SystemExit("valgrind is not installed (apt install valgrind)")
     cases = args.cases.split(",")
