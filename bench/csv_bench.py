@@ -8,9 +8,10 @@ doubled quote), then times, on ONE embedded PostgreSQL, alternating which goes f
 - plain:   `COPY bench.csv_item (...) FROM STDIN (FORMAT csv, HEADER)` of the file, streamed
            in 1 MB chunks, into a fresh table;
 - routine: what `specql run bench_import_csv --csv FILE` does (specql.csvimport.run_csv):
-           read the file line by line, COPY it into the staging table, call the generated
-           routine (batch_size 1000, per_batch), print the summary, drop the staged rows,
-           into a fresh table.
+           read the file, COPY it into the staging table in committed chunks on one
+           connection while the generated routine (batch_size 1000, per_batch) imports the
+           staged rows on another, print the summary, drop the staged rows, into a fresh
+           table.
 
 Both sides must leave the same table (row count and a hash of every column). It prints
 seconds and records/second per side, the ratio, the growth t(1M)/t(100k) of each side and
