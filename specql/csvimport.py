@@ -37,7 +37,10 @@ from .staging import staged_load, staging_connection
 
 COPY_CHUNK = 1 << 20  # bytes sent to COPY at a time
 BLOCK = 1 << 20  # bytes of the file read at a time past its first records
-STREAM_CHUNK = 16 << 20  # bytes of one committed COPY when the routine follows the staging
+# Bytes of one committed COPY when the routine follows the staging: the routine sees a chunk's
+# rows only when it commits, so the last chunk is imported after the staging ends (small chunks,
+# a short tail; each commit costs a few milliseconds).
+STREAM_CHUNK = 2 << 20
 MAX_RECORD_CHARS = 256 << 20  # a record longer than this is rejected (a quote never closed, most likely)
 STAGING_COLUMNS = ("_record", "_line", "_rejected", "_rejected_kind", "_raw")
 
@@ -458,12 +461,13 @@ class FileLoad:
         started on it follows it as it grows (templates/sql/csv/streamed.sql.j2)."""
         conn.execute("SELECT pg_catalog.set_config('specql.staging_id', %s, false)", (self.staged.staging_id,))
         conn.execute(sql.SQL(
-            "INSERT INTO {} (_record, _line, _raw) SELECT 0, 0, jsonb_build_object('pid', a.pid, 'backend_start', "
-            "a.backend_start) FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid()) AS a").format(self.target))
+            "INSERT INTO {} (_record, _line, _raw) SELECT 0, 0, jsonb_build_object('pid', a.pid, "
+            "'backend_start', a.backend_start) FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid()) AS a"
+        ).format(self.target))
 
     def copy_streamed(self, conn: psycopg.Connection) -> None:
-        """COPY the records in committed chunks (the first small, so the routine starts soon;
-        then up to STREAM_CHUNK bytes), then remove the marker: the load is whole."""
+        """COPY the records in committed chunks (the first of COPY_CHUNK bytes, so the routine
+        starts soon; then of STREAM_CHUNK), then remove the marker: the load is whole."""
         limit = COPY_CHUNK
         while self.copy(conn, limit):
             limit = min(limit * 2, STREAM_CHUNK)
