@@ -388,6 +388,7 @@ class FileLoad:
         single = len(layout.indexes) == 1
         empty_fields = d * max(len(layout.columns) - 1, 0)
         prefix_sep = d * 4
+        no_line = d * 5
         separators = width - 1
         for item in items:
             if isinstance(item, Plain):
@@ -397,9 +398,14 @@ class FileLoad:
                 if verbatim and all((t.count(d) if '"' not in t else _separators(t, d)) == separators
                                     for t in texts):
                     # The common case: the lines go as they are, behind their numbers (COPY
-                    # reads their quoted fields by the rules split_fields follows).
-                    yield "".join([f"{n}{d}{n + number_offset + shift}{prefix_sep}{t}\n"
-                                   for n, t in enumerate(texts, first)]), len(texts)
+                    # reads their quoted fields by the rules split_fields follows). A record on
+                    # the line the routine infers (its number plus the header's, no blank or
+                    # multi-line record before it) is staged without _line: one field less.
+                    if shift == 0:
+                        yield "".join([f"{n}{no_line}{t}\n" for n, t in enumerate(texts, first)]), len(texts)
+                    else:
+                        yield "".join([f"{n}{d}{n + number_offset + shift}{prefix_sep}{t}\n"
+                                       for n, t in enumerate(texts, first)]), len(texts)
                     continue
                 records: Iterator[Record] = (Record(item.number + i, item.line + i, t) for i, t in enumerate(texts))
             else:
