@@ -720,21 +720,22 @@ BEGIN
                             UPDATE ops.ticket
                             SET state = 'escalated'
                             WHERE id > _last AND id <= _upto AND ((priority > escalate_tickets.min_priority) AND deleted_at IS NULL)
-                            RETURNING id AS _key, old AS _old_row, new AS _new_row
+                            RETURNING id AS _key, old AS _old_row, new AS _new_row,
+                                      to_jsonb(old) AS _old_json, to_jsonb(new) AS _new_json,
+                                      array_remove(ARRAY[CASE WHEN old.code IS DISTINCT FROM new.code THEN 'code' END,
+                                                         CASE WHEN old.deleted_at IS DISTINCT FROM new.deleted_at THEN 'deleted_at' END,
+                                                         CASE WHEN old.deleted_by IS DISTINCT FROM new.deleted_by THEN 'deleted_by' END,
+                                                         CASE WHEN old.deletion_reason IS DISTINCT FROM new.deletion_reason THEN 'deletion_reason' END,
+                                                         CASE WHEN old.id IS DISTINCT FROM new.id THEN 'id' END,
+                                                         CASE WHEN old.priority IS DISTINCT FROM new.priority THEN 'priority' END,
+                                                         CASE WHEN old.state IS DISTINCT FROM new.state THEN 'state' END], NULL) AS _fields
                         ),
                         _audit AS (
                             -- audit: one row per changed record, written in the batch's savepoint with the change.
                             INSERT INTO specql.batch_operation_audit
                                 (operation_id, batch_number, record_key, action, old_row, new_row, changed_fields, recorded_at)
                             SELECT _result.operation_id, _result.batch_count + 1, jsonb_build_object('id', _key),
-                                   'update', to_jsonb(_old_row), to_jsonb(_new_row),
-                                   array_remove(ARRAY[CASE WHEN (_old_row).code IS DISTINCT FROM (_new_row).code THEN 'code' END,
-                                                      CASE WHEN (_old_row).deleted_at IS DISTINCT FROM (_new_row).deleted_at THEN 'deleted_at' END,
-                                                      CASE WHEN (_old_row).deleted_by IS DISTINCT FROM (_new_row).deleted_by THEN 'deleted_by' END,
-                                                      CASE WHEN (_old_row).deletion_reason IS DISTINCT FROM (_new_row).deletion_reason THEN 'deletion_reason' END,
-                                                      CASE WHEN (_old_row).id IS DISTINCT FROM (_new_row).id THEN 'id' END,
-                                                      CASE WHEN (_old_row).priority IS DISTINCT FROM (_new_row).priority THEN 'priority' END,
-                                                      CASE WHEN (_old_row).state IS DISTINCT FROM (_new_row).state THEN 'state' END], NULL),
+                                   'update', _old_json, _new_json, _fields,
                                    clock_timestamp()
                             FROM _changed
                         )
@@ -830,21 +831,22 @@ BEGIN
                                     UPDATE ops.ticket
                                     SET state = 'escalated'
                                     WHERE id = ANY(_keys) AND ((priority > escalate_tickets.min_priority) AND deleted_at IS NULL)
-                                    RETURNING id AS _key, old AS _old_row, new AS _new_row
+                                    RETURNING id AS _key, old AS _old_row, new AS _new_row,
+                                              to_jsonb(old) AS _old_json, to_jsonb(new) AS _new_json,
+                                              array_remove(ARRAY[CASE WHEN old.code IS DISTINCT FROM new.code THEN 'code' END,
+                                                                 CASE WHEN old.deleted_at IS DISTINCT FROM new.deleted_at THEN 'deleted_at' END,
+                                                                 CASE WHEN old.deleted_by IS DISTINCT FROM new.deleted_by THEN 'deleted_by' END,
+                                                                 CASE WHEN old.deletion_reason IS DISTINCT FROM new.deletion_reason THEN 'deletion_reason' END,
+                                                                 CASE WHEN old.id IS DISTINCT FROM new.id THEN 'id' END,
+                                                                 CASE WHEN old.priority IS DISTINCT FROM new.priority THEN 'priority' END,
+                                                                 CASE WHEN old.state IS DISTINCT FROM new.state THEN 'state' END], NULL) AS _fields
                                 ),
                                 _audit AS (
                                     -- audit: one row per changed record, written in the batch's savepoint with the change.
                                     INSERT INTO specql.batch_operation_audit
                                         (operation_id, batch_number, record_key, action, old_row, new_row, changed_fields, recorded_at)
                                     SELECT _result.operation_id, _result.batch_count + 1, jsonb_build_object('id', _key),
-                                           'update', to_jsonb(_old_row), to_jsonb(_new_row),
-                                           array_remove(ARRAY[CASE WHEN (_old_row).code IS DISTINCT FROM (_new_row).code THEN 'code' END,
-                                                              CASE WHEN (_old_row).deleted_at IS DISTINCT FROM (_new_row).deleted_at THEN 'deleted_at' END,
-                                                              CASE WHEN (_old_row).deleted_by IS DISTINCT FROM (_new_row).deleted_by THEN 'deleted_by' END,
-                                                              CASE WHEN (_old_row).deletion_reason IS DISTINCT FROM (_new_row).deletion_reason THEN 'deletion_reason' END,
-                                                              CASE WHEN (_old_row).id IS DISTINCT FROM (_new_row).id THEN 'id' END,
-                                                              CASE WHEN (_old_row).priority IS DISTINCT FROM (_new_row).priority THEN 'priority' END,
-                                                              CASE WHEN (_old_row).state IS DISTINCT FROM (_new_row).state THEN 'state' END], NULL),
+                                           'update', _old_json, _new_json, _fields,
                                            clock_timestamp()
                                     FROM _changed
                                 )
@@ -937,21 +939,22 @@ BEGIN
                             UPDATE ops.ticket
                             SET state = 'escalated'
                             WHERE id = ANY(_keys) AND ((priority > escalate_tickets.min_priority) AND deleted_at IS NULL)
-                            RETURNING id AS _key, old AS _old_row, new AS _new_row
+                            RETURNING id AS _key, old AS _old_row, new AS _new_row,
+                                      to_jsonb(old) AS _old_json, to_jsonb(new) AS _new_json,
+                                      array_remove(ARRAY[CASE WHEN old.code IS DISTINCT FROM new.code THEN 'code' END,
+                                                         CASE WHEN old.deleted_at IS DISTINCT FROM new.deleted_at THEN 'deleted_at' END,
+                                                         CASE WHEN old.deleted_by IS DISTINCT FROM new.deleted_by THEN 'deleted_by' END,
+                                                         CASE WHEN old.deletion_reason IS DISTINCT FROM new.deletion_reason THEN 'deletion_reason' END,
+                                                         CASE WHEN old.id IS DISTINCT FROM new.id THEN 'id' END,
+                                                         CASE WHEN old.priority IS DISTINCT FROM new.priority THEN 'priority' END,
+                                                         CASE WHEN old.state IS DISTINCT FROM new.state THEN 'state' END], NULL) AS _fields
                         ),
                         _audit AS (
                             -- audit: one row per changed record, written in the batch's savepoint with the change.
                             INSERT INTO specql.batch_operation_audit
                                 (operation_id, batch_number, record_key, action, old_row, new_row, changed_fields, recorded_at)
                             SELECT _result.operation_id, _result.batch_count + 1, jsonb_build_object('id', _key),
-                                   'update', to_jsonb(_old_row), to_jsonb(_new_row),
-                                   array_remove(ARRAY[CASE WHEN (_old_row).code IS DISTINCT FROM (_new_row).code THEN 'code' END,
-                                                      CASE WHEN (_old_row).deleted_at IS DISTINCT FROM (_new_row).deleted_at THEN 'deleted_at' END,
-                                                      CASE WHEN (_old_row).deleted_by IS DISTINCT FROM (_new_row).deleted_by THEN 'deleted_by' END,
-                                                      CASE WHEN (_old_row).deletion_reason IS DISTINCT FROM (_new_row).deletion_reason THEN 'deletion_reason' END,
-                                                      CASE WHEN (_old_row).id IS DISTINCT FROM (_new_row).id THEN 'id' END,
-                                                      CASE WHEN (_old_row).priority IS DISTINCT FROM (_new_row).priority THEN 'priority' END,
-                                                      CASE WHEN (_old_row).state IS DISTINCT FROM (_new_row).state THEN 'state' END], NULL),
+                                   'update', _old_json, _new_json, _fields,
                                    clock_timestamp()
                             FROM _changed
                         )

@@ -1154,22 +1154,23 @@ BEGIN
                             SET status = set_member_status.new_status,
                                 updated_at = now()
                             WHERE id = ANY(_keys) AND ((status = set_member_status.old_status) AND deleted_at IS NULL)
-                            RETURNING id AS _key, old AS _old_row, new AS _new_row
+                            RETURNING id AS _key, old AS _old_row, new AS _new_row,
+                                      to_jsonb(old) AS _old_json, to_jsonb(new) AS _new_json,
+                                      array_remove(ARRAY[CASE WHEN old.deleted_at IS DISTINCT FROM new.deleted_at THEN 'deleted_at' END,
+                                                         CASE WHEN old.deleted_by IS DISTINCT FROM new.deleted_by THEN 'deleted_by' END,
+                                                         CASE WHEN old.deletion_reason IS DISTINCT FROM new.deletion_reason THEN 'deletion_reason' END,
+                                                         CASE WHEN old.email IS DISTINCT FROM new.email THEN 'email' END,
+                                                         CASE WHEN old.id IS DISTINCT FROM new.id THEN 'id' END,
+                                                         CASE WHEN old.name IS DISTINCT FROM new.name THEN 'name' END,
+                                                         CASE WHEN old.status IS DISTINCT FROM new.status THEN 'status' END,
+                                                         CASE WHEN old.updated_at IS DISTINCT FROM new.updated_at THEN 'updated_at' END], NULL) AS _fields
                         ),
                         _audit AS (
                             -- audit: one row per changed record, written in the batch's savepoint with the change.
                             INSERT INTO specql.batch_operation_audit
                                 (operation_id, batch_number, record_key, action, old_row, new_row, changed_fields, recorded_at)
                             SELECT _result.operation_id, _result.batch_count + 1, jsonb_build_object('id', _key),
-                                   'update', to_jsonb(_old_row), to_jsonb(_new_row),
-                                   array_remove(ARRAY[CASE WHEN (_old_row).deleted_at IS DISTINCT FROM (_new_row).deleted_at THEN 'deleted_at' END,
-                                                      CASE WHEN (_old_row).deleted_by IS DISTINCT FROM (_new_row).deleted_by THEN 'deleted_by' END,
-                                                      CASE WHEN (_old_row).deletion_reason IS DISTINCT FROM (_new_row).deletion_reason THEN 'deletion_reason' END,
-                                                      CASE WHEN (_old_row).email IS DISTINCT FROM (_new_row).email THEN 'email' END,
-                                                      CASE WHEN (_old_row).id IS DISTINCT FROM (_new_row).id THEN 'id' END,
-                                                      CASE WHEN (_old_row).name IS DISTINCT FROM (_new_row).name THEN 'name' END,
-                                                      CASE WHEN (_old_row).status IS DISTINCT FROM (_new_row).status THEN 'status' END,
-                                                      CASE WHEN (_old_row).updated_at IS DISTINCT FROM (_new_row).updated_at THEN 'updated_at' END], NULL),
+                                   'update', _old_json, _new_json, _fields,
                                    clock_timestamp()
                             FROM _changed
                         )
@@ -1261,22 +1262,23 @@ BEGIN
                             SET status = set_member_status.new_status,
                                 updated_at = now()
                             WHERE id = ANY(_keys) AND ((status = set_member_status.old_status) AND deleted_at IS NULL)
-                            RETURNING id AS _key, old AS _old_row, new AS _new_row
+                            RETURNING id AS _key, old AS _old_row, new AS _new_row,
+                                      to_jsonb(old) AS _old_json, to_jsonb(new) AS _new_json,
+                                      array_remove(ARRAY[CASE WHEN old.deleted_at IS DISTINCT FROM new.deleted_at THEN 'deleted_at' END,
+                                                         CASE WHEN old.deleted_by IS DISTINCT FROM new.deleted_by THEN 'deleted_by' END,
+                                                         CASE WHEN old.deletion_reason IS DISTINCT FROM new.deletion_reason THEN 'deletion_reason' END,
+                                                         CASE WHEN old.email IS DISTINCT FROM new.email THEN 'email' END,
+                                                         CASE WHEN old.id IS DISTINCT FROM new.id THEN 'id' END,
+                                                         CASE WHEN old.name IS DISTINCT FROM new.name THEN 'name' END,
+                                                         CASE WHEN old.status IS DISTINCT FROM new.status THEN 'status' END,
+                                                         CASE WHEN old.updated_at IS DISTINCT FROM new.updated_at THEN 'updated_at' END], NULL) AS _fields
                         ),
                         _audit AS (
                             -- audit: one row per changed record, written in the batch's savepoint with the change.
                             INSERT INTO specql.batch_operation_audit
                                 (operation_id, batch_number, record_key, action, old_row, new_row, changed_fields, recorded_at)
                             SELECT _result.operation_id, _result.batch_count + 1, jsonb_build_object('id', _key),
-                                   'update', to_jsonb(_old_row), to_jsonb(_new_row),
-                                   array_remove(ARRAY[CASE WHEN (_old_row).deleted_at IS DISTINCT FROM (_new_row).deleted_at THEN 'deleted_at' END,
-                                                      CASE WHEN (_old_row).deleted_by IS DISTINCT FROM (_new_row).deleted_by THEN 'deleted_by' END,
-                                                      CASE WHEN (_old_row).deletion_reason IS DISTINCT FROM (_new_row).deletion_reason THEN 'deletion_reason' END,
-                                                      CASE WHEN (_old_row).email IS DISTINCT FROM (_new_row).email THEN 'email' END,
-                                                      CASE WHEN (_old_row).id IS DISTINCT FROM (_new_row).id THEN 'id' END,
-                                                      CASE WHEN (_old_row).name IS DISTINCT FROM (_new_row).name THEN 'name' END,
-                                                      CASE WHEN (_old_row).status IS DISTINCT FROM (_new_row).status THEN 'status' END,
-                                                      CASE WHEN (_old_row).updated_at IS DISTINCT FROM (_new_row).updated_at THEN 'updated_at' END], NULL),
+                                   'update', _old_json, _new_json, _fields,
                                    clock_timestamp()
                             FROM _changed
                         )

@@ -437,6 +437,8 @@ DECLARE
     _worker_batches integer := 0;  -- batches this worker applied
     _errors_before integer;    -- this worker's errors when it claimed the chunk
     _failed_before bigint;     -- and its failed records
+    _failed_at_batch bigint;   -- its failed records before the current batch
+    _retried_failed bigint;    -- those of the batch a resume applies again (_retry_batch)
     _worker_stopped boolean := false;  -- max_errors_per_worker: this worker's own errors
     _pending boolean;
     _others boolean;
@@ -472,6 +474,12 @@ BEGIN
             WHERE r.operation_id = _result.operation_id;
             DELETE FROM specql.batch_operation_cancellations AS c WHERE c.operation_id = _result.operation_id;
         END IF;
+        -- A batch that stopped the run and changed nothing is applied again: its failed records
+        -- leave the run's count (its chunk's never held them) and are counted when it is applied.
+        UPDATE specql.batch_operation_runs AS r
+        SET failed_records = (SELECT coalesce(sum(c.failed_records), 0) FROM specql.batch_operation_chunks AS c
+                              WHERE c.operation_id = _result.operation_id)
+        WHERE r.operation_id = _result.operation_id;
     END IF;
     UPDATE specql.batch_operation_parallel_runs AS p SET workers = p.workers + 1
     WHERE p.operation_id = _result.operation_id
@@ -545,6 +553,7 @@ BEGIN
             _batch_in_chunk := _batch_in_chunk + 1;
             _result.batch_count := (_chunk.chunk_number - 1) * _stride + _batch_in_chunk - 1;  -- error rows name batch_count + 1
             _batch_started := clock_timestamp();
+            _failed_at_batch := _result.failed_records;
 
             LOOP
                 BEGIN
@@ -661,6 +670,9 @@ BEGIN
 
         -- The chunk's end, committed with its changes: done, or pending from where it stopped.
         _chunk_failed := _result.failed_records - _failed_before;  -- with what a batch counts itself (CSV rejects)
+        -- A batch a resume applies again counts in the run (status shows it) but not in the chunk:
+        -- the resume resets the run's failed_records to its chunks' sum, then counts it anew.
+        _retried_failed := CASE WHEN _retry_batch THEN _result.failed_records - _failed_at_batch ELSE 0 END;
         UPDATE specql.batch_operation_chunks AS c
         SET status = CASE WHEN _chunk_done THEN 'done' ELSE 'pending' END,
             next_batch = _batch_in_chunk + CASE WHEN _chunk_done OR _retry_batch THEN 0 ELSE 1 END,
@@ -668,7 +680,7 @@ BEGIN
             worker = _worker, claimed_at = _chunk_claimed_at,
             completed_at = CASE WHEN _chunk_done THEN clock_timestamp() END,
             processed_records = c.processed_records + _chunk_processed,
-            failed_records = c.failed_records + _chunk_failed,
+            failed_records = c.failed_records + _chunk_failed - _retried_failed,
             error_count = c.error_count + _result.error_count - _errors_before
         WHERE c.id = _chunk.id;
         IF _stop IS NOT NULL THEN
@@ -1140,6 +1152,8 @@ DECLARE
     _csv_state text;
     _csv_rejected jsonb;       -- {"line": ..., "record": {...}} of the row that fails the batch (stop)
     _csv_rows bigint;
+    _csv_open boolean;         -- the load is still being staged (its marker row, _record 0)
+    _csv_marker jsonb;         -- the marker: the staging backend
     _count bigint;             -- rows staged for this load
     _n bigint;
     _batch_processed bigint;
@@ -1185,9 +1199,10 @@ BEGIN
         RAISE EXCEPTION 'staging_id must name the rows staged in %', 'public.import_products_csv_staging'
             USING ERRCODE = '22023', HINT = 'specql run import_products_csv --csv FILE stages a file and calls this routine.';
     END IF;
+    _csv_open := EXISTS (SELECT 1 FROM public.import_products_csv_staging AS _s WHERE _s._staging_id = import_products_csv.staging_id AND _s._record = 0);
     SELECT count(*), min(_s._record), max(_s._record) INTO _count, _csv_from, _csv_last
     FROM public.import_products_csv_staging AS _s
-    WHERE _s._staging_id = import_products_csv.staging_id;
+    WHERE _s._staging_id = import_products_csv.staging_id AND _s._record > 0;
     _result.total_records := _count;
     _csv_to := coalesce(_csv_from, 1) - 1;
     _csv_last := coalesce(_csv_last, 0);
@@ -1212,6 +1227,32 @@ BEGIN
             EXIT;
         END IF;
         -- Select the next batch.
+        WHILE _csv_open AND _csv_to >= _csv_last LOOP
+            SELECT _s._raw INTO _csv_marker FROM public.import_products_csv_staging AS _s
+            WHERE _s._staging_id = import_products_csv.staging_id AND _s._record = 0;
+            _csv_open := FOUND;
+            SELECT count(*), coalesce(max(_s._record), _csv_last) INTO _csv_rows, _csv_last
+            FROM public.import_products_csv_staging AS _s
+            WHERE _s._staging_id = import_products_csv.staging_id AND _s._record > _csv_last;
+            _result.total_records := _result.total_records + _csv_rows;
+            IF _csv_open AND _csv_rows = 0 THEN
+                IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_get_activity((_csv_marker ->> 'pid')::integer) AS _a
+                               WHERE _a.backend_start = (_csv_marker ->> 'backend_start')::timestamptz) THEN
+                    -- The staging session ended before the last row: the run stops here.
+                    INSERT INTO specql.batch_operation_errors
+                        (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at)
+                    VALUES
+                        (_result.operation_id, _result.operation, _result.batch_count + 1, 'SQ004',
+                         format('the load %s was not completely staged: its staging session ended after %s row(s)',
+                                import_products_csv.staging_id, _csv_last),
+                         'incomplete load', jsonb_build_object('after', _csv_last), clock_timestamp());
+                    _result.error_count := _result.error_count + 1;
+                    _stop := 'failed';
+                    EXIT;
+                END IF;
+                PERFORM pg_catalog.pg_sleep(0.005);
+            END IF;
+        END LOOP;
         EXIT WHEN _csv_to >= _csv_last;
         SELECT count(*), min(_b._record), max(_b._record) INTO _csv_records, _csv_from, _csv_to
         FROM (SELECT _s._record FROM public.import_products_csv_staging AS _s
@@ -1597,6 +1638,8 @@ DECLARE
     _csv_state text;
     _csv_rejected jsonb;       -- {"line": ..., "record": {...}} of the row that fails the batch (stop)
     _csv_rows bigint;
+    _csv_open boolean;         -- the load is still being staged (its marker row, _record 0)
+    _csv_marker jsonb;         -- the marker: the staging backend
     _upper bigint;             -- the chunk's last _record (NULL: to the end of the load)
     _prev bigint;              -- _csv_to before the current batch
     _n bigint;
@@ -1630,6 +1673,8 @@ DECLARE
     _worker_batches integer := 0;  -- batches this worker applied
     _errors_before integer;    -- this worker's errors when it claimed the chunk
     _failed_before bigint;     -- and its failed records
+    _failed_at_batch bigint;   -- its failed records before the current batch
+    _retried_failed bigint;    -- those of the batch a resume applies again (_retry_batch)
     _run_errors integer;       -- the run's errors committed when the chunk was claimed (max_errors)
     _worker_stopped boolean := false;  -- max_errors_per_worker: this worker's own errors
     _pending boolean;
@@ -1665,6 +1710,12 @@ BEGIN
             WHERE r.operation_id = _result.operation_id;
             DELETE FROM specql.batch_operation_cancellations AS c WHERE c.operation_id = _result.operation_id;
         END IF;
+        -- A batch that stopped the run and changed nothing is applied again: its failed records
+        -- leave the run's count (its chunk's never held them) and are counted when it is applied.
+        UPDATE specql.batch_operation_runs AS r
+        SET failed_records = (SELECT coalesce(sum(c.failed_records), 0) FROM specql.batch_operation_chunks AS c
+                              WHERE c.operation_id = _result.operation_id)
+        WHERE r.operation_id = _result.operation_id;
     END IF;
     UPDATE specql.batch_operation_parallel_runs AS p SET workers = p.workers + 1
     WHERE p.operation_id = _result.operation_id
@@ -1750,6 +1801,7 @@ BEGIN
             _batch_in_chunk := _batch_in_chunk + 1;
             _result.batch_count := (_chunk.chunk_number - 1) * _stride + _batch_in_chunk - 1;  -- error rows name batch_count + 1
             _batch_started := clock_timestamp();
+            _failed_at_batch := _result.failed_records;
 
             LOOP
                 BEGIN
@@ -1971,6 +2023,9 @@ BEGIN
 
         -- The chunk's end, committed with its changes: done, or pending from where it stopped.
         _chunk_failed := _result.failed_records - _failed_before;  -- with what a batch counts itself (CSV rejects)
+        -- A batch a resume applies again counts in the run (status shows it) but not in the chunk:
+        -- the resume resets the run's failed_records to its chunks' sum, then counts it anew.
+        _retried_failed := CASE WHEN _retry_batch THEN _result.failed_records - _failed_at_batch ELSE 0 END;
         UPDATE specql.batch_operation_chunks AS c
         SET status = CASE WHEN _chunk_done THEN 'done' ELSE 'pending' END,
             next_batch = _batch_in_chunk + CASE WHEN _chunk_done OR _retry_batch THEN 0 ELSE 1 END,
@@ -1978,7 +2033,7 @@ BEGIN
             worker = _worker, claimed_at = _chunk_claimed_at,
             completed_at = CASE WHEN _chunk_done THEN clock_timestamp() END,
             processed_records = c.processed_records + _chunk_processed,
-            failed_records = c.failed_records + _chunk_failed,
+            failed_records = c.failed_records + _chunk_failed - _retried_failed,
             error_count = c.error_count + _result.error_count - _errors_before
         WHERE c.id = _chunk.id;
         IF _stop IS NOT NULL THEN
