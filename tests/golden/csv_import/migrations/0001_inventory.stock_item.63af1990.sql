@@ -1444,8 +1444,6 @@ DECLARE
     _csv_state text;
     _csv_rejected jsonb;       -- {"line": ..., "record": {...}} of the row that fails the batch (stop)
     _csv_rows bigint;
-    _csv_open boolean;         -- the load is still being staged (its marker row, _record 0)
-    _csv_marker jsonb;         -- the marker: the staging backend
     _upper bigint;             -- the chunk's last _record (NULL: to the end of the load)
     _prev bigint;              -- _csv_to before the current batch
     _n bigint;
