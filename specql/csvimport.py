@@ -617,7 +617,6 @@ def _stage_and_run(url: str, op, path: Path, call: Callable[[str], dict], echo: 
     return load.staged, result
 
 
-
 def run_csv(url: str, op, csv_file: str | None, raw_params: list[str], *, confirm: bool, batch_size: int | None,
             resume: str | None, rejects: str | None, execute: Callable, bind_params: Callable,
             echo: Callable[[str], None] = lambda m: print(m, file=sys.stderr), overlap: bool = True,
@@ -632,26 +631,28 @@ def run_csv(url: str, op, csv_file: str | None, raw_params: list[str], *, confir
     if len(others) != len(raw_params):
         raise RunError("--param staging_id: specql run --csv stages the file and passes staging_id itself")
     path = Path(csv_file) if csv_file else None
+
+    def call(staging_id: str) -> dict:
+        """The routine (or the workers) on the load staged under staging_id."""
+        return execute(url, op, bind_params(op, others + [f"staging_id={staging_id}"]), confirm=confirm,
+                       batch_size=batch_size, resume=resume, **execute_kw)
+
     with staging_connection(url, op) as conn:
         if resume:
             staging_id = staged_load(conn, op, resume)
             if staging_id is None:
                 raise RunError(f"--resume {resume}: no run of {op.name} with staged rows under that id")
             staged = Staged(staging_id)
-            result = execute(url, op, bind_params(op, others + [f"staging_id={staging_id}"]), confirm=confirm,
-                             batch_size=batch_size, resume=resume, **execute_kw)
+            result = call(staging_id)
         elif path is None:
             raise RunError(f"{op.name} imports a CSV file: pass --csv FILE")
         elif not overlap or op.max_records is not None or op.requires_confirmation:
             # Staged whole first: max_records and confirmation need the count, workers the chunks.
             staged = stage_file(conn, op, path)
             _echo_staged(echo, staged, path)
-            result = execute(url, op, bind_params(op, others + [f"staging_id={staged.staging_id}"]),
-                             confirm=confirm, batch_size=batch_size, resume=resume, **execute_kw)
+            result = call(staged.staging_id)
         else:
-            staged, result = _stage_and_run(url, op, path, lambda s: execute(
-                url, op, bind_params(op, others + [f"staging_id={s}"]), confirm=confirm, batch_size=batch_size,
-                resume=resume, **execute_kw), echo)
+            staged, result = _stage_and_run(url, op, path, call, echo)
         summary = rejected_summary(conn, result["operation_id"])
         rejected = sum(n for _, n in summary)
         echo(f"imported {result.get('processed_records') or 0:,} record(s), rejected {rejected:,}"

@@ -39,10 +39,10 @@ from .run import Bound, RunError, call_sql, check_values
 STOP_FUNCTION = "specql._plan_sample_stop"  # created and dropped inside the rolled-back transaction
 STOP_COUNTER = "specql_plan_sample_statements"  # a temporary sequence, the same way
 SAMPLE_SCHEMA = "specql_plan_sample"  # a commit_per_batch procedure's copy without COMMIT, the same way
-EXPECTED_ENDS = ("57014",)
+EXPECTED_ENDS = ("57014",)  # cancelled (transaction single raises it)
 # Batches a sample times. 12 left 5 gaps after PL/pgSQL's custom plans: batches of 100 rows
 # then came out 0.76-1.27 ms on the one server, 0.74-0.78 ms with 50 (the real run: 0.83 ms).
-SAMPLE_BATCHES = 50  # cancelled (transaction single raises it)
+SAMPLE_BATCHES = 50  # `specql plan --sample-batches` shows the same default
 
 
 @dataclass
