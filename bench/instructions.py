@@ -13,6 +13,7 @@ It measures CPU work only: I/O waits and the kernel (WAL writes, page cache) are
     /work/venv/bin/python bench/instructions.py --key uuid --cases delete          # a uuid key (run.py --keys)
     /work/venv/bin/python bench/instructions.py --migrations /tmp/old/migrations   # another checkout's SQL
     /work/venv/bin/python bench/instructions.py --variants no_cancel_probe,const_batch   # pieces, see pieces.py
+    /work/venv/bin/python bench/instructions.py --cases update_cond --floor       # + a hand-written heap-window loop
 
 Needs valgrind (apt install valgrind). A side runs about 50x slower than natively.
 """
@@ -57,6 +58,27 @@ SIDES = {
     "insert": (
         f"{ROWS_ARG}INSERT INTO {B.TABLE} SELECT * FROM jsonb_populate_recordset(NULL::{B.TABLE}, r)",
         f"{ROWS_ARG}PERFORM bench.bench_insert_rows(r)"),
+}
+
+# --floor: the cheapest batched walk by hand, to tell a routine's overhead from what batching itself
+# costs. The condition update as a loop over the heap in windows of whole pages (as many as hold at
+# most batch_size rows: the table's rows per page from pg_class after the script's ANALYZE), each
+# window one `UPDATE ... WHERE ctid >= '(b,0)' AND ctid < '(b+w,0)' AND cond` in its own savepoint
+# after the cancel probe: no key listed, no index read, the heap read in one pass like the plain
+# UPDATE. Not a routine specql could generate as is: a row whose new version lands in a later
+# window would be changed twice when the condition still holds after the change.
+FLOOR = {
+    "update_cond": (
+        "DECLARE b bigint := 0; nb bigint; w bigint; "
+        "BEGIN SELECT relpages, greatest(1, floor({bs} / ceil(reltuples / greatest(relpages, 1)))) INTO nb, w "
+        f"FROM pg_class WHERE oid = '{B.TABLE}'::regclass; "
+        "WHILE b < nb LOOP "
+        "IF EXISTS (SELECT 1 FROM specql.batch_operation_cancellations "
+        "WHERE operation_id = '00000000-0000-0000-0000-000000000000') THEN EXIT; END IF; "
+        f"BEGIN UPDATE {B.TABLE} SET status = 'done', updated_at = CURRENT_TIMESTAMP "
+        "WHERE ctid >= ('(' || b || ',0)')::tid AND ctid < ('(' || (b + w) || ',0)')::tid AND status = 'pending'; "
+        "EXCEPTION WHEN OTHERS THEN RAISE; END; "
+        "b := b + w; END LOOP"),
 }
 
 # --procedures: the routines are commit_per_batch procedures (migrations generated from entities with
@@ -165,6 +187,8 @@ def main(argv=None) -> int:
     ap.add_argument("--procedures", action="store_true", help="the routines are commit_per_batch procedures "
                     "(with --migrations of entities that say so): CALL them")
     ap.add_argument("--no-generated", action="store_true", help="with --variants: skip the routine as generated")
+    ap.add_argument("--floor", action="store_true", help="also count the hand-written heap-window loop (FLOOR): "
+                    "what a batched walk costs with nothing but a savepoint, a cancel probe and one statement a batch")
     args = ap.parse_args(argv)
     B.KEY = args.key  # create_seed and the cases read the key type from run.py
     if not shutil.which("valgrind"):
@@ -196,9 +220,14 @@ def main(argv=None) -> int:
             routine_name = B.CASES[case][1]
             sides = ([] if args.no_generated else ["generated"]) + [
                 v for v in variants if v.startswith(routine_name + "__")]
+            if args.floor and case in FLOOR:
+                sides.append("floor")
             for side in sides:
-                statement = routine_sql if side == "generated" else routine_sql.replace(
-                    f"bench.{routine_name}(", f"bench.{side}(")
+                if side == "floor":
+                    statement = FLOOR[case].replace("{bs}", str(args.batch_size))
+                else:
+                    statement = routine_sql if side == "generated" else routine_sql.replace(
+                        f"bench.{routine_name}(", f"bench.{side}(")
                 B.log(f"{case}: {side} under callgrind")
                 routine = count_instructions(postgres, pgdata, statement, work, as_user, case, args.rows)
                 label = side.split("__")[-1]
