@@ -183,3 +183,47 @@ def test_a_staging_session_that_dies_stops_the_run(items, tmp_path, monkeypatch)
         assert conn.execute("SELECT count(*), count(DISTINCT id) FROM st.item").fetchone() == (staged, staged)
     with pytest.raises(RunError, match="never completely staged"):
         execute(url, op, bound, resume=str(r["operation_id"]))
+
+
+def _stage_rows(conn, staging_id: str, records) -> None:
+    """Stage records (their _record numbers) by hand, as psql's \\copy would with gaps in its identity."""
+    with conn.cursor() as cur:
+        cur.executemany("INSERT INTO st.import_items_staging (_staging_id, _record, id, n, note) "
+                        "VALUES (%s, %s, %s, %s, 'x')", [(staging_id, r, str(r), str(r)) for r in records])
+
+
+def test_a_load_with_gaps_in_its_numbers_is_cut_by_staged_rows(items):
+    """A batch is batch_size staged rows: in a load numbered without gaps (specql run's) the
+    routine cuts the next batch_size numbers; a load whose numbers skip (psql's identity), from
+    the start or in rows staged while the routine follows the load, is listed from the index."""
+    url, project = items
+    op = find_operation(project, "import_items")
+    gappy = [r for r in range(1, 41) if r % 4 != 0]  # 30 rows, numbers 1..39
+    with psycopg.connect(url, autocommit=True) as conn:
+        dense_id, gappy_id, open_id = (str(conn.execute("SELECT gen_random_uuid()").fetchone()[0]) for _ in "abc")
+        _stage_rows(conn, dense_id, range(101, 126))  # 25 rows without gaps, from 101
+        _stage_rows(conn, gappy_id, gappy)
+    for staging_id, rows, batches in ((dense_id, 25, 4), (gappy_id, 30, 5)):  # batches of 7 rows
+        r = execute(url, op, bind_params(op, [f"staging_id={staging_id}"]), batch_size=7)
+        assert (r["status"], r["total_records"], r["processed_records"], r["batch_count"]) == \
+            ("completed", rows, rows, batches), staging_id
+    # An open load (its marker row names a live staging session): 10 rows, then 10 after a gap.
+    with psycopg.connect(url, autocommit=True) as stager:
+        stager.execute("INSERT INTO st.import_items_staging (_staging_id, _record, _line, _raw) "
+                       "SELECT %s, 0, 0, jsonb_build_object('pid', a.pid, 'backend_start', a.backend_start) "
+                       "FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid()) AS a", (open_id,))
+        _stage_rows(stager, open_id, range(1001, 1011))
+        results: list[dict] = []
+        runner = threading.Thread(target=lambda: results.append(
+            execute(url, op, bind_params(op, [f"staging_id={open_id}"]))))
+        runner.start()
+        time.sleep(1.0)
+        assert runner.is_alive()  # waiting for more rows
+        with stager.transaction():
+            _stage_rows(stager, open_id, range(1015, 1025))
+        stager.execute("DELETE FROM st.import_items_staging WHERE _staging_id = %s AND _record = 0", (open_id,))
+        runner.join(60)
+    r = results[0]
+    assert (r["status"], r["total_records"], r["processed_records"], r["batch_count"]) == ("completed", 20, 20, 2)
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT count(*), count(DISTINCT id) FROM st.item").fetchone() == (75, 75)

@@ -128,7 +128,7 @@ FAULTS = {
         r"coalesce\(_s\._line, _s\._record - _csv_line_base\) AS _line", "_s._line + 1 AS _line"),
     "csv: a batch wider than batch_size": (
         "public.product.", "test_public_import_products_csv",
-        r"ORDER BY _s\._record LIMIT _batch_size\) AS _b;", "ORDER BY _s._record LIMIT _batch_size + 1) AS _b;"),
+        r"_csv_to := least\(_csv_to \+ _batch_size, _csv_last\);", "_csv_to := least(_csv_to + _batch_size + 1, _csv_last);"),
     # parallel workers (issue 13): a claim that waits for the chunk another worker holds; a
     # claim that takes no lock (two workers apply one chunk); a chunk marked done and committed
     # when claimed, before its batches (a worker that dies in it loses it)
