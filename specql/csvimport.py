@@ -334,6 +334,7 @@ class FileLoad:
         self.csv = op if isinstance(op, dict) else op.csv.to_json()
         self.path = path
         self.staged = Staged(staging_id or str(uuid.uuid4()))
+        self.pieces: Iterator[tuple[str, int]] | None = None  # what copy sends, COPY_CHUNK at a time
 
     def __enter__(self) -> "FileLoad":
         csv, path = self.csv, self.path
@@ -350,6 +351,8 @@ class FileLoad:
         return self
 
     def __exit__(self, *exc) -> None:
+        if self.pieces is not None:
+            self.pieces.close()  # a reading thread (copy_streamed) stops before the file closes
         self.stream.close()
 
     def _plan(self, csv: dict, path: Path, d: str) -> None:
@@ -436,8 +439,25 @@ class FileLoad:
                 yield (f"{number}{d}{rec.line}{d}{_quote(rec.reason)}{d}{_quote(rec.kind)}{d}{_quote(raw)}{d}"
                        f"{empty_fields}\n"), 1
 
+    def _pieces(self) -> Iterator[tuple[str, int]]:
+        """The staging lines joined into pieces of about COPY_CHUNK characters, each with its
+        record count."""
+        buf: list[str] = []
+        size = count = 0
+        for lines, n in self.lines:
+            buf.append(lines)
+            size += len(lines)
+            count += n
+            if size >= COPY_CHUNK:
+                yield "".join(buf), count
+                buf, size, count = [], 0, 0
+        if buf:
+            yield "".join(buf), count
+
     def copy(self, conn: psycopg.Connection, limit: int | None = None) -> bool:
         """One COPY of the next records (all of them, or about `limit` bytes); whether any were left."""
+        if self.pieces is None:
+            self.pieces = self._pieces()
         cur = conn.cursor()
         # A writer thread sends each chunk while the next one is read and split.
         writer = QueuedLibpqWriter(cur)
@@ -446,20 +466,12 @@ class FileLoad:
         writer._queue = queue.Queue(maxsize=4)
         sent = 0
         with cur.copy(self.copy_sql, writer=writer) as copy:
-            buf: list[str] = []
-            size = 0
-            for lines, count in self.lines:
-                buf.append(lines)
-                size += len(lines)
+            for text, count in self.pieces:
+                copy.write(text)
                 self.staged.records += count
-                if size >= COPY_CHUNK:
-                    copy.write("".join(buf))
-                    sent += size
-                    buf, size = [], 0
-                    if limit is not None and sent >= limit:
-                        return True
-            if buf:
-                copy.write("".join(buf))
+                sent += len(text)
+                if limit is not None and sent >= limit:
+                    return True
         return False
 
     def open_marker(self, conn: psycopg.Connection) -> None:
@@ -474,11 +486,48 @@ class FileLoad:
     def copy_streamed(self, conn: psycopg.Connection) -> None:
         """COPY the records in committed chunks (the first of COPY_CHUNK bytes, so the routine
         starts soon; then of STREAM_CHUNK), then remove the marker: the load is whole."""
+        # The next pieces are read and split while a chunk's COPY ends and commits.
+        self.pieces = _read_ahead(self.pieces or self._pieces(), 2)
         limit = COPY_CHUNK
         while self.copy(conn, limit):
             limit = min(limit * 2, STREAM_CHUNK)
         conn.execute(sql.SQL("DELETE FROM {} WHERE _staging_id = %s AND _record = 0").format(self.target),
                      (self.staged.staging_id,))
+
+
+def _read_ahead(items: Iterator, depth: int) -> Iterator:
+    """items, produced by a thread of their own at most `depth` ahead of the consumer (so the
+    file is read and split while the consumer waits on the server). An error of the producer is
+    raised in the consumer; closing the consumer stops the producer."""
+    ahead: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        ahead.put(("item", item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        pass
+                if stop.is_set():
+                    return
+            ahead.put(("end", None))
+        except BaseException as exc:  # noqa: BLE001 - raised in the consumer
+            ahead.put(("error", exc))
+
+    threading.Thread(target=produce, name="specql-csv-reader", daemon=True).start()
+    try:
+        while True:
+            kind, value = ahead.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
 
 
 def _chain(first, rest: Iterator) -> Iterator:

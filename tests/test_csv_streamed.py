@@ -227,3 +227,33 @@ def test_a_load_with_gaps_in_its_numbers_is_cut_by_staged_rows(items):
     assert (r["status"], r["total_records"], r["processed_records"], r["batch_count"]) == ("completed", 20, 20, 2)
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT count(*), count(DISTINCT id) FROM st.item").fetchone() == (75, 75)
+
+
+def test_read_ahead_keeps_order_raises_the_producers_error_and_stops_when_closed():
+    """copy_streamed reads the file a few pieces ahead on a thread of its own (csvimport._read_ahead)."""
+    assert list(csvimport._read_ahead(iter(range(1000)), 2)) == list(range(1000))
+
+    def broken():
+        yield 1
+        raise ValueError("bad block")
+
+    got = csvimport._read_ahead(broken(), 2)
+    assert next(got) == 1
+    with pytest.raises(ValueError, match="bad block"):
+        next(got)
+    produced: list[int] = []
+
+    def endless():
+        n = 0
+        while True:
+            produced.append(n)
+            yield n
+            n += 1
+
+    reader = csvimport._read_ahead(endless(), 2)
+    assert [next(reader) for _ in range(3)] == [0, 1, 2]
+    reader.close()
+    time.sleep(0.5)
+    stopped_at = len(produced)
+    time.sleep(0.3)
+    assert len(produced) == stopped_at <= 3 + 2 + 2  # at most depth ahead, then it stops
