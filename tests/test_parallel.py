@@ -429,3 +429,42 @@ def test_condition_walk_chunks_cut_every_worker_batch_size_keys(database_url, tm
         Worker(database_url, "bump_tally", op_id).join()
         assert _run(admin, op_id)[:3] == ("completed", rows, rows)
         assert admin.execute("SELECT count(*) FILTER (WHERE n = 1), count(*) FROM tally").fetchone() == (rows, rows)
+
+
+def test_key_range_batches_stay_in_their_chunk_also_a_failed_one(database_url_any, entities, tmp_path):
+    # bump_items walks an integer key: inside a chunk its batches are key ranges (the keys come
+    # densely), the last one cut at the chunk's upper key. When such a batch fails
+    # (continue_on_error), its savepoint undid it and its records are listed again for the
+    # error row: the chunk's next matching keys, never past its upper key (those are the next
+    # chunk's, applied there). Chunk 2 holds keys 350..699, chunk 3 700..1049; 16 rows of each
+    # (360..377, 710..727) stop matching after the split, so their last batches are short: key
+    # ranges that the chunk's end cuts (else they would change the next chunk's rows too). Row
+    # 698, in chunk 2's last batch, fails.
+    url = database_url_any
+    _setup(url, entities, tmp_path)
+    with connect(url) as admin:
+        admin.execute("ALTER TABLE item ADD CONSTRAINT item_698 CHECK (id <> 698 OR status <> 'done')")
+        op_id = admin.execute("SELECT public.bump_items_start(new_status => 'done')").fetchone()[0]
+        chunks = _chunks(admin, op_id)
+        assert [c[2:4] for c in chunks[1:3]] == [("349", "699"), ("699", "1049")]
+        admin.execute("UPDATE item SET status = 'skip' WHERE id BETWEEN 360 AND 377 OR id BETWEEN 710 AND 727")
+        workers = [Worker(url, "bump_items", op_id) for _ in range(2)]
+        for w in workers:
+            w.join()
+            assert w.error is None
+        status, total, processed, failed, errors, _ = _run(admin, op_id)
+        assert (status, total, errors) == ("completed_with_errors", 1715, 1)
+        assert processed + failed == 1715 - 32 and 0 < failed < 50
+        [(records,)] = admin.execute("SELECT failed_records FROM specql.batch_operation_errors "
+                                     "WHERE operation_id = %s", (op_id,)).fetchall()
+        assert 698 in records and len(records) == failed
+        assert all(349 < k <= 699 for k in records)
+        # each record once: the failed batch's rows untouched, every other matching row bumped once
+        assert admin.execute("SELECT count(*) FROM item WHERE n = 0 AND status = 'new'").fetchone()[0] == failed
+        assert admin.execute("SELECT n, count(*) FROM item WHERE status = 'done' GROUP BY 1").fetchall() == [
+            (1, processed)]
+        chunks = _chunks(admin, op_id)
+        assert all(c[1] == "done" for c in chunks)
+        assert admin.execute("SELECT processed_records + failed_records FROM specql.batch_operation_chunks "
+                             "WHERE operation_id = %s ORDER BY chunk_number", (op_id,)).fetchall() == [
+            (300,), (284,), (284,), (300,), (300,), (215,)]

@@ -108,6 +108,13 @@ class Operation:
         return s.driver_template
 
     @property
+    def chunk_driver(self) -> str:
+        """The file of templates/sql/parallel/chunks/ for a parallel run's chunks: a condition
+        walk over an integer key takes dense stretches of keys as key ranges inside each chunk
+        (key_ranges), as the routine does; other keys list each batch's keys (keyset)."""
+        return "key_ranges" if self.statement.range_batches else self.statement.driver
+
+    @property
     def generic_plans(self) -> bool:
         if self.steps:
             return any(s.statement.generic_plans for s in self.steps)
