@@ -265,3 +265,43 @@ def test_read_ahead_keeps_order_raises_the_producers_error_and_stops_when_closed
     stopped_at = len(produced)
     time.sleep(0.3)
     assert len(produced) == stopped_at <= 3 + 2 + 2  # at most depth ahead, then it stops
+
+
+PARTS = """
+    name: part
+    schema: st
+    fields:
+      id: bigint
+      n: integer
+    patterns:
+      - name: batch_operations
+        operation: import_parts
+        data_source: csv_file
+        field_mapping: {id: id, n: n}
+        batch_size: 4
+        parallel: true
+        worker_batch_size: 10
+"""
+
+
+def test_parallel_workers_cut_a_chunk_with_gaps_by_staged_rows(database_url_any, tmp_path):
+    """A worker's chunk of a load whose numbers skip is listed batch by batch (batch_size staged
+    rows, not numbers); a chunk without gaps is cut by number. 3 chunks of 10 rows, 3 batches each."""
+    from specql.workers import run_parallel
+
+    ents = write_entities(tmp_path / "e", part=PARTS)
+    generate_and_apply(database_url_any, ents, tmp_path / "gen")
+    op = find_operation(load_project([str(ents)]), "import_parts")
+    with psycopg.connect(database_url_any, autocommit=True) as conn:
+        gappy_id, dense_id = (str(conn.execute("SELECT gen_random_uuid()").fetchone()[0]) for _ in "ab")
+        with conn.cursor() as cur:
+            for staging_id, records in ((gappy_id, [r for r in range(1, 41) if r % 4 != 0]),
+                                        (dense_id, range(101, 131))):
+                cur.executemany("INSERT INTO st.import_parts_staging (_staging_id, _record, id, n) "
+                                "VALUES (%s, %s, %s, '1')", [(staging_id, r, str(r)) for r in records])
+    for staging_id in (gappy_id, dense_id):
+        r = run_parallel(database_url_any, op, bind_params(op, [f"staging_id={staging_id}"]), workers=2)
+        assert (r["status"], r["total_records"], r["processed_records"], r["batch_count"]) == \
+            ("completed", 30, 30, 9), staging_id
+    with psycopg.connect(database_url_any) as conn:
+        assert conn.execute("SELECT count(*), count(DISTINCT id) FROM st.part").fetchone() == (60, 60)
