@@ -502,20 +502,24 @@ def _read_ahead(items: Iterator, depth: int) -> Iterator:
     ahead: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
+    def put(entry: tuple) -> bool:
+        """Queue an entry unless the consumer is gone (then False)."""
+        while not stop.is_set():
+            try:
+                ahead.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
     def produce() -> None:
         try:
             for item in items:
-                while not stop.is_set():
-                    try:
-                        ahead.put(("item", item), timeout=0.1)
-                        break
-                    except queue.Full:
-                        pass
-                if stop.is_set():
+                if not put(("item", item)):
                     return
-            ahead.put(("end", None))
+            put(("end", None))
         except BaseException as exc:  # noqa: BLE001 - raised in the consumer
-            ahead.put(("error", exc))
+            put(("error", exc))
 
     threading.Thread(target=produce, name="specql-csv-reader", daemon=True).start()
     try:
