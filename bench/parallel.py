@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -390,19 +391,39 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-other", type=float, default=1.0,
                     help="run a side again when other processes used more CPU seconds than this during it")
     ap.add_argument("--tries", type=int, default=3, help="times a disturbed side is run at most")
+    ap.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
+                    help="a server setting for the bench's embedded server (restarted to apply it)")
     opts = ap.parse_args(argv)
     counts = [int(w) for w in opts.workers.split(",")]
     cases = opts.cases.split(",")
     times: dict[tuple[str, int], list[float]] = {}
     sides_run: list[tuple] = []  # (repeat, case, workers, seconds, other CPU s, load, checkpoints inside)
     started_at = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-    with tempfile.TemporaryDirectory() as tmp, embedded_server() as server, throwaway_database(server) as url:
+    pgdata = None
+    if opts.setting:
+        # Settings that need a restart (shared_buffers, wal_buffers): written into a kept data
+        # directory by a first start, in force from the second.
+        pgdata = Path(tempfile.mkdtemp(prefix="specql-pg18-"))
+        with embedded_server(pgdata) as first, connect(first, autocommit=True) as c:
+            for item in opts.setting:
+                name, value = item.split("=", 1)
+                c.execute(f"ALTER SYSTEM SET {name} = '{value}'")
+    try:
+        return measure(opts, counts, cases, times, sides_run, started_at, pgdata)
+    finally:
+        if pgdata is not None:
+            shutil.rmtree(pgdata, ignore_errors=True)
+
+
+def measure(opts, counts, cases, times, sides_run, started_at, pgdata) -> int:
+    with tempfile.TemporaryDirectory() as tmp, embedded_server(pgdata) as server, throwaway_database(server) as url:
         workdir = Path(tmp)
         if "listed" in cases and not listed_chunks():
             raise SystemExit("case listed: this source's chunks have no key ranges to compare with")
         bench.generate_and_migrate(prepare(workdir), workdir, url)
         with connect(url, autocommit=True) as admin:
-            bench.log(configure_server(admin))
+            bench.log(configure_server(admin) + "".join(
+                f", {n}={admin.execute(f'SHOW {n}').fetchone()[0]}" for n in ("shared_buffers", "wal_buffers")))
             bench.log(bench.settings(admin) + f"; source {bench.source_version()}")
             bench.log(f"{opts.rows} rows; seeding")
             bench.create_seed(admin, opts.rows, 1.0)
