@@ -299,9 +299,18 @@ def test_parallel_workers_cut_a_chunk_with_gaps_by_staged_rows(database_url_any,
                                         (dense_id, range(101, 131))):
                 cur.executemany("INSERT INTO st.import_parts_staging (_staging_id, _record, id, n) "
                                 "VALUES (%s, %s, %s, '1')", [(staging_id, r, str(r)) for r in records])
+    # op_start cuts the load without gaps by arithmetic on its numbers, the other in a pass over
+    # the rows: chunks of 10 staged rows either way, each up to its upper_key, the last one open
+    # (lower_key is a worker's position by now).
+    expected_chunks = {gappy_id: [("13", 10), ("26", 10), (None, 10)],
+                       dense_id: [("110", 10), ("120", 10), (None, 10)]}
     for staging_id in (gappy_id, dense_id):
         r = run_parallel(database_url_any, op, bind_params(op, [f"staging_id={staging_id}"]), workers=2)
         assert (r["status"], r["total_records"], r["processed_records"], r["batch_count"]) == \
             ("completed", 30, 30, 9), staging_id
+        with psycopg.connect(database_url_any) as conn:
+            chunks = conn.execute("SELECT upper_key, records FROM specql.batch_operation_chunks "
+                                  "WHERE operation_id = %s ORDER BY chunk_number", (r["operation_id"],)).fetchall()
+        assert chunks == expected_chunks[staging_id], staging_id
     with psycopg.connect(database_url_any) as conn:
         assert conn.execute("SELECT count(*), count(DISTINCT id) FROM st.part").fetchone() == (60, 60)
