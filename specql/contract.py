@@ -47,6 +47,8 @@ class Index:
     name: str
     columns: str  # "(operation_id, batch_number)"
     where: str = ""  # a partial index's predicate
+    using: str = ""  # an access method other than btree ("brin")
+    storage: str = ""  # its WITH (...) parameters ("autosummarize = on")
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,9 @@ class Table:
     comment: str  # the SQL comment above its definition
     columns: tuple[Column, ...]
     indexes: tuple[Index, ...] = ()
+    # Indexes and constraints an earlier specql created on the table and this one drops
+    # ("INDEX specql.x_idx", "CONSTRAINT x_pkey"): never a column, never a row.
+    retired: tuple[str, ...] = ()
 
     @property
     def qualified(self) -> str:
@@ -217,9 +222,14 @@ RUNTIME_TABLES = (
     Table(
         name="batch_operation_audit",
         comment="audit: true (issue 14): one row per changed record, old and new values, written in\n"
-                "the same savepoint as the change (a rolled-back batch leaves none).",
+                "the same savepoint as the change (a rolled-back batch leaves none). Append-only and\n"
+                "written a row per changed record, so it keeps no btree: id numbers the rows (their\n"
+                "order) without a primary key index, and a BRIN index finds a run's rows, which lie\n"
+                "together (bench/README.md, issue 14: each btree cost ~1 us per audit row).",
         columns=(
-            _KEY,
+            # Was a GENERATED ALWAYS AS IDENTITY PRIMARY KEY until issue 14's third pass: an
+            # upgraded database keeps the column and its values and drops the key's index.
+            Column("id", "bigint", "GENERATED ALWAYS AS IDENTITY"),
             Column("operation_id", "uuid", "NOT NULL"),
             Column("batch_number", "integer", "NOT NULL"),
             Column("record_key", "jsonb", "NOT NULL"),
@@ -229,7 +239,11 @@ RUNTIME_TABLES = (
             Column("changed_fields", "text[]", "NOT NULL DEFAULT '{}'"),
             Column("recorded_at", "timestamptz", "NOT NULL DEFAULT clock_timestamp()"),
         ),
-        indexes=(Index("batch_operation_audit_operation_idx", "(operation_id, batch_number)"),),
+        # A run's rows by operation_id: a bloom summary per 128 pages (runs written at the same
+        # time share pages), batch_number's range beside it.
+        indexes=(Index("batch_operation_audit_run_idx", "(operation_id uuid_bloom_ops, batch_number)",
+                       using="brin", storage="autosummarize = on"),),
+        retired=("CONSTRAINT batch_operation_audit_pkey", "INDEX specql.batch_operation_audit_operation_idx"),
     ),
 )
 

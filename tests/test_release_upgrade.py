@@ -70,6 +70,8 @@ def test_a_database_of_the_last_release_takes_this_release(tmp_path, database_ur
     assert old == ("completed", 300)
     audit_before = scalar(url, "SELECT count(*) FROM specql.batch_operation_audit")
     assert audit_before == 300
+    old_audit_ids = query(url, "SELECT min(id), max(id) FROM specql.batch_operation_audit")[0]
+    assert old_audit_ids == (1, 300)
     crashed = _crashed_reprice(url)
 
     # This release, generated from the examples: with migrate, then every file again with psql.
@@ -104,4 +106,13 @@ def test_a_database_of_the_last_release_takes_this_release(tmp_path, database_ur
     assert query(url, "SELECT new_status, sum(n) FROM public.status_seen GROUP BY 1 ORDER BY 1") == [
         ("active", 300), ("idle", 300)]
     assert query(url, "SELECT count(*), count(DISTINCT operation_id) FROM specql.batch_operation_audit") == [(600, 2)]
+    # The audit table's btrees (the release's identity primary key and (operation_id,
+    # batch_number)) are gone, a BRIN index in their place; the old rows keep their ids and
+    # the new ones are numbered after them.
+    assert query(url, "SELECT indexname, indexdef LIKE '%USING brin (operation_id uuid_bloom_ops, batch_number)%' "
+                      "FROM pg_indexes WHERE schemaname = 'specql' AND tablename = 'batch_operation_audit'") == [
+        ("batch_operation_audit_run_idx", True)]
+    assert query(url, "SELECT min(id), max(id), count(DISTINCT id) FROM specql.batch_operation_audit "
+                      "WHERE operation_id <> (SELECT operation_id FROM specql.batch_operation_audit WHERE id = 1)") == [
+        (301, 600, 300)]
     assert scalar(url, "SELECT count(*) FROM specql.batch_operation_runs") == 3  # two set_member_status runs, one reprice_category run

@@ -153,6 +153,9 @@ def test_runtime_sql_is_rendered_from_the_contract():
             assert f"ADD COLUMN IF NOT EXISTS {column.definition}" in sql
         for index in table.indexes:
             assert f"CREATE INDEX IF NOT EXISTS {index.name}\n" in sql
+        for what in table.retired:  # dropped only if there, and never a column
+            kind, name = what.split(" ", 1)
+            assert kind in ("INDEX", "CONSTRAINT") and f"{kind} IF EXISTS {name};" in sql
     assert f"CREATE OR REPLACE VIEW {STATUS_VIEW} AS" in sql
     assert "CREATE OR REPLACE FUNCTION specql.cancel_operation(operation_id uuid)" in sql
     # psql -f and specql migrate both apply it: no transaction control of its own.
