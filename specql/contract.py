@@ -72,6 +72,9 @@ class Table:
     # Indexes and constraints an earlier specql created on the table and this one drops
     # ("INDEX specql.x_idx", "CONSTRAINT x_pkey"): never a column, never a row.
     retired: tuple[str, ...] = ()
+    # REPLICA IDENTITY for a table without a primary key ("FULL"): a publication FOR ALL TABLES
+    # then still takes its UPDATEs and DELETEs (a user's purge of old rows) instead of refusing them.
+    replica_identity: str = ""
 
     @property
     def qualified(self) -> str:
@@ -244,6 +247,7 @@ RUNTIME_TABLES = (
         indexes=(Index("batch_operation_audit_run_idx", "(operation_id uuid_bloom_ops, batch_number)",
                        using="brin", storage="autosummarize = on"),),
         retired=("CONSTRAINT batch_operation_audit_pkey", "INDEX specql.batch_operation_audit_operation_idx"),
+        replica_identity="FULL",
     ),
 )
 

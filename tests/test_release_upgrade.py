@@ -115,4 +115,11 @@ def test_a_database_of_the_last_release_takes_this_release(tmp_path, database_ur
     assert query(url, "SELECT min(id), max(id), count(DISTINCT id) FROM specql.batch_operation_audit "
                       "WHERE operation_id <> (SELECT operation_id FROM specql.batch_operation_audit WHERE id = 1)") == [
         (301, 600, 300)]
+    # Without a key it replicates by the whole row: a publication FOR ALL TABLES takes its deletes.
+    assert scalar(url, "SELECT relreplident FROM pg_class WHERE oid = 'specql.batch_operation_audit'::regclass") == "f"
+    with connect(url, autocommit=True) as conn:
+        conn.execute("CREATE PUBLICATION everything FOR ALL TABLES")
+        purged = conn.execute("DELETE FROM specql.batch_operation_audit WHERE id <= 300").rowcount
+        conn.execute("DROP PUBLICATION everything")
+    assert purged == 300
     assert scalar(url, "SELECT count(*) FROM specql.batch_operation_runs") == 3  # two set_member_status runs, one reprice_category run
