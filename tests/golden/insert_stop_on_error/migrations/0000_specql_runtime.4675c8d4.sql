@@ -263,9 +263,12 @@ ALTER TABLE specql.batch_operation_cancellations
     ADD COLUMN IF NOT EXISTS requested_at      timestamptz NOT NULL DEFAULT clock_timestamp();
 
 -- audit: true (issue 14): one row per changed record, old and new values, written in
--- the same savepoint as the change (a rolled-back batch leaves none).
+-- the same savepoint as the change (a rolled-back batch leaves none). Append-only and
+-- written a row per changed record, so it keeps no btree: id numbers the rows (their
+-- order) without a primary key index, and a BRIN index finds a run's rows, which lie
+-- together (bench/README.md, issue 14: each btree cost ~1 us per audit row).
 CREATE TABLE IF NOT EXISTS specql.batch_operation_audit (
-    id                bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id                bigint GENERATED ALWAYS AS IDENTITY,
     operation_id      uuid NOT NULL,
     batch_number      integer NOT NULL,
     record_key        jsonb NOT NULL,
@@ -277,7 +280,7 @@ CREATE TABLE IF NOT EXISTS specql.batch_operation_audit (
 );
 -- Columns a table created by an earlier specql lacks (a no-op on a fresh database).
 ALTER TABLE specql.batch_operation_audit
-    ADD COLUMN IF NOT EXISTS id                bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    ADD COLUMN IF NOT EXISTS id                bigint GENERATED ALWAYS AS IDENTITY,
     ADD COLUMN IF NOT EXISTS operation_id      uuid NOT NULL,
     ADD COLUMN IF NOT EXISTS batch_number      integer NOT NULL,
     ADD COLUMN IF NOT EXISTS record_key        jsonb NOT NULL,
@@ -286,8 +289,13 @@ ALTER TABLE specql.batch_operation_audit
     ADD COLUMN IF NOT EXISTS new_row           jsonb,
     ADD COLUMN IF NOT EXISTS changed_fields    text[] NOT NULL DEFAULT '{}',
     ADD COLUMN IF NOT EXISTS recorded_at       timestamptz NOT NULL DEFAULT clock_timestamp();
-CREATE INDEX IF NOT EXISTS batch_operation_audit_operation_idx
-    ON specql.batch_operation_audit (operation_id, batch_number);
+-- What an earlier specql created here and this one no longer keeps (data stays).
+ALTER TABLE specql.batch_operation_audit DROP CONSTRAINT IF EXISTS batch_operation_audit_pkey;
+DROP INDEX IF EXISTS specql.batch_operation_audit_operation_idx;
+-- No primary key: a publication FOR ALL TABLES replicates its UPDATEs and DELETEs by the whole row.
+ALTER TABLE specql.batch_operation_audit REPLICA IDENTITY FULL;
+CREATE INDEX IF NOT EXISTS batch_operation_audit_run_idx
+    ON specql.batch_operation_audit USING brin (operation_id uuid_bloom_ops, batch_number) WITH (autosummarize = on);
 
 -- One row per step of a multi-step run, written when the step starts (or is not run
 -- because a step it depends on failed); the run's result sums its steps.

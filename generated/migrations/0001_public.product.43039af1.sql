@@ -1152,8 +1152,10 @@ DECLARE
     _csv_state text;
     _csv_rejected jsonb;       -- {"line": ..., "record": {...}} of the row that fails the batch (stop)
     _csv_rows bigint;
+    _csv_dense boolean;        -- the load's _record values have no gaps: a batch is the next batch_size of them
     _csv_open boolean;         -- the load is still being staged (its marker row, _record 0)
     _csv_marker jsonb;         -- the marker: the staging backend
+    _csv_newest bigint;        -- the last _record of the rows staged since _csv_last
     _count bigint;             -- rows staged for this load
     _n bigint;
     _batch_processed bigint;
@@ -1204,6 +1206,8 @@ BEGIN
     FROM public.import_products_csv_staging AS _s
     WHERE _s._staging_id = import_products_csv.staging_id AND _s._record > 0;
     _result.total_records := _count;
+    -- specql run numbers a load 1, 2, 3...; psql's \copy numbers it by an identity, which may skip.
+    _csv_dense := _count = coalesce(_csv_last - _csv_from + 1, 0);
     _csv_to := coalesce(_csv_from, 1) - 1;
     _csv_last := coalesce(_csv_last, 0);
     _csv_line_base := _csv_to - 1;
@@ -1231,9 +1235,11 @@ BEGIN
             SELECT _s._raw INTO _csv_marker FROM public.import_products_csv_staging AS _s
             WHERE _s._staging_id = import_products_csv.staging_id AND _s._record = 0;
             _csv_open := FOUND;
-            SELECT count(*), coalesce(max(_s._record), _csv_last) INTO _csv_rows, _csv_last
+            SELECT count(*), max(_s._record) INTO _csv_rows, _csv_newest
             FROM public.import_products_csv_staging AS _s
             WHERE _s._staging_id = import_products_csv.staging_id AND _s._record > _csv_last;
+            _csv_dense := _csv_dense AND _csv_rows = coalesce(_csv_newest - _csv_last, 0);
+            _csv_last := coalesce(_csv_newest, _csv_last);
             _result.total_records := _result.total_records + _csv_rows;
             IF _csv_open AND _csv_rows = 0 THEN
                 IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_get_activity((_csv_marker ->> 'pid')::integer) AS _a
@@ -1254,11 +1260,19 @@ BEGIN
             END IF;
         END LOOP;
         EXIT WHEN _csv_to >= _csv_last;
-        SELECT count(*), min(_b._record), max(_b._record) INTO _csv_records, _csv_from, _csv_to
-        FROM (SELECT _s._record FROM public.import_products_csv_staging AS _s
-              WHERE _s._staging_id = import_products_csv.staging_id AND _s._record > _csv_to AND _s._record <= _csv_last
-              ORDER BY _s._record LIMIT _batch_size) AS _b;
-        EXIT WHEN _csv_records = 0;
+        IF _csv_dense THEN
+            -- Every number up to _csv_last is a staged row: the batch is the next batch_size numbers.
+            _csv_from := _csv_to + 1;
+            _csv_to := least(_csv_to + _batch_size, _csv_last);
+            _csv_records := _csv_to - _csv_from + 1;
+        ELSE
+            -- The numbers have gaps: the batch is the next batch_size staged rows (an index range).
+            SELECT count(*), min(_b._record), max(_b._record) INTO _csv_records, _csv_from, _csv_to
+            FROM (SELECT _s._record FROM public.import_products_csv_staging AS _s
+                  WHERE _s._staging_id = import_products_csv.staging_id AND _s._record > _csv_to AND _s._record <= _csv_last
+                  ORDER BY _s._record LIMIT _batch_size) AS _b;
+            EXIT WHEN _csv_records = 0;
+        END IF;
         _csv_rejected := NULL;
         _batch_started := clock_timestamp();
 
@@ -1531,6 +1545,7 @@ DECLARE
     _result specql.batch_operation_result;
     _bound record;             -- a chunk's last _record and its row number
     _lower text;               -- the previous chunk's last _record
+    _staged record;            -- the load's row count and its first and last _record
     _batch_size integer;
     _wbs integer := 5000;  -- worker_batch_size: records per chunk
     _chunks integer := 0;
@@ -1550,21 +1565,36 @@ BEGIN
             USING ERRCODE = '22023', HINT = 'specql run import_products_csv --csv FILE stages a file and calls this routine.';
     END IF;
     _lower := NULL;
-    FOR _bound IN
-        SELECT s._k, s._rn, s._next_key IS NULL AS _final
-        FROM (SELECT _s._record AS _k, row_number() OVER _w AS _rn, lead(_s._record) OVER _w AS _next_key
-              FROM public.import_products_csv_staging AS _s
-              WHERE _s._staging_id = import_products_csv.staging_id
-              WINDOW _w AS (ORDER BY _s._record)) AS s
-        WHERE s._rn % _wbs = 0 OR s._next_key IS NULL
-    LOOP
-        _chunks := _chunks + 1;
+    SELECT count(*) AS _n, min(_s._record) AS _first, max(_s._record) AS _last INTO _staged
+    FROM public.import_products_csv_staging AS _s
+    WHERE _s._staging_id = import_products_csv.staging_id;
+    IF _staged._n > 0 AND _staged._last - _staged._first + 1 = _staged._n THEN
+        -- Without gaps: chunk k holds the numbers (first - 1 + (k - 1) * worker_batch_size,
+        -- first - 1 + k * worker_batch_size], the last one open; the same chunks the pass below cuts.
+        _chunks := ((_staged._n + _wbs - 1) / _wbs)::integer;
         INSERT INTO specql.batch_operation_chunks (operation_id, chunk_number, records, lower_key, upper_key)
-        VALUES (_result.operation_id, _chunks, _bound._rn - (_chunks - 1)::bigint * _wbs, _lower,
-                CASE WHEN _bound._final THEN NULL ELSE _bound._k::text END);
-        _lower := _bound._k::text;
-        _result.total_records := _bound._rn;
-    END LOOP;
+        SELECT _result.operation_id, _k, least(_wbs, _staged._n - (_k - 1)::bigint * _wbs),
+               CASE WHEN _k > 1 THEN (_staged._first - 1 + (_k - 1)::bigint * _wbs)::text END,
+               CASE WHEN _k < _chunks THEN (_staged._first - 1 + _k::bigint * _wbs)::text END
+        FROM generate_series(1, _chunks) AS _g(_k);
+        _result.total_records := _staged._n;
+    ELSE
+        FOR _bound IN
+            SELECT s._k, s._rn, s._next_key IS NULL AS _final
+            FROM (SELECT _s._record AS _k, row_number() OVER _w AS _rn, lead(_s._record) OVER _w AS _next_key
+                  FROM public.import_products_csv_staging AS _s
+                  WHERE _s._staging_id = import_products_csv.staging_id
+                  WINDOW _w AS (ORDER BY _s._record)) AS s
+            WHERE s._rn % _wbs = 0 OR s._next_key IS NULL
+        LOOP
+            _chunks := _chunks + 1;
+            INSERT INTO specql.batch_operation_chunks (operation_id, chunk_number, records, lower_key, upper_key)
+            VALUES (_result.operation_id, _chunks, _bound._rn - (_chunks - 1)::bigint * _wbs, _lower,
+                    CASE WHEN _bound._final THEN NULL ELSE _bound._k::text END);
+            _lower := _bound._k::text;
+            _result.total_records := _bound._rn;
+        END LOOP;
+    END IF;
     IF _chunks = 0 THEN
         -- Nothing staged: one open chunk, so a worker still looks (and closes the run).
         _chunks := 1;
@@ -1638,6 +1668,7 @@ DECLARE
     _csv_state text;
     _csv_rejected jsonb;       -- {"line": ..., "record": {...}} of the row that fails the batch (stop)
     _csv_rows bigint;
+    _csv_dense boolean;        -- the load's _record values have no gaps: a batch is the next batch_size of them
     _upper bigint;             -- the chunk's last _record (NULL: to the end of the load)
     _prev bigint;              -- _csv_to before the current batch
     _n bigint;
@@ -1776,6 +1807,10 @@ BEGIN
         _csv_last := least(coalesce(_csv_last, 0), coalesce(_upper, _csv_last, 0));
         _csv_line_base := (SELECT min(_s._record) FROM public.import_products_csv_staging AS _s
                            WHERE _s._staging_id = import_products_csv.staging_id) - 1 - 1;
+        -- The chunk's rows without gaps (as many as their numbers): its batches need no listing.
+        _csv_dense := (SELECT count(*) FROM public.import_products_csv_staging AS _s
+                       WHERE _s._staging_id = import_products_csv.staging_id
+                         AND _s._record > _csv_to AND _s._record <= _csv_last) = _csv_last - _csv_to;
         _batch_in_chunk := _chunk.next_batch - 1;
         _chunk_processed := 0;
         _failed_before := _result.failed_records;
@@ -1789,11 +1824,19 @@ BEGIN
             _chunk_done := true;
             _prev := _csv_to;
             EXIT WHEN _csv_to >= _csv_last;
-            SELECT count(*), min(_b._record), max(_b._record) INTO _csv_records, _csv_from, _csv_to
-            FROM (SELECT _s._record FROM public.import_products_csv_staging AS _s
-                  WHERE _s._staging_id = import_products_csv.staging_id AND _s._record > _csv_to AND _s._record <= _csv_last
-                  ORDER BY _s._record LIMIT _batch_size) AS _b;
-            EXIT WHEN _csv_records = 0;
+            IF _csv_dense THEN
+                -- Every number up to _csv_last is a staged row: the batch is the next batch_size numbers.
+                _csv_from := _csv_to + 1;
+                _csv_to := least(_csv_to + _batch_size, _csv_last);
+                _csv_records := _csv_to - _csv_from + 1;
+            ELSE
+                -- The numbers have gaps: the batch is the next batch_size staged rows (an index range).
+                SELECT count(*), min(_b._record), max(_b._record) INTO _csv_records, _csv_from, _csv_to
+                FROM (SELECT _s._record FROM public.import_products_csv_staging AS _s
+                      WHERE _s._staging_id = import_products_csv.staging_id AND _s._record > _csv_to AND _s._record <= _csv_last
+                      ORDER BY _s._record LIMIT _batch_size) AS _b;
+                EXIT WHEN _csv_records = 0;
+            END IF;
             _csv_rejected := NULL;
             _chunk_done := false;
             _batch_in_chunk := _batch_in_chunk + 1;

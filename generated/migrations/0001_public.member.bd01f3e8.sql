@@ -1154,7 +1154,7 @@ BEGIN
                             SET status = set_member_status.new_status,
                                 updated_at = now()
                             WHERE id = ANY(_keys) AND ((status = set_member_status.old_status) AND deleted_at IS NULL)
-                            RETURNING id AS _key, old AS _old_row, new AS _new_row,
+                            RETURNING id AS _key,
                                       to_jsonb(old) AS _old_json, to_jsonb(new) AS _new_json,
                                       array_remove(ARRAY[CASE WHEN old.deleted_at IS DISTINCT FROM new.deleted_at THEN 'deleted_at' END,
                                                          CASE WHEN old.deleted_by IS DISTINCT FROM new.deleted_by THEN 'deleted_by' END,

@@ -720,7 +720,7 @@ BEGIN
                             UPDATE ops.ticket
                             SET state = 'escalated'
                             WHERE id > _last AND id <= _upto AND ((priority > escalate_tickets.min_priority) AND deleted_at IS NULL)
-                            RETURNING id AS _key, old AS _old_row, new AS _new_row,
+                            RETURNING id AS _key,
                                       to_jsonb(old) AS _old_json, to_jsonb(new) AS _new_json,
                                       array_remove(ARRAY[CASE WHEN old.code IS DISTINCT FROM new.code THEN 'code' END,
                                                          CASE WHEN old.deleted_at IS DISTINCT FROM new.deleted_at THEN 'deleted_at' END,
@@ -831,7 +831,7 @@ BEGIN
                                     UPDATE ops.ticket
                                     SET state = 'escalated'
                                     WHERE id = ANY(_keys) AND ((priority > escalate_tickets.min_priority) AND deleted_at IS NULL)
-                                    RETURNING id AS _key, old AS _old_row, new AS _new_row,
+                                    RETURNING id AS _key,
                                               to_jsonb(old) AS _old_json, to_jsonb(new) AS _new_json,
                                               array_remove(ARRAY[CASE WHEN old.code IS DISTINCT FROM new.code THEN 'code' END,
                                                                  CASE WHEN old.deleted_at IS DISTINCT FROM new.deleted_at THEN 'deleted_at' END,
@@ -939,7 +939,7 @@ BEGIN
                             UPDATE ops.ticket
                             SET state = 'escalated'
                             WHERE id = ANY(_keys) AND ((priority > escalate_tickets.min_priority) AND deleted_at IS NULL)
-                            RETURNING id AS _key, old AS _old_row, new AS _new_row,
+                            RETURNING id AS _key,
                                       to_jsonb(old) AS _old_json, to_jsonb(new) AS _new_json,
                                       array_remove(ARRAY[CASE WHEN old.code IS DISTINCT FROM new.code THEN 'code' END,
                                                          CASE WHEN old.deleted_at IS DISTINCT FROM new.deleted_at THEN 'deleted_at' END,
