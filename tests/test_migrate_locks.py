@@ -39,8 +39,15 @@ def applied_busy_table(root: Path, url: str) -> Path:
 
 def start_migrate(root: Path, url: str, *options: str) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k not in ("PGAPPNAME", "SPECQL_LOCK_WAIT", "SPECQL_LOCK_TIMEOUT")}
-    return subprocess.Popen([str(SPECQL), "migrate", str(root), "--database-url", url, *options],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    # The child takes SIGINT as a run started at a terminal does. A shell starts a background
+    # job (e.g. a CI script run with `&`) with SIGINT ignored, which every exec'd descendant
+    # inherits and Python then keeps; a handler installed here is reset to the default by exec.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen([str(SPECQL), "migrate", str(root), "--database-url", url, *options],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def wait_until(check, what: str, proc: subprocess.Popen | None = None, timeout: float = 30):
