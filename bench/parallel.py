@@ -88,16 +88,19 @@ class CpuWatch:
         self.quiet_wait, self.max_other, self.tries = opts.quiet_wait, opts.max_other, opts.tries
         self.postmaster = int(admin.execute("SELECT pg_read_file('postmaster.pid')").fetchone()[0].split()[0])
 
-    def children(self) -> int:
-        """The server's processes besides the postmaster (backends, background processes)."""
-        n = 0
+    @staticmethod
+    def _processes():
+        """(pid, the fields of /proc/<pid>/stat after the command name) of every process."""
         for pid in os.listdir("/proc"):
             if pid.isdigit():
                 try:
-                    n += int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) == self.postmaster
-                except (OSError, IndexError, ValueError):
-                    pass
-        return n
+                    yield int(pid), Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    pass  # gone meanwhile
+
+    def children(self) -> int:
+        """The server's processes besides the postmaster (backends, background processes)."""
+        return sum(int(fields[1]) == self.postmaster for _pid, fields in self._processes())
 
     def settled(self, children: int) -> None:
         """Wait (up to 2 s) until the side's backends have exited and the postmaster reaped them
@@ -108,14 +111,8 @@ class CpuWatch:
 
     def _server(self) -> int:
         total = 0
-        for pid in os.listdir("/proc"):
-            if not pid.isdigit():
-                continue
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(pid) == self.postmaster:
+        for pid, fields in self._processes():
+            if pid == self.postmaster:
                 total += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
             elif int(fields[1]) == self.postmaster:
                 total += int(fields[11]) + int(fields[12])
