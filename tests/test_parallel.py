@@ -356,13 +356,24 @@ TALLY = """\
 """
 
 
-def test_a_resumed_parallel_runs_failed_batch_counts_once_as_in_the_routine(database_url_any, tmp_path):
-    # The batch that stops a run (stop_on_error) changed nothing, so a resume applies it
-    # again: its failed records were counted in the chunk and the run, and a resume must not
-    # add them a second time (its error row stays, as the routine's does). The same steps through the routine (CALL
+# `last`: the third run, after the bad rows are mended. With stop_on_error it completes; with
+# max_errors 0 the run's two error rows still count, so it stops again after the batch it
+# applied again, as the routine does (150 records processed, none failed). Before the max_errors
+# case was fixed, its second run skipped the failed batch (150 processed, the routine 100).
+@pytest.mark.parametrize("errors, last", [
+    ("error_handling: stop_on_error", ("completed_with_errors", 600, 600, 0, 2)),
+    ("error_handling: continue_on_error\n        max_errors: 0", ("failed", 600, 150, 0, 2)),
+])
+def test_a_resumed_parallel_runs_failed_batch_counts_once_as_in_the_routine(database_url_any, tmp_path, errors,
+                                                                            last):
+    # The batch that stops a run (stop_on_error, or max_errors reached by a batch that went on
+    # with continue_on_error) changed nothing, so a resume applies it again: its failed records
+    # were counted in the chunk and the run, and a resume must not add them a second time (its
+    # error row stays, as the routine's does). The same steps through the routine (CALL
     # bump_tally, then resume => id) give the counts to match.
     url = database_url_any
-    generate_and_apply(url, write_entities(tmp_path / "entities", tally=TALLY), tmp_path / "out")
+    tally = TALLY.replace("error_handling: stop_on_error", errors)
+    generate_and_apply(url, write_entities(tmp_path / "entities", tally=tally), tmp_path / "out")
     with connect(url) as admin:
         admin.execute("INSERT INTO tally SELECT g, 0 FROM generate_series(1, 600) g")
         admin.execute("ALTER TABLE tally ADD CHECK (n < 5)")
@@ -395,13 +406,13 @@ def test_a_resumed_parallel_runs_failed_batch_counts_once_as_in_the_routine(data
         # failed, total, processed, failed_records, error_count: batch 3's 50 records counted once
         assert by_workers[0][:5] == ("failed", 600, 100, 50, 1)
         assert by_workers[1][:5] == ("failed", 600, 100, 50, 2)  # a second error row, its records once
-        assert by_workers[2][:5] == ("completed_with_errors", 600, 600, 0, 2)
-        assert by_workers[3] == (600, 600)
+        assert by_workers[2][:5] == last
+        assert by_workers[3] == (last[2], 600)
         assert admin.execute("SELECT sum(failed_records) FROM specql.batch_operation_chunks").fetchone()[0] == 0
         by_routine = stages(routine, routine)
         # (the routine's total_records grows as it walks: not compared)
         assert [(s[0],) + s[2:5] for s in by_routine[:3]] == [(s[0],) + s[2:5] for s in by_workers[:3]]
-        assert by_routine[3] == (600, 600)
+        assert by_routine[3] == (last[2], 600)
 
 
 @pytest.mark.parametrize("rows", [0, 1, 299, 300, 301, 599, 600, 601, 1000])

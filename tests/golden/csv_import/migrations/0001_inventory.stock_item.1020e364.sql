@@ -1835,7 +1835,9 @@ BEGIN
                     'error_count', _result.error_count, 'batch_size', _batch_size);
             END IF;
             IF _stop = 'failed' AND _batch_processed = 0 THEN
-                _retry_batch := true;  -- the batch changed nothing: a resume applies it again
+                -- The batch that stops the run (stop_on_error, max_errors) changed nothing: a
+                -- resume applies it again, as the routine's does.
+                _retry_batch := true;
             END IF;
             IF _stop IS NULL THEN
                 -- Between batches: a cancel, another worker's stop, the timeout.

@@ -651,7 +651,9 @@ BEGIN
                     'error_count', _result.error_count, 'batch_size', _batch_size);
             END IF;
             IF _stop = 'failed' AND _batch_processed = 0 THEN
-                _retry_batch := true;  -- the batch changed nothing: a resume applies it again
+                -- The batch that stops the run (stop_on_error, max_errors) changed nothing: a
+                -- resume applies it again, as the routine's does.
+                _retry_batch := true;
             END IF;
             IF _result.error_count > 5 THEN
                 _worker_stopped := true;  -- max_errors_per_worker: this worker stops, the others go on
@@ -2045,11 +2047,13 @@ BEGIN
                     'processed_records', _result.processed_records, 'failed_records', _result.failed_records,
                     'error_count', _result.error_count, 'batch_size', _batch_size);
             END IF;
-            IF _stop = 'failed' AND _batch_processed = 0 THEN
-                _retry_batch := true;  -- the batch changed nothing: a resume applies it again
-            END IF;
             IF _run_errors + _result.error_count - _errors_before > 100 THEN
                 _stop := 'failed';  -- max_errors of the run exceeded: every worker stops
+            END IF;
+            IF _stop = 'failed' AND _batch_processed = 0 THEN
+                -- The batch that stops the run (stop_on_error, max_errors) changed nothing: a
+                -- resume applies it again, as the routine's does.
+                _retry_batch := true;
             END IF;
             IF _stop IS NULL THEN
                 -- Between batches: a cancel, another worker's stop, the timeout.
