@@ -24,11 +24,9 @@ their ratio, the peak private memory (RssAnon) of the server's backends and of t
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -37,6 +35,7 @@ sys.path.insert(0, str(HERE.parent))
 
 import psycopg  # noqa: E402
 
+from peakmem import PeakMemory  # noqa: E402  bench/peakmem.py: polled by a process of its own
 from specql.csvimport import run_csv  # noqa: E402
 from specql.database import embedded_server, throwaway_database  # noqa: E402
 from specql.generate import generate, load_project  # noqa: E402
@@ -93,49 +92,6 @@ def write_csv(path: Path, n: int) -> None:
                 fh.write("".join(buf))
                 buf = []
         fh.write("".join(buf))
-
-
-class PeakMemory:
-    """Peak RssAnon (kB) of every backend of one database, and of this process, every 10 ms."""
-
-    def __init__(self, dbname: str):
-        self.dbname = dbname
-        self.backend = self.client = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    @staticmethod
-    def _anon(pid: str) -> int:
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("RssAnon:"):
-                    return int(line.split()[1])
-        except OSError:
-            pass
-        return 0
-
-    def _run(self) -> None:
-        me = str(os.getpid())
-        while not self._stop.is_set():
-            for pid in os.listdir("/proc"):
-                if not pid.isdigit():
-                    continue
-                try:
-                    cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-                except OSError:
-                    continue
-                if cmd.startswith(b"postgres: ") and f" {self.dbname} ".encode() in cmd:
-                    self.backend = max(self.backend, self._anon(pid))
-            self.client = max(self.client, self._anon(me))
-            time.sleep(0.01)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
 
 
 def fresh_target(url: str) -> None:
