@@ -479,3 +479,68 @@ def test_key_range_batches_stay_in_their_chunk_also_a_failed_one(database_url_an
         assert admin.execute("SELECT processed_records + failed_records FROM specql.batch_operation_chunks "
                              "WHERE operation_id = %s ORDER BY chunk_number", (op_id,)).fetchall() == [
             (300,), (284,), (284,), (300,), (300,), (215,)]
+
+
+def _same_stages(url, admin, bad, marks=(True, True, False)):
+    """The same stages through workers and through the routine (a commit_per_batch procedure):
+    a first run and two resumes, with `bad(on)` planting or mending failing rows before each
+    (marks). Each side: per stage the run row (status, processed, failed, error_count,
+    batch_count; its total_records is the routine's as it walks, not compared) or None once
+    the run has ended, then the tally's (n = 1, n = 0) counts and the run's error rows per
+    batch (count, failing records)."""
+
+    def parallel(op_id):
+        if op_id is None:
+            op_id = admin.execute("SELECT public.bump_tally_start()").fetchone()[0]
+        worker = Worker(url, "bump_tally", op_id, resume=True).join()
+        assert worker.error is None, worker.error
+        return op_id
+
+    def routine(op_id):
+        result = admin.execute("CALL public.bump_tally(resume => %s)", (op_id,)).fetchone()[0]
+        return admin.execute("SELECT (%s::specql.batch_operation_result).operation_id", (result,)).fetchone()[0]
+
+    def stages(step) -> list:
+        admin.execute("UPDATE tally SET n = 0")
+        seen, op_id = [], None
+        for mark in marks:
+            bad(mark)
+            if op_id is not None and _run(admin, op_id)[0].startswith("completed"):
+                seen.append(None)
+                continue
+            op_id = step(op_id)
+            status, _total, *counts = _run(admin, op_id)
+            seen.append((status, *counts))
+        seen.append(admin.execute("SELECT count(*) FILTER (WHERE n = 1), count(*) FILTER (WHERE n = 0) "
+                                  "FROM tally").fetchone())
+        seen.append(admin.execute("SELECT count(*), sum(jsonb_array_length(failed_records)) "
+                                  "FROM specql.batch_operation_errors WHERE operation_id = %s", (op_id,)).fetchone())
+        return seen
+
+    return stages(parallel), stages(routine)
+
+
+def test_collect_errors_stops_at_the_runs_max_errors_inside_a_resumed_batch_as_the_routine(database_url_any,
+                                                                                          tmp_path):
+    # collect_errors isolates a failed batch's records one by one and stops at the first error
+    # past max_errors. The routine counts the run's errors (a resume starts from the run's); a
+    # worker must too, not its own: else a resumed worker, its own count at 0, goes on through
+    # the batch, applying records after the run's limit was passed (and logging their errors).
+    # max_errors 3, failing rows 110..112 (batch 3: 3 errors, within the limit), 400 (batch 8:
+    # the 4th error stops the run; 351..399 applied), 401, 402 (batch 9, first records).
+    url = database_url_any
+    tally = TALLY.replace("error_handling: stop_on_error", "error_handling: collect_errors\n        max_errors: 3")
+    generate_and_apply(url, write_entities(tmp_path / "entities", tally=tally), tmp_path / "out")
+    with connect(url) as admin:
+        admin.execute("INSERT INTO tally SELECT g, 0 FROM generate_series(1, 600) g")
+        admin.execute("ALTER TABLE tally ADD CHECK (n < 5)")
+
+        def bad(on: bool) -> None:
+            admin.execute("UPDATE tally SET n = %s WHERE id IN (110, 111, 112, 400, 401, 402)", (4 if on else 0,))
+
+        by_workers, by_routine = _same_stages(url, admin, bad)
+        # 1st: 347 + 49 applied, 4 errors. 2nd: batch 9's first record is the 5th error: it stops
+        # there, nothing applied (the batch is tried again). 3rd (mended): batch 9 again, all 50
+        # applied; the run's 5 errors are still past 3: stopped after it.
+        assert by_routine[:3] == [("failed", 396, 4, 4, 8), ("failed", 396, 5, 5, 9), ("failed", 446, 4, 5, 10)]
+        assert by_workers == by_routine
