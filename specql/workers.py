@@ -90,7 +90,8 @@ def _worker(url: str, op: Operation, operation_id: str, resume: bool, tally: _Ta
             row = dict(zip([c.name for c in cur.description], cur.fetchone()))
             outcomes[index] = {"worker": number["worker"], "status": row["status"],
                                "processed_records": row["processed_records"], "failed_records": row["failed_records"],
-                               "error_count": row["error_count"], "batch_count": row["batch_count"]}
+                               "error_count": row["error_count"], "batch_count": row["batch_count"],
+                               "skipped_records": row["skipped_records"]}
     except psycopg.Error as exc:
         outcomes[index] = {"worker": number["worker"], "status": "error", "error": _one_line(exc)}
 
@@ -140,6 +141,9 @@ def run_parallel(url: str, op: Operation, bound: list[Bound], *, workers: int, c
     if failures and result.get("status") == "running":
         raise RunError(f"a worker failed: {failures[0]} (the run {operation_id} can be resumed with --resume)")
     result["workers"] = [o for o in outcomes if o is not None]
+    # skipped_records (ignore_conflicts) is not in the run row: this call's workers' sum, as
+    # the routine counts its own call's (a resume's part only).
+    result["skipped_records"] = sum(o.get("skipped_records") or 0 for o in result["workers"])
     return result
 
 

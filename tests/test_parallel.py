@@ -18,7 +18,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from helpers import connect, generate_and_apply, write_entities
+from helpers import call, connect, generate_and_apply, write_entities
 from specql.harness_parallel import Worker as HarnessWorker
 from specql.harness_parallel import wait_at_gate as _wait_at_gate
 
@@ -544,3 +544,46 @@ def test_collect_errors_stops_at_the_runs_max_errors_inside_a_resumed_batch_as_t
         # applied; the run's 5 errors are still past 3: stopped after it.
         assert by_routine[:3] == [("failed", 396, 4, 4, 8), ("failed", 396, 5, 5, 9), ("failed", 446, 4, 5, 10)]
         assert by_workers == by_routine
+
+
+def test_ignore_conflicts_skipped_records_count_in_workers_as_in_the_routine(database_url_any, tmp_path):
+    # ignore_conflicts counts the records a unique conflict skipped in skipped_records (README:
+    # 0 for every other routine, a resumed call counts its own part): each worker counts its
+    # own, and `specql run --workers` adds up its workers', as `specql run` gives the routine's.
+    # 40 readings, 7 already in the table (10..14, 21, 33), 2 failing the CHECK (3, 17).
+    url = database_url_any
+    reading = READING.replace("max_errors_per_worker: 2", "ignore_conflicts: true")
+    entities = write_entities(tmp_path / "entities", reading=reading)
+    generate_and_apply(url, entities, tmp_path / "out")
+    readings = [{"id": i, "value": -1 if i in (3, 17) else i} for i in range(40)]
+    source = tmp_path / "readings.json"
+    source.write_text(json.dumps(readings))
+    specql = [str(Path(sys.executable).parent / "specql"), "run", "import_readings", str(entities),
+              "--database-url", url, "--param", f"readings=@{source}", "--format", "json"]
+    with connect(url) as admin:
+        admin.execute("ALTER TABLE reading ADD CHECK (value >= 0)")
+
+        def fresh() -> None:
+            admin.execute("DELETE FROM reading")
+            admin.execute("INSERT INTO reading SELECT g, 100 FROM generate_series(10, 14) g UNION ALL VALUES (21, 100), (33, 100)")
+
+        fresh()
+        routine = call(admin, "public.import_readings", readings=json.dumps(readings))
+        assert [routine[f] for f in ("processed_records", "failed_records", "skipped_records")] == [31, 2, 7]
+        fresh()
+        op_id = admin.execute("SELECT public.import_readings_start(readings => %s)", (json.dumps(readings),)).fetchone()[0]
+        workers = [Worker(url, "import_readings", op_id) for _ in range(2)]
+        for w in workers:
+            w.join()
+            assert w.error is None
+        assert sum(w.result["processed_records"] for w in workers) == routine["processed_records"]
+        assert all(w.result["skipped_records"] is not None for w in workers)
+        assert sum(w.result["skipped_records"] for w in workers) == routine["skipped_records"]
+        fresh()
+        by_routine = json.loads(subprocess.run(specql, capture_output=True, text=True).stdout)
+        fresh()
+        out = subprocess.run(specql + ["--workers", "2"], capture_output=True, text=True)
+        by_workers = json.loads(out.stdout)
+        fields = ("status", "total_records", "processed_records", "failed_records", "error_count", "skipped_records")
+        assert [by_workers.get(f) for f in fields] == [by_routine[f] for f in fields], out.stderr
+        assert by_routine["skipped_records"] == 7
