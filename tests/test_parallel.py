@@ -587,3 +587,58 @@ def test_ignore_conflicts_skipped_records_count_in_workers_as_in_the_routine(dat
         fields = ("status", "total_records", "processed_records", "failed_records", "error_count", "skipped_records")
         assert [by_workers.get(f) for f in fields] == [by_routine[f] for f in fields], out.stderr
         assert by_routine["skipped_records"] == 7
+
+
+def test_a_csv_workers_rejects_stop_at_the_runs_max_errors_as_the_routines(database_url_any, tmp_path):
+    # skip_invalid_rows with max_errors: a batch whose insert fails is taken record by record,
+    # each rejected one logged, and the run stops at the first error past max_errors (2). A
+    # worker must count the run's errors there, not its own: else its resume, its own count at
+    # 0, logs rejected records past the limit (41, 42, 43 here) where the routine stops at the
+    # first. Staged with SQL (the psql path): 130 records, 5, 9, 41, 42, 43 without a title
+    # (NOT NULL at insert). The same stages as the routine (CALL ... resume => id): stopped at
+    # record 41 (the 3rd error), resumed while still bad (stops at 41 again), then mended.
+    url = database_url_any
+    gadget = GADGET.replace("skip_invalid_rows: true",
+                            "skip_invalid_rows: true\n        max_errors: 2\n        transaction: commit_per_batch")
+    generate_and_apply(url, write_entities(tmp_path / "entities", gadget=gadget), tmp_path / "out")
+    bad = [5, 9, 41, 42, 43]
+    with connect(url) as admin:
+        def stages(step) -> list:
+            admin.execute("DELETE FROM gadget")
+            staging_id = admin.execute("SELECT gen_random_uuid()").fetchone()[0]
+            admin.execute("INSERT INTO public.import_gadgets_staging (_staging_id, _record, sku, title) "
+                          "SELECT %s, g, 'S' || g, CASE WHEN g = ANY(%s) THEN NULL ELSE 'T' || g END "
+                          "FROM generate_series(1, 130) g", (staging_id, bad))
+            seen, op_id = [], None
+            for mend in (False, False, True):
+                if mend:
+                    admin.execute("UPDATE public.import_gadgets_staging SET title = 'mended' "
+                                  "WHERE _staging_id = %s AND title IS NULL", (staging_id,))
+                op_id = step(staging_id, op_id)
+                status, _total, processed, _failed, errors, _batches = _run(admin, op_id)
+                seen.append((status, processed, errors))
+            seen.append(admin.execute("SELECT count(*), count(*) FILTER (WHERE title = 'mended') FROM gadget").fetchone())
+            seen.append(admin.execute("SELECT failed_records -> 'record' ->> 'sku' FROM specql.batch_operation_errors "
+                                      "WHERE operation_id = %s ORDER BY id", (op_id,)).fetchall())
+            return seen
+
+        def parallel(staging_id, op_id):
+            if op_id is None:
+                op_id = admin.execute("SELECT public.import_gadgets_start(staging_id => %s)", (staging_id,)).fetchone()[0]
+            worker = Worker(url, "import_gadgets", op_id, resume=True).join()
+            assert worker.error is None, worker.error
+            return op_id
+
+        def routine(staging_id, op_id):
+            result = admin.execute("CALL public.import_gadgets(staging_id => %s, resume => %s)",
+                                   (staging_id, op_id)).fetchone()[0]
+            return admin.execute("SELECT (%s::specql.batch_operation_result).operation_id", (result,)).fetchone()[0]
+
+        by_workers, by_routine = stages(parallel), stages(routine)
+        # 1st: 18 + 20 applied, stopped at 41 (3 errors). 2nd: 41 again, the 4th error: stops.
+        # 3rd: mended, 41's batch applied (the workers' batch ends at its chunk's end, record 50;
+        # the routine's at 60): the run's 4 errors are past 2, so it stops after that batch.
+        assert by_workers[:2] == by_routine[:2] == [("failed", 38, 3), ("failed", 38, 4)]
+        assert by_workers[2] == ("failed", 48, 4) and by_routine[2] == ("failed", 58, 4)
+        assert by_workers[4] == by_routine[4] == [("S5",), ("S9",), ("S41",), ("S41",)]
+        assert by_workers[3] == (48, 3) and by_routine[3] == (58, 3)
