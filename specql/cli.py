@@ -251,12 +251,13 @@ def run_operation(operation: str, paths: tuple[str, ...], database_url: str | No
     except RunError as exc:
         click.echo(f"specql run: {exc}", err=True)
         sys.exit(1)
+    abandoned = result.pop("load_abandoned", False)  # --csv: a load that cannot be resumed, removed
     show_result({k: v for k, v in result.items() if k != "workers" or fmt == "json"}, fmt)
     if workers > 1 and fmt == "text":
         from .workers import worker_lines
         for line in worker_lines(result):
             click.echo(line, err=True)
-    if result.get("status") == "cancelled" and op.is_procedure:
+    if result.get("status") == "cancelled" and op.is_procedure and not abandoned:
         click.echo(f"cancelled: resume with `specql run {op.name} --resume {result['operation_id']}` "
                    f"and the same parameters", err=True)
     sys.exit(0 if result.get("status") == "completed" else 1)

@@ -19,9 +19,12 @@ from __future__ import annotations
 import gzip
 import json
 import operator
+import os
 import queue
+import signal
 import sys
 import threading
+import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -309,7 +312,12 @@ def _quote(value: str) -> str:
 class Staged:
     staging_id: str
     records: int = 0
+    committed: int = 0  # of them, in committed chunks (copy_streamed)
     rejected: Counter = field(default_factory=Counter)  # kind -> records staged as rejected
+
+
+class Abandoned(Exception):
+    """The load was abandoned (a second Ctrl-C while the rest of the file was staged)."""
 
 
 def stage_file(conn: psycopg.Connection, op, path: Path, *, staging_id: str | None = None) -> Staged:
@@ -335,6 +343,7 @@ class FileLoad:
         self.path = path
         self.staged = Staged(staging_id or str(uuid.uuid4()))
         self.pieces: Iterator[tuple[str, int]] | None = None  # what copy sends, COPY_CHUNK at a time
+        self.abandon = threading.Event()  # set: copy stops before its next piece (_stage_and_run)
 
     def __enter__(self) -> "FileLoad":
         csv, path = self.csv, self.path
@@ -467,12 +476,24 @@ class FileLoad:
         sent = 0
         with cur.copy(self.copy_sql, writer=writer) as copy:
             for text, count in self.pieces:
+                if self.abandon.is_set():
+                    raise Abandoned  # this COPY ends with CopyFail: its rows are rolled back
                 copy.write(text)
                 self.staged.records += count
                 sent += len(text)
                 if limit is not None and sent >= limit:
                     return True
         return False
+
+    def read_fraction(self) -> float | None:
+        """About how much of the file has been read (the compressed bytes of a gzip file), for
+        a progress line; None when it cannot tell."""
+        try:
+            raw = self.stream.fileobj if isinstance(self.stream, gzip.GzipFile) else self.stream
+            size = os.fstat(raw.fileno()).st_size
+            return min(raw.tell() / size, 1.0) if size else None
+        except (OSError, ValueError, AttributeError):
+            return None
 
     def open_marker(self, conn: psycopg.Connection) -> None:
         """Mark the load as being staged by this connection's backend (committed): a routine
@@ -490,7 +511,9 @@ class FileLoad:
         self.pieces = _read_ahead(self.pieces or self._pieces(), 2)
         limit = COPY_CHUNK
         while self.copy(conn, limit):
+            self.staged.committed = self.staged.records
             limit = min(limit * 2, STREAM_CHUNK)
+        self.staged.committed = self.staged.records
         conn.execute(sql.SQL("DELETE FROM {} WHERE _staging_id = %s AND _record = 0").format(self.target),
                      (self.staged.staging_id,))
 
@@ -631,19 +654,34 @@ def drop_staged(conn: psycopg.Connection, op, staging_id: str, table: str | None
 # --------------------------------------------------------------------------- `specql run --csv`
 
 
+def _incomplete(conn: psycopg.Connection, op, staging_id: str) -> int | None:
+    """The staged rows of a load that still has its marker row (its staging never reached the
+    end of the file); None for a whole load."""
+    marked, rows = conn.execute(sql.SQL(
+        "SELECT count(*) FILTER (WHERE _record = 0), count(*) FILTER (WHERE _record > 0) FROM {} "
+        "WHERE _staging_id = %s").format(sql.Identifier(op.schema, op.csv.staging_name)), (staging_id,)).fetchone()
+    return rows if marked else None
+
+
 def _echo_staged(echo: Callable[[str], None], staged: Staged, path: Path) -> None:
     if staged.rejected:
         echo(f"staged {staged.records:,} record(s) from {path}; "
              + ", ".join(f"{n:,} {k}" for k, n in sorted(staged.rejected.items())) + " rejected while reading")
 
 
+# How often the wait for the rest of a load says how far the staging got (seconds).
+STAGING_PROGRESS_EVERY = 10.0
+
+
 def _stage_and_run(url: str, op, path: Path, call: Callable[[str], dict], echo: Callable[[str], None]):
     """Stage the file on a connection of its own, in committed chunks behind the load's
     marker row, while `call(staging_id)` runs the routine, which follows the load as it grows
-    (one pass over the file: staging and importing overlap). Staging goes on to the end of the
-    file whatever the routine does, so a stopped run can be resumed on the whole load. A
-    staging that fails closes its connection: the routine then stops (failed) instead of
-    waiting for rows that will never come."""
+    (one pass over the file: staging and importing overlap). When the routine ends first (a
+    Ctrl-C, a failure), staging goes on to the end of the file, so the stopped run can be
+    resumed on the whole load; a second Ctrl-C abandons the load instead (_await_staging).
+    A staging that fails closes its connection: the routine then stops (failed) instead of
+    waiting for rows that will never come. Returns the staged load, the result and whether
+    the load was abandoned (its staging stopped before the end of the file)."""
     failure: list[BaseException] = []
     with staging_connection(url, op) as stager, FileLoad(op, path) as load:
         load.open_marker(stager)
@@ -659,15 +697,78 @@ def _stage_and_run(url: str, op, path: Path, call: Callable[[str], dict], echo: 
         thread.start()
         try:
             result = call(load.staged.staging_id)
-        finally:
-            thread.join()
+        except BaseException:
+            if _await_staging(op, path, load, stager, thread, None, echo):
+                with staging_connection(url, op) as conn:
+                    rows = _incomplete(conn, op, load.staged.staging_id)
+                    if rows is not None:
+                        drop_staged(conn, op, load.staged.staging_id)
+                        echo(f"abandoned the load after {rows:,} staged record(s) and removed them")
+            raise
+        abandoned = _await_staging(op, path, load, stager, thread, result, echo)
     _echo_staged(echo, load.staged, path)
-    if failure:
+    if failure and not abandoned:
         exc = failure[0]
         raise RunError(f"--csv: staging {path} failed after {load.staged.records:,} record(s): "
                        f"{str(exc).strip() or type(exc).__name__}; the run {result.get('operation_id')} "
                        f"ended {result.get('status')}") from None
-    return load.staged, result
+    return load.staged, result, abandoned
+
+
+def _await_staging(op, path: Path, load: FileLoad, stager: psycopg.Connection, thread: threading.Thread,
+                   result: dict | None, echo: Callable[[str], None]) -> bool:
+    """The routine has ended (`result`; None: its call raised) while the file is still being
+    staged. A commit_per_batch run: say so, and wait for the staging to reach the end of the
+    file (a progress line every STAGING_PROGRESS_EVERY seconds), so the run can be resumed on
+    the whole load; a Ctrl-C meanwhile abandons the load. A run that cannot be resumed (not
+    commit_per_batch, or no run) does not wait: its load is abandoned at once. Whether the
+    load was abandoned."""
+    if not thread.is_alive():
+        return False
+    if not op.is_procedure:
+        _abandon(load, stager, thread, echo)
+        return True
+    if result is None:
+        ended, resume = "stopped", f"`specql run {op.name} --resume ID`, its id in `specql status`"
+    else:
+        run_id = result.get("operation_id")
+        ended, resume = f"{run_id} ended {result.get('status')}", f"`specql run {op.name} --resume {run_id}`"
+    echo(f"the run {ended}; staging the rest of {path} so that it can be resumed ({resume}); press Ctrl-C "
+         f"again to abandon the load (the run then cannot be resumed)")
+    interrupted = threading.Event()
+    handler_set = threading.current_thread() is threading.main_thread() and \
+        signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
+    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set()) if handler_set else None
+    try:
+        next_line = time.monotonic() + STAGING_PROGRESS_EVERY
+        while thread.is_alive():
+            if interrupted.wait(min(max(next_line - time.monotonic(), 0.0), 0.25)):
+                _abandon(load, stager, thread, echo)
+                return True
+            if time.monotonic() >= next_line:
+                fraction = load.read_fraction()
+                echo(f"staged {load.staged.committed:,} record(s) of {path}"
+                     + (f" ({fraction:.0%} of the file read)" if fraction is not None else ""))
+                next_line += STAGING_PROGRESS_EVERY
+        return False
+    finally:
+        if handler_set:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _abandon(load: FileLoad, stager: psycopg.Connection, thread: threading.Thread,
+             echo: Callable[[str], None]) -> None:
+    """Stop the staging: its COPY ends before its next piece (or at once, cancelled, when it
+    waits on the server), its chunk is rolled back and its connection closed, leaving the
+    marker row of a load that will never be whole (templates/sql/csv/streamed.sql.j2)."""
+    load.abandon.set()
+    try:
+        stager.cancel_safe(timeout=5)
+    except Exception:  # noqa: BLE001 - the connection may be closing already; the flag stops the COPY
+        pass
+    thread.join(30)
+    if thread.is_alive():
+        echo("the staging did not stop within 30 s; giving up on it")
 
 
 def run_csv(url: str, op, csv_file: str | None, raw_params: list[str], *, confirm: bool, batch_size: int | None,
@@ -705,7 +806,15 @@ def run_csv(url: str, op, csv_file: str | None, raw_params: list[str], *, confir
             _echo_staged(echo, staged, path)
             result = call(staged.staging_id)
         else:
-            staged, result = _stage_and_run(url, op, path, call, echo)
+            staged, result, abandoned = _stage_and_run(url, op, path, call, echo)
+            rows = _incomplete(conn, op, staged.staging_id) if abandoned else None
+            if rows is not None:
+                # The staging session ended before the last row: the routine refuses a resume
+                # of this load (csv/streamed.sql.j2), so its staged rows go.
+                drop_staged(conn, op, staged.staging_id)
+                result["load_abandoned"] = True
+                echo(f"abandoned the load after {rows:,} staged record(s) and removed them; the run "
+                     f"{result.get('operation_id')} cannot be resumed: import {path} again")
         summary = rejected_summary(conn, result["operation_id"])
         rejected = sum(n for _, n in summary)
         echo(f"imported {result.get('processed_records') or 0:,} record(s), rejected {rejected:,}"
@@ -715,7 +824,7 @@ def run_csv(url: str, op, csv_file: str | None, raw_params: list[str], *, confir
             echo(f"wrote {n:,} rejected record(s) to {rejects}")
         if result.get("status") in ("completed", "completed_with_errors"):
             drop_staged(conn, op, staged.staging_id)
-        else:
+        elif not result.get("load_abandoned"):
             echo(f"the staged rows stay under staging_id {staged.staging_id} for a resume")
         result["staging_id"] = staged.staging_id
         return result

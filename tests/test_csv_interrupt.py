@@ -1,0 +1,186 @@
+"""Ctrl-C during `specql run OP --csv FILE` (issue 12): the first one cancels the routine after
+its batch, and the rest of the file goes on being staged so the run can be resumed on the whole
+load; specql says so at once (and how far the staging got). A second Ctrl-C abandons the load:
+the staging stops at once (its connection closed), the load can no longer be resumed (its
+staging session ended before the last row: templates/sql/csv/streamed.sql.j2), so its staged
+rows are removed; specql says so and exits 1, as for any cancelled run.
+
+Real processes and signals: `specql run` in a subprocess, SIGINT sent to it. The test holds the
+two sessions still where it needs them with real locks: the routine's first INSERT waits on a
+SHARE lock of the target table, and the staging's second chunk on an advisory lock (a trigger on
+the staging table takes it at one record), so the Ctrl-Cs land while the routine runs and while
+the rest of the file is staged.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from helpers import generate_and_apply, write_entities
+from test_csv_streamed import ITEMS, write_items
+
+SPECQL = Path(sys.executable).parent / "specql"
+RECORDS = 100_000  # ~2.4 MB: a first chunk of 1 MB (~44,000 records), then the rest
+HELD_AT = 80_000  # a record of the second chunk: its COPY waits on the advisory lock there
+LOCK_KEY = 4242
+OP = "import_items_resumable"
+
+
+class Run:
+    """`specql run` in a subprocess started with SIGINT at its default (as at a terminal; see
+    tests/test_migrate_locks.py's start_migrate), its stderr collected line by line."""
+
+    def __init__(self, url: str, ents: Path, *args: str):
+        env = {k: v for k, v in os.environ.items() if k != "PGAPPNAME"}
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            self.proc = subprocess.Popen([str(SPECQL), "run", OP, str(ents), "--database-url", url, *args],
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stderr), daemon=True)
+        self.reader.start()
+
+    def wait_for_line(self, text: str, timeout: float = 60) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [line for line in list(self.lines) if text in line]
+            if found:
+                return found[0]
+            assert self.proc.poll() is None or self.reader.is_alive(), f"ended without {text!r}: {self.lines}"
+            assert time.monotonic() < deadline, f"no {text!r} on stderr: {self.lines}"
+            time.sleep(0.05)
+
+    def finish(self, timeout: float) -> tuple[int, str]:
+        code = self.proc.wait(timeout)
+        self.reader.join(10)
+        return code, "".join(self.lines)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def query(url: str, text: str, *args):
+    with psycopg.connect(url, autocommit=True) as conn:
+        return conn.execute(text, args or None).fetchall()
+
+
+def wait_until(check, what: str, run: Run, timeout: float = 60):
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        assert run.proc.poll() is None, f"specql run ended before {what}: {run.lines}"
+        assert time.monotonic() < deadline, f"timed out waiting until {what}: {run.lines}"
+        time.sleep(0.05)
+    return value
+
+
+def waiting(url: str, application: str, event: str) -> bool:
+    return bool(query(url, "SELECT 1 FROM pg_stat_activity WHERE application_name = %s "
+                           "AND wait_event_type = 'Lock' AND wait_event = %s", application, event))
+
+
+@pytest.fixture
+def cancelled_while_staging(database_url_any, tmp_path):
+    """A `specql run --csv` whose routine was cancelled by a Ctrl-C after a few batches of 100
+    records, the rest of the file still being staged (held at record HELD_AT); yields (url,
+    entities, run, operation_id, records the run imported, the advisory lock's session)."""
+    url = database_url_any
+    ents = write_entities(tmp_path / "e", item=ITEMS)
+    generate_and_apply(url, ents, tmp_path / "gen")
+    path = tmp_path / "items.csv"
+    write_items(path, RECORDS)
+    with psycopg.connect(url, autocommit=True) as setup:
+        setup.execute("CREATE FUNCTION st.hold_staging() RETURNS trigger LANGUAGE plpgsql AS "
+                      f"$$BEGIN PERFORM pg_advisory_xact_lock_shared({LOCK_KEY}); RETURN NEW; END$$")
+        setup.execute("CREATE TRIGGER hold_staging BEFORE INSERT ON st.import_items_resumable_staging FOR EACH ROW "
+                      f"WHEN (NEW._record = {HELD_AT}) EXECUTE FUNCTION st.hold_staging()")
+    staging_lock = psycopg.connect(url, autocommit=True)
+    staging_lock.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
+    target_lock = psycopg.connect(url)
+    run = Run(url, ents, "--csv", str(path), "--batch-size", "100")
+    try:
+        # Two batches done (specql run knows the run's id from their progress notices), then
+        # the next one waits; the first chunk's other ~300 batches are still to do.
+        wait_until(lambda: query(url, "SELECT 1 FROM specql.batch_operation_runs WHERE processed_records >= 200"),
+                   "the routine did two batches", run)
+        target_lock.execute("LOCK TABLE st.item IN SHARE MODE")
+        wait_until(lambda: waiting(url, f"specql run {OP}", "relation"), "the routine waits on st.item", run)
+        wait_until(lambda: waiting(url, f"specql run {OP} (staging)", "advisory"),
+                   f"the staging waits at record {HELD_AT}", run)
+        run.proc.send_signal(signal.SIGINT)
+        wait_until(lambda: query(url, "SELECT 1 FROM specql.batch_operation_cancellations"),
+                   "the cancel is asked", run)
+        target_lock.commit()  # the routine ends its batch, then stops (cancelled)
+        line = run.wait_for_line("staging the rest of")
+        operation_id = str(query(url, "SELECT operation_id FROM specql.batch_operation_runs")[0][0])
+        assert f"the run {operation_id} ended cancelled" in line, line
+        assert f"`specql run {OP} --resume {operation_id}`" in line, line
+        assert "Ctrl-C again to abandon the load" in line, line
+        assert run.proc.poll() is None  # waiting for the rest of the file
+        (status, done), = query(url, "SELECT status, processed_records FROM specql.batch_operation_runs")
+        assert status == "cancelled" and 200 <= done < HELD_AT and done % 100 == 0, (status, done)
+        assert query(url, "SELECT count(*), count(DISTINCT id) FROM st.item") == [(done, done)]
+        yield url, ents, run, operation_id, done, staging_lock
+    finally:
+        run.kill()
+        target_lock.close()
+        staging_lock.close()
+
+
+def test_first_ctrl_c_stages_the_rest_and_the_run_resumes(cancelled_while_staging):
+    url, ents, run, operation_id, done, staging_lock = cancelled_while_staging
+    staging_lock.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))  # the staging goes on to the end
+    code, err = run.finish(120)
+    assert code == 1, err
+    assert f"cancelled: resume with `specql run {OP} --resume {operation_id}`" in err, err
+    assert "abandoned the load" not in err, err
+    assert query(url, "SELECT status, processed_records FROM specql.batch_operation_runs") == [("cancelled", done)]
+    # the whole load staged, its marker gone: the resume imports the rest, every record once
+    assert query(url, "SELECT count(*), count(*) FILTER (WHERE _record = 0), max(_record) "
+                      "FROM st.import_items_resumable_staging") == [(RECORDS, 0, RECORDS)]
+    resumed = subprocess.run([str(SPECQL), "run", OP, str(ents), "--database-url", url, "--resume", operation_id],
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert query(url, "SELECT count(*), count(DISTINCT id), sum(n) FROM st.item") == [
+        (RECORDS, RECORDS, sum(range(1, RECORDS + 1)) - 51)]
+    assert query(url, "SELECT count(*) FROM st.import_items_resumable_staging") == [(0,)]
+
+
+def test_second_ctrl_c_abandons_the_load(cancelled_while_staging):
+    url, ents, run, operation_id, done, staging_lock = cancelled_while_staging
+    staged = query(url, "SELECT count(*) FROM st.import_items_resumable_staging WHERE _record > 0")[0][0]
+    assert 0 < staged < HELD_AT  # the first chunk only; the second waits at record HELD_AT
+    started = time.monotonic()
+    run.proc.send_signal(signal.SIGINT)
+    code, err = run.finish(60)  # the staging waits on a lock: it is stopped, not waited for
+    took = time.monotonic() - started
+    assert code == 1, err
+    assert took < 15, (took, err)
+    assert f"abandoned the load after {staged:,} staged record(s) and removed them; the run {operation_id} " \
+           f"cannot be resumed" in err, err
+    assert "resume with" not in err, err
+    deadline = time.monotonic() + 10  # a closed session's backend ends soon after
+    while query(url, "SELECT 1 FROM pg_stat_activity WHERE application_name LIKE 'specql run%'"):
+        assert time.monotonic() < deadline, "a specql run backend stays"
+        time.sleep(0.05)
+    # the run as the routine left it; the load is gone, marker and all
+    assert query(url, "SELECT status, processed_records FROM specql.batch_operation_runs") == [("cancelled", done)]
+    assert query(url, "SELECT count(*) FROM st.import_items_resumable_staging") == [(0,)]
+    assert query(url, "SELECT count(*), count(DISTINCT id) FROM st.item") == [(done, done)]
+    resumed = subprocess.run([str(SPECQL), "run", OP, str(ents), "--database-url", url, "--resume", operation_id],
+                             capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 1
+    assert f"cannot resume run {operation_id}" in resumed.stderr, resumed.stderr
+    assert query(url, "SELECT count(*) FROM st.item") == [(done,)]
