@@ -596,7 +596,9 @@ def test_a_csv_workers_rejects_stop_at_the_runs_max_errors_as_the_routines(datab
     # 0, logs rejected records past the limit (41, 42, 43 here) where the routine stops at the
     # first. Staged with SQL (the psql path): 130 records, 5, 9, 41, 42, 43 without a title
     # (NOT NULL at insert). The same stages as the routine (CALL ... resume => id): stopped at
-    # record 41 (the 3rd error), resumed while still bad (stops at 41 again), then mended.
+    # record 41 (the 3rd error), resumed while still bad (stops at 41 again), then mended. The
+    # batch that stopped at 41 changed nothing, so a resume applies it again: its rejected
+    # record counts once in failed_records, as a failed batch's records do.
     url = database_url_any
     gadget = GADGET.replace("skip_invalid_rows: true",
                             "skip_invalid_rows: true\n        max_errors: 2\n        transaction: commit_per_batch")
@@ -615,8 +617,8 @@ def test_a_csv_workers_rejects_stop_at_the_runs_max_errors_as_the_routines(datab
                     admin.execute("UPDATE public.import_gadgets_staging SET title = 'mended' "
                                   "WHERE _staging_id = %s AND title IS NULL", (staging_id,))
                 op_id = step(staging_id, op_id)
-                status, _total, processed, _failed, errors, _batches = _run(admin, op_id)
-                seen.append((status, processed, errors))
+                status, _total, processed, failed, errors, _batches = _run(admin, op_id)
+                seen.append((status, processed, failed, errors))
             seen.append(admin.execute("SELECT count(*), count(*) FILTER (WHERE title = 'mended') FROM gadget").fetchone())
             seen.append(admin.execute("SELECT failed_records -> 'record' ->> 'sku' FROM specql.batch_operation_errors "
                                       "WHERE operation_id = %s ORDER BY id", (op_id,)).fetchall())
@@ -635,10 +637,11 @@ def test_a_csv_workers_rejects_stop_at_the_runs_max_errors_as_the_routines(datab
             return admin.execute("SELECT (%s::specql.batch_operation_result).operation_id", (result,)).fetchone()[0]
 
         by_workers, by_routine = stages(parallel), stages(routine)
-        # 1st: 18 + 20 applied, stopped at 41 (3 errors). 2nd: 41 again, the 4th error: stops.
-        # 3rd: mended, 41's batch applied (the workers' batch ends at its chunk's end, record 50;
-        # the routine's at 60): the run's 4 errors are past 2, so it stops after that batch.
-        assert by_workers[:2] == by_routine[:2] == [("failed", 38, 3), ("failed", 38, 4)]
-        assert by_workers[2] == ("failed", 48, 4) and by_routine[2] == ("failed", 58, 4)
+        # 1st: 18 + 20 applied, stopped at 41 (3 errors). 2nd: 41 again, the 4th error: stops;
+        # 41 counts once in failed_records (the routine counted it twice: 4). 3rd: mended, 41's
+        # batch applied (the workers' batch ends at its chunk's end, record 50; the routine's at
+        # 60), 5 and 9 failed; the run's 4 errors are past 2, so it stops after that batch.
+        assert by_workers[:2] == by_routine[:2] == [("failed", 38, 3, 3), ("failed", 38, 3, 4)]
+        assert by_workers[2] == ("failed", 48, 2, 4) and by_routine[2] == ("failed", 58, 2, 4)
         assert by_workers[4] == by_routine[4] == [("S5",), ("S9",), ("S41",), ("S41",)]
         assert by_workers[3] == (48, 3) and by_routine[3] == (58, 3)
