@@ -146,7 +146,11 @@ def test_first_ctrl_c_stages_the_rest_and_the_run_resumes(cancelled_while_stagin
     assert code == 1, err
     assert f"cancelled: resume with `specql run {OP} --resume {operation_id}`" in err, err
     assert "abandoned the load" not in err, err
-    assert query(url, "SELECT status, processed_records FROM specql.batch_operation_runs") == [("cancelled", done)]
+    # The stopped run's total_records: the rows staged when it stopped (the first chunk), fewer
+    # than the load has now.
+    (status, processed, seen), = query(url, "SELECT status, processed_records, total_records "
+                                            "FROM specql.batch_operation_runs")
+    assert (status, processed) == ("cancelled", done) and done <= seen < HELD_AT, (status, processed, seen)
     # the whole load staged, its marker gone: the resume imports the rest, every record once
     assert query(url, "SELECT count(*), count(*) FILTER (WHERE _record = 0), max(_record) "
                       "FROM st.import_items_resumable_staging") == [(RECORDS, 0, RECORDS)]
@@ -156,6 +160,9 @@ def test_first_ctrl_c_stages_the_rest_and_the_run_resumes(cancelled_while_stagin
     assert query(url, "SELECT count(*), count(DISTINCT id), sum(n) FROM st.item") == [
         (RECORDS, RECORDS, sum(range(1, RECORDS + 1)) - 51)]
     assert query(url, "SELECT count(*) FROM st.import_items_resumable_staging") == [(0,)]
+    # the resumed run counts the whole load, not the rows staged when it stopped
+    assert query(url, "SELECT status, total_records, processed_records, failed_records "
+                      "FROM specql.batch_operation_runs") == [("completed", RECORDS, RECORDS, 0)]
 
 
 def test_second_ctrl_c_abandons_the_load(cancelled_while_staging):

@@ -181,8 +181,11 @@ def test_a_staging_session_that_dies_stops_the_run(items, tmp_path, monkeypatch)
     stager.close()
     bound = bind_params(op, [f"staging_id={load.staged.staging_id}"])
     r = execute(url, op, bound)
-    assert (r["status"], r["processed_records"], r["error_count"]) == ("failed", staged, 1)
+    assert (r["status"], r["total_records"], r["processed_records"], r["error_count"]) == ("failed", staged, staged, 1)
     with psycopg.connect(url) as conn:
+        # the run row, what specql status shows, has the rows the load got before its staging ended
+        assert conn.execute("SELECT status, total_records, processed_records FROM specql.batch_operation_runs "
+                            "WHERE operation_id = %s", (r["operation_id"],)).fetchone() == ("failed", staged, staged)
         state, detail, message = conn.execute(
             "SELECT sqlstate, error_detail, error_message FROM specql.batch_operation_errors "
             "WHERE operation_id = %s", (r["operation_id"],)).fetchone()
