@@ -645,3 +645,34 @@ def test_a_csv_workers_rejects_stop_at_the_runs_max_errors_as_the_routines(datab
         assert by_workers[2] == ("failed", 48, 2, 4) and by_routine[2] == ("failed", 58, 2, 4)
         assert by_workers[4] == by_routine[4] == [("S5",), ("S9",), ("S41",), ("S41",)]
         assert by_workers[3] == (48, 3) and by_routine[3] == (58, 3)
+
+
+def test_the_routine_refuses_to_resume_a_parallel_run(database_url_any, tmp_path):
+    # A parallel run's progress is in its chunks, not in the run row's position (NULL): the
+    # routine resuming it (CALL op(resume => id), or `specql run OP --resume ID` without
+    # --workers) walked from the first key again, changing chunk 1's first 100 rows a second
+    # time (n = 2) and counting 1200 of 600 records. It must refuse (SQ004, nothing changed);
+    # the run's workers then take it up with every row changed once.
+    url = database_url_any
+    entities = write_entities(tmp_path / "entities", tally=TALLY)
+    generate_and_apply(url, entities, tmp_path / "out")
+    with connect(url) as admin:
+        admin.execute("INSERT INTO tally SELECT g, 0 FROM generate_series(1, 600) g")
+        admin.execute("ALTER TABLE tally ADD CHECK (n < 5)")
+        admin.execute("UPDATE tally SET n = 4 WHERE id = 110")  # batch 3 fails: stop_on_error
+        op_id = admin.execute("SELECT public.bump_tally_start()").fetchone()[0]
+        Worker(url, "bump_tally", op_id).join()
+        assert _run(admin, op_id) == ("failed", 600, 100, 50, 1, 3)
+        admin.execute("UPDATE tally SET n = 0 WHERE id = 110")
+        with pytest.raises(psycopg.Error) as refused:
+            admin.execute("CALL public.bump_tally(resume => %s)", (op_id,))
+        assert refused.value.sqlstate == "SQ004"
+        assert "bump_tally_worker" in (refused.value.diag.message_hint or "")
+        out = subprocess.run([str(Path(sys.executable).parent / "specql"), "run", "bump_tally", str(entities),
+                              "--database-url", url, "--resume", str(op_id)], capture_output=True, text=True)
+        assert out.returncode == 1 and "parallel run" in out.stderr, out.stdout + out.stderr
+        assert _run(admin, op_id) == ("failed", 600, 100, 50, 1, 3)
+        assert admin.execute("SELECT n, count(*) FROM tally GROUP BY 1 ORDER BY 1").fetchall() == [(0, 500), (1, 100)]
+        Worker(url, "bump_tally", op_id, resume=True).join()
+        assert _run(admin, op_id)[:4] == ("completed_with_errors", 600, 600, 0)
+        assert admin.execute("SELECT n, count(*) FROM tally GROUP BY 1 ORDER BY 1").fetchall() == [(1, 600)]
