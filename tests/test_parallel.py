@@ -676,3 +676,63 @@ def test_the_routine_refuses_to_resume_a_parallel_run(database_url_any, tmp_path
         Worker(url, "bump_tally", op_id, resume=True).join()
         assert _run(admin, op_id)[:4] == ("completed_with_errors", 600, 600, 0)
         assert admin.execute("SELECT n, count(*) FROM tally GROUP BY 1 ORDER BY 1").fetchall() == [(1, 600)]
+
+
+@pytest.mark.parametrize("errors", [
+    "error_handling: stop_on_error",
+    "error_handling: continue_on_error\n        max_errors: 1",
+    "error_handling: collect_errors\n        max_errors: 2",
+])
+def test_a_jsonb_sources_stops_and_resumes_count_as_the_routines(database_url_any, tmp_path, errors):
+    # An insert from a jsonb data_source, its chunks slices of the array: the same stages
+    # through one worker and through the routine (a commit_per_batch procedure): a first run
+    # and a resume while 3, 4, 12, 13 and 22 fail (a trigger), then a resume after they are
+    # mended. Every count, the error rows and the inserted rows are the routine's (the chunks
+    # are 10 records, 2 batches of 5: the batches are the routine's).
+    url = database_url_any
+    reading = READING.replace("error_handling: collect_errors\n        max_errors_per_worker: 2",
+                              errors + "\n        transaction: commit_per_batch")
+    generate_and_apply(url, write_entities(tmp_path / "entities", reading=reading), tmp_path / "out")
+    readings = json.dumps([{"id": i, "value": i} for i in range(40)])
+    with connect(url) as admin:
+        admin.execute("CREATE TABLE bad_reading (id bigint)")
+        admin.execute("CREATE FUNCTION bad_reading() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                      "IF EXISTS (SELECT 1 FROM bad_reading AS b WHERE b.id = NEW.id) THEN "
+                      "RAISE EXCEPTION 'bad reading %', NEW.id; END IF; RETURN NEW; END $$")
+        admin.execute("CREATE TRIGGER bad_reading BEFORE INSERT ON reading FOR EACH ROW EXECUTE FUNCTION bad_reading()")
+
+        def stages(step) -> list:
+            admin.execute("DELETE FROM reading")
+            seen, op_id = [], None
+            for bad in (True, True, False):
+                admin.execute("DELETE FROM bad_reading")
+                if bad:
+                    admin.execute("INSERT INTO bad_reading VALUES (3), (4), (12), (13), (22)")
+                if op_id is not None and _run(admin, op_id)[0].startswith("completed"):
+                    seen.append(None)
+                    continue
+                op_id = step(op_id)
+                status, _total, *counts = _run(admin, op_id)
+                seen.append((status, *counts))
+            seen.append(admin.execute("SELECT array_agg(id ORDER BY id) FROM reading").fetchone()[0])
+            seen.append(admin.execute("SELECT batch_number, failed_records FROM specql.batch_operation_errors "
+                                      "WHERE operation_id = %s ORDER BY id", (op_id,)).fetchall())
+            return seen
+
+        def parallel(op_id):
+            if op_id is None:
+                op_id = admin.execute("SELECT public.import_readings_start(readings => %s)", (readings,)).fetchone()[0]
+            worker = Worker(url, "import_readings", op_id, resume=True).join()
+            assert worker.error is None, worker.error
+            return op_id
+
+        def routine(op_id):
+            result = admin.execute("CALL public.import_readings(readings => %s, resume => %s)",
+                                   (readings, op_id)).fetchone()[0]
+            return admin.execute("SELECT (%s::specql.batch_operation_result).operation_id", (result,)).fetchone()[0]
+
+        by_workers, by_routine = stages(parallel), stages(routine)
+        assert by_workers[0][0] == "failed" and by_workers[1][0] == "failed"
+        # the error rows' batch numbers: a batch applied again keeps its number in a worker
+        assert [r for _, r in by_workers[4]] == [r for _, r in by_routine[4]]
+        assert by_workers[:4] == by_routine[:4]
