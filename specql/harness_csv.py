@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import psycopg.sql
 
 from .csvimport import stage_file
 from .harness_records import _unique_value
@@ -92,6 +93,21 @@ class CsvLoads:
             path = Path(tmp) / "load.csv"
             path.write_text(self.csv_text(rows, broken), encoding="utf-8")
             return stage_file(self.conn, self.f["csv"], path).staging_id
+
+    def stage_csv_with_gaps(self, rows: list[dict], broken: dict[int, str] | None = None) -> str:
+        """Stage the file of these records, then number them as psql's \\copy may (its identity
+        skips after a rolled-back insert): the i-th record _record 3i + i % 2 past the load's
+        last number, gaps of 2 and 4, each with its file line kept in _line."""
+        staging_id = self.stage_csv(rows, broken)
+        csv = self.f["csv"]
+        table = psycopg.sql.Identifier(csv["schema"], csv["staging"])
+        with self.conn.transaction():
+            # New numbers all above the old ones: no row takes a number another still has.
+            self.conn.execute(psycopg.sql.SQL(
+                "UPDATE {0} SET _line = coalesce(_line, _record + %s), "
+                "_record = _record * 3 + _record %% 2 + (SELECT max(_record) FROM {0} WHERE _staging_id = %s) "
+                "WHERE _staging_id = %s").format(table), (self.header_lines(), staging_id, staging_id))
+        return staging_id
 
     def header_lines(self) -> int:
         return 1 if self.f["csv"]["has_header"] else 0
