@@ -736,3 +736,33 @@ def test_a_jsonb_sources_stops_and_resumes_count_as_the_routines(database_url_an
         # the error rows' batch numbers: a batch applied again keeps its number in a worker
         assert [r for _, r in by_workers[4]] == [r for _, r in by_routine[4]]
         assert by_workers[:4] == by_routine[:4]
+
+
+def test_a_csv_imports_rejected_lines_are_not_skipped_records(database_url_any, tmp_path):
+    # ignore_conflicts on a CSV import: skipped_records counts the lines a unique conflict
+    # skipped, not the rejected ones (they are failed_records): 130 lines, 10 skus already
+    # there, 2 without a title: 118 inserted, 2 failed, 10 skipped, in the routine and in the
+    # workers alike (both counted a batch's rejected lines as skipped too: 12).
+    url = database_url_any
+    gadget = GADGET.replace("skip_invalid_rows: true", "skip_invalid_rows: true\n        ignore_conflicts: true")
+    generate_and_apply(url, write_entities(tmp_path / "entities", gadget=gadget), tmp_path / "out")
+    with connect(url) as admin:
+        def stage():
+            admin.execute("DELETE FROM gadget")
+            admin.execute("INSERT INTO gadget (id, sku, title) SELECT gen_random_uuid(), 'S' || g, 'old' "
+                          "FROM generate_series(10, 19) g")
+            staging_id = admin.execute("SELECT gen_random_uuid()").fetchone()[0]
+            admin.execute("INSERT INTO public.import_gadgets_staging (_staging_id, _record, sku, title) "
+                          "SELECT %s, g, 'S' || g, CASE WHEN g IN (5, 80) THEN NULL ELSE 'T' || g END "
+                          "FROM generate_series(1, 130) g", (staging_id,))
+            return staging_id
+
+        routine = call(admin, "public.import_gadgets", staging_id=stage())
+        assert [routine[f] for f in ("processed_records", "failed_records", "skipped_records")] == [118, 2, 10]
+        op_id = admin.execute("SELECT public.import_gadgets_start(staging_id => %s)", (stage(),)).fetchone()[0]
+        workers = [Worker(url, "import_gadgets", op_id) for _ in range(2)]
+        for w in workers:
+            w.join()
+            assert w.error is None
+        assert _run(admin, op_id)[2:4] == (118, 2)
+        assert sum(w.result["skipped_records"] for w in workers) == 10
