@@ -39,11 +39,11 @@ class Run:
     """`specql run` in a subprocess started with SIGINT at its default (as at a terminal; see
     tests/test_migrate_locks.py's start_migrate), its stderr collected line by line."""
 
-    def __init__(self, url: str, ents: Path, *args: str):
+    def __init__(self, url: str, ents: Path, *args: str, op: str = OP):
         env = {k: v for k, v in os.environ.items() if k != "PGAPPNAME"}
         previous = signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
-            self.proc = subprocess.Popen([str(SPECQL), "run", OP, str(ents), "--database-url", url, *args],
+            self.proc = subprocess.Popen([str(SPECQL), "run", op, str(ents), "--database-url", url, *args],
                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         finally:
             signal.signal(signal.SIGINT, previous)
@@ -91,12 +91,9 @@ def waiting(url: str, application: str, event: str) -> bool:
                            "AND wait_event_type = 'Lock' AND wait_event = %s", application, event))
 
 
-@pytest.fixture
-def cancelled_while_staging(database_url_any, tmp_path):
-    """A `specql run --csv` whose routine was cancelled by a Ctrl-C after a few batches of 100
-    records, the rest of the file still being staged (held at record HELD_AT); yields (url,
-    entities, run, operation_id, records the run imported, the advisory lock's session)."""
-    url = database_url_any
+def held_load(url: str, tmp_path: Path, op: str) -> tuple[Path, Path, psycopg.Connection]:
+    """ITEMS applied, a file of RECORDS records, and the staging of `op` held at record HELD_AT
+    until the returned session lets go of its advisory lock: (entities, file, that session)."""
     ents = write_entities(tmp_path / "e", item=ITEMS)
     generate_and_apply(url, ents, tmp_path / "gen")
     path = tmp_path / "items.csv"
@@ -104,10 +101,20 @@ def cancelled_while_staging(database_url_any, tmp_path):
     with psycopg.connect(url, autocommit=True) as setup:
         setup.execute("CREATE FUNCTION st.hold_staging() RETURNS trigger LANGUAGE plpgsql AS "
                       f"$$BEGIN PERFORM pg_advisory_xact_lock_shared({LOCK_KEY}); RETURN NEW; END$$")
-        setup.execute("CREATE TRIGGER hold_staging BEFORE INSERT ON st.import_items_resumable_staging FOR EACH ROW "
+        setup.execute(f"CREATE TRIGGER hold_staging BEFORE INSERT ON st.{op}_staging FOR EACH ROW "
                       f"WHEN (NEW._record = {HELD_AT}) EXECUTE FUNCTION st.hold_staging()")
     staging_lock = psycopg.connect(url, autocommit=True)
     staging_lock.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
+    return ents, path, staging_lock
+
+
+@pytest.fixture
+def cancelled_while_staging(database_url_any, tmp_path):
+    """A `specql run --csv` whose routine was cancelled by a Ctrl-C after a few batches of 100
+    records, the rest of the file still being staged (held at record HELD_AT); yields (url,
+    entities, run, operation_id, records the run imported, the advisory lock's session)."""
+    url = database_url_any
+    ents, path, staging_lock = held_load(url, tmp_path, OP)
     target_lock = psycopg.connect(url)
     run = Run(url, ents, "--csv", str(path), "--batch-size", "100")
     try:
@@ -191,3 +198,36 @@ def test_second_ctrl_c_abandons_the_load(cancelled_while_staging):
     assert resumed.returncode == 1
     assert f"cannot resume run {operation_id}" in resumed.stderr, resumed.stderr
     assert query(url, "SELECT count(*) FROM st.item") == [(done,)]
+
+
+def test_a_run_that_cannot_be_resumed_does_not_wait_for_the_staging(database_url_any, tmp_path):
+    """A function (not commit_per_batch) cannot be resumed: a Ctrl-C during its first batch
+    (before specql run knows its id, so the statement is cancelled) abandons the load at once,
+    its staging held on the server or not, and removes what was staged."""
+    url = database_url_any
+    ents, path, staging_lock = held_load(url, tmp_path, "import_items")
+    target_lock = psycopg.connect(url)
+    target_lock.execute("LOCK TABLE st.item IN SHARE MODE")
+    run = Run(url, ents, "--csv", str(path), "--batch-size", "100", op="import_items")
+    try:
+        wait_until(lambda: waiting(url, "specql run import_items", "relation"), "the routine waits on st.item", run)
+        wait_until(lambda: waiting(url, "specql run import_items (staging)", "advisory"),
+                   f"the staging waits at record {HELD_AT}", run)
+        staged = query(url, "SELECT count(*) FROM st.import_items_staging WHERE _record > 0")[0][0]
+        assert 0 < staged < HELD_AT
+        started = time.monotonic()
+        run.proc.send_signal(signal.SIGINT)
+        code, err = run.finish(60)
+        took = time.monotonic() - started
+        assert code == 1, err
+        assert took < 15, (took, err)
+        assert f"abandoned the load after {staged:,} staged record(s) and removed them" in err, err
+        assert "cancelled before the routine reported its first batch" in err, err
+        assert "staging the rest" not in err, err
+        assert query(url, "SELECT count(*) FROM st.import_items_staging") == [(0,)]
+        target_lock.commit()
+        assert query(url, "SELECT count(*) FROM st.item") == [(0,)]
+    finally:
+        run.kill()
+        target_lock.close()
+        staging_lock.close()
