@@ -196,7 +196,10 @@ def test_second_ctrl_c_abandons_the_load(cancelled_while_staging):
     resumed = subprocess.run([str(SPECQL), "run", OP, str(ents), "--database-url", url, "--resume", operation_id],
                              capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 1
-    assert f"cannot resume run {operation_id}" in resumed.stderr, resumed.stderr
+    # the rows the run counted when it stopped (the load still being staged), none left
+    counted = query(url, "SELECT total_records FROM specql.batch_operation_runs")[0][0]
+    assert f"cannot resume run {operation_id} of {OP}: it counted {counted} staged rows, 0 are left" \
+        in resumed.stderr, resumed.stderr
     assert query(url, "SELECT count(*) FROM st.item") == [(done,)]
 
 
