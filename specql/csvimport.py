@@ -763,7 +763,10 @@ def _abandon(load: FileLoad, stager: psycopg.Connection, thread: threading.Threa
     marker row of a load that will never be whole (templates/sql/csv/streamed.sql.j2)."""
     load.abandon.set()
     try:
-        stager.cancel_safe(timeout=5)
+        if hasattr(stager, "cancel_safe"):  # psycopg >= 3.2
+            stager.cancel_safe(timeout=5)
+        else:
+            stager.cancel()
     except Exception:  # noqa: BLE001 - the connection may be closing already; the flag stops the COPY
         pass
     thread.join(30)

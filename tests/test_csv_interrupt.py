@@ -25,7 +25,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
+import specql.csvimport as csvimport
 from helpers import generate_and_apply, write_entities
+from specql.csvimport import run_csv
+from specql.generate import load_project
+from specql.run import bind_params, execute, find_operation
 from test_csv_streamed import ITEMS, write_items
 
 SPECQL = Path(sys.executable).parent / "specql"
@@ -180,6 +184,7 @@ def test_second_ctrl_c_abandons_the_load(cancelled_while_staging):
     run.proc.send_signal(signal.SIGINT)
     code, err = run.finish(60)  # the staging waits on a lock: it is stopped, not waited for
     took = time.monotonic() - started
+    print(f"abandoned in {took:.2f} s")
     assert code == 1, err
     assert took < 15, (took, err)
     assert f"abandoned the load after {staged:,} staged record(s) and removed them; the run {operation_id} " \
@@ -222,6 +227,7 @@ def test_a_run_that_cannot_be_resumed_does_not_wait_for_the_staging(database_url
         run.proc.send_signal(signal.SIGINT)
         code, err = run.finish(60)
         took = time.monotonic() - started
+        print(f"abandoned in {took:.2f} s")
         assert code == 1, err
         assert took < 15, (took, err)
         assert f"abandoned the load after {staged:,} staged record(s) and removed them" in err, err
@@ -234,3 +240,42 @@ def test_a_run_that_cannot_be_resumed_does_not_wait_for_the_staging(database_url
         run.kill()
         target_lock.close()
         staging_lock.close()
+
+
+def test_the_wait_for_the_rest_of_the_load_reports_progress(database_url, tmp_path, monkeypatch):
+    """run_csv (in a thread: no signal handling) after the routine was cancelled from another
+    session: a line now and then with the records staged so far (committed ones) and how much
+    of the file was read, until the staging ends; the run is then cancelled, its load whole."""
+    monkeypatch.setattr(csvimport, "STAGING_PROGRESS_EVERY", 0.2)
+    url = database_url
+    ents, path, staging_lock = held_load(url, tmp_path, OP)
+    op = find_operation(load_project([str(ents)]), OP)
+    lines: list[str] = []
+    results: list[dict] = []
+    runner = threading.Thread(target=lambda: results.append(run_csv(
+        url, op, str(path), [], confirm=False, batch_size=100, resume=None, rejects=None, execute=execute,
+        bind_params=bind_params, echo=lines.append)))
+    try:
+        runner.start()
+        deadline = time.monotonic() + 60
+        while not query(url, "SELECT 1 FROM specql.batch_operation_runs WHERE processed_records >= 200"):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        (operation_id,), = query(url, "SELECT operation_id FROM specql.batch_operation_runs")
+        query(url, "SELECT specql.cancel_operation(%s)", operation_id)
+        while sum("staged " in line and " record(s) of " in line for line in lines) < 3:
+            assert time.monotonic() < deadline and runner.is_alive(), lines
+            time.sleep(0.05)
+        staged = query(url, f"SELECT count(*) FROM st.{OP}_staging WHERE _record > 0")[0][0]
+        progress = [line for line in lines if line.startswith("staged ")]
+        assert progress[-1].startswith(f"staged {staged:,} record(s) of {path} ("), progress
+        assert progress[-1].endswith("% of the file read)"), progress
+        assert lines[0].startswith(f"the run {operation_id} ended cancelled; staging the rest of {path}"), lines
+        staging_lock.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
+        runner.join(120)
+    finally:
+        staging_lock.close()
+        runner.join(120)
+    r = results[0]
+    assert r["status"] == "cancelled"
+    assert query(url, f"SELECT count(*), count(*) FILTER (WHERE _record = 0) FROM st.{OP}_staging") == [(RECORDS, 0)]
