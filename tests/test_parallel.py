@@ -766,3 +766,50 @@ def test_a_csv_imports_rejected_lines_are_not_skipped_records(database_url_any, 
             assert w.error is None
         assert _run(admin, op_id)[2:4] == (118, 2)
         assert sum(w.result["skipped_records"] for w in workers) == 10
+
+
+def test_errors_of_two_workers_past_the_runs_max_errors_fail_the_run_as_in_the_routine(database_url_any, tmp_path):
+    # continue_on_error, max_errors 1; rows 110 (chunk 1) and 400 (chunk 2) fail. The routine
+    # stops after the second failed batch: failed. Two workers, one per chunk, each see one
+    # error of their own (and none committed when they claimed): neither stopped and the run
+    # closed completed_with_errors with 2 errors past max_errors 1. Each chunk's end now adds
+    # its errors to the run's one after the other and stops the run past the limit. Worker 1
+    # waits inside chunk 1 (after its failed batch) until worker 2 has done chunk 2.
+    url = database_url_any
+    tally = TALLY.replace("error_handling: stop_on_error", "error_handling: continue_on_error\n        max_errors: 1")
+    generate_and_apply(url, write_entities(tmp_path / "entities", tally=tally), tmp_path / "out")
+    with connect(url) as admin:
+        admin.execute("INSERT INTO tally SELECT g, 0 FROM generate_series(1, 600) g")
+        admin.execute("ALTER TABLE tally ADD CHECK (n < 5)")
+        bad = "UPDATE tally SET n = 4 WHERE id IN (110, 400)"
+        admin.execute(bad)
+        result = admin.execute("CALL public.bump_tally()").fetchone()[0]
+        routine = admin.execute("SELECT (%s::specql.batch_operation_result).status, "
+                                "(%s::specql.batch_operation_result).error_count", (result, result)).fetchone()
+        assert routine == ("failed", 2)
+        admin.execute("UPDATE tally SET n = 0")
+        admin.execute(bad)
+        admin.execute("CREATE TABLE gate (id bigint PRIMARY KEY)")
+        admin.execute(f"""
+            CREATE FUNCTION gate_row() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF EXISTS (SELECT 1 FROM gate WHERE id = NEW.id) THEN
+                    PERFORM pg_advisory_xact_lock({GATE});
+                END IF;
+                RETURN NEW;
+            END $$""")
+        admin.execute("CREATE TRIGGER tally_gate BEFORE UPDATE ON tally FOR EACH ROW EXECUTE FUNCTION gate_row()")
+        admin.execute("INSERT INTO gate VALUES (220)")  # chunk 1, batch 5: after 110's batch 3
+        admin.execute("SELECT pg_advisory_lock(%s)", (GATE,))
+        op_id = admin.execute("SELECT public.bump_tally_start()").fetchone()[0]
+        first = Worker(url, "bump_tally", op_id)
+        _wait_at_gate(admin, first.pid)
+        second = Worker(url, "bump_tally", op_id).join()
+        assert second.error is None and second.result["error_count"] == 1
+        admin.execute("SELECT pg_advisory_unlock(%s)", (GATE,))
+        first.join()
+        assert first.error is None and first.result["error_count"] == 1
+        status, total, processed, failed, errors, _ = _run(admin, op_id)
+        # both chunks were under way when the limit was passed: their batches are applied
+        assert (status, errors) == routine
+        assert (total, processed, failed) == (600, 500, 100)
