@@ -129,7 +129,7 @@ def test_routine_follows_a_load_still_being_staged(items, tmp_path, monkeypatch)
         load.open_marker(stager)
         assert load.copy(stager, 200)  # the first few records only, committed
         first = load.staged.records
-        assert 0 < first < 400
+        assert 0 < first < 400 and first % 10  # the first chunk ends inside a batch
         bound = bind_params(op, [f"staging_id={load.staged.staging_id}"])
         runner = threading.Thread(target=lambda: results.append(execute(url, op, bound)))
         runner.start()
@@ -140,6 +140,9 @@ def test_routine_follows_a_load_still_being_staged(items, tmp_path, monkeypatch)
     r = results[0]
     assert (r["status"], r["total_records"], r["processed_records"], r["error_count"]) == \
         ("completed_with_errors", 400, 399, 1)
+    # Every batch is whole but the last, wherever the chunks end: it waited for a tenth row
+    # (it took a short batch at the end of each chunk before: 41 or more).
+    assert r["batch_count"] == 40
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT count(*), count(DISTINCT id), sum(n) FROM st.item").fetchone() == \
             (399, 399, sum(range(1, 401)) - 50)
@@ -163,6 +166,46 @@ def test_run_csv_overlaps_staging_and_routine(items, tmp_path):
             (119_999, 119_999, sum(range(1, 120_001)) - 50)
         assert conn.execute("SELECT count(*) FROM st.item WHERE note LIKE '%, \"q\"'").fetchone()[0] == 120_000 // 7
         assert conn.execute("SELECT count(*) FROM st.import_items_staging").fetchone()[0] == 0
+
+
+def test_a_cancel_stops_a_run_waiting_for_its_load(items_any, tmp_path):
+    """A run that has imported every whole batch staged so far and waits for more notices
+    specql.cancel_operation while it waits (a stalled staging does not hold it): cancelled at
+    once, its whole batches kept; resumed once the load is whole, every record once."""
+    url, project = items_any
+    op = find_operation(project, "import_items_resumable")
+    path = tmp_path / "items.csv"
+    write_items(path, 400)
+    results: list[dict] = []
+    with (staging_connection(url, op) as stager, FileLoad(op, path) as load,
+          psycopg.connect(url, autocommit=True) as admin):
+        load.open_marker(stager)
+        assert load.copy(stager, 200)  # some records, committed; the rest is not staged yet
+        first = load.staged.records
+        bound = bind_params(op, [f"staging_id={load.staged.staging_id}"])
+        runner = threading.Thread(target=lambda: results.append(execute(url, op, bound)))
+        runner.start()
+        op_id = None
+        for _ in range(200):
+            row = admin.execute("SELECT operation_id FROM specql.batch_operation_runs "
+                                "WHERE operation = 'import_items_resumable' AND status = 'running'").fetchone()
+            if row:
+                op_id = row[0]
+                break
+            time.sleep(0.05)
+        assert op_id is not None
+        time.sleep(0.5)
+        assert runner.is_alive()  # waiting for the rest of the load
+        assert admin.execute("SELECT specql.cancel_operation(%s)", (op_id,)).fetchone()[0]
+        runner.join(10)
+        assert not runner.is_alive()
+        r = results[0]
+        assert (r["status"], r["processed_records"]) == ("cancelled", first // 10 * 10)
+        load.copy_streamed(stager)  # the rest of the file
+    r = execute(url, op, bound, resume=str(op_id))
+    assert (r["status"], r["total_records"], r["processed_records"]) == ("completed", 400, 400)
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT count(*), count(DISTINCT id) FROM st.item").fetchone() == (400, 400)
 
 
 def test_a_staging_session_that_dies_stops_the_run(items, tmp_path, monkeypatch):
