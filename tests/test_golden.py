@@ -375,7 +375,7 @@ SENTINELS = [
     ("csv", "record by record, skipping: an error row each", re.compile(r"_csv_rejected, clock_timestamp\(\)\);\n\s+_result\.error_count := _result\.error_count \+ 1;\n\s+_result\.failed_records")),
     ("csv", "record by record, skipping: max_errors", "EXIT WHEN _result.error_count > 10;"),
     ("csv", "record by record, stopping: the batch fails", re.compile(r"'record', coalesce\(_csv_staged\._raw, .*\)\)\);\n\s+RAISE EXCEPTION USING ERRCODE = _csv_state")),
-    ("csv", "resume: the staged rows must still be there", "cannot resume run % of %: it staged % rows"),
+    ("csv", "resume: the staged rows must still be there", "cannot resume run % of %: it counted % staged rows"),
     ("csv", "parallel: a chunk is a range of staged rows", "_csv_to := coalesce(_chunk.lower_key::bigint, 0);"),
 ]
 
