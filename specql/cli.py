@@ -212,7 +212,7 @@ def migrate(directory: str, database_url: str | None, status: bool, dry_run: boo
               help="A parameter: NAME=VALUE, or NAME=@FILE (arrays: JSON or one value a line; jsonb: JSON).")
 @click.option("--confirm", is_flag=True, help="Pass confirm => true (operations with requires_confirmation).")
 @click.option("--batch-size", type=click.IntRange(1, 1_000_000), help="Override the file's batch_size for this run.")
-@click.option("--resume", metavar="OPERATION_ID", help="Resume a commit_per_batch run from its last committed batch.")
+@click.option("--resume", metavar="OPERATION_ID", help="Resume a commit_per_batch run from its last committed batch (a parallel run: with its workers).")
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Parallel workers (operations with parallel: true).")
 @click.option("--csv", "csv_file", type=click.Path(dir_okay=False), help="CSV file (data_source: csv_file).")
@@ -233,7 +233,7 @@ def run_operation(operation: str, paths: tuple[str, ...], database_url: str | No
     """
     from .database import resolve_database_url
     from .generate import load_project
-    from .launch import Request, check, launch
+    from .launch import Request, check, launch, resolve
     from .progress import LiveBar, show_result
     from .run import RunError, find_operation
 
@@ -246,6 +246,9 @@ def run_operation(operation: str, paths: tuple[str, ...], database_url: str | No
         project = load_project(list(paths) or ["entities/"])
         op = find_operation(project, operation)
         check(op, request)  # refused before the progress bar appears
+        said = resolve(url, op, request)  # --resume of a parallel run: its workers take it up
+        if said:
+            click.echo(f"specql run: {said}", err=True)
         with LiveBar(op.name, enabled=fmt == "text") as bar:
             result = launch(url, op, request, on_progress=bar.update, on_notice=bar.notice)
     except RunError as exc:
@@ -253,7 +256,7 @@ def run_operation(operation: str, paths: tuple[str, ...], database_url: str | No
         sys.exit(1)
     abandoned = result.pop("load_abandoned", False)  # --csv: a load that cannot be resumed, removed
     show_result({k: v for k, v in result.items() if k != "workers" or fmt == "json"}, fmt)
-    if workers > 1 and fmt == "text":
+    if request.parallel and fmt == "text":
         from .workers import worker_lines
         for line in worker_lines(result):
             click.echo(line, err=True)

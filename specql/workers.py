@@ -46,6 +46,44 @@ def start_sql(op: Operation, bound: list[Bound], *, confirm: bool, batch_size: i
     return sql.SQL("SELECT {}({})").format(routine, sql.SQL(", ").join(parts)), values
 
 
+def parallel_run_for_resume(url: str, op: Operation, operation_id: str) -> int | None:
+    """`--resume ID` without --workers: the chunks still pending when ID is a parallel run of
+    `op` (its workers take it up), None when it is not (a run of the routine, or none: the
+    routine says which)."""
+    try:
+        with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+            row = conn.execute(
+                "SELECT (SELECT count(*) FROM specql.batch_operation_chunks AS c"
+                "        WHERE c.operation_id = r.operation_id AND c.status = 'pending')"
+                "  FROM specql.batch_operation_runs AS r"
+                " WHERE r.operation_id = %s::uuid AND r.operation = %s AND r.transaction_mode = 'parallel'",
+                (operation_id, op.name)).fetchone()
+    except psycopg.OperationalError as exc:
+        raise RunError(f"cannot connect: {str(exc).strip().splitlines()[-1]}") from None
+    except psycopg.Error as exc:
+        raise RunError(f"--resume {operation_id}: {_one_line(exc)}") from None
+    return None if row is None else int(row[0])
+
+
+def params_match_sql(op: Operation, bound: list[Bound]) -> tuple[sql.Composed, list]:
+    """SELECT whether the run's recorded parameters are these (Operation.params_json with the
+    bound values: arrays and jsonb by their hash), as the routine checks a resume's (SQ005)."""
+    parts, values = [], []
+    for b in bound:
+        if b.sql_type.endswith("[]"):
+            value = "jsonb_build_object('hash', hash_array_extended(%s::" + b.sql_type + ", 0))"
+        elif b.sql_type == "jsonb":
+            value = "jsonb_build_object('hash', jsonb_hash_extended(%s::jsonb, 0))"
+        else:
+            value = "to_jsonb(%s::" + b.sql_type + ")"
+        parts.append(sql.SQL("{}, " + value).format(sql.Literal(b.name)))
+        values.append(b.text)
+    query = sql.SQL("SELECT r.params IS NOT DISTINCT FROM jsonb_build_object({}), r.params::text "
+                    "FROM specql.batch_operation_runs AS r WHERE r.operation_id = %s::uuid").format(
+        sql.SQL(", ").join(parts))
+    return query, values
+
+
 class _Tally:
     """The workers' progress notices added up: each notice carries its worker's own counts."""
 
@@ -111,6 +149,14 @@ def run_parallel(url: str, op: Operation, bound: list[Bound], *, workers: int, c
         check_values(conn, bound)
         if resume:
             operation_id = resume
+            query, values = params_match_sql(op, bound)
+            try:
+                same = conn.execute(query, values + [operation_id]).fetchone()
+            except psycopg.Error as exc:
+                raise RunError(_one_line(exc)) from None
+            if same is not None and not same[0]:  # as the routine refuses it (SQ005)
+                raise RunError(f"cannot resume run {operation_id} of {op.name}: it was started with other "
+                               f"parameters ({same[1]})")
         else:
             query, values = start_sql(op, bound, confirm=confirm, batch_size=batch_size)
             try:
@@ -120,6 +166,9 @@ def run_parallel(url: str, op: Operation, bound: list[Bound], *, workers: int, c
         run = _run_row(conn, operation_id)
         if run is None or run["operation"] != op.name:
             raise RunError(f"--resume {operation_id}: no run of {op.name} with that id")
+        if resume and run["status"] not in ("running", "failed", "cancelled", "timed_out"):
+            raise RunError(f"cannot resume run {operation_id} of {op.name}: it is {run['status']} (a running, "
+                           f"failed, cancelled or timed_out parallel run can be resumed)")
         tally = _Tally(run["total_records"], on_progress)
         tally.progress.operation_id = operation_id
         on_progress(tally.progress)

@@ -647,35 +647,163 @@ def test_a_csv_workers_rejects_stop_at_the_runs_max_errors_as_the_routines(datab
         assert by_workers[3] == (48, 3) and by_routine[3] == (58, 3)
 
 
-def test_the_routine_refuses_to_resume_a_parallel_run(database_url_any, tmp_path):
-    # A parallel run's progress is in its chunks, not in the run row's position (NULL): the
-    # routine resuming it (CALL op(resume => id), or `specql run OP --resume ID` without
-    # --workers) walked from the first key again, changing chunk 1's first 100 rows a second
-    # time (n = 2) and counting 1200 of 600 records. It must refuse (SQ004, nothing changed);
-    # the run's workers then take it up with every row changed once.
-    url = database_url_any
+def _tally(url: str, tmp_path: Path, rows: int) -> Path:
+    """bump_tally (n = n + 1, commit_per_batch, chunks of 300) over `rows` rows at n = 0, a check
+    (n < 5) to fail a row with, and a gate: an update of a row listed in gate waits for GATE."""
     entities = write_entities(tmp_path / "entities", tally=TALLY)
     generate_and_apply(url, entities, tmp_path / "out")
+    with connect(url) as conn:
+        conn.execute("INSERT INTO tally SELECT g, 0 FROM generate_series(1, %s) g", (rows,))
+        conn.execute("ALTER TABLE tally ADD CHECK (n < 5)")
+        conn.execute("CREATE TABLE gate (id bigint PRIMARY KEY)")
+        conn.execute(f"""
+            CREATE FUNCTION gate_row() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF EXISTS (SELECT 1 FROM gate WHERE id = NEW.id) THEN
+                    PERFORM pg_advisory_xact_lock({GATE});
+                END IF;
+                RETURN NEW;
+            END $$""")
+        conn.execute("CREATE TRIGGER tally_gate BEFORE UPDATE ON tally FOR EACH ROW EXECUTE FUNCTION gate_row()")
+    return entities
+
+
+def _result(conn, value) -> dict:
+    cur = conn.execute("SELECT (%s::specql.batch_operation_result).*", (value,))
+    return dict(zip([c.name for c in cur.description], cur.fetchone()))
+
+
+def _resume_routine(url: str, op_id) -> dict:
+    """CALL public.bump_tally(resume => id) in a session of its own: its result, as a dict."""
+    with connect(url) as conn:
+        return _result(conn, conn.execute("CALL public.bump_tally(resume => %s)", (op_id,)).fetchone()[0])
+
+
+_COUNTS = ("status", "total_records", "processed_records", "failed_records", "error_count", "batch_count")
+
+
+def test_the_routine_resumes_a_stopped_parallel_run_as_one_of_its_workers(database_url_any, tmp_path):
+    # A parallel run's progress is in its chunks, not in the run row's position (NULL): the
+    # routine resuming it (CALL op(resume => id)) once walked from the first key again, changing
+    # chunk 1's first 100 rows a second time (n = 2) and counting 1200 of 600 records; then it
+    # refused (SQ004). It now takes the run up as one of its workers: every row changed once,
+    # the run's counts going on from where it stopped, its result the run's.
+    url = database_url_any
+    _tally(url, tmp_path, 600)
     with connect(url) as admin:
-        admin.execute("INSERT INTO tally SELECT g, 0 FROM generate_series(1, 600) g")
-        admin.execute("ALTER TABLE tally ADD CHECK (n < 5)")
         admin.execute("UPDATE tally SET n = 4 WHERE id = 110")  # batch 3 fails: stop_on_error
         op_id = admin.execute("SELECT public.bump_tally_start()").fetchone()[0]
         Worker(url, "bump_tally", op_id).join()
         assert _run(admin, op_id) == ("failed", 600, 100, 50, 1, 3)
         admin.execute("UPDATE tally SET n = 0 WHERE id = 110")
-        with pytest.raises(psycopg.Error) as refused:
+        result = _resume_routine(url, op_id)
+        run = _run(admin, op_id)
+        assert run[:5] == ("completed_with_errors", 600, 600, 0, 1)  # its error row stays
+        assert tuple(result[f] for f in _COUNTS) == run and result["operation_id"] == op_id
+        assert result["completed_at"] is not None and result["skipped_records"] == 0
+        assert admin.execute("SELECT n, count(*) FROM tally GROUP BY 1 ORDER BY 1").fetchall() == [(1, 600)]
+        assert admin.execute("SELECT count(*) FROM specql.batch_operation_chunks WHERE operation_id = %s "
+                             "AND status = 'done'", (op_id,)).fetchone()[0] == 2
+        with pytest.raises(psycopg.Error) as refused:  # a completed run is not resumed
             admin.execute("CALL public.bump_tally(resume => %s)", (op_id,))
         assert refused.value.sqlstate == "SQ004"
-        assert "bump_tally_worker" in (refused.value.diag.message_hint or "")
-        out = subprocess.run([str(Path(sys.executable).parent / "specql"), "run", "bump_tally", str(entities),
-                              "--database-url", url, "--resume", str(op_id)], capture_output=True, text=True)
-        assert out.returncode == 1 and "parallel run" in out.stderr, out.stdout + out.stderr
-        assert _run(admin, op_id) == ("failed", 600, 100, 50, 1, 3)
-        assert admin.execute("SELECT n, count(*) FROM tally GROUP BY 1 ORDER BY 1").fetchall() == [(0, 500), (1, 100)]
-        Worker(url, "bump_tally", op_id, resume=True).join()
-        assert _run(admin, op_id)[:4] == ("completed_with_errors", 600, 600, 0)
+        assert _run(admin, op_id) == run
+
+
+def test_the_routine_resuming_a_parallel_run_beside_a_live_worker_returns_it_running(database_url_any, tmp_path):
+    # Two workers in chunks 1 and 2 (held at a gate); the one in chunk 2 is killed: the run,
+    # whose backend was that worker's, is abandoned. CALL op(resume => id) takes up chunks 2
+    # and 3 as a worker and leaves the run to the live worker: its result is the run's row,
+    # status running with the 600 records committed so far. The live worker closes the run.
+    url = database_url_any
+    _tally(url, tmp_path, 900)
+    with connect(url) as admin:
+        admin.execute("INSERT INTO gate VALUES (60), (400)")  # chunk 1 batch 2, chunk 2 batch 2
+        admin.execute("SELECT pg_advisory_lock(%s)", (GATE,))
+        op_id = admin.execute("SELECT public.bump_tally_start()").fetchone()[0]
+        live = Worker(url, "bump_tally", op_id)
+        _wait_at_gate(admin, live.pid)  # in chunk 1
+        doomed = Worker(url, "bump_tally", op_id)
+        _wait_at_gate(admin, doomed.pid)  # in chunk 2; the run's backend is its
+        with pytest.raises(psycopg.Error) as refused:  # a running run is not resumed
+            admin.execute("CALL public.bump_tally(resume => %s)", (op_id,))
+        assert refused.value.sqlstate == "SQ004"
+        admin.execute("SELECT pg_terminate_backend(%s)", (doomed.pid,))
+        doomed.join()
+        assert doomed.error is not None
+        assert admin.execute("SELECT state FROM specql.batch_operation_status WHERE operation_id = %s",
+                             (op_id,)).fetchone()[0] == "abandoned"
+        admin.execute("DELETE FROM gate WHERE id = 400")
+        result = _resume_routine(url, op_id)
+        assert tuple(result[f] for f in _COUNTS)[:5] == ("running", 900, 600, 0, 0)
+        assert result["completed_at"] is None
+        assert _run(admin, op_id)[:3] == ("running", 900, 600)
+        assert [c[1] for c in _chunks(admin, op_id)] == ["pending", "done", "done"]  # chunk 1: the live worker's
+        admin.execute("SELECT pg_advisory_unlock(%s)", (GATE,))
+        live.join()
+        assert live.error is None and live.result["status"] == "completed"
+        assert _run(admin, op_id)[:5] == ("completed", 900, 900, 0, 0)
+        assert admin.execute("SELECT n, count(*) FROM tally GROUP BY 1 ORDER BY 1").fetchall() == [(1, 900)]
+
+
+def test_specql_run_resume_of_a_parallel_run_goes_to_its_workers(database_url_any, tmp_path):
+    # `specql run OP --resume ID` without --workers ran the routine, which refused a parallel
+    # run (exit 1, "use the workers"). It now resumes it with the operation's workers (max_workers,
+    # 1 when unset, at most the pending chunks) and says so.
+    url = database_url_any
+    entities = _tally(url, tmp_path, 600)
+    with connect(url) as admin:
+        admin.execute("INSERT INTO gate VALUES (400)")  # chunk 2, batch 2: chunk 1 is committed
+        admin.execute("SELECT pg_advisory_lock(%s)", (GATE,))
+        op_id = admin.execute("SELECT public.bump_tally_start()").fetchone()[0]
+        doomed = Worker(url, "bump_tally", op_id)
+        _wait_at_gate(admin, doomed.pid)
+        admin.execute("SELECT pg_terminate_backend(%s)", (doomed.pid,))
+        doomed.join()
+        admin.execute("SELECT pg_advisory_unlock(%s)", (GATE,))
+        admin.execute("DELETE FROM gate")
+        assert _run(admin, op_id)[:3] == ("running", 600, 300)
+        assert admin.execute("SELECT n, count(*) FROM tally GROUP BY 1 ORDER BY 1").fetchall() == [(0, 300), (1, 300)]
+        base = [str(Path(sys.executable).parent / "specql"), "run", "bump_tally", str(entities),
+                "--database-url", url, "--resume", str(op_id)]
+        out = subprocess.run(base + ["--format", "json"], capture_output=True, text=True)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert f"{op_id} is a parallel run (1 chunks pending): resuming it with 1 worker" in out.stderr
+        result = json.loads(out.stdout)
+        assert (result["operation_id"], result["status"], result["total_records"], result["processed_records"]) == (
+            str(op_id), "completed", 600, 600)
+        assert [w["processed_records"] for w in result["workers"]] == [300]
+        assert _run(admin, op_id)[:5] == ("completed", 600, 600, 0, 0)
         assert admin.execute("SELECT n, count(*) FROM tally GROUP BY 1 ORDER BY 1").fetchall() == [(1, 600)]
+        again = subprocess.run(base, capture_output=True, text=True)  # a completed run: refused
+        assert again.returncode == 1 and "it is completed" in again.stderr, again.stdout + again.stderr
+        assert admin.execute("SELECT n, count(*) FROM tally GROUP BY 1 ORDER BY 1").fetchall() == [(1, 600)]
+
+
+def test_specql_run_resume_of_a_functions_parallel_run_checks_its_parameters(database_url_any, entities, tmp_path):
+    # bump_listed's routine is a function (per_batch: no resume => id), so `specql run --resume
+    # ID` refused it ("not resumable"); its parallel run is resumed by its workers, with the
+    # parameters it was started with (the routine's SQ005: an id array by its hash).
+    url = database_url_any
+    _setup(url, entities, tmp_path, rows=500)
+    listed, other = tmp_path / "ids.json", tmp_path / "other.json"
+    listed.write_text(json.dumps(list(range(1, 401))))
+    other.write_text(json.dumps(list(range(1, 402))))
+    with connect(url) as admin:
+        op_id = admin.execute("SELECT public.bump_listed_start(ids => %s)", (list(range(1, 401)),)).fetchone()[0]
+        admin.execute("SELECT specql.cancel_operation(%s)", (op_id,))
+        assert Worker(url, "bump_listed", op_id).join().result["status"] == "cancelled"  # nothing applied
+        base = [str(Path(sys.executable).parent / "specql"), "run", "bump_listed", str(entities),
+                "--database-url", url, "--resume", str(op_id), "--format", "json"]
+        refused = subprocess.run(base + ["--param", f"ids=@{other}"], capture_output=True, text=True)
+        assert refused.returncode == 1 and "it was started with other parameters" in refused.stderr, refused.stderr
+        assert _run(admin, op_id)[:3] == ("cancelled", 400, 0)
+        out = subprocess.run(base + ["--param", f"ids=@{listed}"], capture_output=True, text=True)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "is a parallel run (4 chunks pending): resuming it with 1 worker" in out.stderr
+        assert json.loads(out.stdout)["processed_records"] == 400
+        assert _run(admin, op_id)[:3] == ("completed", 400, 400)
+        assert admin.execute("SELECT n, count(*) FROM item GROUP BY 1 ORDER BY 1").fetchall() == [(0, 100), (1, 400)]
 
 
 @pytest.mark.parametrize("errors", [
