@@ -710,6 +710,30 @@ def test_the_routine_resumes_a_stopped_parallel_run_as_one_of_its_workers(databa
         assert _run(admin, op_id) == run
 
 
+def test_the_routine_resuming_a_parallel_run_checks_its_parameters_first(database_url_any, tmp_path):
+    # The routine's SQ005 (other parameters than the run's) comes before the worker it calls:
+    # nothing is applied, the run stays failed; with the run's parameters it finishes the run.
+    url = database_url_any
+    tally = TALLY.replace('          n: {sql: "n + 1"}\n', '          n: {sql: "n + 1"}\n        where_condition: "id <= :upto"\n')
+    generate_and_apply(url, write_entities(tmp_path / "entities", tally=tally), tmp_path / "out")
+    with connect(url) as admin:
+        admin.execute("INSERT INTO tally SELECT g, 0 FROM generate_series(1, 700) g")
+        admin.execute("ALTER TABLE tally ADD CHECK (n < 5)")
+        admin.execute("UPDATE tally SET n = 4 WHERE id = 110")  # batch 3 fails: stop_on_error
+        op_id = admin.execute("SELECT public.bump_tally_start(upto => 600)").fetchone()[0]
+        Worker(url, "bump_tally", op_id).join()
+        assert _run(admin, op_id) == ("failed", 600, 100, 50, 1, 3)
+        admin.execute("UPDATE tally SET n = 0 WHERE id = 110")
+        with pytest.raises(psycopg.Error) as refused:
+            admin.execute("CALL public.bump_tally(upto => 599, resume => %s)", (op_id,))
+        assert refused.value.sqlstate == "SQ005"
+        assert _run(admin, op_id) == ("failed", 600, 100, 50, 1, 3)
+        result = _result(admin, admin.execute("CALL public.bump_tally(upto => 600, resume => %s)",
+                                              (op_id,)).fetchone()[0])
+        assert (result["status"], result["processed_records"]) == ("completed_with_errors", 600)
+        assert admin.execute("SELECT n, count(*) FROM tally GROUP BY 1 ORDER BY 1").fetchall() == [(0, 100), (1, 600)]
+
+
 def test_the_routine_resuming_a_parallel_run_beside_a_live_worker_returns_it_running(database_url_any, tmp_path):
     # Two workers in chunks 1 and 2 (held at a gate); the one in chunk 2 is killed: the run,
     # whose backend was that worker's, is abandoned. CALL op(resume => id) takes up chunks 2
