@@ -740,7 +740,7 @@ def test_the_routine_resuming_a_parallel_run_beside_a_live_worker_returns_it_run
     # and 3 as a worker and leaves the run to the live worker: its result is the run's row,
     # status running with the 600 records committed so far. The live worker closes the run.
     url = database_url_any
-    _tally(url, tmp_path, 900)
+    entities = _tally(url, tmp_path, 900)
     with connect(url) as admin:
         admin.execute("INSERT INTO gate VALUES (60), (400)")  # chunk 1 batch 2, chunk 2 batch 2
         admin.execute("SELECT pg_advisory_lock(%s)", (GATE,))
@@ -752,6 +752,9 @@ def test_the_routine_resuming_a_parallel_run_beside_a_live_worker_returns_it_run
         with pytest.raises(psycopg.Error) as refused:  # a running run is not resumed
             admin.execute("CALL public.bump_tally(resume => %s)", (op_id,))
         assert refused.value.sqlstate == "SQ004"
+        out = subprocess.run([str(Path(sys.executable).parent / "specql"), "run", "bump_tally", str(entities),
+                              "--database-url", url, "--resume", str(op_id)], capture_output=True, text=True)
+        assert out.returncode == 1 and "it is running" in out.stderr, out.stdout + out.stderr  # as the routine
         admin.execute("SELECT pg_terminate_backend(%s)", (doomed.pid,))
         doomed.join()
         assert doomed.error is not None
