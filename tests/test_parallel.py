@@ -522,12 +522,12 @@ def _same_stages(url, admin, bad, marks=(True, True, False)):
 
 def test_collect_errors_stops_at_the_runs_max_errors_inside_a_resumed_batch_as_the_routine(database_url_any,
                                                                                           tmp_path):
-    # collect_errors isolates a failed batch's records one by one and stops at the first error
-    # past max_errors. The routine counts the run's errors (a resume starts from the run's); a
-    # worker must too, not its own: else a resumed worker, its own count at 0, goes on through
-    # the batch, applying records after the run's limit was passed (and logging their errors).
-    # max_errors 3, failing rows 110..112 (batch 3: 3 errors, within the limit), 400 (batch 8:
-    # the 4th error stops the run; 351..399 applied), 401, 402 (batch 9, first records).
+    # collect_errors isolates a failed batch's records one by one; past max_errors the run
+    # stops after that batch (the pass finishes it). The routine counts the run's errors (a
+    # resume starts from the run's); a worker must too, not its own: else a resumed worker, its
+    # own count at 0, goes on past the run's limit. max_errors 3, failing rows 110..112 (batch 3:
+    # 3 errors, within the limit), 400 (batch 8: the 4th error stops the run after the batch),
+    # 401, 402 (batch 9, first records).
     url = database_url_any
     tally = TALLY.replace("error_handling: stop_on_error", "error_handling: collect_errors\n        max_errors: 3")
     generate_and_apply(url, write_entities(tmp_path / "entities", tally=tally), tmp_path / "out")
@@ -539,10 +539,11 @@ def test_collect_errors_stops_at_the_runs_max_errors_inside_a_resumed_batch_as_t
             admin.execute("UPDATE tally SET n = %s WHERE id IN (110, 111, 112, 400, 401, 402)", (4 if on else 0,))
 
         by_workers, by_routine = _same_stages(url, admin, bad)
-        # 1st: 347 + 49 applied, 4 errors. 2nd: batch 9's first record is the 5th error: it stops
-        # there, nothing applied (the batch is tried again). 3rd (mended): batch 9 again, all 50
-        # applied; the run's 5 errors are still past 3: stopped after it.
-        assert by_routine[:3] == [("failed", 396, 4, 4, 8), ("failed", 396, 5, 5, 9), ("failed", 446, 4, 5, 10)]
+        # 1st: 347 + 49 applied, 4 errors. 2nd: batch 9, 401 and 402 logged, its 48 others
+        # applied; stopped after it. 3rd (mended): the run's 6 errors are still past 3: batch 10
+        # applied, stopped after it. Every row changed once but the six failing ones.
+        assert by_routine == [("failed", 396, 4, 4, 8), ("failed", 444, 6, 6, 9), ("failed", 494, 6, 6, 10),
+                              (494, 106), (6, 6)]
         assert by_workers == by_routine
 
 
@@ -591,14 +592,14 @@ def test_ignore_conflicts_skipped_records_count_in_workers_as_in_the_routine(dat
 
 def test_a_csv_workers_rejects_stop_at_the_runs_max_errors_as_the_routines(database_url_any, tmp_path):
     # skip_invalid_rows with max_errors: a batch whose insert fails is taken record by record,
-    # each rejected one logged, and the run stops at the first error past max_errors (2). A
-    # worker must count the run's errors there, not its own: else its resume, its own count at
-    # 0, logs rejected records past the limit (41, 42, 43 here) where the routine stops at the
-    # first. Staged with SQL (the psql path): 130 records, 5, 9, 41, 42, 43 without a title
-    # (NOT NULL at insert). The same stages as the routine (CALL ... resume => id): stopped at
-    # record 41 (the 3rd error), resumed while still bad (stops at 41 again), then mended. The
-    # batch that stopped at 41 changed nothing, so a resume applies it again: its rejected
-    # record counts once in failed_records, as a failed batch's records do.
+    # each rejected one logged, to the batch's end, and the run stops after the batch once
+    # past max_errors (2). A worker must count the run's errors, not its own: else its resume,
+    # its own count at 0, goes on past the limit. Staged with SQL (the psql path): 130 records,
+    # 5, 9, 41, 42, 43 without a title (NOT NULL at insert). The same stages as the routine
+    # (CALL ... resume => id): stopped after the batch of 41 (3 more errors), resumed while still
+    # bad, then mended: each resume applies one batch (the run's errors are past the limit).
+    # The pass used to stop at 41 (the 3rd error), leaving 44..60 unapplied when a batch had
+    # applied records before it.
     url = database_url_any
     gadget = GADGET.replace("skip_invalid_rows: true",
                             "skip_invalid_rows: true\n        max_errors: 2\n        transaction: commit_per_batch")
@@ -637,14 +638,12 @@ def test_a_csv_workers_rejects_stop_at_the_runs_max_errors_as_the_routines(datab
             return admin.execute("SELECT (%s::specql.batch_operation_result).operation_id", (result,)).fetchone()[0]
 
         by_workers, by_routine = stages(parallel), stages(routine)
-        # 1st: 18 + 20 applied, stopped at 41 (3 errors). 2nd: 41 again, the 4th error: stops;
-        # 41 counts once in failed_records (the routine counted it twice: 4). 3rd: mended, 41's
-        # batch applied (the workers' batch ends at its chunk's end, record 50; the routine's at
-        # 60), 5 and 9 failed; the run's 4 errors are past 2, so it stops after that batch.
-        assert by_workers[:2] == by_routine[:2] == [("failed", 38, 3, 3), ("failed", 38, 3, 4)]
-        assert by_workers[2] == ("failed", 48, 2, 4) and by_routine[2] == ("failed", 58, 2, 4)
-        assert by_workers[4] == by_routine[4] == [("S5",), ("S9",), ("S41",), ("S41",)]
-        assert by_workers[3] == (48, 3) and by_routine[3] == (58, 3)
+        # 1st: 18 + 20 + 17 applied, 41..43 logged (the workers' batch 3 ends at its chunk's
+        # end, record 50; the routine's at 60). 2nd and 3rd: one more batch of 20 each.
+        assert by_routine[:3] == [("failed", 55, 5, 5), ("failed", 75, 5, 5), ("failed", 95, 5, 5)]
+        assert by_workers[:3] == [("failed", 45, 5, 5), ("failed", 65, 5, 5), ("failed", 85, 5, 5)]
+        assert by_workers[4] == by_routine[4] == [("S5",), ("S9",), ("S41",), ("S42",), ("S43",)]
+        assert by_workers[3] == (85, 0) and by_routine[3] == (95, 0)
 
 
 def _tally(url: str, tmp_path: Path, rows: int) -> Path:
@@ -968,3 +967,32 @@ def test_errors_of_two_workers_past_the_runs_max_errors_fail_the_run_as_in_the_r
         # both chunks were under way when the limit was passed: their batches are applied
         assert (status, errors) == routine
         assert (total, processed, failed) == (600, 500, 100)
+
+
+def test_collect_errors_past_max_errors_finishes_the_batch_in_workers_as_in_the_routine(database_url_any, tmp_path):
+    # collect_errors, max_errors 1: rows 110 and 111 fail in batch 3 (101..150); 111 is the 2nd
+    # error, past the limit, in the middle of the record-by-record pass. The pass used to stop
+    # there: 112..150 were neither applied nor logged, and the run's position (after batch 3,
+    # which had applied records) made every resume skip them. The pass now finishes the batch
+    # (the good records applied, each failing one logged) and the run stops after it; each
+    # resume then applies one more batch (the run's errors are still past the limit).
+    url = database_url_any
+    tally = TALLY.replace("error_handling: stop_on_error", "error_handling: collect_errors\n        max_errors: 1")
+    generate_and_apply(url, write_entities(tmp_path / "entities", tally=tally), tmp_path / "out")
+    with connect(url) as admin:
+        admin.execute("INSERT INTO tally SELECT g, 0 FROM generate_series(1, 600) g")
+        admin.execute("ALTER TABLE tally ADD CHECK (n < 5)")
+
+        def bad(on: bool) -> None:
+            admin.execute("UPDATE tally SET n = %s WHERE id IN (110, 111)", (4 if on else 0,))
+
+        by_workers, by_routine = _same_stages(url, admin, bad)
+        # status, processed, failed, error_count, batch_count per stage; then (n = 1, n = 0);
+        # then the error rows (2, one failing record each).
+        assert by_routine == [("failed", 148, 2, 2, 3), ("failed", 198, 2, 2, 4), ("failed", 248, 2, 2, 5),
+                              (248, 352), (2, 2)]
+        assert by_workers == by_routine
+        # Every row (the routine's run, the last): 1..250 changed once but the two failing ones.
+        assert admin.execute("SELECT array_agg(id ORDER BY id) FROM tally WHERE n <> 1").fetchone()[0] == \
+            [110, 111] + list(range(251, 601))
+        assert admin.execute("SELECT count(*) FROM tally WHERE n NOT IN (0, 1)").fetchone()[0] == 0
