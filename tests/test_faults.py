@@ -36,6 +36,13 @@ FAULTS = {
     "timeout never checked": (
         "public.user", "test_public_bulk_update_user_status",
         r"IF _result\.batch_count > 0 AND clock_timestamp\(\)", "IF false AND clock_timestamp()"),
+    # the timeout checked before the driver looks for a next batch: a timeout that passes in
+    # the last batch stops the run timed_out with nothing left (it must complete)
+    "timeout checked before the next batch is found": (
+        "public.user", "test_public_bulk_update_user_status",
+        r"\n(\s+)(-- Select the next batch\.\n\s+EXIT WHEN _from > _last_index;)",
+        "\n\\1IF _result.batch_count > 0 AND clock_timestamp() - _run_started >= interval '30 minutes' THEN "
+        "_stop := 'timed_out'; EXIT; END IF;\n\\1\\2"),
     "WHERE clause dropped from the batch UPDATE": (
         "public.user", "test_public_bulk_update_user_status",
         r"\n\s*WHERE id = ANY\(_keys\);", ";"),

@@ -996,3 +996,61 @@ def test_collect_errors_past_max_errors_finishes_the_batch_in_workers_as_in_the_
         assert admin.execute("SELECT array_agg(id ORDER BY id) FROM tally WHERE n <> 1").fetchone()[0] == \
             [110, 111] + list(range(251, 601))
         assert admin.execute("SELECT count(*) FROM tally WHERE n NOT IN (0, 1)").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize("walk", ["tally", "listed"])
+def test_a_timeout_in_the_last_batch_completes_in_workers_as_in_the_routine(database_url_any, tmp_path, walk):
+    # timeout 300 ms; 100 rows in 2 batches of 50 (one chunk for the workers). A trigger sleeps
+    # 0.5 s on one row. On row 100 (the last batch) the timeout passes with nothing left: the
+    # run completes (it said timed_out, and its worker left the chunk pending). On row 50 (the
+    # first batch) it times out after batch 1, and a resume applies batch 2 only: every row
+    # changed exactly once (n = n + 1). `tally`: the key walk (key ranges while keys are dense);
+    # `listed`: the ids array (keys driver).
+    url = database_url_any
+    tally = TALLY.replace("error_handling: stop_on_error", "timeout: \"300 milliseconds\"")
+    if walk == "listed":
+        tally = tally.replace("batch_size: 50\n", "batch_size: 50\n        where_condition: \"id = ANY(:ids)\"\n")
+    generate_and_apply(url, write_entities(tmp_path / "entities", tally=tally), tmp_path / "out")
+    ids = list(range(1, 101))
+    args = {"ids": ids} if walk == "listed" else {}
+    with connect(url) as admin:
+        admin.execute("INSERT INTO tally SELECT g, 0 FROM generate_series(1, 100) g")
+        admin.execute("CREATE TABLE sleepy (id bigint)")
+        admin.execute("CREATE FUNCTION sleepy() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                      "IF EXISTS (SELECT 1 FROM sleepy AS s WHERE s.id = NEW.id) THEN PERFORM pg_sleep(0.5); END IF; "
+                      "RETURN NEW; END $$")
+        admin.execute("CREATE TRIGGER tally_sleepy BEFORE UPDATE ON tally FOR EACH ROW EXECUTE FUNCTION sleepy()")
+
+        def routine(op_id):
+            sql = "CALL public.bump_tally(resume => %(op)s" + (", ids => %(ids)s)" if walk == "listed" else ")")
+            result = admin.execute(sql, {"op": op_id, **args}).fetchone()[0]
+            return admin.execute("SELECT (%s::specql.batch_operation_result).operation_id", (result,)).fetchone()[0]
+
+        def parallel(op_id):
+            if op_id is None:
+                sql = "SELECT public.bump_tally_start(" + ("ids => %(ids)s)" if walk == "listed" else ")")
+                op_id = admin.execute(sql, args).fetchone()[0]
+            worker = Worker(url, "bump_tally", op_id, resume=True).join()
+            assert worker.error is None, worker.error
+            return op_id
+
+        for step in (routine, parallel):
+            admin.execute("UPDATE tally SET n = 0")
+            admin.execute("DELETE FROM sleepy")
+            admin.execute("INSERT INTO sleepy VALUES (100)")
+            op_id = step(None)
+            assert _run(admin, op_id) == ("completed", 100, 100, 0, 0, 2), step.__name__
+            assert admin.execute("SELECT n, count(*) FROM tally GROUP BY 1").fetchall() == [(1, 100)]
+            if step is parallel:
+                assert [c[1] for c in _chunks(admin, op_id)] == ["done"]
+
+            admin.execute("UPDATE tally SET n = 0")
+            admin.execute("UPDATE sleepy SET id = 50")
+            op_id = step(None)
+            # (the routine's total_records grows as it walks: not compared)
+            assert _run(admin, op_id)[2:] == (50, 0, 0, 1) and _run(admin, op_id)[0] == "timed_out", step.__name__
+            assert admin.execute("SELECT array_agg(id ORDER BY id) FROM tally WHERE n = 1").fetchone()[0] == ids[:50]
+            assert admin.execute("SELECT count(*) FROM tally WHERE n = 0").fetchone()[0] == 50
+            op_id = step(op_id)
+            assert _run(admin, op_id) == ("completed", 100, 100, 0, 0, 2), step.__name__
+            assert admin.execute("SELECT n, count(*) FROM tally GROUP BY 1").fetchall() == [(1, 100)]
