@@ -208,6 +208,41 @@ def test_a_cancel_stops_a_run_waiting_for_its_load(items_any, tmp_path):
         assert conn.execute("SELECT count(*), count(DISTINCT id) FROM st.item").fetchone() == (400, 400)
 
 
+def test_the_timeout_stops_a_run_waiting_for_its_load(database_url_any, tmp_path):
+    """A run that has imported every whole batch staged so far and waits for more times out
+    while it waits (timeout 1 second): timed_out with its whole batches, where it waited for
+    the next rows whatever its timeout; resumed once the load is whole, every record once."""
+    url = database_url_any
+    timed = ITEMS.replace("transaction: commit_per_batch\n", "transaction: commit_per_batch\n        timeout: 1 second\n")
+    ents = write_entities(tmp_path / "e", item=timed)
+    generate_and_apply(url, ents, tmp_path / "gen")
+    op = find_operation(load_project([str(ents)]), "import_items_resumable")
+    path = tmp_path / "items.csv"
+    write_items(path, 400)
+    results: list[dict] = []
+    with (staging_connection(url, op) as stager, FileLoad(op, path) as load,
+          psycopg.connect(url, autocommit=True) as admin):
+        load.open_marker(stager)
+        assert load.copy(stager, 200)  # some records, committed; the rest is not staged yet
+        first = load.staged.records
+        bound = bind_params(op, [f"staging_id={load.staged.staging_id}"])
+        started = time.monotonic()
+        runner = threading.Thread(target=lambda: results.append(execute(url, op, bound)))
+        runner.start()
+        runner.join(10)
+        assert not runner.is_alive(), "the run waited for its load past its timeout"
+        assert 1 <= time.monotonic() - started < 10
+        r = results[0]
+        assert (r["status"], r["processed_records"]) == ("timed_out", first // 10 * 10)
+        assert admin.execute("SELECT count(*) FROM st.item").fetchone()[0] == first // 10 * 10
+        load.copy_streamed(stager)  # the rest of the file
+    r = execute(url, op, bound, resume=str(r["operation_id"]))
+    assert (r["status"], r["total_records"], r["processed_records"]) == ("completed", 400, 400)
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT count(*), count(DISTINCT id), sum(n) FROM st.item").fetchone() == \
+            (400, 400, sum(range(1, 401)) - 51)  # record 50 holds n = -1
+
+
 def test_a_staging_session_that_dies_stops_the_run(items, tmp_path, monkeypatch):
     """The marker stays and its backend is gone: the run imports what was staged, once, stops
     failed with an error row saying so, and a resume is refused (the load will never be whole)."""
