@@ -1054,3 +1054,73 @@ def test_a_timeout_in_the_last_batch_completes_in_workers_as_in_the_routine(data
             op_id = step(op_id)
             assert _run(admin, op_id) == ("completed", 100, 100, 0, 0, 2), step.__name__
             assert admin.execute("SELECT n, count(*) FROM tally GROUP BY 1").fetchall() == [(1, 100)]
+
+
+@pytest.mark.parametrize("source", ["jsonb", "csv"])
+def test_a_timeout_in_the_last_batch_of_an_import_completes_in_workers_as_in_the_routine(database_url_any, tmp_path,
+                                                                                         source):
+    # As the walks above, for an insert from a jsonb data_source (source driver) and a CSV load
+    # (csv driver): 40 records in 2 batches of 20 (one chunk), a 0.5 s record under a 300 ms
+    # timeout. In the last batch (record 40) the run completes; in the first (record 20) it
+    # times out at 20 and a resume imports the other 20: every record exactly once.
+    url = database_url_any
+    if source == "jsonb":
+        entity = {"reading": READING.replace(
+            "batch_size: 5\n        parallel: true\n        worker_batch_size: 10\n        error_handling: collect_errors\n"
+            "        max_errors_per_worker: 2\n",
+            "batch_size: 20\n        parallel: true\n        worker_batch_size: 20\n        timeout: \"300 milliseconds\"\n"
+            "        transaction: commit_per_batch\n")}
+        table, op, key = "reading", "import_readings", "id"
+    else:
+        entity = {"gadget": GADGET.replace("batch_size: 20\n", "batch_size: 20\n        timeout: \"300 milliseconds\"\n"
+                                           "        transaction: commit_per_batch\n")}
+        table, op, key = "gadget", "import_gadgets", "sku"
+    generate_and_apply(url, write_entities(tmp_path / "entities", **entity), tmp_path / "out")
+    readings = json.dumps([{"id": i, "value": i} for i in range(1, 41)])
+    keys = list(range(1, 41)) if source == "jsonb" else [f"S{i}" for i in range(1, 41)]
+    with connect(url) as admin:
+        admin.execute("CREATE TABLE sleepy (k text)")
+        admin.execute(f"CREATE FUNCTION sleepy() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                      f"IF EXISTS (SELECT 1 FROM sleepy AS s WHERE s.k = NEW.{key}::text) THEN PERFORM pg_sleep(0.5); "
+                      f"END IF; RETURN NEW; END $$")
+        admin.execute(f"CREATE TRIGGER {table}_sleepy BEFORE INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION sleepy()")
+
+        def arguments() -> str:
+            if source == "jsonb":
+                return "readings => %(readings)s"
+            admin.execute("INSERT INTO public.import_gadgets_staging (_staging_id, _record, sku, title) "
+                          "SELECT %s, g, 'S' || g, 'T' || g FROM generate_series(1, 40) g", (staging["id"],))
+            return "staging_id => %(staging)s"
+
+        def routine(op_id):
+            args = arguments() if op_id is None else ("readings => %(readings)s" if source == "jsonb"
+                                                      else "staging_id => %(staging)s")
+            result = admin.execute(f"CALL public.{op}({args}, resume => %(op)s)",
+                                   {"readings": readings, "staging": staging["id"], "op": op_id}).fetchone()[0]
+            return admin.execute("SELECT (%s::specql.batch_operation_result).operation_id", (result,)).fetchone()[0]
+
+        def parallel(op_id):
+            if op_id is None:
+                op_id = admin.execute(f"SELECT public.{op}_start({arguments()})",
+                                      {"readings": readings, "staging": staging["id"]}).fetchone()[0]
+            worker = Worker(url, op, op_id, resume=True).join()
+            assert worker.error is None, worker.error
+            return op_id
+
+        staging = {}
+        for step in (routine, parallel):
+            for sleepy, first in ((keys[39], None), (keys[19], 20)):
+                admin.execute(f"DELETE FROM {table}")
+                admin.execute("DELETE FROM sleepy")
+                admin.execute("INSERT INTO sleepy VALUES (%s)", (str(sleepy),))
+                staging["id"] = admin.execute("SELECT gen_random_uuid()").fetchone()[0]
+                op_id = step(None)
+                if first is not None:
+                    assert _run(admin, op_id)[0] == "timed_out", step.__name__
+                    assert _run(admin, op_id)[2:] == (first, 0, 0, 1), step.__name__
+                    done = admin.execute(f"SELECT array_agg({key} ORDER BY {key}) FROM {table}").fetchone()[0]
+                    assert sorted(done, key=str) == sorted(keys[:first], key=str)
+                    op_id = step(op_id)
+                assert _run(admin, op_id) == ("completed", 40, 40, 0, 0, 2), step.__name__
+                assert admin.execute(f"SELECT count(*), count(DISTINCT {key}) FROM {table}").fetchone() == (40, 40)
+                assert sorted(admin.execute(f"SELECT {key} FROM {table}").fetchall()) == sorted((k,) for k in keys)
