@@ -241,3 +241,41 @@ def test_the_older_transaction_proof_fails_with_a_catch_up_blind_to_the_snapshot
     apply(database_url, tmp_path, SNAPSHOT_BLIND)
     result, errors, left, target, bad = run_while_an_older_transaction_runs(database_url)
     assert errors > 1 or result["batch_count"] != math.ceil(target / 40), "the proof cannot tell"
+
+
+def test_a_timeout_in_the_last_batch_of_the_walk_completes(tmp_path, database_url_any):
+    # timeout 300 ms, 80 target rows in 2 batches of 40 (heap order: insertion order), a 0.5 s
+    # row. In the last batch (row 80) the walk finds nothing after it: the run completes (it
+    # said timed_out). In the first (row 40) it times out after it, rows 41..80 left.
+    url = database_url_any
+    timed = COUNTER + """      - name: batch_operations
+        operation: drop_counters_timed
+        operation_type: delete
+        where_condition: "tag = :tag"
+        batch_size: 40
+        timeout: "300 milliseconds"
+"""
+    entities = write_entities(tmp_path / "entities", counter=timed)
+    generate([str(entities)], tmp_path / "out")
+    assert migrate(tmp_path / "out" / "migrations", url, echo=lambda _: None) == 0
+    with connect(url) as conn:
+        conn.execute("CREATE FUNCTION sleepy() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                     "IF OLD.note = 'sleepy' THEN PERFORM pg_sleep(0.5); END IF; RETURN OLD; END $$")
+        conn.execute("CREATE TRIGGER counter_sleepy BEFORE DELETE ON public.counter FOR EACH ROW EXECUTE FUNCTION sleepy()")
+
+        def run(sleepy: int) -> tuple:
+            conn.execute("DELETE FROM public.counter")
+            conn.execute("INSERT INTO public.counter (id, n, tag, note) SELECT gen_random_uuid(), g, "
+                         "CASE WHEN g > 80 THEN 'b' ELSE 'a' END, CASE WHEN g = %s THEN 'sleepy' ELSE 'x' END "
+                         "FROM generate_series(1, 120) g", (sleepy,))
+            r = call(conn, "public.drop_counters_timed", tag="a")
+            assert "-- Heap walk" in conn.execute("SELECT prosrc FROM pg_proc WHERE proname = 'drop_counters_timed'").fetchone()[0]
+            return r["status"], r["processed_records"], r["batch_count"]
+
+        def left() -> list[int]:
+            return [n for (n,) in conn.execute("SELECT n FROM public.counter ORDER BY n")]
+
+        assert run(80) == ("completed", 80, 2)
+        assert left() == list(range(81, 121))
+        assert run(40) == ("timed_out", 40, 1)
+        assert left() == list(range(41, 121))
