@@ -322,6 +322,21 @@ def test_timeout_stops_between_batches(h):
     assert r["processed_records"] == changed
 
 
+def test_a_timeout_in_the_last_batch_completes_the_run(h):
+    # The whole target in one batch, which outlasts the timeout: nothing is left after it, so
+    # the run completes (the timeout stops a run only before a batch that is left to do).
+    params, target = prepare(h)
+    size = max(len(target), 1)
+    while expected_batches(params, target, size) > 1:
+        size *= 2
+    probe = h.timeout_probe("1 millisecond")
+    h.slow_down(0.005)
+    r = h.call({**params, "batch_size": size}, routine=probe).result
+    assert r["status"] == "completed"
+    assert r["batch_count"] == 1
+    assert r["processed_records"] == len(target)
+
+
 def test_batch_size_argument_overrides_the_file(h):
     params, first_batch, target, expected_batches = plan_run(h)
     size = BATCH // 2 if BATCH > 1 else 2

@@ -200,6 +200,26 @@ def test_imports_every_line(h):
     assert [b[1] for b in log] == [min(BATCH, RECORDS - i * BATCH) for i in range(len(log))]
 
 
+def test_a_load_with_gaps_in_its_numbers_imports_every_line_once(h):
+    """psql's \\copy numbers a load by an identity, which may skip: the routine then lists each
+    batch of batch_size staged rows from the primary key (csv/batch_cut) instead of taking the
+    next batch_size numbers. Every line once, in batches of batch_size, its line number kept."""
+    rows = h.csv_rows(RECORDS)
+    bad = RECORDS // 2
+    before = h.count()
+    r = call_with(h, h.stage_csv_with_gaps(rows, broken={bad: h.csv_broken_line()})).result
+    errors = h.errors(r["operation_id"])
+    assert len(errors) == 1 and errors[0][2].startswith("wrong field count")
+    assert errors[0][3]["line"] == bad + 1 + (1 if HEADER else 0)
+    assert r["status"] == "completed_with_errors"
+    assert r["total_records"] == RECORDS
+    assert r["processed_records"] == h.count() - before == RECORDS - 1
+    assert r["batch_count"] == batches(RECORDS, BATCH)
+    # batch_size staged rows each; the rejected line's batch imports one less
+    log = h.batch_log(r["operation_id"])
+    assert [b[1] for b in log] == [min(BATCH, RECORDS - i * BATCH) - (i == bad // BATCH) for i in range(len(log))]
+
+
 def test_an_empty_load_changes_nothing(h):
     r = call_with(h, h.stage_csv([])).result
     assert (r["status"], r["total_records"], r["processed_records"], r["batch_count"]) == ("completed", 0, 0, 0)

@@ -201,6 +201,23 @@ def test_imports_every_line(h):
     assert [b[1] for b in log] == [min(BATCH, RECORDS - i * BATCH) for i in range(len(log))]
 
 
+def test_a_load_with_gaps_in_its_numbers_imports_every_line_once(h):
+    """psql's \\copy numbers a load by an identity, which may skip: the routine then lists each
+    batch of batch_size staged rows from the primary key (csv/batch_cut) instead of taking the
+    next batch_size numbers. Every line once, in batches of batch_size, its line number kept."""
+    rows = h.csv_rows(RECORDS)
+    bad = RECORDS // 2
+    before = h.count()
+    r = call_with(h, h.stage_csv_with_gaps(rows, broken={bad: h.csv_broken_line()})).result
+    errors = h.errors(r["operation_id"])
+    assert len(errors) == 1 and errors[0][2].startswith("wrong field count")
+    assert errors[0][3]["line"] == bad + 1 + (1 if HEADER else 0)
+    assert r["status"] == "failed"
+    assert r["total_records"] == RECORDS
+    assert r["processed_records"] == h.count() - before == (bad // BATCH) * BATCH
+    assert r["batch_count"] == bad // BATCH + 1
+
+
 def test_an_empty_load_changes_nothing(h):
     r = call_with(h, h.stage_csv([])).result
     assert (r["status"], r["total_records"], r["processed_records"], r["batch_count"]) == ("completed", 0, 0, 0)

@@ -230,6 +230,21 @@ def test_timeout_stops_between_batches(h):
     assert 1 <= r["batch_count"] < expected_batches(params, target)
     changed = sum(1 for k in before if after.get(k) != before[k])
     assert r["processed_records"] == changed
+
+
+def test_a_timeout_in_the_last_batch_completes_the_run(h):
+    # The whole target in one batch, which outlasts the timeout: nothing is left after it, so
+    # the run completes (the timeout stops a run only before a batch that is left to do).
+    params, target = prepare(h)
+    size = max(len(target), 1)
+    while expected_batches(params, target, size) > 1:
+        size *= 2
+    probe = h.timeout_probe("1 millisecond")
+    h.slow_down(0.005)
+    r = h.call({**params, "batch_size": size}, routine=probe).result
+    assert r["status"] == "completed"
+    assert r["batch_count"] == 1
+    assert r["processed_records"] == len(target)
 def cancelled_after_first_batch(h, params, first_batch, size=BATCH):
     """Run (in batches of size) with a cancel requested inside the first batch; the stopped run's result."""
     h.record_touches()

@@ -240,6 +240,33 @@ def test_error_handling_collect_errors(h):
     assert h.count() - before == RECORDS - 1
 
 
+def test_max_errors_passed_inside_a_batch_finishes_that_batch(h):
+    # max_errors + 1 failing records in a row, the last of them (past the limit) inside a
+    # batch, good records after it: the record-by-record pass finishes that batch (its good
+    # records applied, each failing one logged) and the run stops after it. None of the batch
+    # is left out (a resume starts after it).
+    poison = h.poisonable_field()
+    if poison is None:
+        pytest.skip("no field to plant a failing record in")
+    field, column, marker = poison
+    limit = FACTS["max_errors"]
+    first = 1 if limit % BATCH == BATCH - 1 else 0
+    last = first + limit  # the failing record past max_errors, not its batch's last
+    stopping = last // BATCH + 1  # the batch it falls in
+    records = h.records((stopping + 1) * BATCH)
+    for i in range(first, last + 1):
+        records[i][field] = marker
+    h.poison_records(field, column, str(marker))
+    before = h.count()
+    r = call_with(h, records).result
+    assert r["status"] == "failed"
+    assert r["batch_count"] == stopping
+    assert r["error_count"] == r["failed_records"] == limit + 1
+    assert r["processed_records"] == stopping * BATCH - (limit + 1)
+    assert h.count() - before == r["processed_records"]
+    assert sorted(e[3][0]["index"] for e in h.errors(r["operation_id"])) == list(range(first, last + 1))
+
+
 def test_batch_size_argument_overrides_the_file(h):
     params, first_batch, target, expected_batches = plan_run(h)
     size = BATCH // 2 if BATCH > 1 else 2

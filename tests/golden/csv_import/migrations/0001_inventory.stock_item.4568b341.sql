@@ -175,7 +175,7 @@ BEGIN
             EXIT;
         END IF;
         -- Select the next batch.
-        WHILE _csv_open AND _csv_to >= _csv_last LOOP
+        WHILE _csv_open AND _csv_last - _csv_to < _batch_size LOOP
             SELECT _s._raw INTO _csv_marker FROM inventory.import_stock_staging AS _s
             WHERE _s._staging_id = import_stock.staging_id AND _s._record = 0;
             _csv_open := FOUND;
@@ -188,6 +188,7 @@ BEGIN
             IF _csv_open AND _csv_rows = 0 THEN
                 IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_get_activity((_csv_marker ->> 'pid')::integer) AS _a
                                WHERE _a.backend_start = (_csv_marker ->> 'backend_start')::timestamptz) THEN
+                    EXIT WHEN _csv_to < _csv_last;  -- the rows it did stage first (a short batch), then this
                     -- The staging session ended before the last row: the run stops here.
                     INSERT INTO specql.batch_operation_errors
                         (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at)
@@ -200,9 +201,15 @@ BEGIN
                     _stop := 'failed';
                     EXIT;
                 END IF;
+                -- A cancel request (specql.cancel_operation) while the load waits for its staging.
+                IF EXISTS (SELECT 1 FROM specql.batch_operation_cancellations WHERE operation_id = _result.operation_id) THEN
+                    _stop := 'cancelled';
+                    EXIT;
+                END IF;
                 PERFORM pg_catalog.pg_sleep(0.005);
             END IF;
         END LOOP;
+        EXIT WHEN _stop IS NOT NULL;  -- the load's staging ended early, or a cancel
         EXIT WHEN _csv_to >= _csv_last;
         IF _csv_dense THEN
             -- Every number up to _csv_last is a staged row: the batch is the next batch_size numbers.
@@ -385,8 +392,6 @@ BEGIN
                             _result.error_count := _result.error_count + 1;
                             _result.failed_records := _result.failed_records + 1;
                             _csv_rejected := NULL;
-                            -- max_errors: stop as soon as more errors than allowed were logged.
-                            EXIT WHEN _result.error_count > 10;
                         END IF;
                     END LOOP;
                     _csv_from := _csv_batch_from;
@@ -574,6 +579,7 @@ DECLARE
     _detail text;
     _run record;               -- the run a resume continues
     _state text;
+    _failed_at_batch bigint;   -- failed records before the batch (a CSV batch counts its rejects itself)
     _search_path text := pg_catalog.current_setting('search_path');
 BEGIN
 
@@ -614,6 +620,11 @@ BEGIN
             RAISE EXCEPTION 'cannot resume run % of %: it is %', load_stock_prices.resume, 'load_stock_prices', coalesce(_state, 'unknown')
                 USING ERRCODE = 'SQ004', HINT = 'An abandoned, cancelled, timed_out or failed run can be resumed.';
         END IF;
+        IF _run.transaction_mode = 'parallel' THEN
+            -- A parallel run's progress is in its chunks: only its workers can take it up.
+            RAISE EXCEPTION 'cannot resume run % of %: it is a parallel run', load_stock_prices.resume, 'load_stock_prices'
+                USING ERRCODE = 'SQ004', HINT = 'Its workers take it up: CALL load_stock_prices_worker(operation_id => ..., resume => true), or specql run --resume ID --workers N.';
+        END IF;
         IF _run.params IS DISTINCT FROM jsonb_build_object('staging_id', load_stock_prices.staging_id) THEN
             RAISE EXCEPTION 'cannot resume run % of %: it was started with other parameters', load_stock_prices.resume, 'load_stock_prices'
                 USING ERRCODE = 'SQ005', DETAIL = format('It was started with %s.', _run.params);
@@ -642,10 +653,11 @@ BEGIN
                 USING ERRCODE = 'SQ004', HINT = 'Its staging session ended before the last row: import the file again.';
         END IF;
         IF _count < _run.total_records THEN
-            RAISE EXCEPTION 'cannot resume run % of %: it staged % rows, % are left in %', _run.operation_id, 'load_stock_prices',
+            RAISE EXCEPTION 'cannot resume run % of %: it counted % staged rows, % are left in %', _run.operation_id, 'load_stock_prices',
                 _run.total_records, _count, 'inventory.load_stock_prices_staging'
                 USING ERRCODE = 'SQ004', HINT = 'Its staged rows were removed: import the file again.';
         END IF;
+        _run.total_records := _count;  -- the load now, not as it was when the run stopped
         _csv_to := coalesce((_run.position ->> 'after')::bigint, _csv_to);
         _result.operation_id := _run.operation_id;
         _result.started_at := _run.started_at;
@@ -706,7 +718,7 @@ BEGIN
             EXIT;
         END IF;
         -- Select the next batch.
-        WHILE _csv_open AND _csv_to >= _csv_last LOOP
+        WHILE _csv_open AND _csv_last - _csv_to < _batch_size LOOP
             SELECT _s._raw INTO _csv_marker FROM inventory.load_stock_prices_staging AS _s
             WHERE _s._staging_id = load_stock_prices.staging_id AND _s._record = 0;
             _csv_open := FOUND;
@@ -719,6 +731,7 @@ BEGIN
             IF _csv_open AND _csv_rows = 0 THEN
                 IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_get_activity((_csv_marker ->> 'pid')::integer) AS _a
                                WHERE _a.backend_start = (_csv_marker ->> 'backend_start')::timestamptz) THEN
+                    EXIT WHEN _csv_to < _csv_last;  -- the rows it did stage first (a short batch), then this
                     -- The staging session ended before the last row: the run stops here.
                     INSERT INTO specql.batch_operation_errors
                         (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at)
@@ -731,9 +744,15 @@ BEGIN
                     _stop := 'failed';
                     EXIT;
                 END IF;
+                -- A cancel request (specql.cancel_operation) while the load waits for its staging.
+                IF EXISTS (SELECT 1 FROM specql.batch_operation_cancellations WHERE operation_id = _result.operation_id) THEN
+                    _stop := 'cancelled';
+                    EXIT;
+                END IF;
                 PERFORM pg_catalog.pg_sleep(0.005);
             END IF;
         END LOOP;
+        EXIT WHEN _stop IS NOT NULL;  -- the load's staging ended early, or a cancel
         EXIT WHEN _csv_to >= _csv_last;
         IF _csv_dense THEN
             -- Every number up to _csv_last is a staged row: the batch is the next batch_size numbers.
@@ -750,6 +769,7 @@ BEGIN
         END IF;
         _csv_rejected := NULL;
         _batch_started := clock_timestamp();
+        _failed_at_batch := _result.failed_records;
 
         LOOP
             BEGIN
@@ -926,7 +946,7 @@ BEGIN
             -- a failed batch that changed nothing and stopped the run is tried again on resume
             -- (its failed records are then not counted twice)
             position = CASE WHEN _stop = 'failed' AND _batch_processed = 0
-                            THEN coalesce(position, '{}') || jsonb_build_object('failed_batch', _batch_failed)
+                            THEN coalesce(position, '{}') || jsonb_build_object('failed_batch', _result.failed_records - _failed_at_batch)
                             ELSE jsonb_build_object('after', _csv_to) END
 
         WHERE operation_id = _result.operation_id;
@@ -1115,7 +1135,7 @@ BEGIN
             EXIT;
         END IF;
         -- Select the next batch.
-        WHILE _csv_open AND _csv_to >= _csv_last LOOP
+        WHILE _csv_open AND _csv_last - _csv_to < _batch_size LOOP
             SELECT _s._raw INTO _csv_marker FROM inventory.import_stock_parallel_staging AS _s
             WHERE _s._staging_id = import_stock_parallel.staging_id AND _s._record = 0;
             _csv_open := FOUND;
@@ -1128,6 +1148,7 @@ BEGIN
             IF _csv_open AND _csv_rows = 0 THEN
                 IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_get_activity((_csv_marker ->> 'pid')::integer) AS _a
                                WHERE _a.backend_start = (_csv_marker ->> 'backend_start')::timestamptz) THEN
+                    EXIT WHEN _csv_to < _csv_last;  -- the rows it did stage first (a short batch), then this
                     -- The staging session ended before the last row: the run stops here.
                     INSERT INTO specql.batch_operation_errors
                         (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at)
@@ -1140,9 +1161,15 @@ BEGIN
                     _stop := 'failed';
                     EXIT;
                 END IF;
+                -- A cancel request (specql.cancel_operation) while the load waits for its staging.
+                IF EXISTS (SELECT 1 FROM specql.batch_operation_cancellations WHERE operation_id = _result.operation_id) THEN
+                    _stop := 'cancelled';
+                    EXIT;
+                END IF;
                 PERFORM pg_catalog.pg_sleep(0.005);
             END IF;
         END LOOP;
+        EXIT WHEN _stop IS NOT NULL;  -- the load's staging ended early, or a cancel
         EXIT WHEN _csv_to >= _csv_last;
         IF _csv_dense THEN
             -- Every number up to _csv_last is a staged row: the batch is the next batch_size numbers.
@@ -1554,6 +1581,7 @@ BEGIN
     _result.failed_records := 0;
     _result.error_count := 0;
     _result.batch_count := 0;
+    _result.skipped_records := 0;
     _progress := pg_catalog.current_setting('specql.progress', true) = 'on';
     _lock_key := hashtext(_result.operation_id::text);
 
@@ -1840,7 +1868,7 @@ BEGIN
                 _retry_batch := true;
             END IF;
             IF _stop IS NULL THEN
-                -- Between batches: a cancel, another worker's stop, the timeout.
+                -- Between batches: a cancel, another worker's stop (the timeout: once the next batch is found).
                 SELECT p.stop INTO _stop FROM specql.batch_operation_parallel_runs AS p WHERE p.operation_id = _result.operation_id;
                 IF _stop IS NULL AND EXISTS (SELECT 1 FROM specql.batch_operation_cancellations AS c
                                              WHERE c.operation_id = _result.operation_id) THEN

@@ -139,6 +139,11 @@ BEGIN
             RAISE EXCEPTION 'cannot resume run % of %: it is %', check_readings.resume, 'check_readings', coalesce(_state, 'unknown')
                 USING ERRCODE = 'SQ004', HINT = 'An abandoned, cancelled, timed_out or failed run can be resumed.';
         END IF;
+        IF _run.transaction_mode = 'parallel' THEN
+            -- A parallel run's progress is in its chunks: only its workers can take it up.
+            RAISE EXCEPTION 'cannot resume run % of %: it is a parallel run', check_readings.resume, 'check_readings'
+                USING ERRCODE = 'SQ004', HINT = 'Its workers take it up: CALL check_readings_worker(operation_id => ..., resume => true), or specql run --resume ID --workers N.';
+        END IF;
         IF _run.params IS DISTINCT FROM jsonb_build_object() THEN
             RAISE EXCEPTION 'cannot resume run % of %: it was started with other parameters', check_readings.resume, 'check_readings'
                 USING ERRCODE = 'SQ005', DETAIL = format('It was started with %s.', _run.params);
@@ -251,11 +256,6 @@ BEGIN
             _stop := 'cancelled';
             EXIT;
         END IF;
-        -- timeout: checked between batches.
-        IF _result.batch_count > 0 AND clock_timestamp() - _run_started >= interval '10 minutes' THEN
-            _stop := 'timed_out';
-            EXIT;
-        END IF;
         -- Select the next batch.
         -- Keyset pagination on the primary key: each batch is the next _batch_size matching keys
         -- after the last key seen.
@@ -283,6 +283,14 @@ BEGIN
             _dense := _batch_records = _batch_size AND _last::numeric - _keys[1] < 2 * _batch_size;
         END IF;
 
+        -- timeout: checked between batches, once the driver found a next one (a timeout that
+        -- passes in the last batch leaves nothing undone: the run completes). The run row's
+        -- position stays after the last applied batch: a resume starts with this one.
+        IF _result.batch_count > 0 AND clock_timestamp() - _run_started >= interval '10 minutes'
+           AND (NOT _ranged OR EXISTS (SELECT 1 FROM public.meter WHERE id > _last AND (NOT checked))) THEN
+            _stop := 'timed_out';
+            EXIT;
+        END IF;
         _batch_started := clock_timestamp();
 
         LOOP

@@ -149,16 +149,18 @@ BEGIN
             _stop := 'cancelled';
             EXIT;
         END IF;
-        -- timeout: checked between batches.
-        IF _result.batch_count > 0 AND clock_timestamp() - _run_started >= interval '30 minutes' THEN
-            _stop := 'timed_out';
-            EXIT;
-        END IF;
         -- Select the next batch.
         EXIT WHEN _from > _last_index;
         _to := least(_from + _batch_size - 1, _last_index);
         -- Element by element: an expanded array is read in place, never copied whole.
         _keys := ARRAY(SELECT bulk_update_user_status.user_ids[_g._i] FROM generate_series(_from, _to) AS _g(_i));
+        -- timeout: checked between batches, once the driver found a next one (a timeout that
+        -- passes in the last batch leaves nothing undone: the run completes). The run row's
+        -- position stays after the last applied batch: a resume starts with this one.
+        IF _result.batch_count > 0 AND clock_timestamp() - _run_started >= interval '30 minutes' THEN
+            _stop := 'timed_out';
+            EXIT;
+        END IF;
         _batch_started := clock_timestamp();
 
         LOOP

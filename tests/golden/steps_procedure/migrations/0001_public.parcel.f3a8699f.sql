@@ -145,6 +145,11 @@ BEGIN
             RAISE EXCEPTION 'cannot resume run % of %: it is %', sweep_parcels.resume, 'sweep_parcels', coalesce(_state, 'unknown')
                 USING ERRCODE = 'SQ004', HINT = 'An abandoned, cancelled, timed_out or failed run can be resumed.';
         END IF;
+        IF _run.transaction_mode = 'parallel' THEN
+            -- A parallel run's progress is in its chunks: only its workers can take it up.
+            RAISE EXCEPTION 'cannot resume run % of %: it is a parallel run', sweep_parcels.resume, 'sweep_parcels'
+                USING ERRCODE = 'SQ004', HINT = 'Its workers take it up: CALL sweep_parcels_worker(operation_id => ..., resume => true), or specql run --resume ID --workers N.';
+        END IF;
         IF _run.params IS DISTINCT FROM jsonb_build_object('cutoff', sweep_parcels.cutoff) THEN
             RAISE EXCEPTION 'cannot resume run % of %: it was started with other parameters', sweep_parcels.resume, 'sweep_parcels'
                 USING ERRCODE = 'SQ005', DETAIL = format('It was started with %s.', _run.params);
@@ -249,11 +254,6 @@ BEGIN
                     _stop := 'cancelled';
                     EXIT;
                 END IF;
-                -- timeout: checked between batches.
-                IF _result.batch_count > 0 AND clock_timestamp() - _run_started >= interval '1 hour' THEN
-                    _stop := 'timed_out';
-                    EXIT;
-                END IF;
                 -- Select the next batch.
                 -- Keyset pagination on the primary key: each batch is the next _batch_size matching keys
                 -- after the last key seen.
@@ -270,6 +270,13 @@ BEGIN
                 _last := _keys[cardinality(_keys)];
                 _batch_records := cardinality(_keys);
 
+                -- timeout: checked between batches, once the driver found a next one (a timeout that
+                -- passes in the last batch leaves nothing undone: the run completes). The run row's
+                -- position stays after the last applied batch: a resume starts with this one.
+                IF _result.batch_count > 0 AND clock_timestamp() - _run_started >= interval '1 hour' THEN
+                    _stop := 'timed_out';
+                    EXIT;
+                END IF;
                 _batch_started := clock_timestamp();
 
                 LOOP
@@ -520,11 +527,6 @@ BEGIN
                     _stop := 'cancelled';
                     EXIT;
                 END IF;
-                -- timeout: checked between batches.
-                IF _result.batch_count > 0 AND clock_timestamp() - _run_started >= interval '1 hour' THEN
-                    _stop := 'timed_out';
-                    EXIT;
-                END IF;
                 -- Select the next batch.
                 _keys := '{}';
                 LOOP
@@ -545,6 +547,13 @@ BEGIN
                     _from := _to + 1;
                 END LOOP;
                 EXIT WHEN cardinality(_keys) = 0;
+                -- timeout: checked between batches, once the driver found a next one (a timeout that
+                -- passes in the last batch leaves nothing undone: the run completes). The run row's
+                -- position stays after the last applied batch: a resume starts with this one.
+                IF _result.batch_count > 0 AND clock_timestamp() - _run_started >= interval '1 hour' THEN
+                    _stop := 'timed_out';
+                    EXIT;
+                END IF;
                 _batch_started := clock_timestamp();
 
                 LOOP
@@ -795,11 +804,6 @@ BEGIN
                     _stop := 'cancelled';
                     EXIT;
                 END IF;
-                -- timeout: checked between batches.
-                IF _result.batch_count > 0 AND clock_timestamp() - _run_started >= interval '1 hour' THEN
-                    _stop := 'timed_out';
-                    EXIT;
-                END IF;
                 -- Select the next batch.
                 _keys := '{}';
                 LOOP
@@ -820,6 +824,13 @@ BEGIN
                     _from := _to + 1;
                 END LOOP;
                 EXIT WHEN cardinality(_keys) = 0;
+                -- timeout: checked between batches, once the driver found a next one (a timeout that
+                -- passes in the last batch leaves nothing undone: the run completes). The run row's
+                -- position stays after the last applied batch: a resume starts with this one.
+                IF _result.batch_count > 0 AND clock_timestamp() - _run_started >= interval '1 hour' THEN
+                    _stop := 'timed_out';
+                    EXIT;
+                END IF;
                 _batch_started := clock_timestamp();
 
                 LOOP
@@ -1013,14 +1024,16 @@ BEGIN
                     _stop := 'cancelled';
                     EXIT;
                 END IF;
-                -- timeout: checked between batches.
+                -- Select the next batch.
+                EXIT WHEN _called;
+                _called := true;
+                -- timeout: checked between batches, once the driver found a next one (a timeout that
+                -- passes in the last batch leaves nothing undone: the run completes). The run row's
+                -- position stays after the last applied batch: a resume starts with this one.
                 IF _result.batch_count > 0 AND clock_timestamp() - _run_started >= interval '1 hour' THEN
                     _stop := 'timed_out';
                     EXIT;
                 END IF;
-                -- Select the next batch.
-                EXIT WHEN _called;
-                _called := true;
                 _batch_started := clock_timestamp();
 
                 LOOP
@@ -1309,11 +1322,6 @@ BEGIN
                     _stop := 'cancelled';
                     EXIT;
                 END IF;
-                -- timeout: checked between batches.
-                IF _result.batch_count > 0 AND clock_timestamp() - _run_started >= interval '1 hour' THEN
-                    _stop := 'timed_out';
-                    EXIT;
-                END IF;
                 -- Select the next batch.
                 _keys := '{}';
                 LOOP
@@ -1334,6 +1342,13 @@ BEGIN
                     _from := _to + 1;
                 END LOOP;
                 EXIT WHEN cardinality(_keys) = 0;
+                -- timeout: checked between batches, once the driver found a next one (a timeout that
+                -- passes in the last batch leaves nothing undone: the run completes). The run row's
+                -- position stays after the last applied batch: a resume starts with this one.
+                IF _result.batch_count > 0 AND clock_timestamp() - _run_started >= interval '1 hour' THEN
+                    _stop := 'timed_out';
+                    EXIT;
+                END IF;
                 _batch_started := clock_timestamp();
 
                 LOOP
@@ -1557,11 +1572,6 @@ BEGIN
                     _stop := 'cancelled';
                     EXIT;
                 END IF;
-                -- timeout: checked between batches.
-                IF _result.batch_count > 0 AND clock_timestamp() - _run_started >= interval '1 hour' THEN
-                    _stop := 'timed_out';
-                    EXIT;
-                END IF;
                 -- Select the next batch.
                 _keys := '{}';
                 LOOP
@@ -1582,6 +1592,13 @@ BEGIN
                     _from := _to + 1;
                 END LOOP;
                 EXIT WHEN cardinality(_keys) = 0;
+                -- timeout: checked between batches, once the driver found a next one (a timeout that
+                -- passes in the last batch leaves nothing undone: the run completes). The run row's
+                -- position stays after the last applied batch: a resume starts with this one.
+                IF _result.batch_count > 0 AND clock_timestamp() - _run_started >= interval '1 hour' THEN
+                    _stop := 'timed_out';
+                    EXIT;
+                END IF;
                 _batch_started := clock_timestamp();
 
                 LOOP
@@ -1773,14 +1790,16 @@ BEGIN
                     _stop := 'cancelled';
                     EXIT;
                 END IF;
-                -- timeout: checked between batches.
+                -- Select the next batch.
+                EXIT WHEN _called;
+                _called := true;
+                -- timeout: checked between batches, once the driver found a next one (a timeout that
+                -- passes in the last batch leaves nothing undone: the run completes). The run row's
+                -- position stays after the last applied batch: a resume starts with this one.
                 IF _result.batch_count > 0 AND clock_timestamp() - _run_started >= interval '1 hour' THEN
                     _stop := 'timed_out';
                     EXIT;
                 END IF;
-                -- Select the next batch.
-                EXIT WHEN _called;
-                _called := true;
                 _batch_started := clock_timestamp();
 
                 LOOP
@@ -2084,11 +2103,6 @@ BEGIN
                     _stop := 'cancelled';
                     EXIT;
                 END IF;
-                -- timeout: checked between batches.
-                IF _result.batch_count > 0 AND clock_timestamp() - _run_started >= interval '1 hour' THEN
-                    _stop := 'timed_out';
-                    EXIT;
-                END IF;
                 -- Select the next batch.
                 _slice := '[]';
                 LOOP
@@ -2113,6 +2127,13 @@ BEGIN
                 EXIT WHEN jsonb_array_length(_slice) = 0;
                 _slice_from := 0;
                 _slice_to := jsonb_array_length(_slice) - 1;
+                -- timeout: checked between batches, once the driver found a next one (a timeout that
+                -- passes in the last batch leaves nothing undone: the run completes). The run row's
+                -- position stays after the last applied batch: a resume starts with this one.
+                IF _result.batch_count > 0 AND clock_timestamp() - _run_started >= interval '1 hour' THEN
+                    _stop := 'timed_out';
+                    EXIT;
+                END IF;
                 _batch_started := clock_timestamp();
 
                 LOOP

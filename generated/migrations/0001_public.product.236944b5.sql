@@ -454,6 +454,7 @@ BEGIN
     _result.failed_records := 0;
     _result.error_count := 0;
     _result.batch_count := 0;
+    _result.skipped_records := 0;
     _progress := pg_catalog.current_setting('specql.progress', true) = 'on';
     _lock_key := hashtext(_result.operation_id::text);
 
@@ -659,7 +660,7 @@ BEGIN
                 _worker_stopped := true;  -- max_errors_per_worker: this worker stops, the others go on
             END IF;
             IF _stop IS NULL THEN
-                -- Between batches: a cancel, another worker's stop, the timeout.
+                -- Between batches: a cancel, another worker's stop (the timeout: once the next batch is found).
                 SELECT p.stop INTO _stop FROM specql.batch_operation_parallel_runs AS p WHERE p.operation_id = _result.operation_id;
                 IF _stop IS NULL AND EXISTS (SELECT 1 FROM specql.batch_operation_cancellations AS c
                                              WHERE c.operation_id = _result.operation_id) THEN
@@ -882,6 +883,11 @@ BEGIN
         IF _state IS NULL OR _state NOT IN ('abandoned', 'cancelled', 'timed_out', 'failed') THEN
             RAISE EXCEPTION 'cannot resume run % of %: it is %', reprice_category.resume, 'reprice_category', coalesce(_state, 'unknown')
                 USING ERRCODE = 'SQ004', HINT = 'An abandoned, cancelled, timed_out or failed run can be resumed.';
+        END IF;
+        IF _run.transaction_mode = 'parallel' THEN
+            -- A parallel run's progress is in its chunks: only its workers can take it up.
+            RAISE EXCEPTION 'cannot resume run % of %: it is a parallel run', reprice_category.resume, 'reprice_category'
+                USING ERRCODE = 'SQ004', HINT = 'Its workers take it up: CALL reprice_category_worker(operation_id => ..., resume => true), or specql run --resume ID --workers N.';
         END IF;
         IF _run.params IS DISTINCT FROM jsonb_build_object('category_id', reprice_category.category_id, 'new_price', reprice_category.new_price) THEN
             RAISE EXCEPTION 'cannot resume run % of %: it was started with other parameters', reprice_category.resume, 'reprice_category'
@@ -1233,7 +1239,7 @@ BEGIN
             EXIT;
         END IF;
         -- Select the next batch.
-        WHILE _csv_open AND _csv_to >= _csv_last LOOP
+        WHILE _csv_open AND _csv_last - _csv_to < _batch_size LOOP
             SELECT _s._raw INTO _csv_marker FROM public.import_products_csv_staging AS _s
             WHERE _s._staging_id = import_products_csv.staging_id AND _s._record = 0;
             _csv_open := FOUND;
@@ -1246,6 +1252,7 @@ BEGIN
             IF _csv_open AND _csv_rows = 0 THEN
                 IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_get_activity((_csv_marker ->> 'pid')::integer) AS _a
                                WHERE _a.backend_start = (_csv_marker ->> 'backend_start')::timestamptz) THEN
+                    EXIT WHEN _csv_to < _csv_last;  -- the rows it did stage first (a short batch), then this
                     -- The staging session ended before the last row: the run stops here.
                     INSERT INTO specql.batch_operation_errors
                         (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at)
@@ -1258,9 +1265,15 @@ BEGIN
                     _stop := 'failed';
                     EXIT;
                 END IF;
+                -- A cancel request (specql.cancel_operation) while the load waits for its staging.
+                IF EXISTS (SELECT 1 FROM specql.batch_operation_cancellations WHERE operation_id = _result.operation_id) THEN
+                    _stop := 'cancelled';
+                    EXIT;
+                END IF;
                 PERFORM pg_catalog.pg_sleep(0.005);
             END IF;
         END LOOP;
+        EXIT WHEN _stop IS NOT NULL;  -- the load's staging ended early, or a cancel
         EXIT WHEN _csv_to >= _csv_last;
         IF _csv_dense THEN
             -- Every number up to _csv_last is a staged row: the batch is the next batch_size numbers.
@@ -1413,8 +1426,6 @@ BEGIN
                             _result.error_count := _result.error_count + 1;
                             _result.failed_records := _result.failed_records + 1;
                             _csv_rejected := NULL;
-                            -- max_errors: stop as soon as more errors than allowed were logged.
-                            EXIT WHEN _result.error_count > 100;
                         END IF;
                     END LOOP;
                     _csv_from := _csv_batch_from;
@@ -1721,6 +1732,7 @@ BEGIN
     _result.failed_records := 0;
     _result.error_count := 0;
     _result.batch_count := 0;
+    _result.skipped_records := 0;
     _progress := pg_catalog.current_setting('specql.progress', true) = 'on';
     _lock_key := hashtext(_result.operation_id::text);
 
@@ -1981,8 +1993,6 @@ BEGIN
                                 _result.error_count := _result.error_count + 1;
                                 _result.failed_records := _result.failed_records + 1;
                                 _csv_rejected := NULL;
-                                -- max_errors: stop as soon as more errors than allowed were logged.
-                                EXIT WHEN _result.error_count > 100;
                             END IF;
                         END LOOP;
                         _csv_from := _csv_batch_from;
@@ -2056,7 +2066,7 @@ BEGIN
                 _retry_batch := true;
             END IF;
             IF _stop IS NULL THEN
-                -- Between batches: a cancel, another worker's stop, the timeout.
+                -- Between batches: a cancel, another worker's stop (the timeout: once the next batch is found).
                 SELECT p.stop INTO _stop FROM specql.batch_operation_parallel_runs AS p WHERE p.operation_id = _result.operation_id;
                 IF _stop IS NULL AND EXISTS (SELECT 1 FROM specql.batch_operation_cancellations AS c
                                              WHERE c.operation_id = _result.operation_id) THEN
@@ -2081,6 +2091,10 @@ BEGIN
             failed_records = c.failed_records + _chunk_failed - _retried_failed,
             error_count = c.error_count + _result.error_count - _errors_before
         WHERE c.id = _chunk.id;
+        -- max_errors is the run's: chunk ends add their errors one after the other (the parallel
+        -- run's row locked first, as everywhere), and one with errors that passes the limit stops
+        -- the run (each worker saw only its own errors and those committed when it claimed its chunk).
+        PERFORM 1 FROM specql.batch_operation_parallel_runs AS p WHERE p.operation_id = _result.operation_id FOR UPDATE;
         IF _stop IS NOT NULL THEN
             UPDATE specql.batch_operation_parallel_runs AS p SET stop = coalesce(p.stop, _stop)
             WHERE p.operation_id = _result.operation_id;
@@ -2093,7 +2107,12 @@ BEGIN
             heartbeat_at = clock_timestamp(),
             backend_pid = pg_catalog.pg_backend_pid(), resumed_at = _run_started,
             backend_start = (SELECT a.backend_start FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid()) AS a)
-        WHERE r.operation_id = _result.operation_id;
+        WHERE r.operation_id = _result.operation_id
+        RETURNING r.error_count INTO _run_errors;
+        IF _stop IS NULL AND _result.error_count > _errors_before AND _run_errors > 100 THEN
+            UPDATE specql.batch_operation_parallel_runs AS p SET stop = coalesce(p.stop, 'failed')
+            WHERE p.operation_id = _result.operation_id;
+        END IF;
         COMMIT;
         PERFORM pg_catalog.set_config('search_path', 'pg_catalog, public, pg_temp', true);
 

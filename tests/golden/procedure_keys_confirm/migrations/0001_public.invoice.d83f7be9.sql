@@ -124,6 +124,11 @@ BEGIN
             RAISE EXCEPTION 'cannot resume run % of %: it is %', mark_invoices_paid.resume, 'mark_invoices_paid', coalesce(_state, 'unknown')
                 USING ERRCODE = 'SQ004', HINT = 'An abandoned, cancelled, timed_out or failed run can be resumed.';
         END IF;
+        IF _run.transaction_mode = 'parallel' THEN
+            -- A parallel run's progress is in its chunks: only its workers can take it up.
+            RAISE EXCEPTION 'cannot resume run % of %: it is a parallel run', mark_invoices_paid.resume, 'mark_invoices_paid'
+                USING ERRCODE = 'SQ004', HINT = 'Its workers take it up: CALL mark_invoices_paid_worker(operation_id => ..., resume => true), or specql run --resume ID --workers N.';
+        END IF;
         IF _run.params IS DISTINCT FROM jsonb_build_object('invoice_ids', jsonb_build_object('hash', hash_array_extended(mark_invoices_paid.invoice_ids, 0))) THEN
             RAISE EXCEPTION 'cannot resume run % of %: it was started with other parameters', mark_invoices_paid.resume, 'mark_invoices_paid'
                 USING ERRCODE = 'SQ005', DETAIL = format('It was started with %s.', _run.params);

@@ -135,6 +135,11 @@ BEGIN
             RAISE EXCEPTION 'cannot resume run % of %: it is %', load_prices.resume, 'load_prices', coalesce(_state, 'unknown')
                 USING ERRCODE = 'SQ004', HINT = 'An abandoned, cancelled, timed_out or failed run can be resumed.';
         END IF;
+        IF _run.transaction_mode = 'parallel' THEN
+            -- A parallel run's progress is in its chunks: only its workers can take it up.
+            RAISE EXCEPTION 'cannot resume run % of %: it is a parallel run', load_prices.resume, 'load_prices'
+                USING ERRCODE = 'SQ004', HINT = 'Its workers take it up: CALL load_prices_worker(operation_id => ..., resume => true), or specql run --resume ID --workers N.';
+        END IF;
         IF _run.params IS DISTINCT FROM jsonb_build_object('rows', jsonb_build_object('hash', jsonb_hash_extended(load_prices.rows, 0)), 'staging_id', load_prices.staging_id) THEN
             RAISE EXCEPTION 'cannot resume run % of %: it was started with other parameters', load_prices.resume, 'load_prices'
                 USING ERRCODE = 'SQ005', DETAIL = format('It was started with %s.', _run.params);
@@ -410,8 +415,6 @@ BEGIN
                            ON load_prices.staging_id IS NOT NULL AND _s._staging_id = load_prices.staging_id AND _s._record = _staged_base + _g._i), '[]'::jsonb), clock_timestamp());
                         _result.error_count := _result.error_count + 1;
                         _batch_failed := _batch_failed + 1;
-                        -- max_errors: stop as soon as more errors than allowed were logged.
-                        EXIT WHEN _result.error_count > 10;
                     END;
                 END LOOP;
                 _from := _batch_from;

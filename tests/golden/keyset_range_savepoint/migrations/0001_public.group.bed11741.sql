@@ -265,8 +265,6 @@ BEGIN
                              coalesce(to_jsonb(_keys), '[]'::jsonb), clock_timestamp());
                         _result.error_count := _result.error_count + 1;
                         _batch_failed := _batch_failed + 1;
-                        -- max_errors: stop as soon as more errors than allowed were logged.
-                        EXIT WHEN _result.error_count > 3;
                     END;
                 END LOOP;
                 _keys := _batch_keys;

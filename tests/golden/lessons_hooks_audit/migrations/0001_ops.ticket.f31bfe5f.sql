@@ -632,6 +632,11 @@ BEGIN
             RAISE EXCEPTION 'cannot resume run % of %: it is %', escalate_tickets.resume, 'escalate_tickets', coalesce(_state, 'unknown')
                 USING ERRCODE = 'SQ004', HINT = 'An abandoned, cancelled, timed_out or failed run can be resumed.';
         END IF;
+        IF _run.transaction_mode = 'parallel' THEN
+            -- A parallel run's progress is in its chunks: only its workers can take it up.
+            RAISE EXCEPTION 'cannot resume run % of %: it is a parallel run', escalate_tickets.resume, 'escalate_tickets'
+                USING ERRCODE = 'SQ004', HINT = 'Its workers take it up: CALL escalate_tickets_worker(operation_id => ..., resume => true), or specql run --resume ID --workers N.';
+        END IF;
         IF _run.params IS DISTINCT FROM jsonb_build_object('min_priority', escalate_tickets.min_priority) THEN
             RAISE EXCEPTION 'cannot resume run % of %: it was started with other parameters', escalate_tickets.resume, 'escalate_tickets'
                 USING ERRCODE = 'SQ005', DETAIL = format('It was started with %s.', _run.params);

@@ -181,14 +181,16 @@ BEGIN
             _stop := 'cancelled';
             EXIT;
         END IF;
-        -- timeout: checked between batches.
+        -- Select the next batch.
+        EXIT WHEN _from >= _count;
+        _to := least(_from + _batch_size, _count) - 1;
+        -- timeout: checked between batches, once the driver found a next one (a timeout that
+        -- passes in the last batch leaves nothing undone: the run completes). The run row's
+        -- position stays after the last applied batch: a resume starts with this one.
         IF _result.batch_count > 0 AND clock_timestamp() - _run_started >= interval '10 minutes' THEN
             _stop := 'timed_out';
             EXIT;
         END IF;
-        -- Select the next batch.
-        EXIT WHEN _from >= _count;
-        _to := least(_from + _batch_size, _count) - 1;
         _batch_started := clock_timestamp();
 
         LOOP
@@ -374,8 +376,6 @@ BEGIN
                            ON upsert_product_cache.staging_id IS NOT NULL AND _s._staging_id = upsert_product_cache.staging_id AND _s._record = _staged_base + _g._i), '[]'::jsonb), clock_timestamp());
                         _result.error_count := _result.error_count + 1;
                         _batch_failed := _batch_failed + 1;
-                        -- max_errors: stop as soon as more errors than allowed were logged.
-                        EXIT WHEN _result.error_count > 100;
                     END;
                 END LOOP;
                 _from := _batch_from;
@@ -594,11 +594,6 @@ BEGIN
                     _stop := 'cancelled';
                     EXIT;
                 END IF;
-                -- timeout: checked between batches.
-                IF _result.batch_count > 0 AND clock_timestamp() - _run_started >= interval '10 minutes' THEN
-                    _stop := 'timed_out';
-                    EXIT;
-                END IF;
                 -- Select the next batch.
                 -- Keyset pagination on the primary key: each batch is the next _batch_size matching keys
                 -- after the last key seen.
@@ -615,6 +610,13 @@ BEGIN
                 _last := _keys[cardinality(_keys)];
                 _batch_records := cardinality(_keys);
 
+                -- timeout: checked between batches, once the driver found a next one (a timeout that
+                -- passes in the last batch leaves nothing undone: the run completes). The run row's
+                -- position stays after the last applied batch: a resume starts with this one.
+                IF _result.batch_count > 0 AND clock_timestamp() - _run_started >= interval '10 minutes' THEN
+                    _stop := 'timed_out';
+                    EXIT;
+                END IF;
                 _batch_started := clock_timestamp();
 
                 LOOP
@@ -756,14 +758,16 @@ BEGIN
                     _stop := 'cancelled';
                     EXIT;
                 END IF;
-                -- timeout: checked between batches.
+                -- Select the next batch.
+                EXIT WHEN _called;
+                _called := true;
+                -- timeout: checked between batches, once the driver found a next one (a timeout that
+                -- passes in the last batch leaves nothing undone: the run completes). The run row's
+                -- position stays after the last applied batch: a resume starts with this one.
                 IF _result.batch_count > 0 AND clock_timestamp() - _run_started >= interval '10 minutes' THEN
                     _stop := 'timed_out';
                     EXIT;
                 END IF;
-                -- Select the next batch.
-                EXIT WHEN _called;
-                _called := true;
                 _batch_started := clock_timestamp();
 
                 LOOP
@@ -949,11 +953,6 @@ BEGIN
                     _stop := 'cancelled';
                     EXIT;
                 END IF;
-                -- timeout: checked between batches.
-                IF _result.batch_count > 0 AND clock_timestamp() - _run_started >= interval '10 minutes' THEN
-                    _stop := 'timed_out';
-                    EXIT;
-                END IF;
                 -- Select the next batch.
                 _slice := '[]';
                 LOOP
@@ -978,6 +977,13 @@ BEGIN
                 EXIT WHEN jsonb_array_length(_slice) = 0;
                 _slice_from := 0;
                 _slice_to := jsonb_array_length(_slice) - 1;
+                -- timeout: checked between batches, once the driver found a next one (a timeout that
+                -- passes in the last batch leaves nothing undone: the run completes). The run row's
+                -- position stays after the last applied batch: a resume starts with this one.
+                IF _result.batch_count > 0 AND clock_timestamp() - _run_started >= interval '10 minutes' THEN
+                    _stop := 'timed_out';
+                    EXIT;
+                END IF;
                 _batch_started := clock_timestamp();
 
                 LOOP
