@@ -146,9 +146,10 @@ BEGIN
                 USING ERRCODE = 'SQ004', HINT = 'An abandoned, cancelled, timed_out or failed run can be resumed.';
         END IF;
         IF _run.transaction_mode = 'parallel' THEN
-            -- A parallel run's progress is in its chunks: only its workers can take it up.
+            -- A run of an earlier, parallel version of this operation: its progress is in its chunks,
+            -- which only that version's workers can take up.
             RAISE EXCEPTION 'cannot resume run % of %: it is a parallel run', sweep_parcels.resume, 'sweep_parcels'
-                USING ERRCODE = 'SQ004', HINT = 'Its workers take it up: CALL sweep_parcels_worker(operation_id => ..., resume => true), or specql run --resume ID --workers N.';
+                USING ERRCODE = 'SQ004', HINT = 'It was started by the workers of a parallel version of this operation (parallel: true): only those workers can finish it.';
         END IF;
         IF _run.params IS DISTINCT FROM jsonb_build_object('cutoff', sweep_parcels.cutoff) THEN
             RAISE EXCEPTION 'cannot resume run % of %: it was started with other parameters', sweep_parcels.resume, 'sweep_parcels'
