@@ -356,6 +356,17 @@ TALLY = """\
 """
 
 
+def _seed_tally(url: str, tmp_path: Path, rows: int = 600, errors: str = "error_handling: stop_on_error") -> Path:
+    """TALLY (with `errors` in place of its stop_on_error) generated and applied, rows 1..`rows`
+    at n = 0, and a CHECK (n < 5) that fails a row set to 4 when the update adds 1."""
+    entities = write_entities(tmp_path / "entities", tally=TALLY.replace("error_handling: stop_on_error", errors))
+    generate_and_apply(url, entities, tmp_path / "out")
+    with connect(url) as conn:
+        conn.execute("INSERT INTO tally SELECT g, 0 FROM generate_series(1, %s) g", (rows,))
+        conn.execute("ALTER TABLE tally ADD CHECK (n < 5)")
+    return entities
+
+
 # `last`: the third run, after the bad rows are mended. With stop_on_error it completes; with
 # max_errors 0 the run's two error rows still count, so it stops again after the batch it
 # applied again, as the routine does (150 records processed, none failed). Before the max_errors
@@ -372,11 +383,8 @@ def test_a_resumed_parallel_runs_failed_batch_counts_once_as_in_the_routine(data
     # error row stays, as the routine's does). The same steps through the routine (CALL
     # bump_tally, then resume => id) give the counts to match.
     url = database_url_any
-    tally = TALLY.replace("error_handling: stop_on_error", errors)
-    generate_and_apply(url, write_entities(tmp_path / "entities", tally=tally), tmp_path / "out")
+    _seed_tally(url, tmp_path, errors=errors)
     with connect(url) as admin:
-        admin.execute("INSERT INTO tally SELECT g, 0 FROM generate_series(1, 600) g")
-        admin.execute("ALTER TABLE tally ADD CHECK (n < 5)")
 
         def bad(on: bool) -> None:  # keys 110..112: batch 3 of chunk 1 fails while on
             admin.execute("UPDATE tally SET n = %s WHERE id BETWEEN 110 AND 112", (4 if on else 0,))
@@ -529,11 +537,8 @@ def test_collect_errors_stops_at_the_runs_max_errors_inside_a_resumed_batch_as_t
     # 3 errors, within the limit), 400 (batch 8: the 4th error stops the run after the batch),
     # 401, 402 (batch 9, first records).
     url = database_url_any
-    tally = TALLY.replace("error_handling: stop_on_error", "error_handling: collect_errors\n        max_errors: 3")
-    generate_and_apply(url, write_entities(tmp_path / "entities", tally=tally), tmp_path / "out")
+    _seed_tally(url, tmp_path, errors="error_handling: collect_errors\n        max_errors: 3")
     with connect(url) as admin:
-        admin.execute("INSERT INTO tally SELECT g, 0 FROM generate_series(1, 600) g")
-        admin.execute("ALTER TABLE tally ADD CHECK (n < 5)")
 
         def bad(on: bool) -> None:
             admin.execute("UPDATE tally SET n = %s WHERE id IN (110, 111, 112, 400, 401, 402)", (4 if on else 0,))
@@ -649,11 +654,8 @@ def test_a_csv_workers_rejects_stop_at_the_runs_max_errors_as_the_routines(datab
 def _tally(url: str, tmp_path: Path, rows: int) -> Path:
     """bump_tally (n = n + 1, commit_per_batch, chunks of 300) over `rows` rows at n = 0, a check
     (n < 5) to fail a row with, and a gate: an update of a row listed in gate waits for GATE."""
-    entities = write_entities(tmp_path / "entities", tally=TALLY)
-    generate_and_apply(url, entities, tmp_path / "out")
+    entities = _seed_tally(url, tmp_path, rows)
     with connect(url) as conn:
-        conn.execute("INSERT INTO tally SELECT g, 0 FROM generate_series(1, %s) g", (rows,))
-        conn.execute("ALTER TABLE tally ADD CHECK (n < 5)")
         conn.execute("CREATE TABLE gate (id bigint PRIMARY KEY)")
         conn.execute(f"""
             CREATE FUNCTION gate_row() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -930,11 +932,8 @@ def test_errors_of_two_workers_past_the_runs_max_errors_fail_the_run_as_in_the_r
     # its errors to the run's one after the other and stops the run past the limit. Worker 1
     # waits inside chunk 1 (after its failed batch) until worker 2 has done chunk 2.
     url = database_url_any
-    tally = TALLY.replace("error_handling: stop_on_error", "error_handling: continue_on_error\n        max_errors: 1")
-    generate_and_apply(url, write_entities(tmp_path / "entities", tally=tally), tmp_path / "out")
+    _seed_tally(url, tmp_path, errors="error_handling: continue_on_error\n        max_errors: 1")
     with connect(url) as admin:
-        admin.execute("INSERT INTO tally SELECT g, 0 FROM generate_series(1, 600) g")
-        admin.execute("ALTER TABLE tally ADD CHECK (n < 5)")
         bad = "UPDATE tally SET n = 4 WHERE id IN (110, 400)"
         admin.execute(bad)
         result = admin.execute("CALL public.bump_tally()").fetchone()[0]
@@ -977,11 +976,8 @@ def test_collect_errors_past_max_errors_finishes_the_batch_in_workers_as_in_the_
     # (the good records applied, each failing one logged) and the run stops after it; each
     # resume then applies one more batch (the run's errors are still past the limit).
     url = database_url_any
-    tally = TALLY.replace("error_handling: stop_on_error", "error_handling: collect_errors\n        max_errors: 1")
-    generate_and_apply(url, write_entities(tmp_path / "entities", tally=tally), tmp_path / "out")
+    _seed_tally(url, tmp_path, errors="error_handling: collect_errors\n        max_errors: 1")
     with connect(url) as admin:
-        admin.execute("INSERT INTO tally SELECT g, 0 FROM generate_series(1, 600) g")
-        admin.execute("ALTER TABLE tally ADD CHECK (n < 5)")
 
         def bad(on: bool) -> None:
             admin.execute("UPDATE tally SET n = %s WHERE id IN (110, 111)", (4 if on else 0,))
