@@ -66,21 +66,20 @@ def parallel_run_for_resume(url: str, op: Operation, operation_id: str) -> tuple
 
 
 def params_match_sql(op: Operation, bound: list[Bound]) -> tuple[sql.Composed, list]:
-    """SELECT whether the run's recorded parameters are these (Operation.params_json with the
-    bound values: arrays and jsonb by their hash), as the routine checks a resume's (SQ005)."""
-    parts, values = [], []
-    for b in bound:
-        if b.sql_type.endswith("[]"):
-            value = "jsonb_build_object('hash', hash_array_extended(%s::" + b.sql_type + ", 0))"
-        elif b.sql_type == "jsonb":
-            value = "jsonb_build_object('hash', jsonb_hash_extended(%s::jsonb, 0))"
-        else:
-            value = "to_jsonb(%s::" + b.sql_type + ")"
-        parts.append(sql.SQL("{}, " + value).format(sql.Literal(b.name)))
-        values.append(b.text)
-    query = sql.SQL("SELECT r.params IS NOT DISTINCT FROM jsonb_build_object({}), r.params::text "
-                    "FROM specql.batch_operation_runs AS r WHERE r.operation_id = %s::uuid").format(
-        sql.SQL(", ").join(parts))
+    """SELECT whether the run's recorded parameters are these: Operation.recorded_params (what
+    the routine records and checks a resume against, SQ005) over the bound values."""
+    given = {b.name: b for b in bound}
+    values: list = []
+
+    def placeholder(name: str, sql_type: str) -> str | None:
+        if name not in given:
+            return None
+        values.append(given[name].text)
+        return f"%s::{sql_type}"
+
+    recorded = op.recorded_params(placeholder)
+    query = sql.SQL("SELECT r.params IS NOT DISTINCT FROM " + recorded + ", r.params::text "
+                    "FROM specql.batch_operation_runs AS r WHERE r.operation_id = %s::uuid")
     return query, values
 
 

@@ -185,21 +185,29 @@ class Operation:
 
     @property
     def params_json(self) -> str:
+        """SQL for what a resume must be called with again, as the routine records it in the
+        run row and compares it (SQ005): recorded_params over its own parameters."""
+        return self.recorded_params(lambda name, sql_type: self.param_ref(name))
+
+    def recorded_params(self, value_of) -> str:
         """SQL for what a resume must be called with again: scalar parameters as they are,
         arrays and jsonb by a 64-bit hash (a million ids are not copied into the run row; the
-        hash costs a seventh of an md5 of the array's text, bench/README.md)."""
+        hash costs a seventh of an md5 of the array's text, bench/README.md). `value_of(name,
+        sql_type)`: the SQL of a parameter's value (the routine's reference to it, or a
+        placeholder for `specql run --resume` to compare with), None to leave it out."""
         parts = []
-        for p in self.params:
-            ref = self.param_ref(p.name)
-            if p.sql_type.endswith("[]"):
+        staging = [("staging_id", "uuid")] if self.stages_json else []  # a resume reads the same staged load
+        for name, sql_type in [(p.name, p.sql_type) for p in self.params] + staging:
+            ref = value_of(name, sql_type)
+            if ref is None:
+                continue
+            if sql_type.endswith("[]"):
                 value = f"jsonb_build_object('hash', hash_array_extended({ref}, 0))"
-            elif p.sql_type == "jsonb":
+            elif sql_type == "jsonb":
                 value = f"jsonb_build_object('hash', jsonb_hash_extended({ref}, 0))"
             else:
                 value = ref
-            parts.append(f"{literal(p.name)}, {value}")
-        if self.stages_json:  # a resume reads the same staged load (and `specql run --resume` finds it)
-            parts.append(f"'staging_id', {self.param_ref('staging_id')}")
+            parts.append(f"{literal(name)}, {value}")
         return f"jsonb_build_object({', '.join(parts)})"
 
     # -- a jsonb data_source staged by `specql run --json` (SPEC §11, specql/jsonimport.py)
