@@ -13,6 +13,11 @@ command line once (when it first sees its pid), and lists /proc every 50 ms only
     with PeakMemory(dbname) as mem:
         ...
     mem.backend, mem.client   # kB
+    mem.backend_cpu           # CPU seconds the database's backends used meanwhile (their sum)
+
+The CPU seconds tell whether two cores can do an import's work in the time a target allows
+(bench/README.md, issue 12). A backend counts up to its last reading (one every INTERVAL) and
+is found when /proc is listed (every RESCAN readings): one that lives less than that is missed.
 """
 
 from __future__ import annotations
@@ -39,10 +44,22 @@ def _anon(pid: str) -> int:
     return 0
 
 
-def poll(dbname: str, client: str) -> tuple[int, int]:
-    """Poll until standard input closes; the peaks (backend, client) in kB."""
+def _cpu(pid: str) -> float | None:
+    """CPU seconds (user + system) of process `pid`, None once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def poll(dbname: str, client: str) -> tuple[int, int, float]:
+    """Poll until standard input closes; the peaks (backend, client) in kB and the CPU seconds
+    the database's backends used since the first reading."""
     marker = f" {dbname} ".encode()
     seen: dict[str, bool] = {}  # pid -> is a backend of the database
+    first: dict[str, float] = {}  # pid -> CPU seconds at its first reading (0 when it started since)
+    last: dict[str, float] = {}  # pid -> CPU seconds at its latest reading
     backend = peak_client = 0
     n = 0
     while True:
@@ -54,14 +71,20 @@ def poll(dbname: str, client: str) -> tuple[int, int]:
                     except OSError:
                         continue
                     seen[pid] = cmd.startswith(b"postgres: ") and marker in cmd
-        n += 1
+                    if seen[pid] and n > 0:
+                        first[pid] = 0.0  # a backend that started after the first reading
         for pid, ours in seen.items():
             if ours:
                 backend = max(backend, _anon(pid))
+                cpu = _cpu(pid)
+                if cpu is not None:
+                    first.setdefault(pid, cpu)
+                    last[pid] = cpu
+        n += 1
         peak_client = max(peak_client, _anon(client))
         if select.select([sys.stdin], [], [], INTERVAL)[0]:
             if not sys.stdin.buffer.read1(4096):
-                return backend, peak_client
+                return backend, peak_client, sum(last[pid] - first[pid] for pid in last)
 
 
 class PeakMemory:
@@ -70,6 +93,7 @@ class PeakMemory:
     def __init__(self, dbname: str):
         self.dbname = dbname
         self.backend = self.client = 0
+        self.backend_cpu = 0.0
 
     def __enter__(self) -> "PeakMemory":
         self._proc = subprocess.Popen([sys.executable, __file__, self.dbname, str(os.getpid())],
@@ -79,7 +103,8 @@ class PeakMemory:
 
     def __exit__(self, *exc) -> None:
         out, _ = self._proc.communicate()
-        self.backend, self.client = (int(v) for v in out.split())
+        backend, client, cpu = out.split()
+        self.backend, self.client, self.backend_cpu = int(backend), int(client), float(cpu)
 
 
 if __name__ == "__main__":
