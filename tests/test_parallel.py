@@ -1120,3 +1120,118 @@ def test_a_timeout_in_the_last_batch_of_an_import_completes_in_workers_as_in_the
                 assert _run(admin, op_id) == ("completed", 40, 40, 0, 0, 2), step.__name__
                 assert admin.execute(f"SELECT count(*), count(DISTINCT {key}) FROM {table}").fetchone() == (40, 40)
                 assert sorted(admin.execute(f"SELECT {key} FROM {table}").fetchall()) == sorted((k,) for k in keys)
+
+
+def _timed_tally(url: str, tmp_path: Path, keys: list[int]) -> Path:
+    """bump_tally with a timeout of 1 second (no error mode), rows `keys` at n = 0, and a
+    trigger that sleeps 1.2 s on updating a row listed in sleepy."""
+    entities = write_entities(tmp_path / "entities",
+                              tally=TALLY.replace("error_handling: stop_on_error", "timeout: \"1 second\""))
+    generate_and_apply(url, entities, tmp_path / "out")
+    with connect(url) as conn:
+        conn.execute("INSERT INTO tally SELECT unnest(%s::bigint[]), 0", (keys,))
+        conn.execute("CREATE TABLE sleepy (id bigint)")
+        conn.execute("CREATE FUNCTION sleepy() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                     "IF EXISTS (SELECT 1 FROM sleepy AS s WHERE s.id = NEW.id) THEN PERFORM pg_sleep(1.2); END IF; "
+                     "RETURN NEW; END $$")
+        conn.execute("CREATE TRIGGER tally_sleepy BEFORE UPDATE ON tally FOR EACH ROW EXECUTE FUNCTION sleepy()")
+    return entities
+
+
+# keys, the slow row (in the last batch of the last chunk): `exact` its last key range
+# (550, 600] ends at the table's last key; `beyond` it reaches past it (40 rows); `topped` it is
+# topped up with a key far past it (1000). After it, the last chunk (open: no upper key) has an
+# empty key range left, which is no batch: the chunk is done.
+@pytest.mark.parametrize("keys, slow", [
+    (list(range(1, 601)), 600),
+    (list(range(1, 591)), 590),
+    (list(range(1, 591)) + [1000], 1000),
+], ids=["exact", "beyond", "topped"])
+def test_a_timeout_in_the_last_batch_of_the_last_chunk_completes(database_url_any, tmp_path, keys, slow):
+    # Two chunks (the 300 first keys, the rest); one worker takes both. The timeout (1 s) passes
+    # in the last chunk's last batch (a 1.2 s row): nothing is left, so the run completes, every
+    # row changed once, both chunks done, with the routine's counts on the same rows.
+    url = database_url_any
+    _timed_tally(url, tmp_path, keys)
+    with connect(url) as admin:
+        seen = {}
+        for step in ("routine", "parallel"):
+            admin.execute("UPDATE tally SET n = 0")
+            admin.execute("DELETE FROM sleepy")
+            admin.execute("INSERT INTO sleepy VALUES (%s)", (slow,))
+            if step == "routine":
+                result = admin.execute("CALL public.bump_tally()").fetchone()[0]
+                op_id = _result(admin, result)["operation_id"]
+            else:
+                op_id = admin.execute("SELECT public.bump_tally_start()").fetchone()[0]
+                assert [c[1:4] for c in _chunks(admin, op_id)] == [("pending", None, "300"), ("pending", "300", None)]
+                worker = Worker(url, "bump_tally", op_id).join()
+                assert worker.error is None, worker.error
+                assert [c[1] for c in _chunks(admin, op_id)] == ["done", "done"]
+            seen[step] = _run(admin, op_id)
+            assert seen[step][0] == "completed", step
+            assert admin.execute("SELECT n, count(*) FROM tally GROUP BY 1").fetchall() == [(1, len(keys))], step
+            # the timeout did pass in that batch: its log row took over a second
+            assert admin.execute("SELECT max(completed_at - started_at) >= interval '1 second' "
+                                 "FROM specql.batch_operation_logs WHERE operation_id = %s",
+                                 (op_id,)).fetchone()[0], step
+        assert seen["parallel"] == seen["routine"] == ("completed", len(keys), len(keys), 0, 0, 12)
+
+
+# keys, rows deleted after the split, the slow row, then what the timed-out run applied and the
+# chunks it left: `chunk end` the slow row ends chunk 1 (work left: chunks 2, 3); `last chunk` it
+# is in the last chunk's 4th batch (its 5th and 6th left); `empty tail` chunk 2's tail (551..600)
+# no longer exists, so after its slow batch (500, 550] chunk 2 holds only an empty key range:
+# done, chunk 3 left.
+@pytest.mark.parametrize("rows, gone, slow, applied, chunks", [
+    (900, (), 300, 300, ["done", "pending", "pending"]),
+    (600, (), 500, 500, ["done", "pending"]),
+    (900, range(551, 601), 550, 550, ["done", "done", "pending"]),
+], ids=["chunk end", "last chunk", "empty tail"])
+def test_a_timeout_with_work_left_times_out_and_specql_run_resume_finishes_the_rest(database_url_any, tmp_path,
+                                                                                   rows, gone, slow, applied,
+                                                                                   chunks):
+    # The timeout passes in a batch after which work is left: the run ends timed_out with what
+    # it applied; `specql run --resume ID --workers 2` then applies exactly the rest (every row
+    # changed once, none missed), and each stage's counts are the routine's (CALL bump_tally(),
+    # then CALL bump_tally(resume => id)) on the same rows.
+    url = database_url_any
+    entities = _timed_tally(url, tmp_path, list(range(1, rows + 1)))
+    left = rows - len(gone)
+    with connect(url) as admin:
+        seen = {}
+        for step in ("routine", "parallel"):
+            admin.execute("TRUNCATE tally")
+            admin.execute("INSERT INTO tally SELECT g, 0 FROM generate_series(1, %s) g", (rows,))
+            admin.execute("DELETE FROM sleepy")
+            admin.execute("INSERT INTO sleepy VALUES (%s)", (slow,))
+            if step == "routine":
+                admin.execute("DELETE FROM tally WHERE id = ANY(%s)", (list(gone),))
+                op_id = _result(admin, admin.execute("CALL public.bump_tally()").fetchone()[0])["operation_id"]
+            else:
+                op_id = admin.execute("SELECT public.bump_tally_start()").fetchone()[0]
+                admin.execute("DELETE FROM tally WHERE id = ANY(%s)", (list(gone),))  # after the split
+                worker = Worker(url, "bump_tally", op_id).join()
+                assert worker.error is None, worker.error
+                assert [c[1] for c in _chunks(admin, op_id)] == chunks
+            first = _run(admin, op_id)
+            assert first[0] == "timed_out" and first[2] == applied, (step, first)
+            assert admin.execute("SELECT array_agg(id ORDER BY id) FROM tally WHERE n = 1").fetchone()[0] == \
+                list(range(1, applied + 1)), step
+            assert admin.execute("SELECT count(*) FROM tally WHERE n = 0").fetchone()[0] == left - applied
+            if step == "routine":
+                result = admin.execute("CALL public.bump_tally(resume => %s)", (op_id,)).fetchone()[0]
+                assert _result(admin, result)["operation_id"] == op_id
+            else:
+                out = subprocess.run([str(Path(sys.executable).parent / "specql"), "run", "bump_tally", str(entities),
+                                      "--database-url", url, "--resume", str(op_id), "--workers", "2",
+                                      "--format", "json"], capture_output=True, text=True)
+                assert out.returncode == 0, out.stdout + out.stderr
+                assert json.loads(out.stdout)["status"] == "completed"
+                assert [c[1] for c in _chunks(admin, op_id)] == ["done"] * len(chunks)
+            last = _run(admin, op_id)
+            # (total_records: the workers' is counted at the split, before the 50 rows went)
+            assert (last[0], last[2]) == ("completed", left), (step, last)
+            assert admin.execute("SELECT n, count(*) FROM tally GROUP BY 1").fetchall() == [(1, left)], step
+            seen[step] = (first[0], *first[2:], last[0], *last[2:])
+        assert seen["parallel"] == seen["routine"]
