@@ -62,3 +62,59 @@ def errors(conn: psycopg.Connection, operation_id) -> list[tuple]:
     return conn.execute(
         "SELECT batch_number, sqlstate, error_message, failed_records FROM specql.batch_operation_errors "
         "WHERE operation_id = %s ORDER BY id", (operation_id,)).fetchall()
+
+
+class RowLock:
+    """One row locked FOR UPDATE by a session of its own (in a thread) until `waits` lock waits
+    of other sessions on it have begun, or until release(). A wait is a try of a batch that
+    lock_timeout ends (55P03) or that gets the row when it is released: counted from pg_locks
+    (each waiting lock request's waitstart, whoever waits), never from a clock."""
+
+    def __init__(self, url: str, table: str, key, waits: int | None = None):
+        import threading
+
+        self.waits_seen: set = set()
+        self._release = threading.Event()
+        held = threading.Event()
+        self._conn = connect(url, autocommit=False)
+        self._watch = connect(url)
+        self._conn.execute(f"SELECT 1 FROM {table} WHERE id = %s FOR UPDATE", (key,))
+        pid = self._conn.info.backend_pid
+
+        def work():
+            held.set()
+            while not self._release.is_set():
+                rows = self._watch.execute(
+                    "SELECT l.pid, l.waitstart FROM pg_catalog.pg_locks AS l WHERE NOT l.granted "
+                    "AND l.waitstart IS NOT NULL AND %s = ANY(pg_catalog.pg_blocking_pids(l.pid))", (pid,)).fetchall()
+                self.waits_seen.update(rows)
+                if waits is not None and len(self.waits_seen) >= waits:
+                    break
+                self._release.wait(0.01)
+            self._conn.rollback()
+            self._conn.close()
+            self._watch.close()
+
+        self._thread = threading.Thread(target=work, daemon=True)
+        self._thread.start()
+        assert held.wait(10)
+
+    def waiters(self) -> set:
+        """The sessions that waited for the row (their pids)."""
+        return {pid for pid, _ in self.waits_seen}
+
+    def wait_for(self, waits: int, seconds: float = 30) -> None:
+        """Until `waits` waits on the row have begun."""
+        import time
+
+        deadline = time.monotonic() + seconds
+        while len(self.waits_seen) < waits:
+            assert time.monotonic() < deadline, f"{len(self.waits_seen)} of {waits} lock waits on the row"
+            time.sleep(0.01)
+
+    def release(self) -> int:
+        """Release the row (if still held); the number of waits seen."""
+        self._release.set()
+        self._thread.join(10)
+        assert not self._thread.is_alive()
+        return len(self.waits_seen)
