@@ -143,6 +143,8 @@ SENTINELS = [
     ("loop", "cancel of an all-or-nothing run raises", "RAISE EXCEPTION 'cancelled by specql.cancel_operation(%)'"),
     ("loop", "position kept on a failed batch that stopped a procedure",
      "CASE WHEN _stop = 'failed' AND _batch_processed = 0"),
+    ("loop", "a walk's failed batch tried again on resume counts once in its total",
+     "'failed_batch_records', _batch_records"),
     ("errors", "retry of a transient failure", "-- retry: wait "),
     ("errors", "a transient failure stops the run", "-- A transient failure that outlasted its retries stops the run"),
     ("kinds", "lock_timeout of a function", "SET lock_timeout = '"),

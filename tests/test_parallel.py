@@ -1235,3 +1235,79 @@ def test_a_timeout_with_work_left_times_out_and_specql_run_resume_finishes_the_r
             assert admin.execute("SELECT n, count(*) FROM tally GROUP BY 1").fetchall() == [(1, left)], step
             seen[step] = (first[0], *first[2:], last[0], *last[2:])
         assert seen["parallel"] == seen["routine"]
+
+
+# per attempt of the failing batch (101..150, every record failing): error rows written; then the
+# run once the rows are mended (status, processed): stop_on_error completes, past max_errors the
+# run applies the mended batch and stops after it (its errors are still past the limit).
+@pytest.mark.parametrize("errors, per_attempt, mended", [
+    ("error_handling: stop_on_error", 1, ("completed_with_errors", 600)),
+    ("error_handling: continue_on_error\n        max_errors: 0", 1, ("failed", 150)),
+    ("error_handling: collect_errors\n        max_errors: 3", 50, ("failed", 150)),
+], ids=["stop_on_error", "continue_on_error", "collect_errors"])
+def test_a_batch_failing_entirely_counts_its_records_once_through_every_resume(database_url_any, tmp_path, errors,
+                                                                              per_attempt, mended):
+    # Batch 3 (rows 101..150) fails record by record and stops the run (stop_on_error, or past
+    # max_errors): failed, and since it changed nothing each resume applies it again (4ca6fa0);
+    # still failing, the run stops again. Through a run and three resumes, by one worker and by
+    # the routine: the status stays failed, the processed (100), failed (50, the batch's) and
+    # total records (the routine's: the 150 walked; the workers': 600 from the split) do not
+    # grow, error_count is the run's error rows (each try logs its failures: one row a try, or
+    # one per record), every try's rows name the same records, and no row changes twice. A
+    # worker keeps the batch its number (3) and its chunk pending. Then mended, one more resume.
+    # The routine's total counted the batch again on each try (150, 200, 250, 300; a
+    # stop_on_error run resumed to its end: 600 rows, total 800, percent_done 75.0).
+    url = database_url_any
+    _seed_tally(url, tmp_path, errors=errors)
+    with connect(url) as admin:
+        seen = {}
+        for step in ("routine", "parallel"):
+            admin.execute("UPDATE tally SET n = 0")
+            admin.execute("UPDATE tally SET n = 4 WHERE id BETWEEN 101 AND 150")
+            op_id, stages = None, []
+
+            def resume(op_id):
+                if step == "routine":
+                    result = admin.execute("CALL public.bump_tally(resume => %s)", (op_id,)).fetchone()[0]
+                    return _result(admin, result)["operation_id"]
+                if op_id is None:
+                    op_id = admin.execute("SELECT public.bump_tally_start()").fetchone()[0]
+                worker = Worker(url, "bump_tally", op_id, resume=True).join()
+                assert worker.error is None, worker.error
+                return op_id
+
+            for attempt in range(1, 5):
+                op_id = resume(op_id)
+                if step == "parallel":
+                    assert admin.execute("SELECT status, next_batch, failed_records FROM specql.batch_operation_chunks "
+                                         "WHERE operation_id = %s AND chunk_number = 1", (op_id,)).fetchone() == (
+                        "pending", 3, 0)
+                status, total, processed, failed, error_count, _batches = _run(admin, op_id)
+                rows = admin.execute("SELECT count(*), array_agg(DISTINCT sqlstate), array_agg(DISTINCT batch_number) "
+                                     "FROM specql.batch_operation_errors WHERE operation_id = %s",
+                                     (op_id,)).fetchone()
+                records = admin.execute("SELECT r::bigint, count(*) FROM specql.batch_operation_errors AS e, "
+                                        "jsonb_array_elements(e.failed_records) AS r WHERE e.operation_id = %s "
+                                        "GROUP BY 1 ORDER BY 1", (op_id,)).fetchall()
+                assert (status, processed, failed, error_count) == ("failed", 100, 50, attempt * per_attempt), (
+                    step, attempt)
+                assert total == (150 if step == "routine" else 600), (step, attempt)
+                assert admin.execute("SELECT state FROM specql.batch_operation_status WHERE operation_id = %s",
+                                     (op_id,)).fetchone()[0] == "failed"
+                assert rows[:2] == (error_count, ["23514"])  # every error row counted once; the reason: the CHECK
+                assert records == [(k, attempt) for k in range(101, 151)], (step, attempt)  # each try names them once
+                if step == "parallel":
+                    assert rows[2] == [3]  # the batch keeps its number
+                assert admin.execute("SELECT n, count(*) FROM tally GROUP BY 1 ORDER BY 1").fetchall() == [
+                    (0, 450), (1, 100), (4, 50)], (step, attempt)
+                stages.append((status, processed, failed, error_count))
+            admin.execute("UPDATE tally SET n = 0 WHERE id BETWEEN 101 AND 150")
+            op_id = resume(op_id)
+            status, total, processed, failed, error_count, _batches = _run(admin, op_id)
+            assert (status, processed, failed, error_count) == (*mended, 0, 4 * per_attempt), step
+            assert total == (mended[1] if step == "routine" else 600), step
+            assert admin.execute("SELECT n, count(*) FROM tally GROUP BY 1 ORDER BY 1").fetchall() == (
+                [(0, 600 - mended[1]), (1, mended[1])] if mended[1] < 600 else [(1, 600)]), step
+            stages.append((status, processed, failed, error_count))
+            seen[step] = stages
+        assert seen["parallel"] == seen["routine"]
