@@ -341,7 +341,7 @@ STATUS_VIEW = "batch_operation_status"
 STATUS_COLUMNS = ("operation_id", "operation", "state", "status", "total_records", "processed_records",
                   "failed_records", "error_count", "batch_count", "percent_done", "records_per_second",
                   "eta_seconds", "started_at", "heartbeat_at", "completed_at", "resumed_at", "cancel_requested",
-                  "run_by", "backend_pid", "transaction_mode", "batch_size", "step")
+                  "run_by", "backend_pid", "transaction_mode", "batch_size", "step", "workers")
 # The states the view adds to the statuses a run can have.
 RUN_STATES = ("running", "abandoned") + RESULT_STATUSES
 

@@ -82,6 +82,22 @@ def _progress(run: dict[str, Any]) -> str:
     return f"{done:,}/{total:,}{percent}"
 
 
+def _running_note(run: dict[str, Any]) -> str:
+    """What a running run's state adds: a parallel run's live workers (none: waiting for one),
+    a cancel requested. The state itself stays the view's."""
+    if run["state"] != "running":
+        return ""
+    notes = []
+    workers = run.get("workers")  # NULL but for a running parallel run
+    if workers == 0:
+        notes.append("waiting for workers")
+    elif workers is not None:
+        notes.append(f"{workers} worker{'s' if workers != 1 else ''}")
+    if run["cancel_requested"]:
+        notes.append("cancel requested")
+    return f" ({', '.join(notes)})" if notes else ""
+
+
 def _eta(seconds: Decimal | None) -> str:
     if seconds is None:
         return ""
@@ -107,8 +123,7 @@ def render_table(runs: list[dict[str, Any]], console: Console | None = None) -> 
                    "last heartbeat"):
         table.add_column(header, no_wrap=True, justify="right" if header in ("rec/s", "errors") else "left")
     for run in runs:
-        state = run["state"] + (" (cancel requested)" if run["cancel_requested"] and run["state"] == "running"
-                                else "")
+        state = run["state"] + _running_note(run)
         rate = run["records_per_second"]
         operation = run["operation"] + (f" [{run['step']}]" if run.get("step") else "")  # a multi-step run's step
         table.add_row(str(run["operation_id"]), operation,
@@ -118,6 +133,10 @@ def render_table(runs: list[dict[str, Any]], console: Console | None = None) -> 
                       f"{run['error_count']}" + (f" ({run['failed_records']:,} rec)" if run["failed_records"] else ""),
                       _when(run["started_at"]), _when(run["heartbeat_at"]))
     console.print(table)
+    if any(run["state"] == "running" and run.get("workers") == 0 for run in runs):
+        console.print("waiting for workers: a parallel run that no worker is working on (started with <op>_start, "
+                      "no worker called yet); start them with CALL <op>_worker(operation_id => 'ID') in as many "
+                      "sessions as wanted, or `specql run OPERATION --resume ID --workers N` with its parameters.")
     if any(run["state"] == "abandoned" for run in runs):
         console.print("abandoned: the run's backend is gone (server crash or restart, terminated, or its statement "
                       "cancelled); its committed batches stay. A commit_per_batch run resumes with "

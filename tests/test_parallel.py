@@ -1311,3 +1311,67 @@ def test_a_batch_failing_entirely_counts_its_records_once_through_every_resume(d
             stages.append((status, processed, failed, error_count))
             seen[step] = stages
         assert seen["parallel"] == seen["routine"]
+
+
+def test_status_shows_a_parallel_run_nobody_works_on_as_waiting_for_workers(database_url_any, tmp_path):
+    # A run that <op>_start began is `running` (the view's state, as the contract names it)
+    # before any worker is called; nothing showed that nobody works on it. The view's column
+    # `workers` counts a running parallel run's live workers (the sessions holding its advisory
+    # lock while in a statement): 0, then 1 and 2 as gated workers hold chunks 1 and 2, NULL
+    # once the run is closed and for a run of the routine. `specql status` says `running
+    # (waiting for workers)` with what to do, then `running (2 workers)`.
+    url = database_url_any
+    entities = _tally(url, tmp_path, 900)
+
+    def view(op_id):
+        return admin.execute("SELECT state, workers FROM specql.batch_operation_status WHERE operation_id = %s",
+                             (op_id,)).fetchone()
+
+    def status_line(op_id):
+        out = subprocess.run([str(Path(sys.executable).parent / "specql"), "status", "--database-url", url],
+                             capture_output=True, text=True)
+        assert out.returncode == 0, out.stdout + out.stderr
+        line = next(line for line in out.stdout.splitlines() if str(op_id) in line)
+        return line, out.stdout
+
+    with connect(url) as admin:
+        routine = _result(admin, admin.execute("CALL public.bump_tally()").fetchone()[0])["operation_id"]
+        assert view(routine) == ("completed", None)
+        admin.execute("UPDATE tally SET n = 0")
+        admin.execute("INSERT INTO gate VALUES (60), (400)")  # chunk 1 batch 2, chunk 2 batch 2
+        admin.execute("SELECT pg_advisory_lock(%s)", (GATE,))
+        op_id = admin.execute("SELECT public.bump_tally_start()").fetchone()[0]
+        assert view(op_id) == ("running", 0)
+        line, text = status_line(op_id)
+        assert "running (waiting for workers)" in line and "0/900 (0.0%)" in line
+        assert "waiting for workers: a parallel run that no worker is working on" in text
+        assert "--resume" in text and "_worker(operation_id =>" in text
+        assert json.loads(subprocess.run([str(Path(sys.executable).parent / "specql"), "status", "--database-url",
+                                          url, "--format", "json"], capture_output=True, text=True).stdout)[0][
+            "workers"] == 0
+        first = Worker(url, "bump_tally", op_id)
+        _wait_at_gate(admin, first.pid)
+        assert view(op_id) == ("running", 1)
+        assert "running (1 worker)" in status_line(op_id)[0]
+        second = Worker(url, "bump_tally", op_id)
+        _wait_at_gate(admin, second.pid)
+        assert view(op_id) == ("running", 2)
+        line, text = status_line(op_id)
+        assert "running (2 workers)" in line and "waiting for workers" not in text
+        admin.execute("SELECT pg_advisory_unlock(%s)", (GATE,))
+        for w in (first, second):
+            assert w.join().error is None
+        assert view(op_id) == ("completed", None)
+        assert "completed" in status_line(op_id)[0] and "worker" not in status_line(op_id)[0]
+
+        # The hint works: a run started and left, taken up by `specql run --resume ID --workers 2`.
+        admin.execute("DELETE FROM gate")
+        admin.execute("UPDATE tally SET n = 0")
+        op_id = admin.execute("SELECT public.bump_tally_start()").fetchone()[0]
+        assert view(op_id) == ("running", 0)
+        out = subprocess.run([str(Path(sys.executable).parent / "specql"), "run", "bump_tally", str(entities),
+                              "--database-url", url, "--resume", str(op_id), "--workers", "2"],
+                             capture_output=True, text=True)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert _run(admin, op_id)[:3] == ("completed", 900, 900)
+        assert admin.execute("SELECT n, count(*) FROM tally GROUP BY 1").fetchall() == [(1, 900)]
