@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import psycopg
@@ -64,25 +66,22 @@ def errors(conn: psycopg.Connection, operation_id) -> list[tuple]:
         "WHERE operation_id = %s ORDER BY id", (operation_id,)).fetchall()
 
 
-class RowLock:
-    """One row locked FOR UPDATE by a session of its own (in a thread) until `waits` lock waits
-    of other sessions on it have begun, or until release(). A wait is a try of a batch that
-    lock_timeout ends (55P03) or that gets the row when it is released: counted from pg_locks
-    (each waiting lock request's waitstart, whoever waits), never from a clock."""
+class HeldLock:
+    """A lock taken by `statement` (e.g. a row locked FOR UPDATE, or a key inserted and not
+    committed) in a session of its own, held (in a thread) until `waits` lock waits of other
+    sessions on it have begun, or until release(). A wait is a try of a batch that lock_timeout
+    ends (55P03) or that gets the lock when it is let go: counted from pg_locks (each waiting
+    lock request's waitstart, whoever waits), never from a clock."""
 
-    def __init__(self, url: str, table: str, key, waits: int | None = None):
-        import threading
-
+    def __init__(self, url: str, statement: str, args: tuple = (), waits: int | None = None):
         self.waits_seen: set = set()
         self._release = threading.Event()
-        held = threading.Event()
         self._conn = connect(url, autocommit=False)
         self._watch = connect(url)
-        self._conn.execute(f"SELECT 1 FROM {table} WHERE id = %s FOR UPDATE", (key,))
+        self._conn.execute(statement, args)
         pid = self._conn.info.backend_pid
 
         def work():
-            held.set()
             while not self._release.is_set():
                 rows = self._watch.execute(
                     "SELECT l.pid, l.waitstart FROM pg_catalog.pg_locks AS l WHERE NOT l.granted "
@@ -97,23 +96,20 @@ class RowLock:
 
         self._thread = threading.Thread(target=work, daemon=True)
         self._thread.start()
-        assert held.wait(10)
 
     def waiters(self) -> set:
-        """The sessions that waited for the row (their pids)."""
+        """The sessions that waited for the lock (their pids)."""
         return {pid for pid, _ in self.waits_seen}
 
     def wait_for(self, waits: int, seconds: float = 30) -> None:
-        """Until `waits` waits on the row have begun."""
-        import time
-
+        """Until `waits` waits on the lock have begun."""
         deadline = time.monotonic() + seconds
         while len(self.waits_seen) < waits:
-            assert time.monotonic() < deadline, f"{len(self.waits_seen)} of {waits} lock waits on the row"
+            assert time.monotonic() < deadline, f"{len(self.waits_seen)} of {waits} lock waits"
             time.sleep(0.01)
 
     def release(self) -> int:
-        """Release the row (if still held); the number of waits seen."""
+        """Let the lock go (if still held); the number of waits seen."""
         self._release.set()
         self._thread.join(10)
         assert not self._thread.is_alive()

@@ -3,7 +3,7 @@ that waits longer than lock_timeout for a row fails with 55P03, is retried after
 backoff with a log row per retry, and one that outlasts its retries stops the run, exactly as
 the routine does with the same data (tests/test_retry.py covers the routine on its own).
 
-Real sessions: other sessions lock rows FOR UPDATE (helpers.RowLock) and let go of them once a
+Real sessions: other sessions lock rows FOR UPDATE (helpers.HeldLock) and let go of them once a
 number of lock waits on them have begun (each wait is one try of the batch), counted from
 pg_locks, never from a clock. The routine (CALL bump_tally()) and the workers (bump_tally_start,
 then two <op>_worker sessions) run over the same 600 rows; what they wrote is compared.
@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import RowLock, call_procedure, connect, errors
-from test_parallel import Worker, _run, _seed_tally
+from helpers import HeldLock, call_procedure, connect, errors
+from helpers import generate_and_apply, write_entities
+from test_parallel import GADGET, Worker, _run, _seed_tally
 
 # bump_tally (test_parallel.TALLY: n = n + 1 over 600 rows, batches of 50, chunks of 300,
 # commit_per_batch) with a lock_timeout, two retries and a log row per batch.
@@ -43,7 +44,8 @@ def _facts(conn, op_id) -> dict:
 def _locks(url, second_waits):
     """Row FIRST let go at the second try of its batch (one retry); row SECOND likewise, or held
     (second_waits None) until released: its batch outlasts its retries."""
-    return RowLock(url, "tally", FIRST, waits=2), RowLock(url, "tally", SECOND, waits=second_waits)
+    lock = "SELECT 1 FROM tally WHERE id = %s FOR UPDATE"
+    return HeldLock(url, lock, (FIRST,), waits=2), HeldLock(url, lock, (SECOND,), waits=second_waits)
 
 
 def _by_routine(url, admin, second_waits) -> dict:
@@ -135,3 +137,51 @@ def test_a_workers_batch_that_outlasts_its_retries_stops_the_run_as_the_routines
     # Resumed: every row changed once, the error row kept, the failed batch counted once.
     assert workers_final["run"] == ("completed_with_errors", 600) + routine_final["run"][2:]
     assert (workers_final["errors"], workers_final["rows"]) == (routine_final["errors"], routine_final["rows"])
+
+
+# A batch retried once: 39 records applied, record 5 failed once (one error row). A batch that
+# outlasts its retries: the run stops at it, its error row naming the batch (records 1..20).
+@pytest.mark.parametrize("waits, outcome", [
+    (2, (("completed_with_errors", 39, 1, 1, 2), [1], [(1, "23502", {"line": 6, "record": {"sku": "S5", "title": None}})],
+         39)),
+    (None, (("failed", 0, 20, 1, 1), [1, 2], [(1, "55P03", {"records": [1, 20]})], 0)),
+])
+def test_a_csv_batch_retried_after_its_record_by_record_pass_counts_as_the_routines(database_url_any, tmp_path,
+                                                                                    waits, outcome):
+    # A CSV batch whose insert fails (record 5 without its title: NOT NULL) is applied record by
+    # record: record 5 gets its error row, record 15 waits for a sku another session inserted
+    # and has not committed (55P03), and the batch is tried again. Its savepoint took record 5's
+    # error row away: the counts must follow, and the next try (or the error row) must see the
+    # whole batch again, in the routine and in the workers alike. Before, both retried record 15
+    # alone, losing records 1..14 (26 of 40 applied, "completed_with_errors" without an error
+    # row), and an error row named record 15 alone. Staged with SQL (the psql path).
+    url = database_url_any
+    gadget = GADGET.replace("skip_invalid_rows: true", "skip_invalid_rows: true" + GUARD)
+    generate_and_apply(url, write_entities(tmp_path / "entities", gadget=gadget), tmp_path / "out")
+    with connect(url) as admin:
+        def staged() -> tuple:
+            admin.execute("DELETE FROM gadget")
+            staging_id = admin.execute("SELECT gen_random_uuid()").fetchone()[0]
+            admin.execute("INSERT INTO public.import_gadgets_staging (_staging_id, _record, sku, title) "
+                          "SELECT %s, g, 'S' || g, CASE WHEN g <> 5 THEN 'T' || g END "
+                          "FROM generate_series(1, 40) g", (staging_id,))
+            return staging_id, HeldLock(url, "INSERT INTO gadget (sku, title) VALUES ('S15', 'held')", waits=waits)
+
+        def facts(op_id, lock) -> tuple:
+            assert lock.release() == (waits or 3)
+            return (_run(admin, op_id)[:1] + _run(admin, op_id)[2:],
+                    [r[2] for r in _logs(admin, op_id) if r[1:4:2] == ("retry", "55P03") and r[0] == 1],
+                    [(b, state, records) for b, state, _, records in errors(admin, op_id)],
+                    admin.execute("SELECT count(*) FROM gadget").fetchone()[0])
+
+        staging_id, lock = staged()
+        op_id = admin.execute("SELECT operation_id FROM public.import_gadgets(staging_id => %s)",
+                              (staging_id,)).fetchone()[0]
+        routine = facts(op_id, lock)
+        staging_id, lock = staged()
+        op_id = admin.execute("SELECT public.import_gadgets_start(staging_id => %s)", (staging_id,)).fetchone()[0]
+        worker = Worker(url, "import_gadgets", op_id).join()
+        assert worker.error is None, worker.error
+        workers = facts(op_id, lock)
+    assert routine == outcome
+    assert workers == routine
