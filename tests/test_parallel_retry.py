@@ -3,18 +3,24 @@ that waits longer than lock_timeout for a row fails with 55P03, is retried after
 backoff with a log row per retry, and one that outlasts its retries stops the run, exactly as
 the routine does with the same data (tests/test_retry.py covers the routine on its own).
 
-Real sessions: other sessions lock rows FOR UPDATE (helpers.HeldLock) and let go of them once a
-number of lock waits on them have begun (each wait is one try of the batch), counted from
-pg_locks, never from a clock. The routine (CALL bump_tally()) and the workers (bump_tally_start,
-then two <op>_worker sessions) run over the same 600 rows; what they wrote is compared.
+Real sessions: other sessions lock rows FOR UPDATE, or insert a key and leave it uncommitted
+(helpers.HeldLock), and let go once a number of lock waits on them have begun (each wait is one
+try of the batch), counted from pg_locks, never from a clock. The routine (CALL bump_tally())
+and the workers (bump_tally_start, then two <op>_worker sessions, or specql run --workers 2)
+run over the same 600 rows; what they wrote is compared. A CSV import (test_parallel.GADGET)
+is compared the same way, its batch retried after its record-by-record pass.
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
-from helpers import HeldLock, call_procedure, connect, errors
-from helpers import generate_and_apply, write_entities
+from helpers import HeldLock, call_procedure, connect, errors, generate_and_apply, write_entities
 from test_parallel import GADGET, Worker, _run, _seed_tally
 
 # bump_tally (test_parallel.TALLY: n = n + 1 over 600 rows, batches of 50, chunks of 300,
@@ -137,6 +143,30 @@ def test_a_workers_batch_that_outlasts_its_retries_stops_the_run_as_the_routines
     # Resumed: every row changed once, the error row kept, the failed batch counted once.
     assert workers_final["run"] == ("completed_with_errors", 600) + routine_final["run"][2:]
     assert (workers_final["errors"], workers_final["rows"]) == (routine_final["errors"], routine_final["rows"])
+
+
+def test_specql_run_with_workers_retries_a_batch_as_the_routine(database_url_any, tmp_path):
+    # The command line's workers (specql run --workers 2): the same retries, counts and rows as
+    # the routine, each retry row with the number of the worker whose batch row follows it.
+    url = database_url_any
+    entities = _seed_tally(url, tmp_path, errors="error_handling: stop_on_error" + GUARD)
+    with connect(url) as admin:
+        routine = _by_routine(url, admin, second_waits=2)
+        admin.execute("UPDATE tally SET n = 0")
+        first, second = _locks(url, 2)
+        out = subprocess.run([str(Path(sys.executable).parent / "specql"), "run", "bump_tally", str(entities),
+                              "--database-url", url, "--workers", "2", "--format", "json"],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert (first.release(), second.release()) == (2, 2)
+        result = json.loads(out.stdout)
+        workers = _facts(admin, result["operation_id"])
+    assert routine["run"] == ("completed", 600, 600, 0, 0, 12)
+    assert (result["status"], result["processed_records"], result["error_count"]) == ("completed", 600, 0)
+    assert {k: workers[k] for k in ("run", "errors", "rows")} == {k: routine[k] for k in ("run", "errors", "rows")}
+    assert _without_workers(workers["logs"]) == _without_workers(routine["logs"])
+    by_batch = {r[0]: r[7] for r in workers["logs"] if r[1] != "retry"}
+    assert [(r[0], r[7]) for r in workers["logs"] if r[1] == "retry"] == [(1, by_batch[1]), (10, by_batch[10])]
 
 
 # A batch retried once: 39 records applied, record 5 failed once (one error row). A batch that
