@@ -245,6 +245,15 @@ SENTINELS = [
     ("errors", "stop_on_error logs the batch", "-- stop_on_error: log the failed batch with its records."),
     ("errors", "continue_on_error logs the batch", "-- continue_on_error: log the failed batch with its records."),
     ("errors", "failed batch status", "_status := 'failed';"),
+    ("errors", "collect_errors: the batch in a savepoint inside the try's",
+     "-- The batch in a savepoint of its own, its record-by-record pass in the try's."),
+    ("errors", "other modes: the batch in the try's savepoint", re.compile(
+        r"_batch_failed := 0;(\n\s+_status := 'completed';)?\n\s+EXIT;\n\s+EXCEPTION WHEN OTHERS THEN\n\s+-- The savepoint rolled")),
+    ("errors", "collect_errors: a record's transient failure is the batch's", "-- A transient failure is the batch's, not the record's"),
+    ("errors", "collect_errors: a failure outside its records' savepoints",
+     "RAISE;  -- the record-by-record pass failed outside its records' savepoints"),
+    ("errors", "other modes: the error mode's handler", re.compile(
+        r"_stop := 'failed';\n\s+EXIT;\n\s+END IF;\n\s+-- (stop_on_error|continue_on_error): log the failed batch")),
     # --- keyset macros
     ("keyset", "first batch with a condition", "ORDER BY id LIMIT"),
     ("keyset", "next keys after, with a condition", "WHERE id > _last AND ("),

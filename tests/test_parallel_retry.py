@@ -215,3 +215,41 @@ def test_a_csv_batch_retried_after_its_record_by_record_pass_counts_as_the_routi
         workers = facts(op_id, lock)
     assert routine == outcome
     assert workers == routine
+
+
+# Retried once: row 20 logged by the record-by-record pass, the rest applied. Outlasting the
+# retries: the run stops at batch 1, its error row naming the batch's keys, nothing applied.
+@pytest.mark.parametrize("waits, outcome", [
+    (2, (("completed_with_errors", 599, 1, 1, 12), [1], [(1, "23514", [20])], [(1, 599), (4, 1)])),
+    (None, (("failed", 0, 50, 1, 1), [1, 2], [(1, "55P03", list(range(1, 51)))], [(0, 599), (4, 1)])),
+])
+def test_a_locked_record_in_collect_errors_pass_is_the_batchs_transient_failure(database_url_any, tmp_path,
+                                                                                waits, outcome):
+    # collect_errors: batch 1 fails on row 20 (CHECK n < 5) and is applied record by record;
+    # row 30, locked by another session, makes its record wait past lock_timeout. That is the
+    # batch's transient failure, not the record's: the pass is undone and the batch retried (or
+    # the run stops), in the routine and in a worker alike. Before, both logged row 30 as a
+    # failed record (55P03) and went on: completed_with_errors, 598 applied, 2 errors, no retry.
+    url = database_url_any
+    _seed_tally(url, tmp_path, errors="error_handling: collect_errors" + GUARD)
+    with connect(url) as admin:
+        def facts(op_id, lock) -> tuple:
+            assert lock.release() == (waits or 3)
+            return (_run(admin, op_id)[:1] + _run(admin, op_id)[2:],
+                    [r[2] for r in _logs(admin, op_id) if r[1:4:2] == ("retry", "55P03") and r[0] == 1],
+                    [(b, state, records) for b, state, _, records in errors(admin, op_id)],
+                    admin.execute("SELECT n, count(*) FROM tally GROUP BY 1 ORDER BY 1").fetchall())
+
+        def prepared() -> HeldLock:
+            admin.execute("UPDATE tally SET n = CASE WHEN id = 20 THEN 4 ELSE 0 END")
+            return HeldLock(url, "SELECT 1 FROM tally WHERE id = %s FOR UPDATE", (FIRST,), waits=waits)
+
+        lock = prepared()
+        routine = facts(call_procedure(admin, "public.bump_tally")["operation_id"], lock)
+        lock = prepared()
+        op_id = admin.execute("SELECT public.bump_tally_start()").fetchone()[0]
+        worker = Worker(url, "bump_tally", op_id).join()
+        assert worker.error is None, worker.error
+        workers = facts(op_id, lock)
+    assert routine == outcome
+    assert workers == routine
