@@ -2,16 +2,46 @@
 
 from __future__ import annotations
 
-import functools
-import json
-import os
 import sys
-import traceback
 
-import click
+try:  # Ctrl-C while Python loads the command: exit 130 as later, not a traceback
+    import contextlib
+    import functools
+    import json
+    import os
+    import signal
+    import traceback
 
-from . import __version__
-from .diagnostics import Diagnostic, SpecError
+    import click
+
+    from . import __version__
+    from .diagnostics import Diagnostic, SpecError
+except KeyboardInterrupt:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not kill the exit
+    sys.stderr.write("interrupted\n")
+    raise SystemExit(130) from None
+
+
+def _database_url(given: str | None) -> str:
+    """--database-url (or the environment's), checked before anything connects: a string libpq
+    cannot parse is a usage error naming the option, not an internal error later."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    from .database import resolve_database_url
+
+    url = resolve_database_url(given)
+    if not url:
+        raise click.UsageError("no database: pass --database-url or set SPECQL_DATABASE_URL")
+    try:
+        url.encode("utf-8")
+        conninfo_to_dict(url)
+    except (UnicodeEncodeError, psycopg.ProgrammingError) as exc:
+        reason = "not valid UTF-8" if isinstance(exc, UnicodeEncodeError) else str(exc).strip()
+        raise click.BadParameter(reason, param_hint="'--database-url'") from None
+    return url
 
 
 def _report(diagnostics: list[Diagnostic], fmt: str = "text") -> None:
@@ -41,6 +71,10 @@ def _guard(func):
         except (click.ClickException, click.Abort, SystemExit):
             raise
         except KeyboardInterrupt:
+            if _Group.as_program:  # ending anyway: another Ctrl-C must not interrupt the exit
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+            if os.environ.get("SPECQL_DEBUG"):
+                traceback.print_exc()
             click.echo("interrupted", err=True)
             sys.exit(130)
         except Exception as exc:  # an internal error: say so plainly
@@ -56,19 +90,34 @@ def _guard(func):
 class _Group(click.Group):
     """Usage mistakes are user-facing failures: exit 1 (SPEC §1), not click's 2."""
 
+    as_program = False  # called by the `specql` script (no arguments), not in-process
+
     def main(self, *args, **kwargs):
+        _Group.as_program = not args and not kwargs
         kwargs["standalone_mode"] = False
         try:
-            rv = super().main(*args, **kwargs)
-        except click.exceptions.Exit as exc:
-            sys.exit(exc.exit_code)
-        except click.ClickException as exc:
-            exc.show()
-            sys.exit(1)
-        except click.Abort:
-            click.echo("aborted", err=True)
-            sys.exit(1)
-        sys.exit(rv if isinstance(rv, int) else 0)
+            try:
+                rv = super().main(*args, **kwargs)
+            except click.exceptions.Exit as exc:
+                code = exc.exit_code
+            except click.ClickException as exc:
+                exc.show()
+                code = 1
+            except click.Abort:
+                click.echo("aborted", err=True)
+                code = 1
+            except SystemExit as exc:
+                code = exc.code
+            else:
+                code = rv if isinstance(rv, int) else 0
+        except KeyboardInterrupt:  # outside a command's own handling (parsing, its exit)
+            if _Group.as_program:
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+            click.echo("interrupted", err=True)
+            code = 130
+        if _Group.as_program:  # the outcome is decided: a Ctrl-C now must not turn it into a traceback
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        sys.exit(code)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -194,12 +243,9 @@ def migrate(directory: str, database_url: str | None, status: bool, dry_run: boo
 
     SIGTERM and Ctrl-C roll the current file back and exit 143 / 130.
     """
-    from .database import resolve_database_url
     from .migrate import migrate as run
 
-    url = resolve_database_url(database_url)
-    if not url:
-        raise click.UsageError("no database: pass --database-url or set SPECQL_DATABASE_URL")
+    url = _database_url(database_url)
     waits = {k: v for k, v in (("lock_wait", lock_wait), ("lock_timeout", lock_timeout)) if v is not None}
     sys.exit(run(directory, url, status=status, dry_run=dry_run, echo=click.echo, **waits))
 
@@ -231,29 +277,34 @@ def run_operation(operation: str, paths: tuple[str, ...], database_url: str | No
     Exit 0 when the run ends `completed`, 1 for any other status or a refused run.
     Ctrl-C stops it after the current batch (status `cancelled`).
     """
-    from .database import resolve_database_url
     from .generate import load_project
     from .launch import Request, check, launch, resolve
-    from .progress import LiveBar, show_result
+    from .progress import LiveBar
     from .run import RunError, find_operation
 
-    url = resolve_database_url(database_url)
-    if not url:
-        raise click.UsageError("no database: pass --database-url or set SPECQL_DATABASE_URL")
+    url = _database_url(database_url)
     request = Request(list(params), confirm=confirm, batch_size=batch_size, resume=resume, workers=workers,
                       csv_file=csv_file, json_file=json_file, rejects=rejects)
-    try:
-        project = load_project(list(paths) or ["entities/"])
-        op = find_operation(project, operation)
-        check(op, request)  # refused before the progress bar appears
-        said = resolve(url, op, request)  # --resume of a parallel run: its workers take it up
-        if said:
-            click.echo(f"specql run: {said}", err=True)
-        with LiveBar(op.name, enabled=fmt == "text") as bar:
-            result = launch(url, op, request, on_progress=bar.update, on_notice=bar.notice)
-    except RunError as exc:
-        click.echo(f"specql run: {exc}", err=True)
-        sys.exit(1)
+    with _sigint_ignored_from() as run_ended:
+        try:
+            project = load_project(list(paths) or ["entities/"])
+            op = find_operation(project, operation)
+            check(op, request)  # refused before the progress bar appears
+            said = resolve(url, op, request)  # --resume of a parallel run: its workers take it up
+            if said:
+                click.echo(f"specql run: {said}", err=True)
+            with LiveBar(op.name, enabled=fmt == "text") as bar:
+                result = launch(url, op, request, on_progress=bar.update, on_notice=bar.notice)
+                run_ended()  # a Ctrl-C now changes nothing: the result is printed, its status the exit code
+        except RunError as exc:
+            click.echo(f"specql run: {exc}", err=True)
+            sys.exit(1)
+        _show_run(op, request, result, fmt)
+
+
+def _show_run(op, request, result: dict, fmt: str) -> None:
+    from .progress import show_result
+
     abandoned = result.pop("load_abandoned", False)  # --csv: a load that cannot be resumed, removed
     show_result({k: v for k, v in result.items() if k != "workers" or fmt == "json"}, fmt)
     if request.parallel and fmt == "text":
@@ -264,6 +315,24 @@ def run_operation(operation: str, paths: tuple[str, ...], database_url: str | No
         click.echo(f"cancelled: resume with `specql run {op.name} --resume {result['operation_id']}` "
                    f"and the same parameters", err=True)
     sys.exit(0 if result.get("status") == "completed" else 1)
+
+
+@contextlib.contextmanager
+def _sigint_ignored_from():
+    """Yields a function that makes Ctrl-C change nothing from when it is called (a run's
+    outcome is decided) to the end of the block. As the program it stays ignored to the exit
+    (_Group.main); in-process (tests) the previous handler comes back."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: None
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        yield lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)
+    finally:
+        if not _Group.as_program and previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 @main.command("plan")
@@ -282,14 +351,11 @@ def plan_operation_cmd(operation: str, paths: tuple[str, ...], database_url: str
                        batch_size: int | None, sample_batches: int, fmt: str) -> None:
     """Show what running OPERATION would do, changing nothing: the batch statements' plans
     (index warnings), the records it would touch, a rolled-back sample and an estimate."""
-    from .database import resolve_database_url
     from .explain import plan_operation, render_json, render_text
     from .generate import load_project
     from .run import RunError, bind_params, find_operation
 
-    url = resolve_database_url(database_url)
-    if not url:
-        raise click.UsageError("no database: pass --database-url or set SPECQL_DATABASE_URL")
+    url = _database_url(database_url)
     try:
         project = load_project(list(paths) or ["entities/"])
         op = find_operation(project, operation)
@@ -315,12 +381,14 @@ def status(database_url: str | None, fmt: str, limit: int, operation: str | None
 
     A run whose backend is gone (crashed, terminated, statement cancelled) shows `abandoned`.
     """
-    from .database import resolve_database_url
     from .status import StatusError, recent_runs, render_json, render_table
 
-    url = resolve_database_url(database_url)
-    if not url:
-        raise click.UsageError("no database: pass --database-url or set SPECQL_DATABASE_URL")
+    url = _database_url(database_url)
+    if operation is not None:
+        try:
+            operation.encode("utf-8")
+        except UnicodeEncodeError:
+            raise click.BadParameter("not valid UTF-8", param_hint="'--operation'") from None
     try:
         runs = recent_runs(url, limit=limit, operation=operation)
     except StatusError as exc:

@@ -36,7 +36,7 @@ from psycopg import sql
 from psycopg.copy import QueuedLibpqWriter
 
 from .run import RunError
-from .staging import staged_load, staging_connection
+from .staging import after_the_run, staged_load, staging_connection
 
 COPY_CHUNK = 1 << 20  # bytes sent to COPY at a time
 BLOCK = 1 << 20  # bytes of the file read at a time past its first records
@@ -818,17 +818,22 @@ def run_csv(url: str, op, csv_file: str | None, raw_params: list[str], *, confir
                 result["load_abandoned"] = True
                 echo(f"abandoned the load after {rows:,} staged record(s) and removed them; the run "
                      f"{result.get('operation_id')} cannot be resumed: import {path} again")
-        summary = rejected_summary(conn, result["operation_id"])
-        rejected = sum(n for _, n in summary)
-        echo(f"imported {result.get('processed_records') or 0:,} record(s), rejected {rejected:,}"
-             + (": " + ", ".join(f"{n:,} {k}" for k, n in summary) if summary else ""))
-        if rejects and path is not None:
-            n = write_rejects(conn, result["operation_id"], op, path, Path(rejects))
-            echo(f"wrote {n:,} rejected record(s) to {rejects}")
-        if result.get("status") in ("completed", "completed_with_errors"):
-            drop_staged(conn, op, staged.staging_id)
-        elif not result.get("load_abandoned"):
-            echo(f"the staged rows stay under staging_id {staged.staging_id} for a resume")
-        result["staging_id"] = staged.staging_id
-        return result
+        with after_the_run(result, staged.staging_id, echo):
+            summary = rejected_summary(conn, result["operation_id"])
+            rejected = sum(n for _, n in summary)
+            echo(f"imported {result.get('processed_records') or 0:,} record(s), rejected {rejected:,}"
+                 + (": " + ", ".join(f"{n:,} {k}" for k, n in summary) if summary else ""))
+            if rejects and path is not None:
+                try:
+                    n = write_rejects(conn, result["operation_id"], op, path, Path(rejects))
+                    echo(f"wrote {n:,} rejected record(s) to {rejects}")
+                except OSError as exc:  # checked before the run (launch.check); gone or full since
+                    echo(f"specql run: --rejects {rejects}: cannot write: {exc.strerror}; the rejected records "
+                         f"stay in specql.batch_operation_errors under operation_id {result['operation_id']}")
+            if result.get("status") in ("completed", "completed_with_errors"):
+                drop_staged(conn, op, staged.staging_id)
+            elif not result.get("load_abandoned"):
+                echo(f"the staged rows stay under staging_id {staged.staging_id} for a resume")
+            result["staging_id"] = staged.staging_id
+            return result
 

@@ -34,7 +34,7 @@ from psycopg import sql
 
 from .harness_target import placeholders
 from .model import Operation
-from .run import Bound, RunError, call_sql, check_values
+from .run import Bound, RunError, call_sql, check_values, connect_error
 
 STOP_FUNCTION = "specql._plan_sample_stop"  # created and dropped inside the rolled-back transaction
 STOP_COUNTER = "specql_plan_sample_statements"  # a temporary sequence, the same way
@@ -339,7 +339,7 @@ def plan_operation(url: str, op: Operation, bound: list[Bound], *, batch_size: i
     try:
         conn = psycopg.connect(url, autocommit=True, application_name=f"specql plan {op.name}", connect_timeout=10)
     except psycopg.OperationalError as exc:
-        raise RunError(f"cannot connect: {str(exc).strip().splitlines()[-1]}") from None
+        raise RunError(f"cannot connect: {connect_error(exc)}") from None
     size = batch_size or (op.policy.batch_size if not op.policy.auto_batch_size else None)
     notes = []
     if size is None:

@@ -39,7 +39,7 @@ from psycopg.copy import QueuedLibpqWriter
 
 from .csvimport import COPY_CHUNK, drop_staged, open_source
 from .run import Bound, RunError
-from .staging import staged_load, staging_connection
+from .staging import after_the_run, staged_load, staging_connection
 
 READ_CHUNK = 1 << 20  # characters of a JSON array decoded at a time
 MAX_RECORD_CHARS = 256 << 20  # an array element longer than this is refused (a bracket never closed?)
@@ -344,20 +344,26 @@ def run_json(url: str, op, json_file: str | None, raw_params: list[str], *, conf
             if not op.is_procedure:  # nothing can resume a function's run: its load is of no more use
                 drop_staged(conn, op, staged.staging_id, table=op.json_staging_name)
             raise
-        summary = conn.execute("SELECT sqlstate, count(*) FROM specql.batch_operation_errors WHERE operation_id = %s "
-                               "GROUP BY 1 ORDER BY 2 DESC, 1", (result["operation_id"],)).fetchall()
-        rejected = result.get("failed_records") or 0
-        echo(f"imported {result.get('processed_records') or 0:,} record(s), rejected {rejected:,}"
-             + (": " + ", ".join(f"{n:,} error row(s) SQLSTATE {k}" for k, n in summary) if summary else ""))
-        if rejects:
-            n = write_rejects(conn, result["operation_id"], Path(rejects))
-            echo(f"wrote {n:,} rejected record(s) to {rejects}")
-        if result.get("status") in ("completed", "completed_with_errors") or not op.is_procedure:
-            drop_staged(conn, op, staged.staging_id, table=op.json_staging_name)
-        else:
-            echo(f"the staged records stay under staging_id {staged.staging_id} for a resume")
-        result["staging_id"] = staged.staging_id
-        return result
+        with after_the_run(result, staged.staging_id, echo):
+            summary = conn.execute("SELECT sqlstate, count(*) FROM specql.batch_operation_errors "
+                                   "WHERE operation_id = %s GROUP BY 1 ORDER BY 2 DESC, 1",
+                                   (result["operation_id"],)).fetchall()
+            rejected = result.get("failed_records") or 0
+            echo(f"imported {result.get('processed_records') or 0:,} record(s), rejected {rejected:,}"
+                 + (": " + ", ".join(f"{n:,} error row(s) SQLSTATE {k}" for k, n in summary) if summary else ""))
+            if rejects:
+                try:
+                    n = write_rejects(conn, result["operation_id"], Path(rejects))
+                    echo(f"wrote {n:,} rejected record(s) to {rejects}")
+                except OSError as exc:  # checked before the run (launch.check); gone or full since
+                    echo(f"specql run: --rejects {rejects}: cannot write: {exc.strerror}; the rejected records "
+                         f"stay in specql.batch_operation_errors under operation_id {result['operation_id']}")
+            if result.get("status") in ("completed", "completed_with_errors") or not op.is_procedure:
+                drop_staged(conn, op, staged.staging_id, table=op.json_staging_name)
+            else:
+                echo(f"the staged records stay under staging_id {staged.staging_id} for a resume")
+            result["staging_id"] = staged.staging_id
+            return result
 
 
 def resumes_staged(url: str, op, operation_id: str) -> bool:

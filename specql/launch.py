@@ -11,12 +11,15 @@ Two choices, made once here:
 
 from __future__ import annotations
 
+import os
+import uuid
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Callable
 
 from .model import Operation
-from .run import Progress, RunError, bind_params, execute
+from .run import Progress, RunError, bind_params, execute, shown
 
 
 @dataclass
@@ -34,6 +37,14 @@ class Request:
 
 def check(op: Operation, req: Request) -> None:
     """Refuse what cannot run, before anything is staged or started."""
+    if req.resume is not None:
+        try:
+            uuid.UUID(req.resume)
+        except ValueError:
+            raise RunError(f"--resume {shown(req.resume)!r}: not a run id (a UUID, as `specql status` "
+                           f"shows it)") from None
+    if req.rejects is not None:
+        _check_rejects(op, req)
     if req.workers > 1:  # parallel: true (specql/workers.py): <op>_start, then N workers
         from .workers import check_workers
         check_workers(op, req.workers)
@@ -46,6 +57,30 @@ def check(op: Operation, req: Request) -> None:
         check_json_op(op)
         if req.workers > 1:
             raise RunError(f"--json: {op.name} is not a parallel operation; --workers applies to those")
+
+
+def _check_rejects(op: Operation, req: Request) -> None:
+    """--rejects is written after the run: whatever would stop it is refused before."""
+    where = f"--rejects {shown(req.rejects)}"
+    if not (req.csv_file or req.json_file or (req.resume and op.stages_json)):
+        raise RunError(f"{where}: only an import of --csv FILE or --json FILE has rejected records to write")
+    source = Path(req.csv_file) if req.csv_file else None
+    if source is not None and source.exists() and not source.is_file():  # read again for the rejected lines
+        raise RunError(f"{where}: the rejected lines are read again from --csv {shown(req.csv_file)}, "
+                       f"which is not a regular file (a pipe can be read once)")
+    out = Path(req.rejects)
+    parent = out.parent if str(out.parent) else Path(".")
+    if out.exists():
+        if out.is_dir():
+            raise RunError(f"{where}: is a directory")
+        if not os.access(out, os.W_OK):
+            raise RunError(f"{where}: not writable (permission denied)")
+        if source is not None and out.resolve() == source.resolve():
+            raise RunError(f"{where}: is the --csv file itself")
+    elif not parent.is_dir():
+        raise RunError(f"{where}: no directory {shown(str(parent))}")
+    elif not os.access(parent, os.W_OK | os.X_OK):
+        raise RunError(f"{where}: cannot create a file in {shown(str(parent))} (permission denied)")
 
 
 def resolve(url: str, op: Operation, req: Request) -> str | None:
@@ -61,6 +96,9 @@ def resolve(url: str, op: Operation, req: Request) -> str | None:
     found = parallel_run_for_resume(url, op, req.resume)
     if found is None:  # a run of the routine itself
         if not op.is_procedure:
+            if not _has_run(url, op, req.resume):
+                raise RunError(f"--resume {req.resume}: no run of {op.name} with that id (`specql status "
+                               f"--operation {op.name}` lists its runs)")
             raise RunError(f"--resume: {op.name} is not resumable (only transaction: commit_per_batch runs "
                            f"and parallel runs are)")
         return None
@@ -72,6 +110,18 @@ def resolve(url: str, op: Operation, req: Request) -> str | None:
     return (f"{req.resume} is a parallel run ({pending} chunks pending): resuming it with {req.workers} "
             f"worker{'s' if req.workers > 1 else ''}, CALL {op.parallel.worker_ident}(operation_id => ..., "
             f"resume => true) each (--workers N for more)")
+
+
+def _has_run(url: str, op: Operation, operation_id: str) -> bool:
+    import psycopg
+
+    from .run import connect_error
+    try:
+        with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+            return conn.execute("SELECT EXISTS (SELECT FROM specql.batch_operation_runs WHERE operation_id = %s::uuid "
+                                "AND operation = %s)", (operation_id, op.name)).fetchone()[0]
+    except psycopg.Error as exc:
+        raise RunError(f"--resume {operation_id}: {connect_error(exc)}") from None
 
 
 def launch(url: str, op: Operation, req: Request, *, on_progress: Callable[[Progress], None] = lambda p: None,

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,12 +54,33 @@ class Bound:
     text: str | None
 
 
+def shown(text: str) -> str:
+    """A command-line argument for a message: bytes that are not UTF-8 (os.fsdecode's
+    surrogates) as \\xNN escapes, so printing the message cannot fail."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def check_utf8(what: str, text: str) -> None:
+    """PostgreSQL takes UTF-8 text: an argument with bytes that are not is refused by name."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = text[exc.start].encode("utf-8", "surrogateescape")
+        raise RunError(f"{what}: not valid UTF-8 (byte 0x{bad.hex()} at character {exc.start + 1})") from None
+
+
+def connect_error(exc: psycopg.Error) -> str:
+    """libpq's connection failure on one line (it spreads one over several, the cause first)."""
+    return " ".join(part.strip() for part in str(exc).strip().splitlines() if part.strip())
+
+
 def bind_params(op: Operation, raw: list[str]) -> list[Bound]:
     """`NAME=VALUE` / `NAME=@FILE` pairs -> every routine parameter bound (missing: NULL only where
     the routine gives the argument a default)."""
     given: dict[str, str] = {}
     for item in raw:
         name, sep, value = item.partition("=")
+        check_utf8(f"--param {shown(name)}" if sep and name else f"--param {shown(item)!r}", item)
         if not sep or not name:
             raise RunError(f"--param {item!r}: write NAME=VALUE or NAME=@FILE")
         if name in given:
@@ -83,14 +106,14 @@ def _value_text(name: str, sql_type: str, value: str) -> str:
             value = path.read_text("utf-8")
         except OSError as exc:
             raise RunError(f"--param {name}: cannot read {path}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise RunError(f"--param {name}: {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
+                           f"offset {exc.start})") from None
         from_file = True
     else:
         from_file = False
     if sql_type == "jsonb":
-        try:
-            json.loads(value)
-        except ValueError as exc:
-            raise RunError(f"--param {name}: not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+        _json(name, value, "JSON")
         return value
     if sql_type.endswith("[]"):
         return _array_literal(name, value, from_file)
@@ -101,10 +124,7 @@ def _array_literal(name: str, value: str, from_file: bool) -> str:
     """A JSON array, or one value a line (a file) / comma-separated values, as a PostgreSQL array literal."""
     stripped = value.strip()
     if stripped.startswith("["):
-        try:
-            items = json.loads(stripped)
-        except ValueError as exc:
-            raise RunError(f"--param {name}: not a JSON array ({exc.msg})") from None
+        items = _json(name, stripped, "a JSON array")
         if not isinstance(items, list) or any(isinstance(i, (list, dict)) for i in items):
             raise RunError(f"--param {name}: expected a JSON array of values")
         items = [None if i is None else str(i) for i in items]
@@ -114,6 +134,17 @@ def _array_literal(name: str, value: str, from_file: bool) -> str:
         items = [part.strip() for part in stripped.split(",")] if stripped else []
     return "{" + ",".join("NULL" if i is None else '"' + i.replace("\\", "\\\\").replace('"', '\\"') + '"'
                           for i in items) + "}"
+
+
+def _json(name: str, text: str, what: str):
+    """The value parsed as JSON, numbers kept as text (PostgreSQL casts them; Python's int()
+    refuses more than 4300 digits), or a RunError naming the parameter."""
+    try:
+        return json.loads(text, parse_int=str, parse_float=str)
+    except json.JSONDecodeError as exc:
+        raise RunError(f"--param {name}: not {what} ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    except RecursionError:
+        raise RunError(f"--param {name}: not {what} PostgreSQL can take (nested too deeply)") from None
 
 
 def check_values(conn: psycopg.Connection, bound: list[Bound]) -> None:
@@ -189,12 +220,23 @@ def execute(url: str, op: Operation, bound: list[Bound], *, confirm: bool = Fals
             resume: str | None = None, on_progress: Callable[[Progress], None] = lambda p: None,
             on_notice: Callable[[str], None] = lambda m: None) -> dict:
     """Run the routine; the result row as a dict. Ctrl-C (SIGINT) in the main thread cancels the
-    run after its current batch instead of killing the connection."""
+    run after its current batch instead of killing the connection (_Canceller: its handler is
+    in place from before the connection is opened until after it is closed)."""
     progress = Progress()
+    canceller = _Canceller(url, progress)
+    with canceller.on_sigint():
+        return _call(url, op, bound, canceller, confirm=confirm, batch_size=batch_size, resume=resume,
+                     on_progress=on_progress, on_notice=on_notice)
+
+
+def _call(url: str, op: Operation, bound: list[Bound], canceller: "_Canceller", *, confirm: bool,
+          batch_size: int | None, resume: str | None, on_progress: Callable[[Progress], None],
+          on_notice: Callable[[str], None]) -> dict:
+    progress = canceller.progress
     try:
         conn = psycopg.connect(url, autocommit=True, application_name=f"specql run {op.name}", connect_timeout=10)
     except psycopg.OperationalError as exc:
-        raise RunError(f"cannot connect: {str(exc).strip().splitlines()[-1]}") from None
+        raise RunError(f"cannot connect: {connect_error(exc)}") from None
     with conn:
         check_values(conn, bound)
 
@@ -209,23 +251,75 @@ def execute(url: str, op: Operation, bound: list[Bound], *, confirm: bool = Fals
         conn.add_notice_handler(notice)
         conn.execute("SELECT pg_catalog.set_config('specql.progress', 'on', false)")
         query, values = call_sql(op, bound, confirm=confirm, batch_size=batch_size, resume=resume)
-        canceller = _Canceller(url, conn.info.backend_pid, progress)
-        with canceller.on_sigint():
+        canceller.calling(conn.info.backend_pid)  # from here a Ctrl-C asks the run to stop
+        try:
             try:
                 cur = conn.execute(query, values)
-            except psycopg.errors.QueryCanceled as exc:
-                if canceller.requested:
-                    raise RunError("cancelled before the routine reported its first batch; a per_batch "
-                                   "function's work is rolled back with its call") from None
-                raise RunError(_one_line(exc)) from None  # a statement_timeout, another session's cancel
-            except psycopg.Error as exc:
-                raise RunError(_one_line(exc)) from None
+            finally:
+                canceller.finish()  # from here a Ctrl-C changes nothing: the run has ended
+        except psycopg.errors.QueryCanceled as exc:
+            if canceller.requested:
+                raise RunError(_cancelled_early(conn, op, canceller)) from None
+            raise RunError(_one_line(exc)) from None  # a statement_timeout, another session's cancel
+        except psycopg.errors.UndefinedFunction as exc:
+            raise RunError(_missing_routine(conn, op) or _one_line(exc)) from None
+        except psycopg.Error as exc:
+            raise RunError(_one_line(exc)) from None
         if op.is_procedure:
-            cur = conn.execute("SELECT (%s::specql.batch_operation_result).*", (cur.fetchone()[0],))
+            cur = _decode_result(conn, cur.fetchone()[0])
         row = cur.fetchone()
         result = dict(zip([c.name for c in cur.description], row))
         result["cancel_requested"] = canceller.requested
         return result
+
+
+def _decode_result(conn: psycopg.Connection, text: str) -> psycopg.Cursor:
+    """A procedure's result (its OUT argument as text) as a row. Run again when a query cancel
+    meant for the call it followed arrives late (the call had ended: nothing to cancel)."""
+    for attempt in range(3):
+        try:
+            return conn.execute("SELECT (%s::specql.batch_operation_result).*", (text,))
+        except psycopg.errors.QueryCanceled:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _cancelled_early(conn: psycopg.Connection, op: Operation, canceller: "_Canceller") -> str:
+    """Ctrl-C cancelled the call before the run could be asked to stop after a batch: what is
+    left of it."""
+    if not op.is_procedure:
+        return ("cancelled before the routine reported its first batch; a per_batch function's work is "
+                "rolled back with its call")
+    run_id = _running_run(conn, canceller.backend_pid)  # committed just before the cancel landed
+    if run_id is None:
+        return "cancelled before the run began; nothing was changed"
+    return (f"cancelled during the first batch of run {run_id}; it shows as abandoned in `specql status`: "
+            f"resume with `specql run {op.name} --resume {run_id}` and the same parameters")
+
+
+def _missing_routine(conn: psycopg.Connection, op: Operation) -> str | None:
+    """The routine is not there at all (or the runtime is not): the migrations were not applied."""
+    try:
+        found = conn.execute(
+            "SELECT to_regnamespace('specql') IS NOT NULL AND EXISTS (SELECT FROM pg_catalog.pg_proc p"
+            " WHERE p.pronamespace = to_regnamespace(%s) AND p.proname = %s)", (op.schema, op.name)).fetchone()[0]
+    except psycopg.Error:
+        return None
+    if found:
+        return None
+    return f"{op.schema}.{op.name} is not in the database: apply the migrations first (specql migrate)"
+
+
+def _running_run(conn: psycopg.Connection, backend_pid: int) -> str | None:
+    """The id of the run the routine on backend `backend_pid` has committed and is running (a
+    commit_per_batch procedure commits its run row before the first batch)."""
+    row = conn.execute(
+        "SELECT r.operation_id::text FROM specql.batch_operation_runs r"
+        " WHERE r.backend_pid = %s AND r.status = 'running'"
+        "   AND r.backend_start = (SELECT a.backend_start FROM pg_catalog.pg_stat_get_activity(%s) a)"
+        " ORDER BY r.started_at DESC LIMIT 1", (backend_pid, backend_pid)).fetchone()
+    return row[0] if row else None
 
 
 def _one_line(exc: psycopg.Error) -> str:
@@ -236,30 +330,80 @@ def _one_line(exc: psycopg.Error) -> str:
 
 
 class _Canceller:
-    """Turns Ctrl-C into `specql.cancel_operation(id)` from a second connection (the routine
-    stops after its current batch), or a plain query cancel before the id is known."""
+    """Ctrl-C around one call of the routine, by its moment:
+    - before the call (connecting, checking the values): KeyboardInterrupt, as without it;
+    - during the call (calling()): `specql.cancel_operation(id)` from a second connection (the
+      routine stops after its current batch), the id from the progress notices or, before the
+      first one, the run row the routine committed (a commit_per_batch procedure, before its
+      first batch); without a run to name (a function's run row is not visible before it
+      returns, or the routine has not begun it yet) a plain query cancel, sent again until the
+      call ends (a cancel that reaches the backend before the call is ignored);
+    - once the call has ended (finish()), to the end of on_sigint(): nothing (the result is
+      read, the connection closed; the run's outcome is decided)."""
 
-    def __init__(self, url: str, backend_pid: int, progress: Progress):
-        self.url, self.backend_pid, self.progress = url, backend_pid, progress
+    RETRY_SECONDS = 0.5
+
+    def __init__(self, url: str, progress: Progress):
+        self.url, self.progress = url, progress
+        self.backend_pid: int | None = None
         self.requested = False
+        self.finished = False
+        self._lock = threading.Lock()  # finish() waits for a cancel being sent
+        self._sending = False
+        self._previous = signal.default_int_handler
+
+    def calling(self, backend_pid: int) -> None:
+        self.backend_pid = backend_pid
+
+    def finish(self) -> None:
+        with self._lock:
+            self.finished = True
+
+    def _signal(self, signum, frame) -> None:
+        if self.backend_pid is None:  # before the call: as the handler in place before
+            if callable(self._previous):
+                self._previous(signum, frame)
+            elif self._previous != signal.SIG_IGN:
+                raise KeyboardInterrupt
+            return
+        self.request()
+
+    def request(self) -> None:
+        """During the call: never blocks, never raises."""
+        if self.finished or self._sending:
+            return
+        self.requested = True
+        self._sending = True
+        threading.Thread(target=self.cancel, name="specql-cancel", daemon=True).start()
 
     def cancel(self) -> None:
-        self.requested = True
-        with psycopg.connect(self.url, autocommit=True) as other:
-            if self.progress.operation_id:
-                other.execute("SELECT specql.cancel_operation(%s)", (self.progress.operation_id,))
-            else:
-                other.execute("SELECT pg_cancel_backend(%s)", (self.backend_pid,))
+        try:
+            with psycopg.connect(self.url, autocommit=True, connect_timeout=10) as other:
+                while True:
+                    with self._lock:
+                        if self.finished:
+                            return
+                        run_id = self.progress.operation_id or _running_run(other, self.backend_pid)
+                        if run_id:
+                            other.execute("SELECT specql.cancel_operation(%s)", (run_id,))
+                            return
+                        other.execute("SELECT pg_cancel_backend(%s)", (self.backend_pid,))
+                    time.sleep(self.RETRY_SECONDS)
+        except psycopg.Error as exc:  # a daemon thread: say why, never a traceback
+            print(f"specql run: Ctrl-C could not ask the run to stop: {connect_error(exc)}", file=sys.stderr)
+        finally:
+            self._sending = False
 
     @contextmanager
     def on_sigint(self):
-        """While the routine runs, Ctrl-C asks for a cancel (from a thread: a signal handler
-        must not block on a connection) instead of raising KeyboardInterrupt."""
+        """The handler for the whole of execute(): a cancel is asked for from a thread (a signal
+        handler must not block on a connection)."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        previous = signal.signal(signal.SIGINT, lambda *_: threading.Thread(target=self.cancel, daemon=True).start())
+        self._previous = signal.signal(signal.SIGINT, self._signal)
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            self.finish()
+            signal.signal(signal.SIGINT, signal.SIG_DFL if self._previous is None else self._previous)

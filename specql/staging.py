@@ -4,9 +4,12 @@ reads again instead of the file)."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Callable
+
 import psycopg
 
-from .run import RunError
+from .run import RunError, connect_error
 
 
 def staging_connection(url: str, op) -> psycopg.Connection:
@@ -16,7 +19,7 @@ def staging_connection(url: str, op) -> psycopg.Connection:
         return psycopg.connect(url, autocommit=True, application_name=f"specql run {op.name} (staging)",
                                connect_timeout=10)
     except psycopg.OperationalError as exc:
-        raise RunError(f"cannot connect: {str(exc).strip().splitlines()[-1]}") from None
+        raise RunError(f"cannot connect: {connect_error(exc)}") from None
 
 
 def staged_load(conn: psycopg.Connection, op, operation_id: str) -> str | None:
@@ -25,3 +28,15 @@ def staged_load(conn: psycopg.Connection, op, operation_id: str) -> str | None:
     row = conn.execute("SELECT params ->> 'staging_id' FROM specql.batch_operation_runs "
                        "WHERE operation_id = %s AND operation = %s", (operation_id, op.name)).fetchone()
     return row[0] if row else None
+
+
+@contextmanager
+def after_the_run(result: dict, staging_id: str, echo: Callable[[str], None]):
+    """The steps after the routine returned (the summary, --rejects, removing a finished load):
+    a Ctrl-C interrupts them (exit 130) and says what became of the run."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        echo(f"specql run: interrupted after the run {result.get('operation_id')} ended {result.get('status')} "
+             f"(its load: staging_id {staging_id})")
+        raise

@@ -11,7 +11,9 @@ result is the run's row once the last worker has closed it, with each worker's c
 from __future__ import annotations
 
 import signal
+import sys
 import threading
+import time
 from contextlib import contextmanager
 from typing import Callable
 
@@ -20,7 +22,7 @@ from psycopg import sql
 
 from .contract import RESULT_FIELDS
 from .model import Operation
-from .run import Bound, Progress, RunError, _one_line, check_values, parse_progress
+from .run import Bound, Progress, RunError, _one_line, check_values, connect_error, parse_progress
 
 
 def check_workers(op: Operation, workers: int) -> None:
@@ -59,7 +61,7 @@ def parallel_run_for_resume(url: str, op: Operation, operation_id: str) -> tuple
                 " WHERE r.operation_id = %s::uuid AND r.operation = %s AND r.transaction_mode = 'parallel'",
                 (operation_id, op.name)).fetchone()
     except psycopg.OperationalError as exc:
-        raise RunError(f"cannot connect: {str(exc).strip().splitlines()[-1]}") from None
+        raise RunError(f"cannot connect: {connect_error(exc)}") from None
     except psycopg.Error as exc:
         raise RunError(f"--resume {operation_id}: {_one_line(exc)}") from None
     return None if row is None else (int(row[0]), row[1])
@@ -140,51 +142,67 @@ def run_parallel(url: str, op: Operation, bound: list[Bound], *, workers: int, c
     """Start (or resume) a parallel run, run `workers` workers to the end; the run's result with
     a `workers` list (each worker's number, status and counts)."""
     check_workers(op, workers)
-    try:
-        conn = psycopg.connect(url, autocommit=True, application_name=f"specql run {op.name}", connect_timeout=10)
-    except psycopg.OperationalError as exc:
-        raise RunError(f"cannot connect: {str(exc).strip().splitlines()[-1]}") from None
-    with conn:
-        check_values(conn, bound)
-        if resume:
-            operation_id = resume
-            query, values = params_match_sql(op, bound)
-            try:
-                same = conn.execute(query, values + [operation_id]).fetchone()
-            except psycopg.Error as exc:
-                raise RunError(_one_line(exc)) from None
-            if same is not None and not same[0]:  # as the routine refuses it (SQ005)
-                raise RunError(f"cannot resume run {operation_id} of {op.name}: it was started with other "
-                               f"parameters ({same[1]})")
-        else:
-            query, values = start_sql(op, bound, confirm=confirm, batch_size=batch_size)
-            try:
-                operation_id = str(conn.execute(query, values).fetchone()[0])
-            except psycopg.Error as exc:
-                raise RunError(_one_line(exc)) from None
-        run = _run_row(conn, operation_id)
-        if run is None or run["operation"] != op.name:
-            raise RunError(f"--resume {operation_id}: no run of {op.name} with that id")
-        if resume and run["status"] not in ("running", "failed", "cancelled", "timed_out"):
-            raise RunError(f"cannot resume run {operation_id} of {op.name}: it is {run['status']} (a running, "
-                           f"failed, cancelled or timed_out parallel run can be resumed)")
-        tally = _Tally(run["total_records"], on_progress)
-        tally.progress.operation_id = operation_id
-        on_progress(tally.progress)
-        outcomes: list = [None] * workers
-        cancelled = {"requested": False}
-        if run["status"] == "running" or resume:
-            threads = [threading.Thread(target=_worker, args=(url, op, operation_id, bool(resume), tally, i, outcomes,
-                                                              on_notice), daemon=True) for i in range(workers)]
-            with _cancel_on_sigint(url, operation_id, cancelled):
-                for t in threads:
-                    t.start()
-                for t in threads:
-                    while t.is_alive():
-                        t.join(0.2)  # short waits: the main thread stays responsive to Ctrl-C
-        run = _run_row(conn, operation_id)
+    interrupts = _Interrupts(url)
+    with interrupts.on_sigint():  # from before the connection is opened to after it is closed
+        try:
+            conn = psycopg.connect(url, autocommit=True, application_name=f"specql run {op.name}",
+                                   connect_timeout=10)
+        except psycopg.OperationalError as exc:
+            raise RunError(f"cannot connect: {connect_error(exc)}") from None
+        with conn:
+            check_values(conn, bound)
+            interrupts.conn = conn  # from here a Ctrl-C asks the run to stop
+            return _drive(url, op, conn, bound, interrupts, workers=workers, confirm=confirm, batch_size=batch_size,
+                          resume=resume, on_progress=on_progress, on_notice=on_notice)
+
+
+def _drive(url: str, op: Operation, conn: psycopg.Connection, bound: list[Bound], interrupts: "_Interrupts", *,
+           workers: int, confirm: bool, batch_size: int | None, resume: str | None,
+           on_progress: Callable[[Progress], None], on_notice: Callable[[str], None]) -> dict:
+    if resume:
+        operation_id = resume
+        interrupts.started(operation_id)
+        query, values = params_match_sql(op, bound)
+        try:
+            same = conn.execute(query, values + [operation_id]).fetchone()
+        except psycopg.Error as exc:
+            raise RunError(_one_line(exc)) from None
+        if same is not None and not same[0]:  # as the routine refuses it (SQ005)
+            raise RunError(f"cannot resume run {operation_id} of {op.name}: it was started with other "
+                           f"parameters ({same[1]})")
+    else:
+        query, values = start_sql(op, bound, confirm=confirm, batch_size=batch_size)
+        try:
+            operation_id = str(conn.execute(query, values).fetchone()[0])
+        except psycopg.errors.QueryCanceled as exc:
+            if interrupts.requested:
+                raise RunError("cancelled before the run started; nothing was changed") from None
+            raise RunError(_one_line(exc)) from None
+        except psycopg.Error as exc:
+            raise RunError(_one_line(exc)) from None
+        interrupts.started(operation_id)  # a Ctrl-C the start's query did not see stops the workers at once
+    run = _run_row(conn, operation_id)
+    if run is None or run["operation"] != op.name:
+        raise RunError(f"--resume {operation_id}: no run of {op.name} with that id")
+    if resume and run["status"] not in ("running", "failed", "cancelled", "timed_out"):
+        raise RunError(f"cannot resume run {operation_id} of {op.name}: it is {run['status']} (a running, "
+                       f"failed, cancelled or timed_out parallel run can be resumed)")
+    tally = _Tally(run["total_records"], on_progress)
+    tally.progress.operation_id = operation_id
+    on_progress(tally.progress)
+    outcomes: list = [None] * workers
+    if run["status"] == "running" or resume:
+        threads = [threading.Thread(target=_worker, args=(url, op, operation_id, bool(resume), tally, i, outcomes,
+                                                          on_notice), daemon=True) for i in range(workers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            while t.is_alive():
+                t.join(0.2)  # short waits: the main thread stays responsive to Ctrl-C
+    interrupts.finish()  # the workers are done: a Ctrl-C now changes nothing
+    run = _run_row(conn, operation_id)
     result = {name: run.get(name) for name in RESULT_FIELDS if name in run}
-    result["cancel_requested"] = cancelled["requested"]
+    result["cancel_requested"] = interrupts.requested
     failures = [o["error"] for o in outcomes if o and o.get("status") == "error"]
     if failures and result.get("status") == "running":
         raise RunError(f"a worker failed: {failures[0]} (the run {operation_id} can be resumed with --resume)")
@@ -204,24 +222,82 @@ def _run_row(conn: psycopg.Connection, operation_id: str) -> dict | None:
     return None if row is None else dict(zip([c.name for c in cur.description], row))
 
 
-@contextmanager
-def _cancel_on_sigint(url: str, operation_id: str, cancelled: dict):
-    """Ctrl-C: specql.cancel_operation(id) from another connection; every worker stops after
-    its current batch and the last one closes the run as cancelled."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+class _Interrupts:
+    """Ctrl-C in a parallel run, by its moment. Before its start (connecting, checking the
+    values): KeyboardInterrupt, as without it. While <op>_start runs: a query cancel (its
+    transaction rolls back, nothing started). Once the run has an id (started()):
+    specql.cancel_operation(id) from another connection; every worker stops after its current
+    batch and the last one closes the run as cancelled. A Ctrl-C the start did not see (it had
+    returned) is sent as soon as the id is known. After the workers (finish()): nothing."""
 
-    def cancel() -> None:
-        cancelled["requested"] = True
-        with psycopg.connect(url, autocommit=True) as other:
-            other.execute("SELECT specql.cancel_operation(%s)", (operation_id,))
+    def __init__(self, url: str):
+        self.url = url
+        self.conn: psycopg.Connection | None = None
+        self._previous = signal.default_int_handler
+        self.operation_id: str | None = None
+        self.requested = False
+        self.ended = False
+        self._lock = threading.Lock()
+        self._sending = False
 
-    previous = signal.signal(signal.SIGINT, lambda *_: threading.Thread(target=cancel, daemon=True).start())
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    def started(self, operation_id: str) -> None:
+        with self._lock:
+            self.operation_id = operation_id
+        if self.requested and not self._sending:
+            self._send()
+
+    def finish(self) -> None:
+        with self._lock:
+            self.ended = True
+
+    def _signal(self, signum, frame) -> None:
+        if self.conn is None:  # before the start: as the handler in place before
+            if callable(self._previous):
+                self._previous(signum, frame)
+            elif self._previous != signal.SIG_IGN:
+                raise KeyboardInterrupt
+            return
+        if self.ended or self._sending:
+            return
+        self.requested = True
+        self._sending = True
+        threading.Thread(target=self._send, name="specql-cancel", daemon=True).start()
+
+    def _send(self) -> None:
+        """Until the request is recorded: a resumed run is `running` again only once its
+        workers take it up (cancel_operation returns false before)."""
+        other = None
+        try:
+            while True:
+                with self._lock:
+                    if self.ended:
+                        return
+                    if self.operation_id is None:
+                        getattr(self.conn, "cancel_safe", self.conn.cancel)()
+                        return
+                    if other is None:
+                        other = psycopg.connect(self.url, autocommit=True, connect_timeout=10)
+                    if other.execute("SELECT specql.cancel_operation(%s)", (self.operation_id,)).fetchone()[0]:
+                        return
+                time.sleep(0.2)
+        except psycopg.Error as exc:  # a daemon thread: say why, never a traceback
+            print(f"specql run: Ctrl-C could not ask the run to stop: {connect_error(exc)}", file=sys.stderr)
+        finally:
+            self._sending = False
+            if other is not None:
+                other.close()
+
+    @contextmanager
+    def on_sigint(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        self._previous = signal.signal(signal.SIGINT, self._signal)
+        try:
+            yield
+        finally:
+            self.finish()
+            signal.signal(signal.SIGINT, signal.SIG_DFL if self._previous is None else self._previous)
 
 
 def worker_lines(result: dict) -> list[str]:
