@@ -87,8 +87,9 @@ def resolve(url: str, op: Operation, req: Request) -> str | None:
     """Who runs it, once check(op, req) has passed: --workers N, or `--resume ID` of a run that
     <op>_start began (a parallel run: its progress is in its chunks) goes to the workers; the
     latter without --workers gets the operation's max_workers (1 when it sets none), never
-    more than the run's pending chunks, and is refused while the run is live (running, as the
-    routine's SQ004). Returns a line saying so, for the command to print."""
+    more than the run's pending chunks, and is refused while a worker works on the run (as the
+    routine's SQ004); a run <op>_start began that no worker has joined yet (running, no live
+    worker) is taken up. Returns a line saying so, for the command to print."""
     req.parallel = req.workers > 1
     if not (req.resume and op.parallel is not None and req.workers == 1):
         return None
@@ -102,8 +103,8 @@ def resolve(url: str, op: Operation, req: Request) -> str | None:
             raise RunError(f"--resume: {op.name} is not resumable (only transaction: commit_per_batch runs "
                            f"and parallel runs are)")
         return None
-    pending, state = found
-    if state == "running":  # as the routine refuses it (SQ004); --workers N joins its workers
+    pending, state, live = found
+    if state == "running" and live != 0:  # as the routine refuses it (SQ004); --workers N joins its workers
         raise RunError(f"cannot resume run {req.resume} of {op.name}: it is running (--workers N adds workers to it)")
     req.parallel = True
     req.workers = max(1, min(op.parallel.max_workers or 1, pending))

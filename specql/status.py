@@ -136,8 +136,7 @@ def render_table(runs: list[dict[str, Any]], console: Console | None = None) -> 
     if any(run["state"] == "running" and run.get("workers") == 0 for run in runs):
         console.print("waiting for workers: a parallel run that no worker is working on (started with <op>_start, "
                       "no worker called yet); start them with CALL <op>_worker(operation_id => 'ID') in as many "
-                      "sessions as wanted, or `specql run OPERATION --resume ID --workers N` (N >= 2: one worker is refused while the run is "
-                      "running) with its parameters.")
+                      "sessions as wanted, or `specql run OPERATION --resume ID [--workers N]` with its parameters.")
     if any(run["state"] == "abandoned" for run in runs):
         console.print("abandoned: the run's backend is gone (server crash or restart, terminated, or its statement "
                       "cancelled); its committed batches stay. A commit_per_batch run resumes with "

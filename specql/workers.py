@@ -48,15 +48,16 @@ def start_sql(op: Operation, bound: list[Bound], *, confirm: bool, batch_size: i
     return sql.SQL("SELECT {}({})").format(routine, sql.SQL(", ").join(parts)), values
 
 
-def parallel_run_for_resume(url: str, op: Operation, operation_id: str) -> tuple[int, str] | None:
+def parallel_run_for_resume(url: str, op: Operation, operation_id: str) -> tuple[int, str, int | None] | None:
     """`--resume ID` without --workers: when ID is a parallel run of `op` (its workers take it
-    up), its chunks still pending and its state (specql.batch_operation_status); None when it
-    is not (a run of the routine, or none: the routine says which)."""
+    up), its chunks still pending, its state and, while it is running, its live workers
+    (specql.batch_operation_status); None when it is not (a run of the routine, or none: the
+    routine says which)."""
     try:
         with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
             row = conn.execute(
                 "SELECT (SELECT count(*) FROM specql.batch_operation_chunks AS c"
-                "        WHERE c.operation_id = r.operation_id AND c.status = 'pending'), r.state"
+                "        WHERE c.operation_id = r.operation_id AND c.status = 'pending'), r.state, r.workers"
                 "  FROM specql.batch_operation_status AS r"
                 " WHERE r.operation_id = %s::uuid AND r.operation = %s AND r.transaction_mode = 'parallel'",
                 (operation_id, op.name)).fetchone()
@@ -64,7 +65,7 @@ def parallel_run_for_resume(url: str, op: Operation, operation_id: str) -> tuple
         raise RunError(f"cannot connect: {connect_error(exc)}") from None
     except psycopg.Error as exc:
         raise RunError(f"--resume {operation_id}: {_one_line(exc)}") from None
-    return None if row is None else (int(row[0]), row[1])
+    return None if row is None else (int(row[0]), row[1], row[2])
 
 
 def params_match_sql(op: Operation, bound: list[Bound]) -> tuple[sql.Composed, list]:

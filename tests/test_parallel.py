@@ -1378,3 +1378,15 @@ def test_status_shows_a_parallel_run_nobody_works_on_as_waiting_for_workers(data
         assert out.returncode == 0, out.stdout + out.stderr
         assert _run(admin, op_id)[:3] == ("completed", 900, 900)
         assert admin.execute("SELECT n, count(*) FROM tally GROUP BY 1").fetchall() == [(1, 900)]
+
+        # And by a plain `specql run --resume ID`: nobody works on the run, so the command takes
+        # it up with the operation's workers (it refused it as running before).
+        admin.execute("UPDATE tally SET n = 0")
+        op_id = admin.execute("SELECT public.bump_tally_start()").fetchone()[0]
+        assert view(op_id) == ("running", 0)
+        out = subprocess.run([str(Path(sys.executable).parent / "specql"), "run", "bump_tally", str(entities),
+                              "--database-url", url, "--resume", str(op_id)], capture_output=True, text=True)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "is a parallel run (3 chunks pending): resuming it with" in out.stdout + out.stderr
+        assert _run(admin, op_id)[:3] == ("completed", 900, 900)
+        assert admin.execute("SELECT n, count(*) FROM tally GROUP BY 1").fetchall() == [(1, 900)]
