@@ -195,74 +195,185 @@ BEGIN
 
         LOOP
             BEGIN
-                -- Records may leave fields out. First those that carry every field (usually all of them);
-                -- then each group of the others, so an existing row keeps the columns its record leaves out.
-                _shape := ARRAY[true, true];
-                INSERT INTO public.product_cache (product_id, name, price, last_updated)
-                SELECT CASE WHEN _rec ? 'product_id' THEN (_rec ->> 'product_id')::uuid ELSE gen_random_uuid() END,
-                       (_rec ->> 'name'),
-                       (_rec ->> 'price')::numeric,
-                       now()
-                -- OFFSET 0 keeps the subquery whole: each element is extracted once, not once per field.
-                FROM (SELECT upsert_product_cache.fresh_rows -> _g._i AS _rec
-                      FROM generate_series(_from, _to) AS _g(_i)
-                      WHERE upsert_product_cache.staging_id IS NULL
-                      UNION ALL
-                      (SELECT _s.record
-                       FROM public.upsert_product_cache_staging AS _s
-                       WHERE upsert_product_cache.staging_id IS NOT NULL AND _s._staging_id = upsert_product_cache.staging_id
-                         AND _s._record BETWEEN _staged_base + _from AND _staged_base + _to
-                       ORDER BY _s._record)
-                      OFFSET 0) AS _source
-                WHERE ARRAY[_rec ? 'name', _rec ? 'price'] = _shape
-                ON CONFLICT (product_id)
-                DO UPDATE SET name = CASE WHEN _shape[1] THEN EXCLUDED.name ELSE product_cache.name END,
-                              price = CASE WHEN _shape[2] THEN EXCLUDED.price ELSE product_cache.price END,
-                              last_updated = EXCLUDED.last_updated;
-                GET DIAGNOSTICS _n = ROW_COUNT;
-                IF _n < _to - _from + 1 THEN
-                    FOR _shape IN
-                        SELECT DISTINCT ARRAY[_rec ? 'name', _rec ? 'price']
-                        FROM (SELECT upsert_product_cache.fresh_rows -> _g._i AS _rec
-                              FROM generate_series(_from, _to) AS _g(_i)
-                              WHERE upsert_product_cache.staging_id IS NULL
-                              UNION ALL
-                              (SELECT _s.record
-                               FROM public.upsert_product_cache_staging AS _s
-                               WHERE upsert_product_cache.staging_id IS NOT NULL AND _s._staging_id = upsert_product_cache.staging_id
-                                 AND _s._record BETWEEN _staged_base + _from AND _staged_base + _to
-                               ORDER BY _s._record)
-                              OFFSET 0) AS _source
-                        WHERE NOT _rec ?& ARRAY['name', 'price']
-                    LOOP
-                        INSERT INTO public.product_cache (product_id, name, price, last_updated)
-                        SELECT CASE WHEN _rec ? 'product_id' THEN (_rec ->> 'product_id')::uuid ELSE gen_random_uuid() END,
-                               (_rec ->> 'name'),
-                               (_rec ->> 'price')::numeric,
-                               now()
-                        -- OFFSET 0 keeps the subquery whole: each element is extracted once, not once per field.
-                        FROM (SELECT upsert_product_cache.fresh_rows -> _g._i AS _rec
-                              FROM generate_series(_from, _to) AS _g(_i)
-                              WHERE upsert_product_cache.staging_id IS NULL
-                              UNION ALL
-                              (SELECT _s.record
-                               FROM public.upsert_product_cache_staging AS _s
-                               WHERE upsert_product_cache.staging_id IS NOT NULL AND _s._staging_id = upsert_product_cache.staging_id
-                                 AND _s._record BETWEEN _staged_base + _from AND _staged_base + _to
-                               ORDER BY _s._record)
-                              OFFSET 0) AS _source
-                        WHERE ARRAY[_rec ? 'name', _rec ? 'price'] = _shape
-                        ON CONFLICT (product_id)
-                        DO UPDATE SET name = CASE WHEN _shape[1] THEN EXCLUDED.name ELSE product_cache.name END,
-                                      price = CASE WHEN _shape[2] THEN EXCLUDED.price ELSE product_cache.price END,
-                                      last_updated = EXCLUDED.last_updated;
-                        GET DIAGNOSTICS _rows = ROW_COUNT;
-                        _n := _n + _rows;
+                -- The batch in a savepoint of its own, its record-by-record pass in the try's.
+                BEGIN
+                    -- Records may leave fields out. First those that carry every field (usually all of them);
+                    -- then each group of the others, so an existing row keeps the columns its record leaves out.
+                    _shape := ARRAY[true, true];
+                    INSERT INTO public.product_cache (product_id, name, price, last_updated)
+                    SELECT CASE WHEN _rec ? 'product_id' THEN (_rec ->> 'product_id')::uuid ELSE gen_random_uuid() END,
+                           (_rec ->> 'name'),
+                           (_rec ->> 'price')::numeric,
+                           now()
+                    -- OFFSET 0 keeps the subquery whole: each element is extracted once, not once per field.
+                    FROM (SELECT upsert_product_cache.fresh_rows -> _g._i AS _rec
+                          FROM generate_series(_from, _to) AS _g(_i)
+                          WHERE upsert_product_cache.staging_id IS NULL
+                          UNION ALL
+                          (SELECT _s.record
+                           FROM public.upsert_product_cache_staging AS _s
+                           WHERE upsert_product_cache.staging_id IS NOT NULL AND _s._staging_id = upsert_product_cache.staging_id
+                             AND _s._record BETWEEN _staged_base + _from AND _staged_base + _to
+                           ORDER BY _s._record)
+                          OFFSET 0) AS _source
+                    WHERE ARRAY[_rec ? 'name', _rec ? 'price'] = _shape
+                    ON CONFLICT (product_id)
+                    DO UPDATE SET name = CASE WHEN _shape[1] THEN EXCLUDED.name ELSE product_cache.name END,
+                                  price = CASE WHEN _shape[2] THEN EXCLUDED.price ELSE product_cache.price END,
+                                  last_updated = EXCLUDED.last_updated;
+                    GET DIAGNOSTICS _n = ROW_COUNT;
+                    IF _n < _to - _from + 1 THEN
+                        FOR _shape IN
+                            SELECT DISTINCT ARRAY[_rec ? 'name', _rec ? 'price']
+                            FROM (SELECT upsert_product_cache.fresh_rows -> _g._i AS _rec
+                                  FROM generate_series(_from, _to) AS _g(_i)
+                                  WHERE upsert_product_cache.staging_id IS NULL
+                                  UNION ALL
+                                  (SELECT _s.record
+                                   FROM public.upsert_product_cache_staging AS _s
+                                   WHERE upsert_product_cache.staging_id IS NOT NULL AND _s._staging_id = upsert_product_cache.staging_id
+                                     AND _s._record BETWEEN _staged_base + _from AND _staged_base + _to
+                                   ORDER BY _s._record)
+                                  OFFSET 0) AS _source
+                            WHERE NOT _rec ?& ARRAY['name', 'price']
+                        LOOP
+                            INSERT INTO public.product_cache (product_id, name, price, last_updated)
+                            SELECT CASE WHEN _rec ? 'product_id' THEN (_rec ->> 'product_id')::uuid ELSE gen_random_uuid() END,
+                                   (_rec ->> 'name'),
+                                   (_rec ->> 'price')::numeric,
+                                   now()
+                            -- OFFSET 0 keeps the subquery whole: each element is extracted once, not once per field.
+                            FROM (SELECT upsert_product_cache.fresh_rows -> _g._i AS _rec
+                                  FROM generate_series(_from, _to) AS _g(_i)
+                                  WHERE upsert_product_cache.staging_id IS NULL
+                                  UNION ALL
+                                  (SELECT _s.record
+                                   FROM public.upsert_product_cache_staging AS _s
+                                   WHERE upsert_product_cache.staging_id IS NOT NULL AND _s._staging_id = upsert_product_cache.staging_id
+                                     AND _s._record BETWEEN _staged_base + _from AND _staged_base + _to
+                                   ORDER BY _s._record)
+                                  OFFSET 0) AS _source
+                            WHERE ARRAY[_rec ? 'name', _rec ? 'price'] = _shape
+                            ON CONFLICT (product_id)
+                            DO UPDATE SET name = CASE WHEN _shape[1] THEN EXCLUDED.name ELSE product_cache.name END,
+                                          price = CASE WHEN _shape[2] THEN EXCLUDED.price ELSE product_cache.price END,
+                                          last_updated = EXCLUDED.last_updated;
+                            GET DIAGNOSTICS _rows = ROW_COUNT;
+                            _n := _n + _rows;
+                        END LOOP;
+                    END IF;
+                    _batch_processed := _n;
+                    _batch_failed := 0;
+                    _status := 'completed';
+                EXCEPTION WHEN OTHERS THEN
+                    GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
+                    IF _sqlstate IN ('40001', '40P01', '55P03') THEN
+                        RAISE;  -- the try's: retried, or it stops the run
+                    END IF;
+                    -- collect_errors: apply the batch again record by record, each in its own savepoint,
+                    -- so the good records stay and each failing one gets its own error row.
+                    _batch_processed := 0;
+                    _batch_failed := 0;
+                    _status := 'completed_with_errors';
+                    _batch_from := _from;
+                    _batch_to := _to;
+                    FOR _i IN _batch_from.._batch_to LOOP
+                        _from := _i;
+                        _to := _i;
+                        BEGIN
+                            -- Records may leave fields out. First those that carry every field (usually all of them);
+                            -- then each group of the others, so an existing row keeps the columns its record leaves out.
+                            _shape := ARRAY[true, true];
+                            INSERT INTO public.product_cache (product_id, name, price, last_updated)
+                            SELECT CASE WHEN _rec ? 'product_id' THEN (_rec ->> 'product_id')::uuid ELSE gen_random_uuid() END,
+                                   (_rec ->> 'name'),
+                                   (_rec ->> 'price')::numeric,
+                                   now()
+                            -- OFFSET 0 keeps the subquery whole: each element is extracted once, not once per field.
+                            FROM (SELECT upsert_product_cache.fresh_rows -> _g._i AS _rec
+                                  FROM generate_series(_from, _to) AS _g(_i)
+                                  WHERE upsert_product_cache.staging_id IS NULL
+                                  UNION ALL
+                                  (SELECT _s.record
+                                   FROM public.upsert_product_cache_staging AS _s
+                                   WHERE upsert_product_cache.staging_id IS NOT NULL AND _s._staging_id = upsert_product_cache.staging_id
+                                     AND _s._record BETWEEN _staged_base + _from AND _staged_base + _to
+                                   ORDER BY _s._record)
+                                  OFFSET 0) AS _source
+                            WHERE ARRAY[_rec ? 'name', _rec ? 'price'] = _shape
+                            ON CONFLICT (product_id)
+                            DO UPDATE SET name = CASE WHEN _shape[1] THEN EXCLUDED.name ELSE product_cache.name END,
+                                          price = CASE WHEN _shape[2] THEN EXCLUDED.price ELSE product_cache.price END,
+                                          last_updated = EXCLUDED.last_updated;
+                            GET DIAGNOSTICS _n = ROW_COUNT;
+                            IF _n < _to - _from + 1 THEN
+                                FOR _shape IN
+                                    SELECT DISTINCT ARRAY[_rec ? 'name', _rec ? 'price']
+                                    FROM (SELECT upsert_product_cache.fresh_rows -> _g._i AS _rec
+                                          FROM generate_series(_from, _to) AS _g(_i)
+                                          WHERE upsert_product_cache.staging_id IS NULL
+                                          UNION ALL
+                                          (SELECT _s.record
+                                           FROM public.upsert_product_cache_staging AS _s
+                                           WHERE upsert_product_cache.staging_id IS NOT NULL AND _s._staging_id = upsert_product_cache.staging_id
+                                             AND _s._record BETWEEN _staged_base + _from AND _staged_base + _to
+                                           ORDER BY _s._record)
+                                          OFFSET 0) AS _source
+                                    WHERE NOT _rec ?& ARRAY['name', 'price']
+                                LOOP
+                                    INSERT INTO public.product_cache (product_id, name, price, last_updated)
+                                    SELECT CASE WHEN _rec ? 'product_id' THEN (_rec ->> 'product_id')::uuid ELSE gen_random_uuid() END,
+                                           (_rec ->> 'name'),
+                                           (_rec ->> 'price')::numeric,
+                                           now()
+                                    -- OFFSET 0 keeps the subquery whole: each element is extracted once, not once per field.
+                                    FROM (SELECT upsert_product_cache.fresh_rows -> _g._i AS _rec
+                                          FROM generate_series(_from, _to) AS _g(_i)
+                                          WHERE upsert_product_cache.staging_id IS NULL
+                                          UNION ALL
+                                          (SELECT _s.record
+                                           FROM public.upsert_product_cache_staging AS _s
+                                           WHERE upsert_product_cache.staging_id IS NOT NULL AND _s._staging_id = upsert_product_cache.staging_id
+                                             AND _s._record BETWEEN _staged_base + _from AND _staged_base + _to
+                                           ORDER BY _s._record)
+                                          OFFSET 0) AS _source
+                                    WHERE ARRAY[_rec ? 'name', _rec ? 'price'] = _shape
+                                    ON CONFLICT (product_id)
+                                    DO UPDATE SET name = CASE WHEN _shape[1] THEN EXCLUDED.name ELSE product_cache.name END,
+                                                  price = CASE WHEN _shape[2] THEN EXCLUDED.price ELSE product_cache.price END,
+                                                  last_updated = EXCLUDED.last_updated;
+                                    GET DIAGNOSTICS _rows = ROW_COUNT;
+                                    _n := _n + _rows;
+                                END LOOP;
+                            END IF;
+                            _batch_processed := _batch_processed + _n;
+                        EXCEPTION WHEN OTHERS THEN
+                            GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
+                            IF _sqlstate IN ('40001', '40P01', '55P03') THEN
+                                -- A transient failure is the batch's, not the record's: the try's savepoint takes
+                                -- this pass back (its error rows too: so their counts), and the batch, restored, is
+                                -- retried or stops the run.
+                                _result.error_count := _result.error_count - _batch_failed;
+                                _from := _batch_from;
+                                _to := _batch_to;
+                                RAISE;
+                            END IF;
+                            INSERT INTO specql.batch_operation_errors
+                                (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at)
+                            VALUES
+                                (_result.operation_id, _result.operation, _result.batch_count + 1, _sqlstate, _errmsg, _detail,
+                                 coalesce((SELECT jsonb_agg(jsonb_build_object('index', _g._i, 'record', coalesce(upsert_product_cache.fresh_rows -> _g._i, _s.record))
+                                              || CASE WHEN _s._line IS NULL THEN '{}' ELSE jsonb_build_object('line', _s._line) END ORDER BY _g._i)
+                             FROM generate_series(_from, _to) AS _g(_i)
+                             LEFT JOIN public.upsert_product_cache_staging AS _s
+                               ON upsert_product_cache.staging_id IS NOT NULL AND _s._staging_id = upsert_product_cache.staging_id AND _s._record = _staged_base + _g._i), '[]'::jsonb), clock_timestamp());
+                            _result.error_count := _result.error_count + 1;
+                            _batch_failed := _batch_failed + 1;
+                        END;
                     END LOOP;
-                END IF;
-                _batch_processed := _n;
-                _batch_failed := 0;
-                _status := 'completed';
+                    _from := _batch_from;
+                    _to := _batch_to;
+                END;
                 EXIT;
             EXCEPTION WHEN OTHERS THEN
                 -- The savepoint rolled the whole batch back.
@@ -286,101 +397,7 @@ BEGIN
                     _stop := 'failed';
                     EXIT;
                 END IF;
-                -- collect_errors: apply the batch again record by record, each in its own savepoint,
-                -- so the good records stay and each failing one gets its own error row.
-                _batch_processed := 0;
-                _batch_failed := 0;
-                _status := 'completed_with_errors';
-                _batch_from := _from;
-                _batch_to := _to;
-                FOR _i IN _batch_from.._batch_to LOOP
-                    _from := _i;
-                    _to := _i;
-                    BEGIN
-                        -- Records may leave fields out. First those that carry every field (usually all of them);
-                        -- then each group of the others, so an existing row keeps the columns its record leaves out.
-                        _shape := ARRAY[true, true];
-                        INSERT INTO public.product_cache (product_id, name, price, last_updated)
-                        SELECT CASE WHEN _rec ? 'product_id' THEN (_rec ->> 'product_id')::uuid ELSE gen_random_uuid() END,
-                               (_rec ->> 'name'),
-                               (_rec ->> 'price')::numeric,
-                               now()
-                        -- OFFSET 0 keeps the subquery whole: each element is extracted once, not once per field.
-                        FROM (SELECT upsert_product_cache.fresh_rows -> _g._i AS _rec
-                              FROM generate_series(_from, _to) AS _g(_i)
-                              WHERE upsert_product_cache.staging_id IS NULL
-                              UNION ALL
-                              (SELECT _s.record
-                               FROM public.upsert_product_cache_staging AS _s
-                               WHERE upsert_product_cache.staging_id IS NOT NULL AND _s._staging_id = upsert_product_cache.staging_id
-                                 AND _s._record BETWEEN _staged_base + _from AND _staged_base + _to
-                               ORDER BY _s._record)
-                              OFFSET 0) AS _source
-                        WHERE ARRAY[_rec ? 'name', _rec ? 'price'] = _shape
-                        ON CONFLICT (product_id)
-                        DO UPDATE SET name = CASE WHEN _shape[1] THEN EXCLUDED.name ELSE product_cache.name END,
-                                      price = CASE WHEN _shape[2] THEN EXCLUDED.price ELSE product_cache.price END,
-                                      last_updated = EXCLUDED.last_updated;
-                        GET DIAGNOSTICS _n = ROW_COUNT;
-                        IF _n < _to - _from + 1 THEN
-                            FOR _shape IN
-                                SELECT DISTINCT ARRAY[_rec ? 'name', _rec ? 'price']
-                                FROM (SELECT upsert_product_cache.fresh_rows -> _g._i AS _rec
-                                      FROM generate_series(_from, _to) AS _g(_i)
-                                      WHERE upsert_product_cache.staging_id IS NULL
-                                      UNION ALL
-                                      (SELECT _s.record
-                                       FROM public.upsert_product_cache_staging AS _s
-                                       WHERE upsert_product_cache.staging_id IS NOT NULL AND _s._staging_id = upsert_product_cache.staging_id
-                                         AND _s._record BETWEEN _staged_base + _from AND _staged_base + _to
-                                       ORDER BY _s._record)
-                                      OFFSET 0) AS _source
-                                WHERE NOT _rec ?& ARRAY['name', 'price']
-                            LOOP
-                                INSERT INTO public.product_cache (product_id, name, price, last_updated)
-                                SELECT CASE WHEN _rec ? 'product_id' THEN (_rec ->> 'product_id')::uuid ELSE gen_random_uuid() END,
-                                       (_rec ->> 'name'),
-                                       (_rec ->> 'price')::numeric,
-                                       now()
-                                -- OFFSET 0 keeps the subquery whole: each element is extracted once, not once per field.
-                                FROM (SELECT upsert_product_cache.fresh_rows -> _g._i AS _rec
-                                      FROM generate_series(_from, _to) AS _g(_i)
-                                      WHERE upsert_product_cache.staging_id IS NULL
-                                      UNION ALL
-                                      (SELECT _s.record
-                                       FROM public.upsert_product_cache_staging AS _s
-                                       WHERE upsert_product_cache.staging_id IS NOT NULL AND _s._staging_id = upsert_product_cache.staging_id
-                                         AND _s._record BETWEEN _staged_base + _from AND _staged_base + _to
-                                       ORDER BY _s._record)
-                                      OFFSET 0) AS _source
-                                WHERE ARRAY[_rec ? 'name', _rec ? 'price'] = _shape
-                                ON CONFLICT (product_id)
-                                DO UPDATE SET name = CASE WHEN _shape[1] THEN EXCLUDED.name ELSE product_cache.name END,
-                                              price = CASE WHEN _shape[2] THEN EXCLUDED.price ELSE product_cache.price END,
-                                              last_updated = EXCLUDED.last_updated;
-                                GET DIAGNOSTICS _rows = ROW_COUNT;
-                                _n := _n + _rows;
-                            END LOOP;
-                        END IF;
-                        _batch_processed := _batch_processed + _n;
-                    EXCEPTION WHEN OTHERS THEN
-                        GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
-                        INSERT INTO specql.batch_operation_errors
-                            (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at)
-                        VALUES
-                            (_result.operation_id, _result.operation, _result.batch_count + 1, _sqlstate, _errmsg, _detail,
-                             coalesce((SELECT jsonb_agg(jsonb_build_object('index', _g._i, 'record', coalesce(upsert_product_cache.fresh_rows -> _g._i, _s.record))
-                                          || CASE WHEN _s._line IS NULL THEN '{}' ELSE jsonb_build_object('line', _s._line) END ORDER BY _g._i)
-                         FROM generate_series(_from, _to) AS _g(_i)
-                         LEFT JOIN public.upsert_product_cache_staging AS _s
-                           ON upsert_product_cache.staging_id IS NOT NULL AND _s._staging_id = upsert_product_cache.staging_id AND _s._record = _staged_base + _g._i), '[]'::jsonb), clock_timestamp());
-                        _result.error_count := _result.error_count + 1;
-                        _batch_failed := _batch_failed + 1;
-                    END;
-                END LOOP;
-                _from := _batch_from;
-                _to := _batch_to;
-                EXIT;
+                RAISE;  -- the record-by-record pass failed outside its records' savepoints
             END;
         END LOOP;
 

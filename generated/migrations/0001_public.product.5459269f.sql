@@ -148,19 +148,71 @@ BEGIN
 
         LOOP
             BEGIN
-                INSERT INTO public.product (name, price, category_id, created_at)
-                SELECT (_rec ->> 'name'),
-                       (_rec ->> 'price')::numeric,
-                       (_rec ->> 'category_id')::integer,
-                       now()
-                -- OFFSET 0 keeps the subquery whole: each element is extracted once, not once per field.
-                FROM (SELECT import_products.products_array -> _g._i AS _rec
-                      FROM generate_series(_from, _to) AS _g(_i)
-                      OFFSET 0) AS _source;
-                GET DIAGNOSTICS _n = ROW_COUNT;
-                _batch_processed := _n;
-                _batch_failed := 0;
-                _status := 'completed';
+                -- The batch in a savepoint of its own, its record-by-record pass in the try's.
+                BEGIN
+                    INSERT INTO public.product (name, price, category_id, created_at)
+                    SELECT (_rec ->> 'name'),
+                           (_rec ->> 'price')::numeric,
+                           (_rec ->> 'category_id')::integer,
+                           now()
+                    -- OFFSET 0 keeps the subquery whole: each element is extracted once, not once per field.
+                    FROM (SELECT import_products.products_array -> _g._i AS _rec
+                          FROM generate_series(_from, _to) AS _g(_i)
+                          OFFSET 0) AS _source;
+                    GET DIAGNOSTICS _n = ROW_COUNT;
+                    _batch_processed := _n;
+                    _batch_failed := 0;
+                    _status := 'completed';
+                EXCEPTION WHEN OTHERS THEN
+                    GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
+                    IF _sqlstate IN ('40001', '40P01', '55P03') THEN
+                        RAISE;  -- the try's: retried, or it stops the run
+                    END IF;
+                    -- collect_errors: apply the batch again record by record, each in its own savepoint,
+                    -- so the good records stay and each failing one gets its own error row.
+                    _batch_processed := 0;
+                    _batch_failed := 0;
+                    _status := 'completed_with_errors';
+                    _batch_from := _from;
+                    _batch_to := _to;
+                    FOR _i IN _batch_from.._batch_to LOOP
+                        _from := _i;
+                        _to := _i;
+                        BEGIN
+                            INSERT INTO public.product (name, price, category_id, created_at)
+                            SELECT (_rec ->> 'name'),
+                                   (_rec ->> 'price')::numeric,
+                                   (_rec ->> 'category_id')::integer,
+                                   now()
+                            -- OFFSET 0 keeps the subquery whole: each element is extracted once, not once per field.
+                            FROM (SELECT import_products.products_array -> _g._i AS _rec
+                                  FROM generate_series(_from, _to) AS _g(_i)
+                                  OFFSET 0) AS _source;
+                            GET DIAGNOSTICS _n = ROW_COUNT;
+                            _batch_processed := _batch_processed + _n;
+                        EXCEPTION WHEN OTHERS THEN
+                            GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
+                            IF _sqlstate IN ('40001', '40P01', '55P03') THEN
+                                -- A transient failure is the batch's, not the record's: the try's savepoint takes
+                                -- this pass back (its error rows too: so their counts), and the batch, restored, is
+                                -- retried or stops the run.
+                                _result.error_count := _result.error_count - _batch_failed;
+                                _from := _batch_from;
+                                _to := _batch_to;
+                                RAISE;
+                            END IF;
+                            INSERT INTO specql.batch_operation_errors
+                                (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at)
+                            VALUES
+                                (_result.operation_id, _result.operation, _result.batch_count + 1, _sqlstate, _errmsg, _detail,
+                                 coalesce((SELECT jsonb_agg(jsonb_build_object('index', _g._i, 'record', import_products.products_array -> _g._i) ORDER BY _g._i) FROM generate_series(_from, _to) AS _g(_i)), '[]'::jsonb), clock_timestamp());
+                            _result.error_count := _result.error_count + 1;
+                            _batch_failed := _batch_failed + 1;
+                        END;
+                    END LOOP;
+                    _from := _batch_from;
+                    _to := _batch_to;
+                END;
                 EXIT;
             EXCEPTION WHEN OTHERS THEN
                 -- The savepoint rolled the whole batch back.
@@ -180,42 +232,7 @@ BEGIN
                     _stop := 'failed';
                     EXIT;
                 END IF;
-                -- collect_errors: apply the batch again record by record, each in its own savepoint,
-                -- so the good records stay and each failing one gets its own error row.
-                _batch_processed := 0;
-                _batch_failed := 0;
-                _status := 'completed_with_errors';
-                _batch_from := _from;
-                _batch_to := _to;
-                FOR _i IN _batch_from.._batch_to LOOP
-                    _from := _i;
-                    _to := _i;
-                    BEGIN
-                        INSERT INTO public.product (name, price, category_id, created_at)
-                        SELECT (_rec ->> 'name'),
-                               (_rec ->> 'price')::numeric,
-                               (_rec ->> 'category_id')::integer,
-                               now()
-                        -- OFFSET 0 keeps the subquery whole: each element is extracted once, not once per field.
-                        FROM (SELECT import_products.products_array -> _g._i AS _rec
-                              FROM generate_series(_from, _to) AS _g(_i)
-                              OFFSET 0) AS _source;
-                        GET DIAGNOSTICS _n = ROW_COUNT;
-                        _batch_processed := _batch_processed + _n;
-                    EXCEPTION WHEN OTHERS THEN
-                        GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
-                        INSERT INTO specql.batch_operation_errors
-                            (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at)
-                        VALUES
-                            (_result.operation_id, _result.operation, _result.batch_count + 1, _sqlstate, _errmsg, _detail,
-                             coalesce((SELECT jsonb_agg(jsonb_build_object('index', _g._i, 'record', import_products.products_array -> _g._i) ORDER BY _g._i) FROM generate_series(_from, _to) AS _g(_i)), '[]'::jsonb), clock_timestamp());
-                        _result.error_count := _result.error_count + 1;
-                        _batch_failed := _batch_failed + 1;
-                    END;
-                END LOOP;
-                _from := _batch_from;
-                _to := _batch_to;
-                EXIT;
+                RAISE;  -- the record-by-record pass failed outside its records' savepoints
             END;
         END LOOP;
 
@@ -503,8 +520,13 @@ BEGIN
     _result.status := 'running';
     _batch_size := _run.batch_size;
     -- This worker is alive: the run's advisory lock, shared (a hold left by an earlier call of this
-    -- session that failed is released first).
-    WHILE pg_catalog.pg_advisory_unlock_shared(1397837906, _lock_key) LOOP
+    -- session that failed is released first, as often as it was taken; asked while pg_locks shows
+    -- it, since unlocking a lock not held raises a WARNING).
+    WHILE EXISTS (SELECT 1 FROM pg_catalog.pg_locks AS l
+                  WHERE l.pid = pg_catalog.pg_backend_pid() AND l.locktype = 'advisory'
+                    AND l.classid = 1397837906::oid AND l.objid = (_lock_key::bigint & 4294967295)::oid
+                    AND l.objsubid = 2) LOOP
+        PERFORM pg_catalog.pg_advisory_unlock_shared(1397837906, _lock_key);
     END LOOP;
     PERFORM pg_catalog.pg_advisory_lock_shared(1397837906, _lock_key);
     UPDATE specql.batch_operation_runs AS r
@@ -558,19 +580,71 @@ BEGIN
 
             LOOP
                 BEGIN
-                    INSERT INTO public.product (name, price, category_id, created_at)
-                    SELECT (_rec ->> 'name'),
-                           (_rec ->> 'price')::numeric,
-                           (_rec ->> 'category_id')::integer,
-                           now()
-                    -- OFFSET 0 keeps the subquery whole: each element is extracted once, not once per field.
-                    FROM (SELECT import_products.products_array -> _g._i AS _rec
-                          FROM generate_series(_from, _to) AS _g(_i)
-                          OFFSET 0) AS _source;
-                    GET DIAGNOSTICS _n = ROW_COUNT;
-                    _batch_processed := _n;
-                    _batch_failed := 0;
-                    _status := 'completed';
+                    -- The batch in a savepoint of its own, its record-by-record pass in the try's.
+                    BEGIN
+                        INSERT INTO public.product (name, price, category_id, created_at)
+                        SELECT (_rec ->> 'name'),
+                               (_rec ->> 'price')::numeric,
+                               (_rec ->> 'category_id')::integer,
+                               now()
+                        -- OFFSET 0 keeps the subquery whole: each element is extracted once, not once per field.
+                        FROM (SELECT import_products.products_array -> _g._i AS _rec
+                              FROM generate_series(_from, _to) AS _g(_i)
+                              OFFSET 0) AS _source;
+                        GET DIAGNOSTICS _n = ROW_COUNT;
+                        _batch_processed := _n;
+                        _batch_failed := 0;
+                        _status := 'completed';
+                    EXCEPTION WHEN OTHERS THEN
+                        GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
+                        IF _sqlstate IN ('40001', '40P01', '55P03') THEN
+                            RAISE;  -- the try's: retried, or it stops the run
+                        END IF;
+                        -- collect_errors: apply the batch again record by record, each in its own savepoint,
+                        -- so the good records stay and each failing one gets its own error row.
+                        _batch_processed := 0;
+                        _batch_failed := 0;
+                        _status := 'completed_with_errors';
+                        _batch_from := _from;
+                        _batch_to := _to;
+                        FOR _i IN _batch_from.._batch_to LOOP
+                            _from := _i;
+                            _to := _i;
+                            BEGIN
+                                INSERT INTO public.product (name, price, category_id, created_at)
+                                SELECT (_rec ->> 'name'),
+                                       (_rec ->> 'price')::numeric,
+                                       (_rec ->> 'category_id')::integer,
+                                       now()
+                                -- OFFSET 0 keeps the subquery whole: each element is extracted once, not once per field.
+                                FROM (SELECT import_products.products_array -> _g._i AS _rec
+                                      FROM generate_series(_from, _to) AS _g(_i)
+                                      OFFSET 0) AS _source;
+                                GET DIAGNOSTICS _n = ROW_COUNT;
+                                _batch_processed := _batch_processed + _n;
+                            EXCEPTION WHEN OTHERS THEN
+                                GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
+                                IF _sqlstate IN ('40001', '40P01', '55P03') THEN
+                                    -- A transient failure is the batch's, not the record's: the try's savepoint takes
+                                    -- this pass back (its error rows too: so their counts), and the batch, restored, is
+                                    -- retried or stops the run.
+                                    _result.error_count := _result.error_count - _batch_failed;
+                                    _from := _batch_from;
+                                    _to := _batch_to;
+                                    RAISE;
+                                END IF;
+                                INSERT INTO specql.batch_operation_errors
+                                    (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at)
+                                VALUES
+                                    (_result.operation_id, _result.operation, _result.batch_count + 1, _sqlstate, _errmsg, _detail,
+                                     coalesce((SELECT jsonb_agg(jsonb_build_object('index', _chunk.first_index + _g._i, 'record', import_products.products_array -> _g._i) ORDER BY _g._i) FROM generate_series(_from, _to) AS _g(_i)), '[]'::jsonb), clock_timestamp());
+                                _result.error_count := _result.error_count + 1;
+                                _batch_failed := _batch_failed + 1;
+                            END;
+                        END LOOP;
+                        _from := _batch_from;
+                        _to := _batch_to;
+                    END;
                     EXIT;
                 EXCEPTION WHEN OTHERS THEN
                     -- The savepoint rolled the whole batch back.
@@ -590,42 +664,7 @@ BEGIN
                         _stop := 'failed';
                         EXIT;
                     END IF;
-                    -- collect_errors: apply the batch again record by record, each in its own savepoint,
-                    -- so the good records stay and each failing one gets its own error row.
-                    _batch_processed := 0;
-                    _batch_failed := 0;
-                    _status := 'completed_with_errors';
-                    _batch_from := _from;
-                    _batch_to := _to;
-                    FOR _i IN _batch_from.._batch_to LOOP
-                        _from := _i;
-                        _to := _i;
-                        BEGIN
-                            INSERT INTO public.product (name, price, category_id, created_at)
-                            SELECT (_rec ->> 'name'),
-                                   (_rec ->> 'price')::numeric,
-                                   (_rec ->> 'category_id')::integer,
-                                   now()
-                            -- OFFSET 0 keeps the subquery whole: each element is extracted once, not once per field.
-                            FROM (SELECT import_products.products_array -> _g._i AS _rec
-                                  FROM generate_series(_from, _to) AS _g(_i)
-                                  OFFSET 0) AS _source;
-                            GET DIAGNOSTICS _n = ROW_COUNT;
-                            _batch_processed := _batch_processed + _n;
-                        EXCEPTION WHEN OTHERS THEN
-                            GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
-                            INSERT INTO specql.batch_operation_errors
-                                (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at)
-                            VALUES
-                                (_result.operation_id, _result.operation, _result.batch_count + 1, _sqlstate, _errmsg, _detail,
-                                 coalesce((SELECT jsonb_agg(jsonb_build_object('index', _chunk.first_index + _g._i, 'record', import_products.products_array -> _g._i) ORDER BY _g._i) FROM generate_series(_from, _to) AS _g(_i)), '[]'::jsonb), clock_timestamp());
-                            _result.error_count := _result.error_count + 1;
-                            _batch_failed := _batch_failed + 1;
-                        END;
-                    END LOOP;
-                    _from := _batch_from;
-                    _to := _batch_to;
-                    EXIT;
+                    RAISE;  -- the record-by-record pass failed outside its records' savepoints
                 END;
             END LOOP;
 
@@ -1161,6 +1200,7 @@ DECLARE
     _csv_state text;
     _csv_rejected jsonb;       -- {"line": ..., "record": {...}} of the row that fails the batch (stop)
     _csv_rows bigint;
+    _csv_rejects bigint;       -- error rows the record-by-record pass wrote (a transient failure takes them back)
     _csv_dense boolean;        -- the load's _record values have no gaps: a batch is the next batch_size of them
     _csv_open boolean;         -- the load is still being staged (its marker row, _record 0)
     _csv_marker jsonb;         -- the marker: the staging backend
@@ -1346,6 +1386,7 @@ BEGIN
                         RAISE;  -- the batch's failure (a rejected record, or a transient one for retry)
                     END IF;
                     -- A field did not cast or a record broke a constraint: apply the batch record by record.
+                    _csv_rejects := 0;
                     _csv_batch_from := _csv_from;
                     _csv_batch_to := _csv_to;
                     _csv_rows := 0;
@@ -1410,6 +1451,14 @@ BEGIN
                             EXCEPTION WHEN OTHERS THEN
                                 GET STACKED DIAGNOSTICS _csv_state = RETURNED_SQLSTATE, _csv_reason = MESSAGE_TEXT;
                                 IF _csv_state IN ('40001', '40P01', '55P03') THEN
+                                    -- A transient failure fails the whole batch (retry, or the run stops): its
+                                    -- savepoint takes back what this pass did. The batch's range is restored for
+                                    -- the next try or the error row; the error rows of this pass are gone, and so
+                                    -- are their counts.
+                                    _result.error_count := _result.error_count - _csv_rejects;
+                                    _result.failed_records := _result.failed_records - _csv_rejects;
+                                    _csv_from := _csv_batch_from;
+                                    _csv_to := _csv_batch_to;
                                     RAISE;
                                 END IF;
                                 _csv_kind := CASE WHEN _csv_state LIKE '23%' THEN 'constraint' ELSE 'insert' END;
@@ -1426,6 +1475,7 @@ BEGIN
                                  _csv_rejected, clock_timestamp());
                             _result.error_count := _result.error_count + 1;
                             _result.failed_records := _result.failed_records + 1;
+                            _csv_rejects := _csv_rejects + 1;
                             _csv_rejected := NULL;
                         END IF;
                     END LOOP;
@@ -1682,6 +1732,7 @@ DECLARE
     _csv_state text;
     _csv_rejected jsonb;       -- {"line": ..., "record": {...}} of the row that fails the batch (stop)
     _csv_rows bigint;
+    _csv_rejects bigint;       -- error rows the record-by-record pass wrote (a transient failure takes them back)
     _csv_dense boolean;        -- the load's _record values have no gaps: a batch is the next batch_size of them
     _upper bigint;             -- the chunk's last _record (NULL: to the end of the load)
     _prev bigint;              -- _csv_to before the current batch
@@ -1782,8 +1833,13 @@ BEGIN
     _result.status := 'running';
     _batch_size := _run.batch_size;
     -- This worker is alive: the run's advisory lock, shared (a hold left by an earlier call of this
-    -- session that failed is released first).
-    WHILE pg_catalog.pg_advisory_unlock_shared(1397837906, _lock_key) LOOP
+    -- session that failed is released first, as often as it was taken; asked while pg_locks shows
+    -- it, since unlocking a lock not held raises a WARNING).
+    WHILE EXISTS (SELECT 1 FROM pg_catalog.pg_locks AS l
+                  WHERE l.pid = pg_catalog.pg_backend_pid() AND l.locktype = 'advisory'
+                    AND l.classid = 1397837906::oid AND l.objid = (_lock_key::bigint & 4294967295)::oid
+                    AND l.objsubid = 2) LOOP
+        PERFORM pg_catalog.pg_advisory_unlock_shared(1397837906, _lock_key);
     END LOOP;
     PERFORM pg_catalog.pg_advisory_lock_shared(1397837906, _lock_key);
     UPDATE specql.batch_operation_runs AS r
@@ -1913,6 +1969,7 @@ BEGIN
                             RAISE;  -- the batch's failure (a rejected record, or a transient one for retry)
                         END IF;
                         -- A field did not cast or a record broke a constraint: apply the batch record by record.
+                        _csv_rejects := 0;
                         _csv_batch_from := _csv_from;
                         _csv_batch_to := _csv_to;
                         _csv_rows := 0;
@@ -1977,6 +2034,14 @@ BEGIN
                                 EXCEPTION WHEN OTHERS THEN
                                     GET STACKED DIAGNOSTICS _csv_state = RETURNED_SQLSTATE, _csv_reason = MESSAGE_TEXT;
                                     IF _csv_state IN ('40001', '40P01', '55P03') THEN
+                                        -- A transient failure fails the whole batch (retry, or the run stops): its
+                                        -- savepoint takes back what this pass did. The batch's range is restored for
+                                        -- the next try or the error row; the error rows of this pass are gone, and so
+                                        -- are their counts.
+                                        _result.error_count := _result.error_count - _csv_rejects;
+                                        _result.failed_records := _result.failed_records - _csv_rejects;
+                                        _csv_from := _csv_batch_from;
+                                        _csv_to := _csv_batch_to;
                                         RAISE;
                                     END IF;
                                     _csv_kind := CASE WHEN _csv_state LIKE '23%' THEN 'constraint' ELSE 'insert' END;
@@ -1993,6 +2058,7 @@ BEGIN
                                      _csv_rejected, clock_timestamp());
                                 _result.error_count := _result.error_count + 1;
                                 _result.failed_records := _result.failed_records + 1;
+                                _csv_rejects := _csv_rejects + 1;
                                 _csv_rejected := NULL;
                             END IF;
                         END LOOP;

@@ -164,42 +164,94 @@ BEGIN
         _attempt := 1;
         LOOP
             BEGIN
-                IF _ranged THEN
-                    -- The key range (_last, _upto]: at most _batch_size rows, as the key is unique.
-                    _upto := CASE WHEN _last > 2147483647 - _batch_size THEN 2147483647 ELSE _last + _batch_size END;
-                    UPDATE public."group"
-                    SET "Display Name" = rename_groups.new_name
-                    WHERE id > _last AND id <= _upto AND (active = rename_groups.only_active);
-                    GET DIAGNOSTICS _n = ROW_COUNT;
-                    _batch_records := _n;
-                    _last := _upto;
-                    IF _n < _batch_size THEN
-                        -- Fewer rows than a batch: top it up with the next matching keys, and list the keys
-                        -- again from the next batch on when the range was less than half full.
-                        _dense := _n >= _batch_size / 2;
+                -- The batch in a savepoint of its own, its record-by-record pass in the try's.
+                BEGIN
+                    IF _ranged THEN
+                        -- The key range (_last, _upto]: at most _batch_size rows, as the key is unique.
+                        _upto := CASE WHEN _last > 2147483647 - _batch_size THEN 2147483647 ELSE _last + _batch_size END;
+                        UPDATE public."group"
+                        SET "Display Name" = rename_groups.new_name
+                        WHERE id > _last AND id <= _upto AND (active = rename_groups.only_active);
+                        GET DIAGNOSTICS _n = ROW_COUNT;
+                        _batch_records := _n;
+                        _last := _upto;
+                        IF _n < _batch_size THEN
+                            -- Fewer rows than a batch: top it up with the next matching keys, and list the keys
+                            -- again from the next batch on when the range was less than half full.
+                            _dense := _n >= _batch_size / 2;
+                            _keys := ARRAY(SELECT id FROM public."group"
+                                           WHERE id > _upto AND (active = rename_groups.only_active)
+                                           ORDER BY id LIMIT _batch_size - _n);
+                            IF cardinality(_keys) > 0 THEN
+                                UPDATE public."group"
+                                SET "Display Name" = rename_groups.new_name
+                                WHERE id = ANY(_keys) AND (active = rename_groups.only_active);
+                                GET DIAGNOSTICS _topped = ROW_COUNT;
+                                _n := _n + _topped;
+                                _batch_records := _batch_records + cardinality(_keys);
+                                _last := _keys[cardinality(_keys)];
+                            END IF;
+                        END IF;
+                        EXIT batches WHEN _batch_records = 0;  -- past the last matching key: nothing was changed
+                    ELSE
+                        UPDATE public."group"
+                        SET "Display Name" = rename_groups.new_name
+                        WHERE id = ANY(_keys) AND (active = rename_groups.only_active);
+                        GET DIAGNOSTICS _n = ROW_COUNT;
+                    END IF;
+                    _batch_processed := _n;
+                    _batch_failed := 0;
+                    _status := 'completed';
+                EXCEPTION WHEN OTHERS THEN
+                    GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
+                    IF _ranged THEN
+                        -- The batch was a key range: list its keys, the next matching ones after _prev.
                         _keys := ARRAY(SELECT id FROM public."group"
-                                       WHERE id > _upto AND (active = rename_groups.only_active)
-                                       ORDER BY id LIMIT _batch_size - _n);
-                        IF cardinality(_keys) > 0 THEN
+                                       WHERE id > _prev AND (active = rename_groups.only_active)
+                                       ORDER BY id LIMIT _batch_size);
+                        _last := coalesce(_keys[cardinality(_keys)], _prev);
+                        _batch_records := cardinality(_keys);
+                        _dense := false;
+                        _ranged := false;  -- a retry applies the listed keys
+                    END IF;
+                    IF _sqlstate IN ('40001', '40P01', '55P03') THEN
+                        RAISE;  -- the try's: retried, or it stops the run
+                    END IF;
+                    -- collect_errors: apply the batch again record by record, each in its own savepoint,
+                    -- so the good records stay and each failing one gets its own error row.
+                    _batch_processed := 0;
+                    _batch_failed := 0;
+                    _status := 'completed_with_errors';
+                    _batch_keys := _keys;
+                    FOREACH _key IN ARRAY _batch_keys LOOP
+                        _keys := ARRAY[_key];
+                        BEGIN
                             UPDATE public."group"
                             SET "Display Name" = rename_groups.new_name
                             WHERE id = ANY(_keys) AND (active = rename_groups.only_active);
-                            GET DIAGNOSTICS _topped = ROW_COUNT;
-                            _n := _n + _topped;
-                            _batch_records := _batch_records + cardinality(_keys);
-                            _last := _keys[cardinality(_keys)];
-                        END IF;
-                    END IF;
-                    EXIT batches WHEN _batch_records = 0;  -- past the last matching key: nothing was changed
-                ELSE
-                    UPDATE public."group"
-                    SET "Display Name" = rename_groups.new_name
-                    WHERE id = ANY(_keys) AND (active = rename_groups.only_active);
-                    GET DIAGNOSTICS _n = ROW_COUNT;
-                END IF;
-                _batch_processed := _n;
-                _batch_failed := 0;
-                _status := 'completed';
+                            GET DIAGNOSTICS _n = ROW_COUNT;
+                            _batch_processed := _batch_processed + _n;
+                        EXCEPTION WHEN OTHERS THEN
+                            GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
+                            IF _sqlstate IN ('40001', '40P01', '55P03') THEN
+                                -- A transient failure is the batch's, not the record's: the try's savepoint takes
+                                -- this pass back (its error rows too: so their counts), and the batch, restored, is
+                                -- retried or stops the run.
+                                _result.error_count := _result.error_count - _batch_failed;
+                                _keys := _batch_keys;
+                                RAISE;
+                            END IF;
+                            INSERT INTO specql.batch_operation_errors
+                                (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at)
+                            VALUES
+                                (_result.operation_id, _result.operation, _result.batch_count + 1, _sqlstate, _errmsg, _detail,
+                                 coalesce(to_jsonb(_keys), '[]'::jsonb), clock_timestamp());
+                            _result.error_count := _result.error_count + 1;
+                            _batch_failed := _batch_failed + 1;
+                        END;
+                    END LOOP;
+                    _keys := _batch_keys;
+                END;
                 EXIT;
             EXCEPTION WHEN OTHERS THEN
                 -- The savepoint rolled the whole batch back.
@@ -242,33 +294,7 @@ BEGIN
                     _stop := 'failed';
                     EXIT;
                 END IF;
-                -- collect_errors: apply the batch again record by record, each in its own savepoint,
-                -- so the good records stay and each failing one gets its own error row.
-                _batch_processed := 0;
-                _batch_failed := 0;
-                _status := 'completed_with_errors';
-                _batch_keys := _keys;
-                FOREACH _key IN ARRAY _batch_keys LOOP
-                    _keys := ARRAY[_key];
-                    BEGIN
-                        UPDATE public."group"
-                        SET "Display Name" = rename_groups.new_name
-                        WHERE id = ANY(_keys) AND (active = rename_groups.only_active);
-                        GET DIAGNOSTICS _n = ROW_COUNT;
-                        _batch_processed := _batch_processed + _n;
-                    EXCEPTION WHEN OTHERS THEN
-                        GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
-                        INSERT INTO specql.batch_operation_errors
-                            (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at)
-                        VALUES
-                            (_result.operation_id, _result.operation, _result.batch_count + 1, _sqlstate, _errmsg, _detail,
-                             coalesce(to_jsonb(_keys), '[]'::jsonb), clock_timestamp());
-                        _result.error_count := _result.error_count + 1;
-                        _batch_failed := _batch_failed + 1;
-                    END;
-                END LOOP;
-                _keys := _batch_keys;
-                EXIT;
+                RAISE;  -- the record-by-record pass failed outside its records' savepoints
             END;
         END LOOP;
 

@@ -221,106 +221,249 @@ BEGIN
 
         LOOP
             BEGIN
-                IF coalesce(import_tickets.bypass_hooks, false) THEN
-                    -- bypass_hooks: the batch without its hooks.
-                    WITH _changed AS (
-                        INSERT INTO ops.ticket (id, code, state, priority)
-                        SELECT (_rec ->> 'id')::integer,
-                               (_rec ->> 'code'),
-                               (_rec ->> 'state'),
-                               (_rec ->> 'priority')::integer
-                        -- OFFSET 0 keeps the subquery whole: each element is extracted once, not once per field.
-                        FROM (SELECT import_tickets.tickets -> _g._i AS _rec
-                              FROM generate_series(_from, _to) AS _g(_i)
-                              WHERE import_tickets.staging_id IS NULL
-                              UNION ALL
-                              (SELECT _s.record
-                               FROM ops.import_tickets_staging AS _s
-                               WHERE import_tickets.staging_id IS NOT NULL AND _s._staging_id = import_tickets.staging_id
-                                 AND _s._record BETWEEN _staged_base + _from AND _staged_base + _to
-                               ORDER BY _s._record)
-                              OFFSET 0) AS _source
-                        ON CONFLICT DO NOTHING
-                        RETURNING id AS _key, NULL::ops.ticket AS _old_row,
-                                  ROW(ticket.*)::ops.ticket AS _new_row
-                    ),
-                    _audit AS (
-                        -- audit: one row per changed record, written in the batch's savepoint with the change.
-                        INSERT INTO specql.batch_operation_audit
-                            (operation_id, batch_number, record_key, action, old_row, new_row, changed_fields, recorded_at)
-                        SELECT _result.operation_id, _result.batch_count + 1, jsonb_build_object('id', _key),
-                               'insert', to_jsonb(_old_row), to_jsonb(_new_row),
-                               ARRAY['code', 'deleted_at', 'deleted_by', 'deletion_reason', 'id', 'priority', 'state']::text[],
-                               clock_timestamp()
-                        FROM _changed
-                    )
-                    SELECT count(*)
-                    INTO _n
-                    FROM _changed;
-                ELSE
-                    -- before hook: the batch's rows (locked) and what the change would make of them, before
-                    -- anything changes; a hook that raises fails the batch.
-                    SELECT '[]'::jsonb,
-                           coalesce(to_jsonb(array_agg(_new_row)), '[]'),
-                           CASE WHEN count(*) > 0 THEN ARRAY['code', 'deleted_at', 'deleted_by', 'deletion_reason', 'id', 'priority', 'state']::text[] ELSE '{}' END
-                    INTO _old_rows, _new_rows, _changed_fields
-                    FROM (SELECT NULL::ops.ticket AS _old_row,
-                                 ROW((_rec ->> 'id')::integer, (_rec ->> 'code'), (_rec ->> 'state'), (_rec ->> 'priority')::integer, NULL::timestamptz, NULL::text, NULL::text)::ops.ticket AS _new_row
-                          FROM (SELECT import_tickets.tickets -> _g._i AS _rec
-                                FROM generate_series(_from, _to) AS _g(_i)
-                                WHERE import_tickets.staging_id IS NULL
-                                UNION ALL
-                                (SELECT _s.record
-                                 FROM ops.import_tickets_staging AS _s
-                                 WHERE import_tickets.staging_id IS NOT NULL AND _s._staging_id = import_tickets.staging_id
-                                   AND _s._record BETWEEN _staged_base + _from AND _staged_base + _to
-                                 ORDER BY _s._record)
-                                OFFSET 0) AS _source) AS _proposed;
-                    PERFORM ops.ticket_checks(_result.operation_id, _result.batch_count + 1, _old_rows, _new_rows, _changed_fields);
-                    WITH _changed AS (
-                        INSERT INTO ops.ticket (id, code, state, priority)
-                        SELECT (_rec ->> 'id')::integer,
-                               (_rec ->> 'code'),
-                               (_rec ->> 'state'),
-                               (_rec ->> 'priority')::integer
-                        -- OFFSET 0 keeps the subquery whole: each element is extracted once, not once per field.
-                        FROM (SELECT import_tickets.tickets -> _g._i AS _rec
-                              FROM generate_series(_from, _to) AS _g(_i)
-                              WHERE import_tickets.staging_id IS NULL
-                              UNION ALL
-                              (SELECT _s.record
-                               FROM ops.import_tickets_staging AS _s
-                               WHERE import_tickets.staging_id IS NOT NULL AND _s._staging_id = import_tickets.staging_id
-                                 AND _s._record BETWEEN _staged_base + _from AND _staged_base + _to
-                               ORDER BY _s._record)
-                              OFFSET 0) AS _source
-                        ON CONFLICT DO NOTHING
-                        RETURNING id AS _key, NULL::ops.ticket AS _old_row,
-                                  ROW(ticket.*)::ops.ticket AS _new_row
-                    ),
-                    _audit AS (
-                        -- audit: one row per changed record, written in the batch's savepoint with the change.
-                        INSERT INTO specql.batch_operation_audit
-                            (operation_id, batch_number, record_key, action, old_row, new_row, changed_fields, recorded_at)
-                        SELECT _result.operation_id, _result.batch_count + 1, jsonb_build_object('id', _key),
-                               'insert', to_jsonb(_old_row), to_jsonb(_new_row),
-                               ARRAY['code', 'deleted_at', 'deleted_by', 'deletion_reason', 'id', 'priority', 'state']::text[],
-                               clock_timestamp()
-                        FROM _changed
-                    )
-                    SELECT count(*),
-                           '[]'::jsonb,
-                           coalesce(to_jsonb(array_agg(_new_row)), '[]'),
-                           CASE WHEN count(*) > 0 THEN ARRAY['code', 'deleted_at', 'deleted_by', 'deletion_reason', 'id', 'priority', 'state']::text[] ELSE '{}' END
-                    INTO _n, _old_rows, _new_rows, _changed_fields
-                    FROM _changed;
-                    -- after hook: the rows the batch changed, before and after, inside the batch's savepoint.
-                    PERFORM ops.ticket_imported(_result.operation_id, _result.batch_count + 1, _old_rows, _new_rows, _changed_fields);
-                END IF;
+                -- The batch in a savepoint of its own, its record-by-record pass in the try's.
+                BEGIN
+                    IF coalesce(import_tickets.bypass_hooks, false) THEN
+                        -- bypass_hooks: the batch without its hooks.
+                        WITH _changed AS (
+                            INSERT INTO ops.ticket (id, code, state, priority)
+                            SELECT (_rec ->> 'id')::integer,
+                                   (_rec ->> 'code'),
+                                   (_rec ->> 'state'),
+                                   (_rec ->> 'priority')::integer
+                            -- OFFSET 0 keeps the subquery whole: each element is extracted once, not once per field.
+                            FROM (SELECT import_tickets.tickets -> _g._i AS _rec
+                                  FROM generate_series(_from, _to) AS _g(_i)
+                                  WHERE import_tickets.staging_id IS NULL
+                                  UNION ALL
+                                  (SELECT _s.record
+                                   FROM ops.import_tickets_staging AS _s
+                                   WHERE import_tickets.staging_id IS NOT NULL AND _s._staging_id = import_tickets.staging_id
+                                     AND _s._record BETWEEN _staged_base + _from AND _staged_base + _to
+                                   ORDER BY _s._record)
+                                  OFFSET 0) AS _source
+                            ON CONFLICT DO NOTHING
+                            RETURNING id AS _key, NULL::ops.ticket AS _old_row,
+                                      ROW(ticket.*)::ops.ticket AS _new_row
+                        ),
+                        _audit AS (
+                            -- audit: one row per changed record, written in the batch's savepoint with the change.
+                            INSERT INTO specql.batch_operation_audit
+                                (operation_id, batch_number, record_key, action, old_row, new_row, changed_fields, recorded_at)
+                            SELECT _result.operation_id, _result.batch_count + 1, jsonb_build_object('id', _key),
+                                   'insert', to_jsonb(_old_row), to_jsonb(_new_row),
+                                   ARRAY['code', 'deleted_at', 'deleted_by', 'deletion_reason', 'id', 'priority', 'state']::text[],
+                                   clock_timestamp()
+                            FROM _changed
+                        )
+                        SELECT count(*)
+                        INTO _n
+                        FROM _changed;
+                    ELSE
+                        -- before hook: the batch's rows (locked) and what the change would make of them, before
+                        -- anything changes; a hook that raises fails the batch.
+                        SELECT '[]'::jsonb,
+                               coalesce(to_jsonb(array_agg(_new_row)), '[]'),
+                               CASE WHEN count(*) > 0 THEN ARRAY['code', 'deleted_at', 'deleted_by', 'deletion_reason', 'id', 'priority', 'state']::text[] ELSE '{}' END
+                        INTO _old_rows, _new_rows, _changed_fields
+                        FROM (SELECT NULL::ops.ticket AS _old_row,
+                                     ROW((_rec ->> 'id')::integer, (_rec ->> 'code'), (_rec ->> 'state'), (_rec ->> 'priority')::integer, NULL::timestamptz, NULL::text, NULL::text)::ops.ticket AS _new_row
+                              FROM (SELECT import_tickets.tickets -> _g._i AS _rec
+                                    FROM generate_series(_from, _to) AS _g(_i)
+                                    WHERE import_tickets.staging_id IS NULL
+                                    UNION ALL
+                                    (SELECT _s.record
+                                     FROM ops.import_tickets_staging AS _s
+                                     WHERE import_tickets.staging_id IS NOT NULL AND _s._staging_id = import_tickets.staging_id
+                                       AND _s._record BETWEEN _staged_base + _from AND _staged_base + _to
+                                     ORDER BY _s._record)
+                                    OFFSET 0) AS _source) AS _proposed;
+                        PERFORM ops.ticket_checks(_result.operation_id, _result.batch_count + 1, _old_rows, _new_rows, _changed_fields);
+                        WITH _changed AS (
+                            INSERT INTO ops.ticket (id, code, state, priority)
+                            SELECT (_rec ->> 'id')::integer,
+                                   (_rec ->> 'code'),
+                                   (_rec ->> 'state'),
+                                   (_rec ->> 'priority')::integer
+                            -- OFFSET 0 keeps the subquery whole: each element is extracted once, not once per field.
+                            FROM (SELECT import_tickets.tickets -> _g._i AS _rec
+                                  FROM generate_series(_from, _to) AS _g(_i)
+                                  WHERE import_tickets.staging_id IS NULL
+                                  UNION ALL
+                                  (SELECT _s.record
+                                   FROM ops.import_tickets_staging AS _s
+                                   WHERE import_tickets.staging_id IS NOT NULL AND _s._staging_id = import_tickets.staging_id
+                                     AND _s._record BETWEEN _staged_base + _from AND _staged_base + _to
+                                   ORDER BY _s._record)
+                                  OFFSET 0) AS _source
+                            ON CONFLICT DO NOTHING
+                            RETURNING id AS _key, NULL::ops.ticket AS _old_row,
+                                      ROW(ticket.*)::ops.ticket AS _new_row
+                        ),
+                        _audit AS (
+                            -- audit: one row per changed record, written in the batch's savepoint with the change.
+                            INSERT INTO specql.batch_operation_audit
+                                (operation_id, batch_number, record_key, action, old_row, new_row, changed_fields, recorded_at)
+                            SELECT _result.operation_id, _result.batch_count + 1, jsonb_build_object('id', _key),
+                                   'insert', to_jsonb(_old_row), to_jsonb(_new_row),
+                                   ARRAY['code', 'deleted_at', 'deleted_by', 'deletion_reason', 'id', 'priority', 'state']::text[],
+                                   clock_timestamp()
+                            FROM _changed
+                        )
+                        SELECT count(*),
+                               '[]'::jsonb,
+                               coalesce(to_jsonb(array_agg(_new_row)), '[]'),
+                               CASE WHEN count(*) > 0 THEN ARRAY['code', 'deleted_at', 'deleted_by', 'deletion_reason', 'id', 'priority', 'state']::text[] ELSE '{}' END
+                        INTO _n, _old_rows, _new_rows, _changed_fields
+                        FROM _changed;
+                        -- after hook: the rows the batch changed, before and after, inside the batch's savepoint.
+                        PERFORM ops.ticket_imported(_result.operation_id, _result.batch_count + 1, _old_rows, _new_rows, _changed_fields);
+                    END IF;
 
-                _batch_processed := _n;
-                _batch_failed := 0;
-                _status := 'completed';
+                    _batch_processed := _n;
+                    _batch_failed := 0;
+                    _status := 'completed';
+                EXCEPTION WHEN OTHERS THEN
+                    GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
+                    IF _sqlstate IN ('40001', '40P01', '55P03') THEN
+                        RAISE;  -- the try's: retried, or it stops the run
+                    END IF;
+                    -- collect_errors: apply the batch again record by record, each in its own savepoint,
+                    -- so the good records stay and each failing one gets its own error row.
+                    _batch_processed := 0;
+                    _batch_failed := 0;
+                    _status := 'completed_with_errors';
+                    _batch_from := _from;
+                    _batch_to := _to;
+                    FOR _i IN _batch_from.._batch_to LOOP
+                        _from := _i;
+                        _to := _i;
+                        BEGIN
+                            IF coalesce(import_tickets.bypass_hooks, false) THEN
+                                -- bypass_hooks: the batch without its hooks.
+                                WITH _changed AS (
+                                    INSERT INTO ops.ticket (id, code, state, priority)
+                                    SELECT (_rec ->> 'id')::integer,
+                                           (_rec ->> 'code'),
+                                           (_rec ->> 'state'),
+                                           (_rec ->> 'priority')::integer
+                                    -- OFFSET 0 keeps the subquery whole: each element is extracted once, not once per field.
+                                    FROM (SELECT import_tickets.tickets -> _g._i AS _rec
+                                          FROM generate_series(_from, _to) AS _g(_i)
+                                          WHERE import_tickets.staging_id IS NULL
+                                          UNION ALL
+                                          (SELECT _s.record
+                                           FROM ops.import_tickets_staging AS _s
+                                           WHERE import_tickets.staging_id IS NOT NULL AND _s._staging_id = import_tickets.staging_id
+                                             AND _s._record BETWEEN _staged_base + _from AND _staged_base + _to
+                                           ORDER BY _s._record)
+                                          OFFSET 0) AS _source
+                                    ON CONFLICT DO NOTHING
+                                    RETURNING id AS _key, NULL::ops.ticket AS _old_row,
+                                              ROW(ticket.*)::ops.ticket AS _new_row
+                                ),
+                                _audit AS (
+                                    -- audit: one row per changed record, written in the batch's savepoint with the change.
+                                    INSERT INTO specql.batch_operation_audit
+                                        (operation_id, batch_number, record_key, action, old_row, new_row, changed_fields, recorded_at)
+                                    SELECT _result.operation_id, _result.batch_count + 1, jsonb_build_object('id', _key),
+                                           'insert', to_jsonb(_old_row), to_jsonb(_new_row),
+                                           ARRAY['code', 'deleted_at', 'deleted_by', 'deletion_reason', 'id', 'priority', 'state']::text[],
+                                           clock_timestamp()
+                                    FROM _changed
+                                )
+                                SELECT count(*)
+                                INTO _n
+                                FROM _changed;
+                            ELSE
+                                -- before hook: the batch's rows (locked) and what the change would make of them, before
+                                -- anything changes; a hook that raises fails the batch.
+                                SELECT '[]'::jsonb,
+                                       coalesce(to_jsonb(array_agg(_new_row)), '[]'),
+                                       CASE WHEN count(*) > 0 THEN ARRAY['code', 'deleted_at', 'deleted_by', 'deletion_reason', 'id', 'priority', 'state']::text[] ELSE '{}' END
+                                INTO _old_rows, _new_rows, _changed_fields
+                                FROM (SELECT NULL::ops.ticket AS _old_row,
+                                             ROW((_rec ->> 'id')::integer, (_rec ->> 'code'), (_rec ->> 'state'), (_rec ->> 'priority')::integer, NULL::timestamptz, NULL::text, NULL::text)::ops.ticket AS _new_row
+                                      FROM (SELECT import_tickets.tickets -> _g._i AS _rec
+                                            FROM generate_series(_from, _to) AS _g(_i)
+                                            WHERE import_tickets.staging_id IS NULL
+                                            UNION ALL
+                                            (SELECT _s.record
+                                             FROM ops.import_tickets_staging AS _s
+                                             WHERE import_tickets.staging_id IS NOT NULL AND _s._staging_id = import_tickets.staging_id
+                                               AND _s._record BETWEEN _staged_base + _from AND _staged_base + _to
+                                             ORDER BY _s._record)
+                                            OFFSET 0) AS _source) AS _proposed;
+                                PERFORM ops.ticket_checks(_result.operation_id, _result.batch_count + 1, _old_rows, _new_rows, _changed_fields);
+                                WITH _changed AS (
+                                    INSERT INTO ops.ticket (id, code, state, priority)
+                                    SELECT (_rec ->> 'id')::integer,
+                                           (_rec ->> 'code'),
+                                           (_rec ->> 'state'),
+                                           (_rec ->> 'priority')::integer
+                                    -- OFFSET 0 keeps the subquery whole: each element is extracted once, not once per field.
+                                    FROM (SELECT import_tickets.tickets -> _g._i AS _rec
+                                          FROM generate_series(_from, _to) AS _g(_i)
+                                          WHERE import_tickets.staging_id IS NULL
+                                          UNION ALL
+                                          (SELECT _s.record
+                                           FROM ops.import_tickets_staging AS _s
+                                           WHERE import_tickets.staging_id IS NOT NULL AND _s._staging_id = import_tickets.staging_id
+                                             AND _s._record BETWEEN _staged_base + _from AND _staged_base + _to
+                                           ORDER BY _s._record)
+                                          OFFSET 0) AS _source
+                                    ON CONFLICT DO NOTHING
+                                    RETURNING id AS _key, NULL::ops.ticket AS _old_row,
+                                              ROW(ticket.*)::ops.ticket AS _new_row
+                                ),
+                                _audit AS (
+                                    -- audit: one row per changed record, written in the batch's savepoint with the change.
+                                    INSERT INTO specql.batch_operation_audit
+                                        (operation_id, batch_number, record_key, action, old_row, new_row, changed_fields, recorded_at)
+                                    SELECT _result.operation_id, _result.batch_count + 1, jsonb_build_object('id', _key),
+                                           'insert', to_jsonb(_old_row), to_jsonb(_new_row),
+                                           ARRAY['code', 'deleted_at', 'deleted_by', 'deletion_reason', 'id', 'priority', 'state']::text[],
+                                           clock_timestamp()
+                                    FROM _changed
+                                )
+                                SELECT count(*),
+                                       '[]'::jsonb,
+                                       coalesce(to_jsonb(array_agg(_new_row)), '[]'),
+                                       CASE WHEN count(*) > 0 THEN ARRAY['code', 'deleted_at', 'deleted_by', 'deletion_reason', 'id', 'priority', 'state']::text[] ELSE '{}' END
+                                INTO _n, _old_rows, _new_rows, _changed_fields
+                                FROM _changed;
+                                -- after hook: the rows the batch changed, before and after, inside the batch's savepoint.
+                                PERFORM ops.ticket_imported(_result.operation_id, _result.batch_count + 1, _old_rows, _new_rows, _changed_fields);
+                            END IF;
+
+                            _batch_processed := _batch_processed + _n;
+                        EXCEPTION WHEN OTHERS THEN
+                            GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
+                            IF _sqlstate IN ('40001', '40P01', '55P03') THEN
+                                -- A transient failure is the batch's, not the record's: the try's savepoint takes
+                                -- this pass back (its error rows too: so their counts), and the batch, restored, is
+                                -- retried or stops the run.
+                                _result.error_count := _result.error_count - _batch_failed;
+                                _from := _batch_from;
+                                _to := _batch_to;
+                                RAISE;
+                            END IF;
+                            INSERT INTO specql.batch_operation_errors
+                                (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at)
+                            VALUES
+                                (_result.operation_id, _result.operation, _result.batch_count + 1, _sqlstate, _errmsg, _detail,
+                                 coalesce((SELECT jsonb_agg(jsonb_build_object('index', _g._i, 'record', coalesce(import_tickets.tickets -> _g._i, _s.record))
+                                              || CASE WHEN _s._line IS NULL THEN '{}' ELSE jsonb_build_object('line', _s._line) END ORDER BY _g._i)
+                             FROM generate_series(_from, _to) AS _g(_i)
+                             LEFT JOIN ops.import_tickets_staging AS _s
+                               ON import_tickets.staging_id IS NOT NULL AND _s._staging_id = import_tickets.staging_id AND _s._record = _staged_base + _g._i), '[]'::jsonb), clock_timestamp());
+                            _result.error_count := _result.error_count + 1;
+                            _batch_failed := _batch_failed + 1;
+                        END;
+                    END LOOP;
+                    _from := _batch_from;
+                    _to := _batch_to;
+                END;
                 EXIT;
             EXCEPTION WHEN OTHERS THEN
                 -- The savepoint rolled the whole batch back.
@@ -344,133 +487,7 @@ BEGIN
                     _stop := 'failed';
                     EXIT;
                 END IF;
-                -- collect_errors: apply the batch again record by record, each in its own savepoint,
-                -- so the good records stay and each failing one gets its own error row.
-                _batch_processed := 0;
-                _batch_failed := 0;
-                _status := 'completed_with_errors';
-                _batch_from := _from;
-                _batch_to := _to;
-                FOR _i IN _batch_from.._batch_to LOOP
-                    _from := _i;
-                    _to := _i;
-                    BEGIN
-                        IF coalesce(import_tickets.bypass_hooks, false) THEN
-                            -- bypass_hooks: the batch without its hooks.
-                            WITH _changed AS (
-                                INSERT INTO ops.ticket (id, code, state, priority)
-                                SELECT (_rec ->> 'id')::integer,
-                                       (_rec ->> 'code'),
-                                       (_rec ->> 'state'),
-                                       (_rec ->> 'priority')::integer
-                                -- OFFSET 0 keeps the subquery whole: each element is extracted once, not once per field.
-                                FROM (SELECT import_tickets.tickets -> _g._i AS _rec
-                                      FROM generate_series(_from, _to) AS _g(_i)
-                                      WHERE import_tickets.staging_id IS NULL
-                                      UNION ALL
-                                      (SELECT _s.record
-                                       FROM ops.import_tickets_staging AS _s
-                                       WHERE import_tickets.staging_id IS NOT NULL AND _s._staging_id = import_tickets.staging_id
-                                         AND _s._record BETWEEN _staged_base + _from AND _staged_base + _to
-                                       ORDER BY _s._record)
-                                      OFFSET 0) AS _source
-                                ON CONFLICT DO NOTHING
-                                RETURNING id AS _key, NULL::ops.ticket AS _old_row,
-                                          ROW(ticket.*)::ops.ticket AS _new_row
-                            ),
-                            _audit AS (
-                                -- audit: one row per changed record, written in the batch's savepoint with the change.
-                                INSERT INTO specql.batch_operation_audit
-                                    (operation_id, batch_number, record_key, action, old_row, new_row, changed_fields, recorded_at)
-                                SELECT _result.operation_id, _result.batch_count + 1, jsonb_build_object('id', _key),
-                                       'insert', to_jsonb(_old_row), to_jsonb(_new_row),
-                                       ARRAY['code', 'deleted_at', 'deleted_by', 'deletion_reason', 'id', 'priority', 'state']::text[],
-                                       clock_timestamp()
-                                FROM _changed
-                            )
-                            SELECT count(*)
-                            INTO _n
-                            FROM _changed;
-                        ELSE
-                            -- before hook: the batch's rows (locked) and what the change would make of them, before
-                            -- anything changes; a hook that raises fails the batch.
-                            SELECT '[]'::jsonb,
-                                   coalesce(to_jsonb(array_agg(_new_row)), '[]'),
-                                   CASE WHEN count(*) > 0 THEN ARRAY['code', 'deleted_at', 'deleted_by', 'deletion_reason', 'id', 'priority', 'state']::text[] ELSE '{}' END
-                            INTO _old_rows, _new_rows, _changed_fields
-                            FROM (SELECT NULL::ops.ticket AS _old_row,
-                                         ROW((_rec ->> 'id')::integer, (_rec ->> 'code'), (_rec ->> 'state'), (_rec ->> 'priority')::integer, NULL::timestamptz, NULL::text, NULL::text)::ops.ticket AS _new_row
-                                  FROM (SELECT import_tickets.tickets -> _g._i AS _rec
-                                        FROM generate_series(_from, _to) AS _g(_i)
-                                        WHERE import_tickets.staging_id IS NULL
-                                        UNION ALL
-                                        (SELECT _s.record
-                                         FROM ops.import_tickets_staging AS _s
-                                         WHERE import_tickets.staging_id IS NOT NULL AND _s._staging_id = import_tickets.staging_id
-                                           AND _s._record BETWEEN _staged_base + _from AND _staged_base + _to
-                                         ORDER BY _s._record)
-                                        OFFSET 0) AS _source) AS _proposed;
-                            PERFORM ops.ticket_checks(_result.operation_id, _result.batch_count + 1, _old_rows, _new_rows, _changed_fields);
-                            WITH _changed AS (
-                                INSERT INTO ops.ticket (id, code, state, priority)
-                                SELECT (_rec ->> 'id')::integer,
-                                       (_rec ->> 'code'),
-                                       (_rec ->> 'state'),
-                                       (_rec ->> 'priority')::integer
-                                -- OFFSET 0 keeps the subquery whole: each element is extracted once, not once per field.
-                                FROM (SELECT import_tickets.tickets -> _g._i AS _rec
-                                      FROM generate_series(_from, _to) AS _g(_i)
-                                      WHERE import_tickets.staging_id IS NULL
-                                      UNION ALL
-                                      (SELECT _s.record
-                                       FROM ops.import_tickets_staging AS _s
-                                       WHERE import_tickets.staging_id IS NOT NULL AND _s._staging_id = import_tickets.staging_id
-                                         AND _s._record BETWEEN _staged_base + _from AND _staged_base + _to
-                                       ORDER BY _s._record)
-                                      OFFSET 0) AS _source
-                                ON CONFLICT DO NOTHING
-                                RETURNING id AS _key, NULL::ops.ticket AS _old_row,
-                                          ROW(ticket.*)::ops.ticket AS _new_row
-                            ),
-                            _audit AS (
-                                -- audit: one row per changed record, written in the batch's savepoint with the change.
-                                INSERT INTO specql.batch_operation_audit
-                                    (operation_id, batch_number, record_key, action, old_row, new_row, changed_fields, recorded_at)
-                                SELECT _result.operation_id, _result.batch_count + 1, jsonb_build_object('id', _key),
-                                       'insert', to_jsonb(_old_row), to_jsonb(_new_row),
-                                       ARRAY['code', 'deleted_at', 'deleted_by', 'deletion_reason', 'id', 'priority', 'state']::text[],
-                                       clock_timestamp()
-                                FROM _changed
-                            )
-                            SELECT count(*),
-                                   '[]'::jsonb,
-                                   coalesce(to_jsonb(array_agg(_new_row)), '[]'),
-                                   CASE WHEN count(*) > 0 THEN ARRAY['code', 'deleted_at', 'deleted_by', 'deletion_reason', 'id', 'priority', 'state']::text[] ELSE '{}' END
-                            INTO _n, _old_rows, _new_rows, _changed_fields
-                            FROM _changed;
-                            -- after hook: the rows the batch changed, before and after, inside the batch's savepoint.
-                            PERFORM ops.ticket_imported(_result.operation_id, _result.batch_count + 1, _old_rows, _new_rows, _changed_fields);
-                        END IF;
-
-                        _batch_processed := _batch_processed + _n;
-                    EXCEPTION WHEN OTHERS THEN
-                        GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
-                        INSERT INTO specql.batch_operation_errors
-                            (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at)
-                        VALUES
-                            (_result.operation_id, _result.operation, _result.batch_count + 1, _sqlstate, _errmsg, _detail,
-                             coalesce((SELECT jsonb_agg(jsonb_build_object('index', _g._i, 'record', coalesce(import_tickets.tickets -> _g._i, _s.record))
-                                          || CASE WHEN _s._line IS NULL THEN '{}' ELSE jsonb_build_object('line', _s._line) END ORDER BY _g._i)
-                         FROM generate_series(_from, _to) AS _g(_i)
-                         LEFT JOIN ops.import_tickets_staging AS _s
-                           ON import_tickets.staging_id IS NOT NULL AND _s._staging_id = import_tickets.staging_id AND _s._record = _staged_base + _g._i), '[]'::jsonb), clock_timestamp());
-                        _result.error_count := _result.error_count + 1;
-                        _batch_failed := _batch_failed + 1;
-                    END;
-                END LOOP;
-                _from := _batch_from;
-                _to := _batch_to;
-                EXIT;
+                RAISE;  -- the record-by-record pass failed outside its records' savepoints
             END;
         END LOOP;
 
@@ -646,7 +663,8 @@ BEGIN
         _last := (_run.position ->> 'last')::integer;
         _result.operation_id := _run.operation_id;
         _result.started_at := _run.started_at;
-        _result.total_records := _run.total_records;
+        -- The total adds up the batches walked: a failed batch applied again counts once.
+        _result.total_records := _run.total_records - coalesce((_run.position ->> 'failed_batch_records')::bigint, 0);
         _result.processed_records := _run.processed_records;
         _result.failed_records := _run.failed_records - coalesce((_run.position ->> 'failed_batch')::bigint, 0);
         _result.error_count := _run.error_count;
@@ -1117,9 +1135,9 @@ BEGIN
             failed_records = _result.failed_records,
             error_count = _result.error_count, batch_count = _result.batch_count, heartbeat_at = clock_timestamp(),
             -- a failed batch that changed nothing and stopped the run is tried again on resume
-            -- (its failed records are then not counted twice)
+            -- (its failed records and, in the total, its records are then not counted twice)
             position = CASE WHEN _stop = 'failed' AND _batch_processed = 0
-                            THEN coalesce(position, '{}') || jsonb_build_object('failed_batch', _batch_failed)
+                            THEN coalesce(position, '{}') || jsonb_build_object('failed_batch', _batch_failed, 'failed_batch_records', _batch_records)
                             ELSE jsonb_build_object('last', _last) END
 
         WHERE operation_id = _result.operation_id;

@@ -96,6 +96,7 @@ DECLARE
     _csv_state text;
     _csv_rejected jsonb;       -- {"line": ..., "record": {...}} of the row that fails the batch (stop)
     _csv_rows bigint;
+    _csv_rejects bigint;       -- error rows the record-by-record pass wrote (a transient failure takes them back)
     _csv_dense boolean;        -- the load's _record values have no gaps: a batch is the next batch_size of them
     _csv_open boolean;         -- the load is still being staged (its marker row, _record 0)
     _csv_marker jsonb;         -- the marker: the staging backend
@@ -287,6 +288,7 @@ BEGIN
                         RAISE;  -- the batch's failure (a rejected record, or a transient one for retry)
                     END IF;
                     -- A field did not cast or a record broke a constraint: apply the batch record by record.
+                    _csv_rejects := 0;
                     _csv_batch_from := _csv_from;
                     _csv_batch_to := _csv_to;
                     _csv_rows := 0;
@@ -375,6 +377,14 @@ BEGIN
                             EXCEPTION WHEN OTHERS THEN
                                 GET STACKED DIAGNOSTICS _csv_state = RETURNED_SQLSTATE, _csv_reason = MESSAGE_TEXT;
                                 IF _csv_state IN ('40001', '40P01', '55P03') THEN
+                                    -- A transient failure fails the whole batch (retry, or the run stops): its
+                                    -- savepoint takes back what this pass did. The batch's range is restored for
+                                    -- the next try or the error row; the error rows of this pass are gone, and so
+                                    -- are their counts.
+                                    _result.error_count := _result.error_count - _csv_rejects;
+                                    _result.failed_records := _result.failed_records - _csv_rejects;
+                                    _csv_from := _csv_batch_from;
+                                    _csv_to := _csv_batch_to;
                                     RAISE;
                                 END IF;
                                 _csv_kind := CASE WHEN _csv_state LIKE '23%' THEN 'constraint' ELSE 'insert' END;
@@ -391,6 +401,7 @@ BEGIN
                                  _csv_rejected, clock_timestamp());
                             _result.error_count := _result.error_count + 1;
                             _result.failed_records := _result.failed_records + 1;
+                            _csv_rejects := _csv_rejects + 1;
                             _csv_rejected := NULL;
                         END IF;
                     END LOOP;
@@ -556,6 +567,7 @@ DECLARE
     _csv_state text;
     _csv_rejected jsonb;       -- {"line": ..., "record": {...}} of the row that fails the batch (stop)
     _csv_rows bigint;
+    _csv_rejects bigint;       -- error rows the record-by-record pass wrote (a transient failure takes them back)
     _csv_dense boolean;        -- the load's _record values have no gaps: a batch is the next batch_size of them
     _csv_open boolean;         -- the load is still being staged (its marker row, _record 0)
     _csv_marker jsonb;         -- the marker: the staging backend
@@ -821,6 +833,7 @@ BEGIN
                         RAISE;  -- the batch's failure (a rejected record, or a transient one for retry)
                     END IF;
                     -- A field did not cast or a record broke a constraint: apply the batch record by record.
+                    _csv_rejects := 0;
                     _csv_batch_from := _csv_from;
                     _csv_batch_to := _csv_to;
                     _csv_rows := 0;
@@ -865,6 +878,14 @@ BEGIN
                             EXCEPTION WHEN OTHERS THEN
                                 GET STACKED DIAGNOSTICS _csv_state = RETURNED_SQLSTATE, _csv_reason = MESSAGE_TEXT;
                                 IF _csv_state IN ('40001', '40P01', '55P03') THEN
+                                    -- A transient failure fails the whole batch (retry, or the run stops): its
+                                    -- savepoint takes back what this pass did. The batch's range is restored for
+                                    -- the next try or the error row; the error rows of this pass are gone, and so
+                                    -- are their counts.
+                                    _result.error_count := _result.error_count - _csv_rejects;
+                                    _result.failed_records := _result.failed_records - _csv_rejects;
+                                    _csv_from := _csv_batch_from;
+                                    _csv_to := _csv_batch_to;
                                     RAISE;
                                 END IF;
                                 _csv_kind := CASE WHEN _csv_state LIKE '23%' THEN 'constraint' ELSE 'insert' END;
@@ -1057,6 +1078,7 @@ DECLARE
     _csv_state text;
     _csv_rejected jsonb;       -- {"line": ..., "record": {...}} of the row that fails the batch (stop)
     _csv_rows bigint;
+    _csv_rejects bigint;       -- error rows the record-by-record pass wrote (a transient failure takes them back)
     _csv_dense boolean;        -- the load's _record values have no gaps: a batch is the next batch_size of them
     _csv_open boolean;         -- the load is still being staged (its marker row, _record 0)
     _csv_marker jsonb;         -- the marker: the staging backend
@@ -1233,6 +1255,7 @@ BEGIN
                         RAISE;  -- the batch's failure (a rejected record, or a transient one for retry)
                     END IF;
                     -- A field did not cast or a record broke a constraint: apply the batch record by record.
+                    _csv_rejects := 0;
                     _csv_batch_from := _csv_from;
                     _csv_batch_to := _csv_to;
                     _csv_rows := 0;
@@ -1263,6 +1286,14 @@ BEGIN
                             EXCEPTION WHEN OTHERS THEN
                                 GET STACKED DIAGNOSTICS _csv_state = RETURNED_SQLSTATE, _csv_reason = MESSAGE_TEXT;
                                 IF _csv_state IN ('40001', '40P01', '55P03') THEN
+                                    -- A transient failure fails the whole batch (retry, or the run stops): its
+                                    -- savepoint takes back what this pass did. The batch's range is restored for
+                                    -- the next try or the error row; the error rows of this pass are gone, and so
+                                    -- are their counts.
+                                    _result.error_count := _result.error_count - _csv_rejects;
+                                    _result.failed_records := _result.failed_records - _csv_rejects;
+                                    _csv_from := _csv_batch_from;
+                                    _csv_to := _csv_batch_to;
                                     RAISE;
                                 END IF;
                                 _csv_kind := CASE WHEN _csv_state LIKE '23%' THEN 'constraint' ELSE 'insert' END;
@@ -1279,6 +1310,7 @@ BEGIN
                                  _csv_rejected, clock_timestamp());
                             _result.error_count := _result.error_count + 1;
                             _result.failed_records := _result.failed_records + 1;
+                            _csv_rejects := _csv_rejects + 1;
                             _csv_rejected := NULL;
                         END IF;
                     END LOOP;
@@ -1532,6 +1564,7 @@ DECLARE
     _csv_state text;
     _csv_rejected jsonb;       -- {"line": ..., "record": {...}} of the row that fails the batch (stop)
     _csv_rows bigint;
+    _csv_rejects bigint;       -- error rows the record-by-record pass wrote (a transient failure takes them back)
     _csv_dense boolean;        -- the load's _record values have no gaps: a batch is the next batch_size of them
     _upper bigint;             -- the chunk's last _record (NULL: to the end of the load)
     _prev bigint;              -- _csv_to before the current batch
@@ -1631,8 +1664,13 @@ BEGIN
     _result.status := 'running';
     _batch_size := _run.batch_size;
     -- This worker is alive: the run's advisory lock, shared (a hold left by an earlier call of this
-    -- session that failed is released first).
-    WHILE pg_catalog.pg_advisory_unlock_shared(1397837906, _lock_key) LOOP
+    -- session that failed is released first, as often as it was taken; asked while pg_locks shows
+    -- it, since unlocking a lock not held raises a WARNING).
+    WHILE EXISTS (SELECT 1 FROM pg_catalog.pg_locks AS l
+                  WHERE l.pid = pg_catalog.pg_backend_pid() AND l.locktype = 'advisory'
+                    AND l.classid = 1397837906::oid AND l.objid = (_lock_key::bigint & 4294967295)::oid
+                    AND l.objsubid = 2) LOOP
+        PERFORM pg_catalog.pg_advisory_unlock_shared(1397837906, _lock_key);
     END LOOP;
     PERFORM pg_catalog.pg_advisory_lock_shared(1397837906, _lock_key);
     UPDATE specql.batch_operation_runs AS r
@@ -1752,6 +1790,7 @@ BEGIN
                             RAISE;  -- the batch's failure (a rejected record, or a transient one for retry)
                         END IF;
                         -- A field did not cast or a record broke a constraint: apply the batch record by record.
+                        _csv_rejects := 0;
                         _csv_batch_from := _csv_from;
                         _csv_batch_to := _csv_to;
                         _csv_rows := 0;
@@ -1782,6 +1821,14 @@ BEGIN
                                 EXCEPTION WHEN OTHERS THEN
                                     GET STACKED DIAGNOSTICS _csv_state = RETURNED_SQLSTATE, _csv_reason = MESSAGE_TEXT;
                                     IF _csv_state IN ('40001', '40P01', '55P03') THEN
+                                        -- A transient failure fails the whole batch (retry, or the run stops): its
+                                        -- savepoint takes back what this pass did. The batch's range is restored for
+                                        -- the next try or the error row; the error rows of this pass are gone, and so
+                                        -- are their counts.
+                                        _result.error_count := _result.error_count - _csv_rejects;
+                                        _result.failed_records := _result.failed_records - _csv_rejects;
+                                        _csv_from := _csv_batch_from;
+                                        _csv_to := _csv_batch_to;
                                         RAISE;
                                     END IF;
                                     _csv_kind := CASE WHEN _csv_state LIKE '23%' THEN 'constraint' ELSE 'insert' END;
@@ -1798,6 +1845,7 @@ BEGIN
                                      _csv_rejected, clock_timestamp());
                                 _result.error_count := _result.error_count + 1;
                                 _result.failed_records := _result.failed_records + 1;
+                                _csv_rejects := _csv_rejects + 1;
                                 _csv_rejected := NULL;
                             END IF;
                         END LOOP;

@@ -282,23 +282,75 @@ BEGIN
 
                 LOOP
                     BEGIN
-                        -- The walk listed this batch's matching keys: they are the selection.
-                        _out_keys := _keys::text[];
-                        _n := cardinality(_keys);
-                        IF coalesce(cardinality(_out_keys), jsonb_array_length(_out_records), 0) > 0 THEN
-                            UPDATE specql.batch_operation_outputs AS o
-                            SET keys = o.keys || _out_keys,
-                                records = CASE WHEN _out_records IS NULL THEN o.records ELSE coalesce(o.records, '[]') || _out_records END
-                            WHERE o.operation_id = _result.operation_id AND o.output = 'lost_ids' AND o.chunk = _result.batch_count + 1;
-                            IF NOT FOUND THEN
-                                INSERT INTO specql.batch_operation_outputs (operation_id, output, chunk, keys, records)
-                                VALUES (_result.operation_id, 'lost_ids', _result.batch_count + 1, _out_keys, _out_records);
+                        -- The batch in a savepoint of its own, its record-by-record pass in the try's.
+                        BEGIN
+                            -- The walk listed this batch's matching keys: they are the selection.
+                            _out_keys := _keys::text[];
+                            _n := cardinality(_keys);
+                            IF coalesce(cardinality(_out_keys), jsonb_array_length(_out_records), 0) > 0 THEN
+                                UPDATE specql.batch_operation_outputs AS o
+                                SET keys = o.keys || _out_keys,
+                                    records = CASE WHEN _out_records IS NULL THEN o.records ELSE coalesce(o.records, '[]') || _out_records END
+                                WHERE o.operation_id = _result.operation_id AND o.output = 'lost_ids' AND o.chunk = _result.batch_count + 1;
+                                IF NOT FOUND THEN
+                                    INSERT INTO specql.batch_operation_outputs (operation_id, output, chunk, keys, records)
+                                    VALUES (_result.operation_id, 'lost_ids', _result.batch_count + 1, _out_keys, _out_records);
+                                END IF;
                             END IF;
-                        END IF;
 
-                        _batch_processed := _n;
-                        _batch_failed := 0;
-                        _status := 'completed';
+                            _batch_processed := _n;
+                            _batch_failed := 0;
+                            _status := 'completed';
+                        EXCEPTION WHEN OTHERS THEN
+                            GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
+                            IF _sqlstate IN ('40001', '40P01', '55P03') THEN
+                                RAISE;  -- the try's: retried, or it stops the run
+                            END IF;
+                            -- collect_errors: apply the batch again record by record, each in its own savepoint,
+                            -- so the good records stay and each failing one gets its own error row.
+                            _batch_processed := 0;
+                            _batch_failed := 0;
+                            _status := 'completed_with_errors';
+                            _batch_keys := _keys;
+                            FOREACH _key IN ARRAY _batch_keys LOOP
+                                _keys := ARRAY[_key];
+                                BEGIN
+                                    -- The walk listed this batch's matching keys: they are the selection.
+                                    _out_keys := _keys::text[];
+                                    _n := cardinality(_keys);
+                                    IF coalesce(cardinality(_out_keys), jsonb_array_length(_out_records), 0) > 0 THEN
+                                        UPDATE specql.batch_operation_outputs AS o
+                                        SET keys = o.keys || _out_keys,
+                                            records = CASE WHEN _out_records IS NULL THEN o.records ELSE coalesce(o.records, '[]') || _out_records END
+                                        WHERE o.operation_id = _result.operation_id AND o.output = 'lost_ids' AND o.chunk = _result.batch_count + 1;
+                                        IF NOT FOUND THEN
+                                            INSERT INTO specql.batch_operation_outputs (operation_id, output, chunk, keys, records)
+                                            VALUES (_result.operation_id, 'lost_ids', _result.batch_count + 1, _out_keys, _out_records);
+                                        END IF;
+                                    END IF;
+
+                                    _batch_processed := _batch_processed + _n;
+                                EXCEPTION WHEN OTHERS THEN
+                                    GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
+                                    IF _sqlstate IN ('40001', '40P01', '55P03') THEN
+                                        -- A transient failure is the batch's, not the record's: the try's savepoint takes
+                                        -- this pass back (its error rows too: so their counts), and the batch, restored, is
+                                        -- retried or stops the run.
+                                        _result.error_count := _result.error_count - _batch_failed;
+                                        _keys := _batch_keys;
+                                        RAISE;
+                                    END IF;
+                                    INSERT INTO specql.batch_operation_errors
+                                        (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at, step)
+                                    VALUES
+                                        (_result.operation_id, _result.operation, _result.batch_count + 1, _sqlstate, _errmsg, _detail,
+                                         coalesce(to_jsonb(_keys), '[]'::jsonb), clock_timestamp(), _step);
+                                    _result.error_count := _result.error_count + 1;
+                                    _batch_failed := _batch_failed + 1;
+                                END;
+                            END LOOP;
+                            _keys := _batch_keys;
+                        END;
                         EXIT;
                     EXCEPTION WHEN OTHERS THEN
                         -- The savepoint rolled the whole batch back.
@@ -318,43 +370,7 @@ BEGIN
                             _stop := 'failed';
                             EXIT;
                         END IF;
-                        -- collect_errors: apply the batch again record by record, each in its own savepoint,
-                        -- so the good records stay and each failing one gets its own error row.
-                        _batch_processed := 0;
-                        _batch_failed := 0;
-                        _status := 'completed_with_errors';
-                        _batch_keys := _keys;
-                        FOREACH _key IN ARRAY _batch_keys LOOP
-                            _keys := ARRAY[_key];
-                            BEGIN
-                                -- The walk listed this batch's matching keys: they are the selection.
-                                _out_keys := _keys::text[];
-                                _n := cardinality(_keys);
-                                IF coalesce(cardinality(_out_keys), jsonb_array_length(_out_records), 0) > 0 THEN
-                                    UPDATE specql.batch_operation_outputs AS o
-                                    SET keys = o.keys || _out_keys,
-                                        records = CASE WHEN _out_records IS NULL THEN o.records ELSE coalesce(o.records, '[]') || _out_records END
-                                    WHERE o.operation_id = _result.operation_id AND o.output = 'lost_ids' AND o.chunk = _result.batch_count + 1;
-                                    IF NOT FOUND THEN
-                                        INSERT INTO specql.batch_operation_outputs (operation_id, output, chunk, keys, records)
-                                        VALUES (_result.operation_id, 'lost_ids', _result.batch_count + 1, _out_keys, _out_records);
-                                    END IF;
-                                END IF;
-
-                                _batch_processed := _batch_processed + _n;
-                            EXCEPTION WHEN OTHERS THEN
-                                GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
-                                INSERT INTO specql.batch_operation_errors
-                                    (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at, step)
-                                VALUES
-                                    (_result.operation_id, _result.operation, _result.batch_count + 1, _sqlstate, _errmsg, _detail,
-                                     coalesce(to_jsonb(_keys), '[]'::jsonb), clock_timestamp(), _step);
-                                _result.error_count := _result.error_count + 1;
-                                _batch_failed := _batch_failed + 1;
-                            END;
-                        END LOOP;
-                        _keys := _batch_keys;
-                        EXIT;
+                        RAISE;  -- the record-by-record pass failed outside its records' savepoints
                     END;
                 END LOOP;
 
@@ -384,9 +400,9 @@ BEGIN
                     failed_records = _result.failed_records,
                     error_count = _result.error_count, batch_count = _result.batch_count, heartbeat_at = clock_timestamp(),
                     -- a failed batch that changed nothing and stopped the run is tried again on resume
-                    -- (its failed records are then not counted twice)
+                    -- (its failed records and, in the total, its records are then not counted twice)
                     position = CASE WHEN _stop = 'failed' AND _batch_processed = 0
-                                    THEN coalesce(position, '{}') || jsonb_build_object('failed_batch', _batch_failed)
+                                    THEN coalesce(position, '{}') || jsonb_build_object('failed_batch', _batch_failed, 'failed_batch_records', _batch_records)
                                     ELSE _step_at || jsonb_build_object('last', _last) END
 
                 WHERE operation_id = _result.operation_id;
@@ -559,25 +575,79 @@ BEGIN
 
                 LOOP
                     BEGIN
-                        SELECT coalesce(array_agg(id::text ORDER BY id), '{}')
-                        INTO _out_keys
-                        FROM public.parcel
-                        WHERE id = ANY(_keys) AND weight >= 0;
-                        _n := cardinality(_out_keys);
-                        IF coalesce(cardinality(_out_keys), jsonb_array_length(_out_records), 0) > 0 THEN
-                            UPDATE specql.batch_operation_outputs AS o
-                            SET keys = o.keys || _out_keys,
-                                records = CASE WHEN _out_records IS NULL THEN o.records ELSE coalesce(o.records, '[]') || _out_records END
-                            WHERE o.operation_id = _result.operation_id AND o.output = 'recheck_ids' AND o.chunk = _result.batch_count + 1;
-                            IF NOT FOUND THEN
-                                INSERT INTO specql.batch_operation_outputs (operation_id, output, chunk, keys, records)
-                                VALUES (_result.operation_id, 'recheck_ids', _result.batch_count + 1, _out_keys, _out_records);
+                        -- The batch in a savepoint of its own, its record-by-record pass in the try's.
+                        BEGIN
+                            SELECT coalesce(array_agg(id::text ORDER BY id), '{}')
+                            INTO _out_keys
+                            FROM public.parcel
+                            WHERE id = ANY(_keys) AND weight >= 0;
+                            _n := cardinality(_out_keys);
+                            IF coalesce(cardinality(_out_keys), jsonb_array_length(_out_records), 0) > 0 THEN
+                                UPDATE specql.batch_operation_outputs AS o
+                                SET keys = o.keys || _out_keys,
+                                    records = CASE WHEN _out_records IS NULL THEN o.records ELSE coalesce(o.records, '[]') || _out_records END
+                                WHERE o.operation_id = _result.operation_id AND o.output = 'recheck_ids' AND o.chunk = _result.batch_count + 1;
+                                IF NOT FOUND THEN
+                                    INSERT INTO specql.batch_operation_outputs (operation_id, output, chunk, keys, records)
+                                    VALUES (_result.operation_id, 'recheck_ids', _result.batch_count + 1, _out_keys, _out_records);
+                                END IF;
                             END IF;
-                        END IF;
 
-                        _batch_processed := _n;
-                        _batch_failed := 0;
-                        _status := 'completed';
+                            _batch_processed := _n;
+                            _batch_failed := 0;
+                            _status := 'completed';
+                        EXCEPTION WHEN OTHERS THEN
+                            GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
+                            IF _sqlstate IN ('40001', '40P01', '55P03') THEN
+                                RAISE;  -- the try's: retried, or it stops the run
+                            END IF;
+                            -- collect_errors: apply the batch again record by record, each in its own savepoint,
+                            -- so the good records stay and each failing one gets its own error row.
+                            _batch_processed := 0;
+                            _batch_failed := 0;
+                            _status := 'completed_with_errors';
+                            _batch_keys := _keys;
+                            FOREACH _key IN ARRAY _batch_keys LOOP
+                                _keys := ARRAY[_key];
+                                BEGIN
+                                    SELECT coalesce(array_agg(id::text ORDER BY id), '{}')
+                                    INTO _out_keys
+                                    FROM public.parcel
+                                    WHERE id = ANY(_keys) AND weight >= 0;
+                                    _n := cardinality(_out_keys);
+                                    IF coalesce(cardinality(_out_keys), jsonb_array_length(_out_records), 0) > 0 THEN
+                                        UPDATE specql.batch_operation_outputs AS o
+                                        SET keys = o.keys || _out_keys,
+                                            records = CASE WHEN _out_records IS NULL THEN o.records ELSE coalesce(o.records, '[]') || _out_records END
+                                        WHERE o.operation_id = _result.operation_id AND o.output = 'recheck_ids' AND o.chunk = _result.batch_count + 1;
+                                        IF NOT FOUND THEN
+                                            INSERT INTO specql.batch_operation_outputs (operation_id, output, chunk, keys, records)
+                                            VALUES (_result.operation_id, 'recheck_ids', _result.batch_count + 1, _out_keys, _out_records);
+                                        END IF;
+                                    END IF;
+
+                                    _batch_processed := _batch_processed + _n;
+                                EXCEPTION WHEN OTHERS THEN
+                                    GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
+                                    IF _sqlstate IN ('40001', '40P01', '55P03') THEN
+                                        -- A transient failure is the batch's, not the record's: the try's savepoint takes
+                                        -- this pass back (its error rows too: so their counts), and the batch, restored, is
+                                        -- retried or stops the run.
+                                        _result.error_count := _result.error_count - _batch_failed;
+                                        _keys := _batch_keys;
+                                        RAISE;
+                                    END IF;
+                                    INSERT INTO specql.batch_operation_errors
+                                        (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at, step)
+                                    VALUES
+                                        (_result.operation_id, _result.operation, _result.batch_count + 1, _sqlstate, _errmsg, _detail,
+                                         coalesce(to_jsonb(_keys), '[]'::jsonb), clock_timestamp(), _step);
+                                    _result.error_count := _result.error_count + 1;
+                                    _batch_failed := _batch_failed + 1;
+                                END;
+                            END LOOP;
+                            _keys := _batch_keys;
+                        END;
                         EXIT;
                     EXCEPTION WHEN OTHERS THEN
                         -- The savepoint rolled the whole batch back.
@@ -597,45 +667,7 @@ BEGIN
                             _stop := 'failed';
                             EXIT;
                         END IF;
-                        -- collect_errors: apply the batch again record by record, each in its own savepoint,
-                        -- so the good records stay and each failing one gets its own error row.
-                        _batch_processed := 0;
-                        _batch_failed := 0;
-                        _status := 'completed_with_errors';
-                        _batch_keys := _keys;
-                        FOREACH _key IN ARRAY _batch_keys LOOP
-                            _keys := ARRAY[_key];
-                            BEGIN
-                                SELECT coalesce(array_agg(id::text ORDER BY id), '{}')
-                                INTO _out_keys
-                                FROM public.parcel
-                                WHERE id = ANY(_keys) AND weight >= 0;
-                                _n := cardinality(_out_keys);
-                                IF coalesce(cardinality(_out_keys), jsonb_array_length(_out_records), 0) > 0 THEN
-                                    UPDATE specql.batch_operation_outputs AS o
-                                    SET keys = o.keys || _out_keys,
-                                        records = CASE WHEN _out_records IS NULL THEN o.records ELSE coalesce(o.records, '[]') || _out_records END
-                                    WHERE o.operation_id = _result.operation_id AND o.output = 'recheck_ids' AND o.chunk = _result.batch_count + 1;
-                                    IF NOT FOUND THEN
-                                        INSERT INTO specql.batch_operation_outputs (operation_id, output, chunk, keys, records)
-                                        VALUES (_result.operation_id, 'recheck_ids', _result.batch_count + 1, _out_keys, _out_records);
-                                    END IF;
-                                END IF;
-
-                                _batch_processed := _batch_processed + _n;
-                            EXCEPTION WHEN OTHERS THEN
-                                GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
-                                INSERT INTO specql.batch_operation_errors
-                                    (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at, step)
-                                VALUES
-                                    (_result.operation_id, _result.operation, _result.batch_count + 1, _sqlstate, _errmsg, _detail,
-                                     coalesce(to_jsonb(_keys), '[]'::jsonb), clock_timestamp(), _step);
-                                _result.error_count := _result.error_count + 1;
-                                _batch_failed := _batch_failed + 1;
-                            END;
-                        END LOOP;
-                        _keys := _batch_keys;
-                        EXIT;
+                        RAISE;  -- the record-by-record pass failed outside its records' savepoints
                     END;
                 END LOOP;
 
@@ -836,12 +868,53 @@ BEGIN
 
                 LOOP
                     BEGIN
-                        DELETE FROM public.parcel
-                        WHERE id = ANY(_keys) AND status = 'lost';
-                        GET DIAGNOSTICS _n = ROW_COUNT;
-                        _batch_processed := _n;
-                        _batch_failed := 0;
-                        _status := 'completed';
+                        -- The batch in a savepoint of its own, its record-by-record pass in the try's.
+                        BEGIN
+                            DELETE FROM public.parcel
+                            WHERE id = ANY(_keys) AND status = 'lost';
+                            GET DIAGNOSTICS _n = ROW_COUNT;
+                            _batch_processed := _n;
+                            _batch_failed := 0;
+                            _status := 'completed';
+                        EXCEPTION WHEN OTHERS THEN
+                            GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
+                            IF _sqlstate IN ('40001', '40P01', '55P03') THEN
+                                RAISE;  -- the try's: retried, or it stops the run
+                            END IF;
+                            -- collect_errors: apply the batch again record by record, each in its own savepoint,
+                            -- so the good records stay and each failing one gets its own error row.
+                            _batch_processed := 0;
+                            _batch_failed := 0;
+                            _status := 'completed_with_errors';
+                            _batch_keys := _keys;
+                            FOREACH _key IN ARRAY _batch_keys LOOP
+                                _keys := ARRAY[_key];
+                                BEGIN
+                                    DELETE FROM public.parcel
+                                    WHERE id = ANY(_keys) AND status = 'lost';
+                                    GET DIAGNOSTICS _n = ROW_COUNT;
+                                    _batch_processed := _batch_processed + _n;
+                                EXCEPTION WHEN OTHERS THEN
+                                    GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
+                                    IF _sqlstate IN ('40001', '40P01', '55P03') THEN
+                                        -- A transient failure is the batch's, not the record's: the try's savepoint takes
+                                        -- this pass back (its error rows too: so their counts), and the batch, restored, is
+                                        -- retried or stops the run.
+                                        _result.error_count := _result.error_count - _batch_failed;
+                                        _keys := _batch_keys;
+                                        RAISE;
+                                    END IF;
+                                    INSERT INTO specql.batch_operation_errors
+                                        (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at, step)
+                                    VALUES
+                                        (_result.operation_id, _result.operation, _result.batch_count + 1, _sqlstate, _errmsg, _detail,
+                                         coalesce(to_jsonb(_keys), '[]'::jsonb), clock_timestamp(), _step);
+                                    _result.error_count := _result.error_count + 1;
+                                    _batch_failed := _batch_failed + 1;
+                                END;
+                            END LOOP;
+                            _keys := _batch_keys;
+                        END;
                         EXIT;
                     EXCEPTION WHEN OTHERS THEN
                         -- The savepoint rolled the whole batch back.
@@ -861,32 +934,7 @@ BEGIN
                             _stop := 'failed';
                             EXIT;
                         END IF;
-                        -- collect_errors: apply the batch again record by record, each in its own savepoint,
-                        -- so the good records stay and each failing one gets its own error row.
-                        _batch_processed := 0;
-                        _batch_failed := 0;
-                        _status := 'completed_with_errors';
-                        _batch_keys := _keys;
-                        FOREACH _key IN ARRAY _batch_keys LOOP
-                            _keys := ARRAY[_key];
-                            BEGIN
-                                DELETE FROM public.parcel
-                                WHERE id = ANY(_keys) AND status = 'lost';
-                                GET DIAGNOSTICS _n = ROW_COUNT;
-                                _batch_processed := _batch_processed + _n;
-                            EXCEPTION WHEN OTHERS THEN
-                                GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
-                                INSERT INTO specql.batch_operation_errors
-                                    (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at, step)
-                                VALUES
-                                    (_result.operation_id, _result.operation, _result.batch_count + 1, _sqlstate, _errmsg, _detail,
-                                     coalesce(to_jsonb(_keys), '[]'::jsonb), clock_timestamp(), _step);
-                                _result.error_count := _result.error_count + 1;
-                                _batch_failed := _batch_failed + 1;
-                            END;
-                        END LOOP;
-                        _keys := _batch_keys;
-                        EXIT;
+                        RAISE;  -- the record-by-record pass failed outside its records' savepoints
                     END;
                 END LOOP;
 
@@ -1039,21 +1087,34 @@ BEGIN
 
                 LOOP
                     BEGIN
-                        IF to_regprocedure('heavy_parcels()') IS NULL THEN
-                            RAISE EXCEPTION 'step %: function % does not exist', 'heavy', 'heavy_parcels()'
-                                USING ERRCODE = '42883',
-                                      HINT = 'A custom_function step calls its function once, with no input: create heavy_parcels(), or fix ''function'' in the entity file.';
-                        END IF;
-                        -- Its rows become :heavy_ids, in chunks of _batch_size.
-                        _items := '{}';
-                        _chunk_number := 0;
-                        FOR _item IN SELECT to_jsonb(_r) FROM heavy_parcels() AS _r LOOP
-                            IF jsonb_typeof(_item) NOT IN ('string', 'number') THEN
-                                RAISE EXCEPTION 'step %: function % returned %, not a key', 'heavy', 'heavy_parcels()', _item
-                                    USING ERRCODE = '42804', HINT = 'A later step reads its rows as keys: return SETOF the key type.';
+                        -- The batch in a savepoint of its own, its record-by-record pass in the try's.
+                        BEGIN
+                            IF to_regprocedure('heavy_parcels()') IS NULL THEN
+                                RAISE EXCEPTION 'step %: function % does not exist', 'heavy', 'heavy_parcels()'
+                                    USING ERRCODE = '42883',
+                                          HINT = 'A custom_function step calls its function once, with no input: create heavy_parcels(), or fix ''function'' in the entity file.';
                             END IF;
-                            _items := _items || _item;
-                            IF cardinality(_items) >= _batch_size THEN
+                            -- Its rows become :heavy_ids, in chunks of _batch_size.
+                            _items := '{}';
+                            _chunk_number := 0;
+                            FOR _item IN SELECT to_jsonb(_r) FROM heavy_parcels() AS _r LOOP
+                                IF jsonb_typeof(_item) NOT IN ('string', 'number') THEN
+                                    RAISE EXCEPTION 'step %: function % returned %, not a key', 'heavy', 'heavy_parcels()', _item
+                                        USING ERRCODE = '42804', HINT = 'A later step reads its rows as keys: return SETOF the key type.';
+                                END IF;
+                                _items := _items || _item;
+                                IF cardinality(_items) >= _batch_size THEN
+                                    _chunk_number := _chunk_number + 1;
+                                    _out_keys := ARRAY(SELECT (_e #>> '{}')::uuid::text FROM unnest(_items) AS _e);
+                                    _out_records := NULL;
+                                    IF coalesce(cardinality(_out_keys), jsonb_array_length(_out_records), 0) > 0 THEN
+                                        INSERT INTO specql.batch_operation_outputs (operation_id, output, chunk, keys, records)
+                                        VALUES (_result.operation_id, 'heavy_ids', _chunk_number, _out_keys, _out_records);
+                                    END IF;
+                                    _items := '{}';
+                                END IF;
+                            END LOOP;
+                            IF cardinality(_items) > 0 THEN
                                 _chunk_number := _chunk_number + 1;
                                 _out_keys := ARRAY(SELECT (_e #>> '{}')::uuid::text FROM unnest(_items) AS _e);
                                 _out_records := NULL;
@@ -1063,21 +1124,80 @@ BEGIN
                                 END IF;
                                 _items := '{}';
                             END IF;
-                        END LOOP;
-                        IF cardinality(_items) > 0 THEN
-                            _chunk_number := _chunk_number + 1;
-                            _out_keys := ARRAY(SELECT (_e #>> '{}')::uuid::text FROM unnest(_items) AS _e);
-                            _out_records := NULL;
-                            IF coalesce(cardinality(_out_keys), jsonb_array_length(_out_records), 0) > 0 THEN
-                                INSERT INTO specql.batch_operation_outputs (operation_id, output, chunk, keys, records)
-                                VALUES (_result.operation_id, 'heavy_ids', _chunk_number, _out_keys, _out_records);
+                            _n := 1;
+                            _batch_processed := _n;
+                            _batch_failed := 0;
+                            _status := 'completed';
+                        EXCEPTION WHEN OTHERS THEN
+                            GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
+                            IF _sqlstate IN ('40001', '40P01', '55P03') THEN
+                                RAISE;  -- the try's: retried, or it stops the run
                             END IF;
-                            _items := '{}';
-                        END IF;
-                        _n := 1;
-                        _batch_processed := _n;
-                        _batch_failed := 0;
-                        _status := 'completed';
+                            -- collect_errors: apply the batch again record by record, each in its own savepoint,
+                            -- so the good records stay and each failing one gets its own error row.
+                            _batch_processed := 0;
+                            _batch_failed := 0;
+                            _status := 'completed_with_errors';
+                            FOR _i IN 1..1 LOOP
+                                BEGIN
+                                    IF to_regprocedure('heavy_parcels()') IS NULL THEN
+                                        RAISE EXCEPTION 'step %: function % does not exist', 'heavy', 'heavy_parcels()'
+                                            USING ERRCODE = '42883',
+                                                  HINT = 'A custom_function step calls its function once, with no input: create heavy_parcels(), or fix ''function'' in the entity file.';
+                                    END IF;
+                                    -- Its rows become :heavy_ids, in chunks of _batch_size.
+                                    _items := '{}';
+                                    _chunk_number := 0;
+                                    FOR _item IN SELECT to_jsonb(_r) FROM heavy_parcels() AS _r LOOP
+                                        IF jsonb_typeof(_item) NOT IN ('string', 'number') THEN
+                                            RAISE EXCEPTION 'step %: function % returned %, not a key', 'heavy', 'heavy_parcels()', _item
+                                                USING ERRCODE = '42804', HINT = 'A later step reads its rows as keys: return SETOF the key type.';
+                                        END IF;
+                                        _items := _items || _item;
+                                        IF cardinality(_items) >= _batch_size THEN
+                                            _chunk_number := _chunk_number + 1;
+                                            _out_keys := ARRAY(SELECT (_e #>> '{}')::uuid::text FROM unnest(_items) AS _e);
+                                            _out_records := NULL;
+                                            IF coalesce(cardinality(_out_keys), jsonb_array_length(_out_records), 0) > 0 THEN
+                                                INSERT INTO specql.batch_operation_outputs (operation_id, output, chunk, keys, records)
+                                                VALUES (_result.operation_id, 'heavy_ids', _chunk_number, _out_keys, _out_records);
+                                            END IF;
+                                            _items := '{}';
+                                        END IF;
+                                    END LOOP;
+                                    IF cardinality(_items) > 0 THEN
+                                        _chunk_number := _chunk_number + 1;
+                                        _out_keys := ARRAY(SELECT (_e #>> '{}')::uuid::text FROM unnest(_items) AS _e);
+                                        _out_records := NULL;
+                                        IF coalesce(cardinality(_out_keys), jsonb_array_length(_out_records), 0) > 0 THEN
+                                            INSERT INTO specql.batch_operation_outputs (operation_id, output, chunk, keys, records)
+                                            VALUES (_result.operation_id, 'heavy_ids', _chunk_number, _out_keys, _out_records);
+                                        END IF;
+                                        _items := '{}';
+                                    END IF;
+                                    _n := 1;
+                                    _batch_processed := _batch_processed + _n;
+                                EXCEPTION WHEN OTHERS THEN
+                                    GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
+                                    IF _sqlstate IN ('40001', '40P01', '55P03') THEN
+                                        -- A transient failure is the batch's, not the record's: the try's savepoint takes
+                                        -- this pass back (its error rows too: so their counts), and the batch, restored, is
+                                        -- retried or stops the run.
+                                        _result.error_count := _result.error_count - _batch_failed;
+
+                                        RAISE;
+                                    END IF;
+                                    INSERT INTO specql.batch_operation_errors
+                                        (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at, step)
+                                    VALUES
+                                        (_result.operation_id, _result.operation, _result.batch_count + 1, _sqlstate, _errmsg, _detail,
+                                         coalesce(jsonb_build_array(jsonb_build_object('function', 'heavy_parcels()')), '[]'::jsonb), clock_timestamp(), _step);
+                                    _result.error_count := _result.error_count + 1;
+                                    _batch_failed := _batch_failed + 1;
+                                END;
+                            END LOOP;
+
+                        END;
                         EXIT;
                     EXCEPTION WHEN OTHERS THEN
                         -- The savepoint rolled the whole batch back.
@@ -1097,63 +1217,7 @@ BEGIN
                             _stop := 'failed';
                             EXIT;
                         END IF;
-                        -- collect_errors: apply the batch again record by record, each in its own savepoint,
-                        -- so the good records stay and each failing one gets its own error row.
-                        _batch_processed := 0;
-                        _batch_failed := 0;
-                        _status := 'completed_with_errors';
-                        FOR _i IN 1..1 LOOP
-                            BEGIN
-                                IF to_regprocedure('heavy_parcels()') IS NULL THEN
-                                    RAISE EXCEPTION 'step %: function % does not exist', 'heavy', 'heavy_parcels()'
-                                        USING ERRCODE = '42883',
-                                              HINT = 'A custom_function step calls its function once, with no input: create heavy_parcels(), or fix ''function'' in the entity file.';
-                                END IF;
-                                -- Its rows become :heavy_ids, in chunks of _batch_size.
-                                _items := '{}';
-                                _chunk_number := 0;
-                                FOR _item IN SELECT to_jsonb(_r) FROM heavy_parcels() AS _r LOOP
-                                    IF jsonb_typeof(_item) NOT IN ('string', 'number') THEN
-                                        RAISE EXCEPTION 'step %: function % returned %, not a key', 'heavy', 'heavy_parcels()', _item
-                                            USING ERRCODE = '42804', HINT = 'A later step reads its rows as keys: return SETOF the key type.';
-                                    END IF;
-                                    _items := _items || _item;
-                                    IF cardinality(_items) >= _batch_size THEN
-                                        _chunk_number := _chunk_number + 1;
-                                        _out_keys := ARRAY(SELECT (_e #>> '{}')::uuid::text FROM unnest(_items) AS _e);
-                                        _out_records := NULL;
-                                        IF coalesce(cardinality(_out_keys), jsonb_array_length(_out_records), 0) > 0 THEN
-                                            INSERT INTO specql.batch_operation_outputs (operation_id, output, chunk, keys, records)
-                                            VALUES (_result.operation_id, 'heavy_ids', _chunk_number, _out_keys, _out_records);
-                                        END IF;
-                                        _items := '{}';
-                                    END IF;
-                                END LOOP;
-                                IF cardinality(_items) > 0 THEN
-                                    _chunk_number := _chunk_number + 1;
-                                    _out_keys := ARRAY(SELECT (_e #>> '{}')::uuid::text FROM unnest(_items) AS _e);
-                                    _out_records := NULL;
-                                    IF coalesce(cardinality(_out_keys), jsonb_array_length(_out_records), 0) > 0 THEN
-                                        INSERT INTO specql.batch_operation_outputs (operation_id, output, chunk, keys, records)
-                                        VALUES (_result.operation_id, 'heavy_ids', _chunk_number, _out_keys, _out_records);
-                                    END IF;
-                                    _items := '{}';
-                                END IF;
-                                _n := 1;
-                                _batch_processed := _batch_processed + _n;
-                            EXCEPTION WHEN OTHERS THEN
-                                GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
-                                INSERT INTO specql.batch_operation_errors
-                                    (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at, step)
-                                VALUES
-                                    (_result.operation_id, _result.operation, _result.batch_count + 1, _sqlstate, _errmsg, _detail,
-                                     coalesce(jsonb_build_array(jsonb_build_object('function', 'heavy_parcels()')), '[]'::jsonb), clock_timestamp(), _step);
-                                _result.error_count := _result.error_count + 1;
-                                _batch_failed := _batch_failed + 1;
-                            END;
-                        END LOOP;
-
-                        EXIT;
+                        RAISE;  -- the record-by-record pass failed outside its records' savepoints
                     END;
                 END LOOP;
 
@@ -1354,13 +1418,55 @@ BEGIN
 
                 LOOP
                     BEGIN
-                        UPDATE public.parcel
-                        SET status = 'heavy'
-                        WHERE id = ANY(_keys);
-                        GET DIAGNOSTICS _n = ROW_COUNT;
-                        _batch_processed := _n;
-                        _batch_failed := 0;
-                        _status := 'completed';
+                        -- The batch in a savepoint of its own, its record-by-record pass in the try's.
+                        BEGIN
+                            UPDATE public.parcel
+                            SET status = 'heavy'
+                            WHERE id = ANY(_keys);
+                            GET DIAGNOSTICS _n = ROW_COUNT;
+                            _batch_processed := _n;
+                            _batch_failed := 0;
+                            _status := 'completed';
+                        EXCEPTION WHEN OTHERS THEN
+                            GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
+                            IF _sqlstate IN ('40001', '40P01', '55P03') THEN
+                                RAISE;  -- the try's: retried, or it stops the run
+                            END IF;
+                            -- collect_errors: apply the batch again record by record, each in its own savepoint,
+                            -- so the good records stay and each failing one gets its own error row.
+                            _batch_processed := 0;
+                            _batch_failed := 0;
+                            _status := 'completed_with_errors';
+                            _batch_keys := _keys;
+                            FOREACH _key IN ARRAY _batch_keys LOOP
+                                _keys := ARRAY[_key];
+                                BEGIN
+                                    UPDATE public.parcel
+                                    SET status = 'heavy'
+                                    WHERE id = ANY(_keys);
+                                    GET DIAGNOSTICS _n = ROW_COUNT;
+                                    _batch_processed := _batch_processed + _n;
+                                EXCEPTION WHEN OTHERS THEN
+                                    GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
+                                    IF _sqlstate IN ('40001', '40P01', '55P03') THEN
+                                        -- A transient failure is the batch's, not the record's: the try's savepoint takes
+                                        -- this pass back (its error rows too: so their counts), and the batch, restored, is
+                                        -- retried or stops the run.
+                                        _result.error_count := _result.error_count - _batch_failed;
+                                        _keys := _batch_keys;
+                                        RAISE;
+                                    END IF;
+                                    INSERT INTO specql.batch_operation_errors
+                                        (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at, step)
+                                    VALUES
+                                        (_result.operation_id, _result.operation, _result.batch_count + 1, _sqlstate, _errmsg, _detail,
+                                         coalesce(to_jsonb(_keys), '[]'::jsonb), clock_timestamp(), _step);
+                                    _result.error_count := _result.error_count + 1;
+                                    _batch_failed := _batch_failed + 1;
+                                END;
+                            END LOOP;
+                            _keys := _batch_keys;
+                        END;
                         EXIT;
                     EXCEPTION WHEN OTHERS THEN
                         -- The savepoint rolled the whole batch back.
@@ -1380,33 +1486,7 @@ BEGIN
                             _stop := 'failed';
                             EXIT;
                         END IF;
-                        -- collect_errors: apply the batch again record by record, each in its own savepoint,
-                        -- so the good records stay and each failing one gets its own error row.
-                        _batch_processed := 0;
-                        _batch_failed := 0;
-                        _status := 'completed_with_errors';
-                        _batch_keys := _keys;
-                        FOREACH _key IN ARRAY _batch_keys LOOP
-                            _keys := ARRAY[_key];
-                            BEGIN
-                                UPDATE public.parcel
-                                SET status = 'heavy'
-                                WHERE id = ANY(_keys);
-                                GET DIAGNOSTICS _n = ROW_COUNT;
-                                _batch_processed := _batch_processed + _n;
-                            EXCEPTION WHEN OTHERS THEN
-                                GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
-                                INSERT INTO specql.batch_operation_errors
-                                    (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at, step)
-                                VALUES
-                                    (_result.operation_id, _result.operation, _result.batch_count + 1, _sqlstate, _errmsg, _detail,
-                                     coalesce(to_jsonb(_keys), '[]'::jsonb), clock_timestamp(), _step);
-                                _result.error_count := _result.error_count + 1;
-                                _batch_failed := _batch_failed + 1;
-                            END;
-                        END LOOP;
-                        _keys := _batch_keys;
-                        EXIT;
+                        RAISE;  -- the record-by-record pass failed outside its records' savepoints
                     END;
                 END LOOP;
 
@@ -1604,11 +1684,51 @@ BEGIN
 
                 LOOP
                     BEGIN
-                        SELECT count(*) INTO _n FROM public.parcel WHERE id = ANY(_keys);
+                        -- The batch in a savepoint of its own, its record-by-record pass in the try's.
+                        BEGIN
+                            SELECT count(*) INTO _n FROM public.parcel WHERE id = ANY(_keys);
 
-                        _batch_processed := _n;
-                        _batch_failed := 0;
-                        _status := 'completed';
+                            _batch_processed := _n;
+                            _batch_failed := 0;
+                            _status := 'completed';
+                        EXCEPTION WHEN OTHERS THEN
+                            GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
+                            IF _sqlstate IN ('40001', '40P01', '55P03') THEN
+                                RAISE;  -- the try's: retried, or it stops the run
+                            END IF;
+                            -- collect_errors: apply the batch again record by record, each in its own savepoint,
+                            -- so the good records stay and each failing one gets its own error row.
+                            _batch_processed := 0;
+                            _batch_failed := 0;
+                            _status := 'completed_with_errors';
+                            _batch_keys := _keys;
+                            FOREACH _key IN ARRAY _batch_keys LOOP
+                                _keys := ARRAY[_key];
+                                BEGIN
+                                    SELECT count(*) INTO _n FROM public.parcel WHERE id = ANY(_keys);
+
+                                    _batch_processed := _batch_processed + _n;
+                                EXCEPTION WHEN OTHERS THEN
+                                    GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
+                                    IF _sqlstate IN ('40001', '40P01', '55P03') THEN
+                                        -- A transient failure is the batch's, not the record's: the try's savepoint takes
+                                        -- this pass back (its error rows too: so their counts), and the batch, restored, is
+                                        -- retried or stops the run.
+                                        _result.error_count := _result.error_count - _batch_failed;
+                                        _keys := _batch_keys;
+                                        RAISE;
+                                    END IF;
+                                    INSERT INTO specql.batch_operation_errors
+                                        (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at, step)
+                                    VALUES
+                                        (_result.operation_id, _result.operation, _result.batch_count + 1, _sqlstate, _errmsg, _detail,
+                                         coalesce(to_jsonb(_keys), '[]'::jsonb), clock_timestamp(), _step);
+                                    _result.error_count := _result.error_count + 1;
+                                    _batch_failed := _batch_failed + 1;
+                                END;
+                            END LOOP;
+                            _keys := _batch_keys;
+                        END;
                         EXIT;
                     EXCEPTION WHEN OTHERS THEN
                         -- The savepoint rolled the whole batch back.
@@ -1628,31 +1748,7 @@ BEGIN
                             _stop := 'failed';
                             EXIT;
                         END IF;
-                        -- collect_errors: apply the batch again record by record, each in its own savepoint,
-                        -- so the good records stay and each failing one gets its own error row.
-                        _batch_processed := 0;
-                        _batch_failed := 0;
-                        _status := 'completed_with_errors';
-                        _batch_keys := _keys;
-                        FOREACH _key IN ARRAY _batch_keys LOOP
-                            _keys := ARRAY[_key];
-                            BEGIN
-                                SELECT count(*) INTO _n FROM public.parcel WHERE id = ANY(_keys);
-
-                                _batch_processed := _batch_processed + _n;
-                            EXCEPTION WHEN OTHERS THEN
-                                GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
-                                INSERT INTO specql.batch_operation_errors
-                                    (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at, step)
-                                VALUES
-                                    (_result.operation_id, _result.operation, _result.batch_count + 1, _sqlstate, _errmsg, _detail,
-                                     coalesce(to_jsonb(_keys), '[]'::jsonb), clock_timestamp(), _step);
-                                _result.error_count := _result.error_count + 1;
-                                _batch_failed := _batch_failed + 1;
-                            END;
-                        END LOOP;
-                        _keys := _batch_keys;
-                        EXIT;
+                        RAISE;  -- the record-by-record pass failed outside its records' savepoints
                     END;
                 END LOOP;
 
@@ -1805,27 +1901,40 @@ BEGIN
 
                 LOOP
                     BEGIN
-                        IF to_regprocedure('restock_parcels(timestamptz)') IS NULL THEN
-                            RAISE EXCEPTION 'step %: function % does not exist', 'restock', 'restock_parcels(timestamptz)'
-                                USING ERRCODE = '42883',
-                                      HINT = 'A custom_function step calls its function once, with :cutoff: create restock_parcels(timestamptz), or fix ''function'' in the entity file.';
-                        END IF;
-                        -- Its rows become :fresh, in chunks of _batch_size.
-                        _items := '{}';
-                        _chunk_number := 0;
-                        -- Read through SELECT *: a function RETURNS TABLE of one column gives objects too ({"col": v}).
-                        FOR _item IN SELECT to_jsonb(_r) FROM (SELECT * FROM restock_parcels(sweep_parcels.cutoff)) AS _r LOOP
-                            IF jsonb_typeof(_item) <> 'object' THEN
-                                RAISE EXCEPTION 'step %: function % returned %, not a record', 'restock', 'restock_parcels(timestamptz)', _item
-                                    USING ERRCODE = '42804', HINT = 'A later step reads fields of its rows: return SETOF a row type, or TABLE (...).';
+                        -- The batch in a savepoint of its own, its record-by-record pass in the try's.
+                        BEGIN
+                            IF to_regprocedure('restock_parcels(timestamptz)') IS NULL THEN
+                                RAISE EXCEPTION 'step %: function % does not exist', 'restock', 'restock_parcels(timestamptz)'
+                                    USING ERRCODE = '42883',
+                                          HINT = 'A custom_function step calls its function once, with :cutoff: create restock_parcels(timestamptz), or fix ''function'' in the entity file.';
                             END IF;
-                            IF NOT _item ?& ARRAY['id', 'status', 'weight']::text[] THEN
-                                RAISE EXCEPTION 'step %: function % returned a row without %', 'restock', 'restock_parcels(timestamptz)',
-                                    array_to_string(ARRAY(SELECT unnest(ARRAY['id', 'status', 'weight']::text[]) EXCEPT SELECT jsonb_object_keys(_item)), ', ')
-                                    USING ERRCODE = '42804', DETAIL = format('The row: %s', _item), HINT = 'Later steps read these fields of its rows.';
-                            END IF;
-                            _items := _items || _item;
-                            IF cardinality(_items) >= _batch_size THEN
+                            -- Its rows become :fresh, in chunks of _batch_size.
+                            _items := '{}';
+                            _chunk_number := 0;
+                            -- Read through SELECT *: a function RETURNS TABLE of one column gives objects too ({"col": v}).
+                            FOR _item IN SELECT to_jsonb(_r) FROM (SELECT * FROM restock_parcels(sweep_parcels.cutoff)) AS _r LOOP
+                                IF jsonb_typeof(_item) <> 'object' THEN
+                                    RAISE EXCEPTION 'step %: function % returned %, not a record', 'restock', 'restock_parcels(timestamptz)', _item
+                                        USING ERRCODE = '42804', HINT = 'A later step reads fields of its rows: return SETOF a row type, or TABLE (...).';
+                                END IF;
+                                IF NOT _item ?& ARRAY['id', 'status', 'weight']::text[] THEN
+                                    RAISE EXCEPTION 'step %: function % returned a row without %', 'restock', 'restock_parcels(timestamptz)',
+                                        array_to_string(ARRAY(SELECT unnest(ARRAY['id', 'status', 'weight']::text[]) EXCEPT SELECT jsonb_object_keys(_item)), ', ')
+                                        USING ERRCODE = '42804', DETAIL = format('The row: %s', _item), HINT = 'Later steps read these fields of its rows.';
+                                END IF;
+                                _items := _items || _item;
+                                IF cardinality(_items) >= _batch_size THEN
+                                    _chunk_number := _chunk_number + 1;
+                                    _out_keys := NULL;
+                                    _out_records := to_jsonb(_items);
+                                    IF coalesce(cardinality(_out_keys), jsonb_array_length(_out_records), 0) > 0 THEN
+                                        INSERT INTO specql.batch_operation_outputs (operation_id, output, chunk, keys, records)
+                                        VALUES (_result.operation_id, 'fresh', _chunk_number, _out_keys, _out_records);
+                                    END IF;
+                                    _items := '{}';
+                                END IF;
+                            END LOOP;
+                            IF cardinality(_items) > 0 THEN
                                 _chunk_number := _chunk_number + 1;
                                 _out_keys := NULL;
                                 _out_records := to_jsonb(_items);
@@ -1835,21 +1944,86 @@ BEGIN
                                 END IF;
                                 _items := '{}';
                             END IF;
-                        END LOOP;
-                        IF cardinality(_items) > 0 THEN
-                            _chunk_number := _chunk_number + 1;
-                            _out_keys := NULL;
-                            _out_records := to_jsonb(_items);
-                            IF coalesce(cardinality(_out_keys), jsonb_array_length(_out_records), 0) > 0 THEN
-                                INSERT INTO specql.batch_operation_outputs (operation_id, output, chunk, keys, records)
-                                VALUES (_result.operation_id, 'fresh', _chunk_number, _out_keys, _out_records);
+                            _n := 1;
+                            _batch_processed := _n;
+                            _batch_failed := 0;
+                            _status := 'completed';
+                        EXCEPTION WHEN OTHERS THEN
+                            GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
+                            IF _sqlstate IN ('40001', '40P01', '55P03') THEN
+                                RAISE;  -- the try's: retried, or it stops the run
                             END IF;
-                            _items := '{}';
-                        END IF;
-                        _n := 1;
-                        _batch_processed := _n;
-                        _batch_failed := 0;
-                        _status := 'completed';
+                            -- collect_errors: apply the batch again record by record, each in its own savepoint,
+                            -- so the good records stay and each failing one gets its own error row.
+                            _batch_processed := 0;
+                            _batch_failed := 0;
+                            _status := 'completed_with_errors';
+                            FOR _i IN 1..1 LOOP
+                                BEGIN
+                                    IF to_regprocedure('restock_parcels(timestamptz)') IS NULL THEN
+                                        RAISE EXCEPTION 'step %: function % does not exist', 'restock', 'restock_parcels(timestamptz)'
+                                            USING ERRCODE = '42883',
+                                                  HINT = 'A custom_function step calls its function once, with :cutoff: create restock_parcels(timestamptz), or fix ''function'' in the entity file.';
+                                    END IF;
+                                    -- Its rows become :fresh, in chunks of _batch_size.
+                                    _items := '{}';
+                                    _chunk_number := 0;
+                                    -- Read through SELECT *: a function RETURNS TABLE of one column gives objects too ({"col": v}).
+                                    FOR _item IN SELECT to_jsonb(_r) FROM (SELECT * FROM restock_parcels(sweep_parcels.cutoff)) AS _r LOOP
+                                        IF jsonb_typeof(_item) <> 'object' THEN
+                                            RAISE EXCEPTION 'step %: function % returned %, not a record', 'restock', 'restock_parcels(timestamptz)', _item
+                                                USING ERRCODE = '42804', HINT = 'A later step reads fields of its rows: return SETOF a row type, or TABLE (...).';
+                                        END IF;
+                                        IF NOT _item ?& ARRAY['id', 'status', 'weight']::text[] THEN
+                                            RAISE EXCEPTION 'step %: function % returned a row without %', 'restock', 'restock_parcels(timestamptz)',
+                                                array_to_string(ARRAY(SELECT unnest(ARRAY['id', 'status', 'weight']::text[]) EXCEPT SELECT jsonb_object_keys(_item)), ', ')
+                                                USING ERRCODE = '42804', DETAIL = format('The row: %s', _item), HINT = 'Later steps read these fields of its rows.';
+                                        END IF;
+                                        _items := _items || _item;
+                                        IF cardinality(_items) >= _batch_size THEN
+                                            _chunk_number := _chunk_number + 1;
+                                            _out_keys := NULL;
+                                            _out_records := to_jsonb(_items);
+                                            IF coalesce(cardinality(_out_keys), jsonb_array_length(_out_records), 0) > 0 THEN
+                                                INSERT INTO specql.batch_operation_outputs (operation_id, output, chunk, keys, records)
+                                                VALUES (_result.operation_id, 'fresh', _chunk_number, _out_keys, _out_records);
+                                            END IF;
+                                            _items := '{}';
+                                        END IF;
+                                    END LOOP;
+                                    IF cardinality(_items) > 0 THEN
+                                        _chunk_number := _chunk_number + 1;
+                                        _out_keys := NULL;
+                                        _out_records := to_jsonb(_items);
+                                        IF coalesce(cardinality(_out_keys), jsonb_array_length(_out_records), 0) > 0 THEN
+                                            INSERT INTO specql.batch_operation_outputs (operation_id, output, chunk, keys, records)
+                                            VALUES (_result.operation_id, 'fresh', _chunk_number, _out_keys, _out_records);
+                                        END IF;
+                                        _items := '{}';
+                                    END IF;
+                                    _n := 1;
+                                    _batch_processed := _batch_processed + _n;
+                                EXCEPTION WHEN OTHERS THEN
+                                    GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
+                                    IF _sqlstate IN ('40001', '40P01', '55P03') THEN
+                                        -- A transient failure is the batch's, not the record's: the try's savepoint takes
+                                        -- this pass back (its error rows too: so their counts), and the batch, restored, is
+                                        -- retried or stops the run.
+                                        _result.error_count := _result.error_count - _batch_failed;
+
+                                        RAISE;
+                                    END IF;
+                                    INSERT INTO specql.batch_operation_errors
+                                        (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at, step)
+                                    VALUES
+                                        (_result.operation_id, _result.operation, _result.batch_count + 1, _sqlstate, _errmsg, _detail,
+                                         coalesce(jsonb_build_array(jsonb_build_object('function', 'restock_parcels(timestamptz)')), '[]'::jsonb), clock_timestamp(), _step);
+                                    _result.error_count := _result.error_count + 1;
+                                    _batch_failed := _batch_failed + 1;
+                                END;
+                            END LOOP;
+
+                        END;
                         EXIT;
                     EXCEPTION WHEN OTHERS THEN
                         -- The savepoint rolled the whole batch back.
@@ -1869,69 +2043,7 @@ BEGIN
                             _stop := 'failed';
                             EXIT;
                         END IF;
-                        -- collect_errors: apply the batch again record by record, each in its own savepoint,
-                        -- so the good records stay and each failing one gets its own error row.
-                        _batch_processed := 0;
-                        _batch_failed := 0;
-                        _status := 'completed_with_errors';
-                        FOR _i IN 1..1 LOOP
-                            BEGIN
-                                IF to_regprocedure('restock_parcels(timestamptz)') IS NULL THEN
-                                    RAISE EXCEPTION 'step %: function % does not exist', 'restock', 'restock_parcels(timestamptz)'
-                                        USING ERRCODE = '42883',
-                                              HINT = 'A custom_function step calls its function once, with :cutoff: create restock_parcels(timestamptz), or fix ''function'' in the entity file.';
-                                END IF;
-                                -- Its rows become :fresh, in chunks of _batch_size.
-                                _items := '{}';
-                                _chunk_number := 0;
-                                -- Read through SELECT *: a function RETURNS TABLE of one column gives objects too ({"col": v}).
-                                FOR _item IN SELECT to_jsonb(_r) FROM (SELECT * FROM restock_parcels(sweep_parcels.cutoff)) AS _r LOOP
-                                    IF jsonb_typeof(_item) <> 'object' THEN
-                                        RAISE EXCEPTION 'step %: function % returned %, not a record', 'restock', 'restock_parcels(timestamptz)', _item
-                                            USING ERRCODE = '42804', HINT = 'A later step reads fields of its rows: return SETOF a row type, or TABLE (...).';
-                                    END IF;
-                                    IF NOT _item ?& ARRAY['id', 'status', 'weight']::text[] THEN
-                                        RAISE EXCEPTION 'step %: function % returned a row without %', 'restock', 'restock_parcels(timestamptz)',
-                                            array_to_string(ARRAY(SELECT unnest(ARRAY['id', 'status', 'weight']::text[]) EXCEPT SELECT jsonb_object_keys(_item)), ', ')
-                                            USING ERRCODE = '42804', DETAIL = format('The row: %s', _item), HINT = 'Later steps read these fields of its rows.';
-                                    END IF;
-                                    _items := _items || _item;
-                                    IF cardinality(_items) >= _batch_size THEN
-                                        _chunk_number := _chunk_number + 1;
-                                        _out_keys := NULL;
-                                        _out_records := to_jsonb(_items);
-                                        IF coalesce(cardinality(_out_keys), jsonb_array_length(_out_records), 0) > 0 THEN
-                                            INSERT INTO specql.batch_operation_outputs (operation_id, output, chunk, keys, records)
-                                            VALUES (_result.operation_id, 'fresh', _chunk_number, _out_keys, _out_records);
-                                        END IF;
-                                        _items := '{}';
-                                    END IF;
-                                END LOOP;
-                                IF cardinality(_items) > 0 THEN
-                                    _chunk_number := _chunk_number + 1;
-                                    _out_keys := NULL;
-                                    _out_records := to_jsonb(_items);
-                                    IF coalesce(cardinality(_out_keys), jsonb_array_length(_out_records), 0) > 0 THEN
-                                        INSERT INTO specql.batch_operation_outputs (operation_id, output, chunk, keys, records)
-                                        VALUES (_result.operation_id, 'fresh', _chunk_number, _out_keys, _out_records);
-                                    END IF;
-                                    _items := '{}';
-                                END IF;
-                                _n := 1;
-                                _batch_processed := _batch_processed + _n;
-                            EXCEPTION WHEN OTHERS THEN
-                                GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
-                                INSERT INTO specql.batch_operation_errors
-                                    (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at, step)
-                                VALUES
-                                    (_result.operation_id, _result.operation, _result.batch_count + 1, _sqlstate, _errmsg, _detail,
-                                     coalesce(jsonb_build_array(jsonb_build_object('function', 'restock_parcels(timestamptz)')), '[]'::jsonb), clock_timestamp(), _step);
-                                _result.error_count := _result.error_count + 1;
-                                _batch_failed := _batch_failed + 1;
-                            END;
-                        END LOOP;
-
-                        EXIT;
+                        RAISE;  -- the record-by-record pass failed outside its records' savepoints
                     END;
                 END LOOP;
 
@@ -2139,53 +2251,139 @@ BEGIN
 
                 LOOP
                     BEGIN
-                        -- Records may leave fields out. First those that carry every field (usually all of them);
-                        -- then each group of the others, so an existing row keeps the columns its record leaves out.
-                        _shape := ARRAY[true, true];
-                        INSERT INTO public.parcel (id, status, weight, scanned_at)
-                        SELECT CASE WHEN _rec ? 'id' THEN (_rec ->> 'id')::uuid ELSE gen_random_uuid() END,
-                               (_rec ->> 'status'),
-                               (_rec ->> 'weight')::integer,
-                               now()
-                        -- OFFSET 0 keeps the subquery whole: each element is extracted once, not once per field.
-                        FROM (SELECT _slice -> _g._i -> 'record' AS _rec
-                              FROM generate_series(_slice_from, _slice_to) AS _g(_i)
-                              OFFSET 0) AS _source
-                        WHERE ARRAY[_rec ? 'status', _rec ? 'weight'] = _shape
-                        ON CONFLICT (id)
-                        DO UPDATE SET status = CASE WHEN _shape[1] THEN EXCLUDED.status ELSE parcel.status END,
-                                      weight = CASE WHEN _shape[2] THEN EXCLUDED.weight ELSE parcel.weight END,
-                                      scanned_at = EXCLUDED.scanned_at;
-                        GET DIAGNOSTICS _n = ROW_COUNT;
-                        IF _n < _to - _from + 1 THEN
-                            FOR _shape IN
-                                SELECT DISTINCT ARRAY[_rec ? 'status', _rec ? 'weight']
-                                FROM (SELECT _slice -> _g._i -> 'record' AS _rec
-                                      FROM generate_series(_slice_from, _slice_to) AS _g(_i)
-                                      OFFSET 0) AS _source
-                                WHERE NOT _rec ?& ARRAY['status', 'weight']
-                            LOOP
-                                INSERT INTO public.parcel (id, status, weight, scanned_at)
-                                SELECT CASE WHEN _rec ? 'id' THEN (_rec ->> 'id')::uuid ELSE gen_random_uuid() END,
-                                       (_rec ->> 'status'),
-                                       (_rec ->> 'weight')::integer,
-                                       now()
-                                -- OFFSET 0 keeps the subquery whole: each element is extracted once, not once per field.
-                                FROM (SELECT _slice -> _g._i -> 'record' AS _rec
-                                      FROM generate_series(_slice_from, _slice_to) AS _g(_i)
-                                      OFFSET 0) AS _source
-                                WHERE ARRAY[_rec ? 'status', _rec ? 'weight'] = _shape
-                                ON CONFLICT (id)
-                                DO UPDATE SET status = CASE WHEN _shape[1] THEN EXCLUDED.status ELSE parcel.status END,
-                                              weight = CASE WHEN _shape[2] THEN EXCLUDED.weight ELSE parcel.weight END,
-                                              scanned_at = EXCLUDED.scanned_at;
-                                GET DIAGNOSTICS _rows = ROW_COUNT;
-                                _n := _n + _rows;
+                        -- The batch in a savepoint of its own, its record-by-record pass in the try's.
+                        BEGIN
+                            -- Records may leave fields out. First those that carry every field (usually all of them);
+                            -- then each group of the others, so an existing row keeps the columns its record leaves out.
+                            _shape := ARRAY[true, true];
+                            INSERT INTO public.parcel (id, status, weight, scanned_at)
+                            SELECT CASE WHEN _rec ? 'id' THEN (_rec ->> 'id')::uuid ELSE gen_random_uuid() END,
+                                   (_rec ->> 'status'),
+                                   (_rec ->> 'weight')::integer,
+                                   now()
+                            -- OFFSET 0 keeps the subquery whole: each element is extracted once, not once per field.
+                            FROM (SELECT _slice -> _g._i -> 'record' AS _rec
+                                  FROM generate_series(_slice_from, _slice_to) AS _g(_i)
+                                  OFFSET 0) AS _source
+                            WHERE ARRAY[_rec ? 'status', _rec ? 'weight'] = _shape
+                            ON CONFLICT (id)
+                            DO UPDATE SET status = CASE WHEN _shape[1] THEN EXCLUDED.status ELSE parcel.status END,
+                                          weight = CASE WHEN _shape[2] THEN EXCLUDED.weight ELSE parcel.weight END,
+                                          scanned_at = EXCLUDED.scanned_at;
+                            GET DIAGNOSTICS _n = ROW_COUNT;
+                            IF _n < _to - _from + 1 THEN
+                                FOR _shape IN
+                                    SELECT DISTINCT ARRAY[_rec ? 'status', _rec ? 'weight']
+                                    FROM (SELECT _slice -> _g._i -> 'record' AS _rec
+                                          FROM generate_series(_slice_from, _slice_to) AS _g(_i)
+                                          OFFSET 0) AS _source
+                                    WHERE NOT _rec ?& ARRAY['status', 'weight']
+                                LOOP
+                                    INSERT INTO public.parcel (id, status, weight, scanned_at)
+                                    SELECT CASE WHEN _rec ? 'id' THEN (_rec ->> 'id')::uuid ELSE gen_random_uuid() END,
+                                           (_rec ->> 'status'),
+                                           (_rec ->> 'weight')::integer,
+                                           now()
+                                    -- OFFSET 0 keeps the subquery whole: each element is extracted once, not once per field.
+                                    FROM (SELECT _slice -> _g._i -> 'record' AS _rec
+                                          FROM generate_series(_slice_from, _slice_to) AS _g(_i)
+                                          OFFSET 0) AS _source
+                                    WHERE ARRAY[_rec ? 'status', _rec ? 'weight'] = _shape
+                                    ON CONFLICT (id)
+                                    DO UPDATE SET status = CASE WHEN _shape[1] THEN EXCLUDED.status ELSE parcel.status END,
+                                                  weight = CASE WHEN _shape[2] THEN EXCLUDED.weight ELSE parcel.weight END,
+                                                  scanned_at = EXCLUDED.scanned_at;
+                                    GET DIAGNOSTICS _rows = ROW_COUNT;
+                                    _n := _n + _rows;
+                                END LOOP;
+                            END IF;
+                            _batch_processed := _n;
+                            _batch_failed := 0;
+                            _status := 'completed';
+                        EXCEPTION WHEN OTHERS THEN
+                            GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
+                            IF _sqlstate IN ('40001', '40P01', '55P03') THEN
+                                RAISE;  -- the try's: retried, or it stops the run
+                            END IF;
+                            -- collect_errors: apply the batch again record by record, each in its own savepoint,
+                            -- so the good records stay and each failing one gets its own error row.
+                            _batch_processed := 0;
+                            _batch_failed := 0;
+                            _status := 'completed_with_errors';
+                            _batch_from := _slice_from;
+                            _batch_to := _slice_to;
+                            FOR _i IN _batch_from.._batch_to LOOP
+                                _slice_from := _i;
+                                _slice_to := _i;
+                                BEGIN
+                                    -- Records may leave fields out. First those that carry every field (usually all of them);
+                                    -- then each group of the others, so an existing row keeps the columns its record leaves out.
+                                    _shape := ARRAY[true, true];
+                                    INSERT INTO public.parcel (id, status, weight, scanned_at)
+                                    SELECT CASE WHEN _rec ? 'id' THEN (_rec ->> 'id')::uuid ELSE gen_random_uuid() END,
+                                           (_rec ->> 'status'),
+                                           (_rec ->> 'weight')::integer,
+                                           now()
+                                    -- OFFSET 0 keeps the subquery whole: each element is extracted once, not once per field.
+                                    FROM (SELECT _slice -> _g._i -> 'record' AS _rec
+                                          FROM generate_series(_slice_from, _slice_to) AS _g(_i)
+                                          OFFSET 0) AS _source
+                                    WHERE ARRAY[_rec ? 'status', _rec ? 'weight'] = _shape
+                                    ON CONFLICT (id)
+                                    DO UPDATE SET status = CASE WHEN _shape[1] THEN EXCLUDED.status ELSE parcel.status END,
+                                                  weight = CASE WHEN _shape[2] THEN EXCLUDED.weight ELSE parcel.weight END,
+                                                  scanned_at = EXCLUDED.scanned_at;
+                                    GET DIAGNOSTICS _n = ROW_COUNT;
+                                    IF _n < _to - _from + 1 THEN
+                                        FOR _shape IN
+                                            SELECT DISTINCT ARRAY[_rec ? 'status', _rec ? 'weight']
+                                            FROM (SELECT _slice -> _g._i -> 'record' AS _rec
+                                                  FROM generate_series(_slice_from, _slice_to) AS _g(_i)
+                                                  OFFSET 0) AS _source
+                                            WHERE NOT _rec ?& ARRAY['status', 'weight']
+                                        LOOP
+                                            INSERT INTO public.parcel (id, status, weight, scanned_at)
+                                            SELECT CASE WHEN _rec ? 'id' THEN (_rec ->> 'id')::uuid ELSE gen_random_uuid() END,
+                                                   (_rec ->> 'status'),
+                                                   (_rec ->> 'weight')::integer,
+                                                   now()
+                                            -- OFFSET 0 keeps the subquery whole: each element is extracted once, not once per field.
+                                            FROM (SELECT _slice -> _g._i -> 'record' AS _rec
+                                                  FROM generate_series(_slice_from, _slice_to) AS _g(_i)
+                                                  OFFSET 0) AS _source
+                                            WHERE ARRAY[_rec ? 'status', _rec ? 'weight'] = _shape
+                                            ON CONFLICT (id)
+                                            DO UPDATE SET status = CASE WHEN _shape[1] THEN EXCLUDED.status ELSE parcel.status END,
+                                                          weight = CASE WHEN _shape[2] THEN EXCLUDED.weight ELSE parcel.weight END,
+                                                          scanned_at = EXCLUDED.scanned_at;
+                                            GET DIAGNOSTICS _rows = ROW_COUNT;
+                                            _n := _n + _rows;
+                                        END LOOP;
+                                    END IF;
+                                    _batch_processed := _batch_processed + _n;
+                                EXCEPTION WHEN OTHERS THEN
+                                    GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
+                                    IF _sqlstate IN ('40001', '40P01', '55P03') THEN
+                                        -- A transient failure is the batch's, not the record's: the try's savepoint takes
+                                        -- this pass back (its error rows too: so their counts), and the batch, restored, is
+                                        -- retried or stops the run.
+                                        _result.error_count := _result.error_count - _batch_failed;
+                                        _slice_from := _batch_from;
+                                        _slice_to := _batch_to;
+                                        RAISE;
+                                    END IF;
+                                    INSERT INTO specql.batch_operation_errors
+                                        (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at, step)
+                                    VALUES
+                                        (_result.operation_id, _result.operation, _result.batch_count + 1, _sqlstate, _errmsg, _detail,
+                                         coalesce((SELECT jsonb_agg(_slice -> _g._i ORDER BY _g._i) FROM generate_series(_slice_from, _slice_to) AS _g(_i)), '[]'::jsonb), clock_timestamp(), _step);
+                                    _result.error_count := _result.error_count + 1;
+                                    _batch_failed := _batch_failed + 1;
+                                END;
                             END LOOP;
-                        END IF;
-                        _batch_processed := _n;
-                        _batch_failed := 0;
-                        _status := 'completed';
+                            _slice_from := _batch_from;
+                            _slice_to := _batch_to;
+                        END;
                         EXIT;
                     EXCEPTION WHEN OTHERS THEN
                         -- The savepoint rolled the whole batch back.
@@ -2205,76 +2403,7 @@ BEGIN
                             _stop := 'failed';
                             EXIT;
                         END IF;
-                        -- collect_errors: apply the batch again record by record, each in its own savepoint,
-                        -- so the good records stay and each failing one gets its own error row.
-                        _batch_processed := 0;
-                        _batch_failed := 0;
-                        _status := 'completed_with_errors';
-                        _batch_from := _slice_from;
-                        _batch_to := _slice_to;
-                        FOR _i IN _batch_from.._batch_to LOOP
-                            _slice_from := _i;
-                            _slice_to := _i;
-                            BEGIN
-                                -- Records may leave fields out. First those that carry every field (usually all of them);
-                                -- then each group of the others, so an existing row keeps the columns its record leaves out.
-                                _shape := ARRAY[true, true];
-                                INSERT INTO public.parcel (id, status, weight, scanned_at)
-                                SELECT CASE WHEN _rec ? 'id' THEN (_rec ->> 'id')::uuid ELSE gen_random_uuid() END,
-                                       (_rec ->> 'status'),
-                                       (_rec ->> 'weight')::integer,
-                                       now()
-                                -- OFFSET 0 keeps the subquery whole: each element is extracted once, not once per field.
-                                FROM (SELECT _slice -> _g._i -> 'record' AS _rec
-                                      FROM generate_series(_slice_from, _slice_to) AS _g(_i)
-                                      OFFSET 0) AS _source
-                                WHERE ARRAY[_rec ? 'status', _rec ? 'weight'] = _shape
-                                ON CONFLICT (id)
-                                DO UPDATE SET status = CASE WHEN _shape[1] THEN EXCLUDED.status ELSE parcel.status END,
-                                              weight = CASE WHEN _shape[2] THEN EXCLUDED.weight ELSE parcel.weight END,
-                                              scanned_at = EXCLUDED.scanned_at;
-                                GET DIAGNOSTICS _n = ROW_COUNT;
-                                IF _n < _to - _from + 1 THEN
-                                    FOR _shape IN
-                                        SELECT DISTINCT ARRAY[_rec ? 'status', _rec ? 'weight']
-                                        FROM (SELECT _slice -> _g._i -> 'record' AS _rec
-                                              FROM generate_series(_slice_from, _slice_to) AS _g(_i)
-                                              OFFSET 0) AS _source
-                                        WHERE NOT _rec ?& ARRAY['status', 'weight']
-                                    LOOP
-                                        INSERT INTO public.parcel (id, status, weight, scanned_at)
-                                        SELECT CASE WHEN _rec ? 'id' THEN (_rec ->> 'id')::uuid ELSE gen_random_uuid() END,
-                                               (_rec ->> 'status'),
-                                               (_rec ->> 'weight')::integer,
-                                               now()
-                                        -- OFFSET 0 keeps the subquery whole: each element is extracted once, not once per field.
-                                        FROM (SELECT _slice -> _g._i -> 'record' AS _rec
-                                              FROM generate_series(_slice_from, _slice_to) AS _g(_i)
-                                              OFFSET 0) AS _source
-                                        WHERE ARRAY[_rec ? 'status', _rec ? 'weight'] = _shape
-                                        ON CONFLICT (id)
-                                        DO UPDATE SET status = CASE WHEN _shape[1] THEN EXCLUDED.status ELSE parcel.status END,
-                                                      weight = CASE WHEN _shape[2] THEN EXCLUDED.weight ELSE parcel.weight END,
-                                                      scanned_at = EXCLUDED.scanned_at;
-                                        GET DIAGNOSTICS _rows = ROW_COUNT;
-                                        _n := _n + _rows;
-                                    END LOOP;
-                                END IF;
-                                _batch_processed := _batch_processed + _n;
-                            EXCEPTION WHEN OTHERS THEN
-                                GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
-                                INSERT INTO specql.batch_operation_errors
-                                    (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at, step)
-                                VALUES
-                                    (_result.operation_id, _result.operation, _result.batch_count + 1, _sqlstate, _errmsg, _detail,
-                                     coalesce((SELECT jsonb_agg(_slice -> _g._i ORDER BY _g._i) FROM generate_series(_slice_from, _slice_to) AS _g(_i)), '[]'::jsonb), clock_timestamp(), _step);
-                                _result.error_count := _result.error_count + 1;
-                                _batch_failed := _batch_failed + 1;
-                            END;
-                        END LOOP;
-                        _slice_from := _batch_from;
-                        _slice_to := _batch_to;
-                        EXIT;
+                        RAISE;  -- the record-by-record pass failed outside its records' savepoints
                     END;
                 END LOOP;
 

@@ -180,12 +180,59 @@ BEGIN
 
         LOOP
             BEGIN
-                DELETE FROM public.doc
-                WHERE ctid >= _tids[1] AND ctid <= _tids[cardinality(_tids)] AND (state = drop_docs.state);
-                GET DIAGNOSTICS _n = ROW_COUNT;
-                _batch_processed := _n;
-                _batch_failed := 0;
-                _status := 'completed';
+                -- The batch in a savepoint of its own, its record-by-record pass in the try's.
+                BEGIN
+                    DELETE FROM public.doc
+                    WHERE ctid >= _tids[1] AND ctid <= _tids[cardinality(_tids)] AND (state = drop_docs.state);
+                    GET DIAGNOSTICS _n = ROW_COUNT;
+                    _batch_processed := _n;
+                    _batch_failed := 0;
+                    _status := 'completed';
+                EXCEPTION WHEN OTHERS THEN
+                    GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
+                    -- The batch's keys, in the order of its rows.
+                    _keys := ARRAY(SELECT id FROM public.doc
+                                   WHERE ctid >= _tids[1] AND ctid <= _tids[cardinality(_tids)] AND ctid = ANY(_tids)
+                                   ORDER BY ctid);
+                    IF _sqlstate IN ('40001', '40P01', '55P03') THEN
+                        RAISE;  -- the try's: retried, or it stops the run
+                    END IF;
+                    -- collect_errors: apply the batch again record by record, each in its own savepoint,
+                    -- so the good records stay and each failing one gets its own error row.
+                    _batch_processed := 0;
+                    _batch_failed := 0;
+                    _status := 'completed_with_errors';
+                    _batch_keys := _keys;
+                    _batch_tids := _tids;
+                    FOR _i IN 1 .. cardinality(_batch_tids) LOOP
+                        _keys := ARRAY[_batch_keys[_i]];
+                        _tids := ARRAY[_batch_tids[_i]];
+                        BEGIN
+                            DELETE FROM public.doc
+                            WHERE ctid >= _tids[1] AND ctid <= _tids[cardinality(_tids)] AND (state = drop_docs.state);
+                            GET DIAGNOSTICS _n = ROW_COUNT;
+                            _batch_processed := _batch_processed + _n;
+                        EXCEPTION WHEN OTHERS THEN
+                            GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
+                            IF _sqlstate IN ('40001', '40P01', '55P03') THEN
+                                -- A transient failure is the batch's, not the record's: the try's savepoint takes
+                                -- this pass back (its error rows too: so their counts), and the batch, restored, is
+                                -- retried or stops the run.
+                                _result.error_count := _result.error_count - _batch_failed;
+                                _keys := _batch_keys; _tids := _batch_tids;
+                                RAISE;
+                            END IF;
+                            INSERT INTO specql.batch_operation_errors
+                                (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at)
+                            VALUES
+                                (_result.operation_id, _result.operation, _result.batch_count + 1, _sqlstate, _errmsg, _detail,
+                                 coalesce(to_jsonb(_keys), '[]'::jsonb), clock_timestamp());
+                            _result.error_count := _result.error_count + 1;
+                            _batch_failed := _batch_failed + 1;
+                        END;
+                    END LOOP;
+                    _keys := _batch_keys; _tids := _batch_tids;
+                END;
                 EXIT;
             EXCEPTION WHEN OTHERS THEN
                 -- The savepoint rolled the whole batch back.
@@ -209,34 +256,7 @@ BEGIN
                     _stop := 'failed';
                     EXIT;
                 END IF;
-                -- collect_errors: apply the batch again record by record, each in its own savepoint,
-                -- so the good records stay and each failing one gets its own error row.
-                _batch_processed := 0;
-                _batch_failed := 0;
-                _status := 'completed_with_errors';
-                _batch_keys := _keys;
-                _batch_tids := _tids;
-                FOR _i IN 1 .. cardinality(_batch_tids) LOOP
-                    _keys := ARRAY[_batch_keys[_i]];
-                    _tids := ARRAY[_batch_tids[_i]];
-                    BEGIN
-                        DELETE FROM public.doc
-                        WHERE ctid >= _tids[1] AND ctid <= _tids[cardinality(_tids)] AND (state = drop_docs.state);
-                        GET DIAGNOSTICS _n = ROW_COUNT;
-                        _batch_processed := _batch_processed + _n;
-                    EXCEPTION WHEN OTHERS THEN
-                        GET STACKED DIAGNOSTICS _sqlstate = RETURNED_SQLSTATE, _errmsg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
-                        INSERT INTO specql.batch_operation_errors
-                            (operation_id, operation, batch_number, sqlstate, error_message, error_detail, failed_records, occurred_at)
-                        VALUES
-                            (_result.operation_id, _result.operation, _result.batch_count + 1, _sqlstate, _errmsg, _detail,
-                             coalesce(to_jsonb(_keys), '[]'::jsonb), clock_timestamp());
-                        _result.error_count := _result.error_count + 1;
-                        _batch_failed := _batch_failed + 1;
-                    END;
-                END LOOP;
-                _keys := _batch_keys; _tids := _batch_tids;
-                EXIT;
+                RAISE;  -- the record-by-record pass failed outside its records' savepoints
             END;
         END LOOP;
 
@@ -631,7 +651,8 @@ BEGIN
         _last := (_run.position ->> 'last')::text;
         _result.operation_id := _run.operation_id;
         _result.started_at := _run.started_at;
-        _result.total_records := _run.total_records;
+        -- The total adds up the batches walked: a failed batch applied again counts once.
+        _result.total_records := _run.total_records - coalesce((_run.position ->> 'failed_batch_records')::bigint, 0);
         _result.processed_records := _run.processed_records;
         _result.failed_records := _run.failed_records - coalesce((_run.position ->> 'failed_batch')::bigint, 0);
         _result.error_count := _run.error_count;
@@ -759,9 +780,9 @@ BEGIN
             failed_records = _result.failed_records,
             error_count = _result.error_count, batch_count = _result.batch_count, heartbeat_at = clock_timestamp(),
             -- a failed batch that changed nothing and stopped the run is tried again on resume
-            -- (its failed records are then not counted twice)
+            -- (its failed records and, in the total, its records are then not counted twice)
             position = CASE WHEN _stop = 'failed' AND _batch_processed = 0
-                            THEN coalesce(position, '{}') || jsonb_build_object('failed_batch', _batch_failed)
+                            THEN coalesce(position, '{}') || jsonb_build_object('failed_batch', _batch_failed, 'failed_batch_records', _batch_records)
                             ELSE jsonb_build_object('last', _last) END
 
         WHERE operation_id = _result.operation_id;

@@ -602,7 +602,21 @@ SELECT r.operation_id,
        r.batch_size,
        -- a multi-step run: the step it is in (or ended in); one index probe
        (SELECT s.step_name FROM specql.batch_operation_steps s
-         WHERE s.operation_id = r.operation_id ORDER BY s.step_number DESC LIMIT 1) AS step
+         WHERE s.operation_id = r.operation_id ORDER BY s.step_number DESC LIMIT 1) AS step,
+       -- a parallel run still running: its live workers, the sessions that hold the run's advisory
+       -- lock (shared, taken by each worker's CALL until it leaves) while active in a statement
+       -- (another role's, hidden, counts: cannot tell). 0: nobody works on it, e.g. started with
+       -- <op>_start and no worker called yet. NULL for every other run.
+       CASE WHEN r.transaction_mode = 'parallel' AND r.status = 'running' THEN
+           (SELECT count(*)::integer
+              FROM pg_catalog.pg_locks l
+              LEFT JOIN LATERAL pg_catalog.pg_stat_get_activity(l.pid) a ON true
+             WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+               AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database())
+               AND l.classid = 1397837906::oid
+               AND l.objid = (pg_catalog.hashtext(r.operation_id::text)::bigint & 4294967295)::oid
+               AND a.pid IS NOT NULL AND (a.backend_start IS NULL OR a.state = 'active'))
+       END AS workers
   FROM specql.batch_operation_runs r
  CROSS JOIN LATERAL (
        SELECT CASE
@@ -619,7 +633,7 @@ SELECT r.operation_id,
               - coalesce(r.waited_ms, 0) / 1000 AS active_seconds) t;
 
 COMMENT ON VIEW specql.batch_operation_status IS
-    'Every specql run with its state: its status, or ''abandoned'' for a run marked running whose backend is gone (from pg_stat_activity, never a clock). progress: percent_done; records_per_second over the run''s time minus its throttle waits; eta_seconds while running. Caveat: pg_stat_activity hides another role''s sessions from a role without pg_read_all_stats; such a run whose backend pid is in use reads ''running''.';
+    'Every specql run with its state: its status, or ''abandoned'' for a run marked running whose backend is gone (from pg_stat_activity, never a clock). progress: percent_done; records_per_second over the run''s time minus its throttle waits; eta_seconds while running; workers: a running parallel run''s live workers (0: nobody works on it). Caveat: pg_stat_activity hides another role''s sessions from a role without pg_read_all_stats; such a run whose backend pid is in use reads ''running''.';
 
 -- Ask a run to stop after its current batch (status 'cancelled', committed batches stay).
 -- The request goes to the cancellations table, which the routine reads after each batch

@@ -153,7 +153,8 @@ BEGIN
         _last := (_run.position ->> 'last')::integer;
         _result.operation_id := _run.operation_id;
         _result.started_at := _run.started_at;
-        _result.total_records := _run.total_records;
+        -- The total adds up the batches walked: a failed batch applied again counts once.
+        _result.total_records := _run.total_records - coalesce((_run.position ->> 'failed_batch_records')::bigint, 0);
         _result.processed_records := _run.processed_records;
         _result.failed_records := _run.failed_records - coalesce((_run.position ->> 'failed_batch')::bigint, 0);
         _result.error_count := _run.error_count;
@@ -414,9 +415,9 @@ BEGIN
             error_count = _result.error_count, batch_count = _result.batch_count, heartbeat_at = clock_timestamp(),
             waited_ms = _waited_ms,
             -- a failed batch that changed nothing and stopped the run is tried again on resume
-            -- (its failed records are then not counted twice)
+            -- (its failed records and, in the total, its records are then not counted twice)
             position = CASE WHEN _stop = 'failed' AND _batch_processed = 0
-                            THEN coalesce(position, '{}') || jsonb_build_object('failed_batch', _batch_failed)
+                            THEN coalesce(position, '{}') || jsonb_build_object('failed_batch', _batch_failed, 'failed_batch_records', _batch_records)
                             ELSE jsonb_build_object('last', _last) END
 
         WHERE operation_id = _result.operation_id;
