@@ -61,12 +61,27 @@ class Record:
     kind: str | None = None
 
 
+class _Gunzipped(gzip.GzipFile):
+    """gzip input decompressed from the file already open, and closed with it: reopening the
+    file by name would read a pipe (`--csv /dev/stdin`) from wherever the peek left it."""
+
+    def __init__(self, raw: BinaryIO):
+        super().__init__(fileobj=raw, mode="rb")
+        self._raw = raw
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._raw.close()
+
+
 def open_source(path: Path) -> BinaryIO:
-    """The file as bytes; gzip input (by its magic number) is decompressed as it is read."""
+    """The file as bytes; gzip input (by its magic number, peeked at without consuming it) is
+    decompressed as it is read."""
     raw = open(path, "rb")
     if raw.peek(2)[:2] == b"\x1f\x8b":
-        raw.close()
-        return gzip.open(path, "rb")
+        return _Gunzipped(raw)
     return raw
 
 

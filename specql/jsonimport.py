@@ -24,6 +24,7 @@ count), `_line` the file line it starts on (in the error rows of a failed batch)
 from __future__ import annotations
 
 import codecs
+import io
 import json
 import queue
 import re
@@ -60,15 +61,54 @@ def _located(path: Path, line: int, col: int, message: str) -> RunError:
     return RunError(f"{path}:{line}:{col}: {message}; nothing was staged")
 
 
-def file_shape(path: Path) -> str:
-    """'array' ([), 'lines' ({, or an empty file), else a RunError naming what the file starts with."""
-    with open_source(path) as stream:
+class _Prefixed(io.RawIOBase):
+    """The bytes already read from a stream, then the rest of it (closed with it)."""
+
+    def __init__(self, head: bytes, rest: BinaryIO):
+        self._head = memoryview(head)
+        self._rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        if self._head:
+            n = min(len(b), len(self._head))
+            b[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        data = self._rest.read(len(b))
+        b[:len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        try:
+            self._rest.close()
+        finally:
+            super().close()
+
+
+def open_shaped(path: Path) -> tuple[str, BinaryIO]:
+    """The file, opened once, and its shape: 'array' ([), 'lines' ({, or an empty file), else a
+    RunError naming what the file starts with. The shape is told from the first bytes, which
+    the stream returned still yields: opening the file again by name would read a pipe
+    (`--json /dev/stdin`) from wherever the first read left it."""
+    stream = open_source(path)
+    try:
         head = stream.read(1 << 16)
         while head and not head.lstrip(b" \t\r\n").lstrip(BOM.encode()).lstrip(b" \t\r\n"):
             more = stream.read(1 << 16)
             if not more:
-                return "lines"
+                break
             head += more
+        shape = _shape(path, head)
+    except BaseException:
+        stream.close()
+        raise
+    return shape, io.BufferedReader(_Prefixed(head, stream), 1 << 16)
+
+
+def _shape(path: Path, head: bytes) -> str:
     first = head.lstrip(b" \t\r\n").lstrip(BOM.encode()).lstrip(b" \t\r\n")[:1]
     if not first:
         return "lines"
@@ -156,7 +196,7 @@ def array_rows(stream: BinaryIO, path: Path) -> Iterator[bytes]:
     if buf.startswith(BOM):
         pos = 1
     skip_ws()
-    pos += 1  # the "[" (file_shape saw it)
+    pos += 1  # the "[" (open_shaped saw it)
     n, line = 0, base_line
     if skip_ws() == "]":
         pos += 1
@@ -208,8 +248,7 @@ def stage_file(conn: psycopg.Connection, op, path: Path, *, staging_id: str | No
     one committed transaction (all of the file, or nothing)."""
     staged = Staged(staging_id or str(uuid.uuid4()))
     try:
-        staged.shape = file_shape(path)
-        stream = open_source(path)
+        staged.shape, stream = open_shaped(path)
     except OSError as exc:
         raise RunError(f"--json: cannot read {path}: {exc.strerror}") from None
     target = sql.Identifier(op.schema, op.json_staging_name)

@@ -259,6 +259,25 @@ def test_cli_summary_and_rejects(project_db, tmp_path):
     assert lines[rejected[0]["line"] - 1] == "  {" and '"not a number"' in "\n".join(lines[rejected[0]["line"]:][:8])
 
 
+@pytest.mark.parametrize("shape", ["lines", "array"])
+@pytest.mark.parametrize("n", [50, 3000])  # one read of the shape check holds all of it / does not
+def test_a_file_read_from_a_pipe_is_staged_whole(project_db, tmp_path, shape, n):
+    # `--json /dev/stdin`: the file's shape was told from a first read and the file opened again
+    # by name to be staged, which from a pipe read what that first read had left: no record (50),
+    # or the records after its 64 kB (3000). It is now read once, the shape told from its start.
+    url, _ = project_db
+    data = write(tmp_path / "items.json.gz" if n == 3000 and shape == "array" else tmp_path / "items.json",
+                 records(n), shape).read_bytes()
+    proc = subprocess.run([str(Path(__file__).parent.parent / ".venv/bin/specql"), "run", "load_items",
+                           str(tmp_path / "e"), "--database-url", url, "--json", "/dev/stdin", "--format", "json"],
+                          input=data, capture_output=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr.decode()  # completed_with_errors: record 17 does not cast
+    result = json.loads(proc.stdout)
+    assert (result["status"], result["processed_records"], result["failed_records"]) == (
+        "completed_with_errors", n - 1, 1)
+    assert f"staged {n:,} record(s)" in proc.stderr.decode()
+
+
 def test_argument_and_staging_id_together_are_refused(project_db):
     url, _ = project_db
     with psycopg.connect(url, autocommit=True) as conn, pytest.raises(psycopg.errors.InvalidParameterValue,
