@@ -34,7 +34,7 @@ from psycopg import sql
 
 from .harness_target import placeholders
 from .model import Operation
-from .run import Bound, RunError, call_sql, check_values, connect_error
+from .run import Bound, RunError, call_sql, check_values, open_connection
 
 STOP_FUNCTION = "specql._plan_sample_stop"  # created and dropped inside the rolled-back transaction
 STOP_COUNTER = "specql_plan_sample_statements"  # a temporary sequence, the same way
@@ -336,10 +336,7 @@ def render_plan(plan: dict, depth: int = 0) -> list[str]:
 
 def plan_operation(url: str, op: Operation, bound: list[Bound], *, batch_size: int | None = None,
                    sample_batches: int = SAMPLE_BATCHES) -> PlanReport:
-    try:
-        conn = psycopg.connect(url, autocommit=True, application_name=f"specql plan {op.name}", connect_timeout=10)
-    except psycopg.OperationalError as exc:
-        raise RunError(f"cannot connect: {connect_error(exc)}") from None
+    conn = open_connection(url, f"specql plan {op.name}")
     size = batch_size or (op.policy.batch_size if not op.policy.auto_batch_size else None)
     notes = []
     if size is None:

@@ -116,13 +116,13 @@ def resolve(url: str, op: Operation, req: Request) -> str | None:
 def _has_run(url: str, op: Operation, operation_id: str) -> bool:
     import psycopg
 
-    from .run import connect_error
-    try:
-        with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+    from .run import _one_line, open_connection
+    with open_connection(url) as conn:
+        try:
             return conn.execute("SELECT EXISTS (SELECT FROM specql.batch_operation_runs WHERE operation_id = %s::uuid "
                                 "AND operation = %s)", (operation_id, op.name)).fetchone()[0]
-    except psycopg.Error as exc:
-        raise RunError(f"--resume {operation_id}: {connect_error(exc)}") from None
+        except psycopg.Error as exc:
+            raise RunError(f"--resume {operation_id}: {_one_line(exc)}") from None
 
 
 def launch(url: str, op: Operation, req: Request, *, on_progress: Callable[[Progress], None] = lambda p: None,

@@ -74,6 +74,16 @@ def connect_error(exc: psycopg.Error) -> str:
     return " ".join(part.strip() for part in str(exc).strip().splitlines() if part.strip())
 
 
+def open_connection(url: str, application_name: str | None = None) -> psycopg.Connection:
+    """An autocommit connection for the runtime commands, or a RunError 'cannot connect: ...'
+    with libpq's whole message on one line."""
+    kwargs = {"application_name": application_name} if application_name else {}
+    try:
+        return psycopg.connect(url, autocommit=True, connect_timeout=10, **kwargs)
+    except psycopg.OperationalError as exc:
+        raise RunError(f"cannot connect: {connect_error(exc)}") from None
+
+
 def bind_params(op: Operation, raw: list[str]) -> list[Bound]:
     """`NAME=VALUE` / `NAME=@FILE` pairs -> every routine parameter bound (missing: NULL only where
     the routine gives the argument a default)."""
@@ -233,10 +243,7 @@ def _call(url: str, op: Operation, bound: list[Bound], canceller: "_Canceller", 
           batch_size: int | None, resume: str | None, on_progress: Callable[[Progress], None],
           on_notice: Callable[[str], None]) -> dict:
     progress = canceller.progress
-    try:
-        conn = psycopg.connect(url, autocommit=True, application_name=f"specql run {op.name}", connect_timeout=10)
-    except psycopg.OperationalError as exc:
-        raise RunError(f"cannot connect: {connect_error(exc)}") from None
+    conn = open_connection(url, f"specql run {op.name}")
     with conn:
         check_values(conn, bound)
 
@@ -329,7 +336,48 @@ def _one_line(exc: psycopg.Error) -> str:
     return f"{text}{state}" + (f" ({diag.message_hint})" if diag.message_hint else "")
 
 
-class _Canceller:
+class SigintOwner:
+    """Ctrl-C for the whole of one `specql run` call (on_sigint()), by its moment: until
+    armed() the handler in place before runs (KeyboardInterrupt by default, as without this);
+    while armed, interrupted(), which must not block (a signal handler must not wait on a
+    connection: it starts a thread); finish() when the outcome is decided, after which a
+    Ctrl-C changes nothing. _Canceller (the routine) and workers._Interrupts (a parallel run)."""
+
+    def __init__(self):
+        self._previous = signal.default_int_handler
+
+    def armed(self) -> bool:
+        raise NotImplementedError
+
+    def interrupted(self) -> None:
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        raise NotImplementedError
+
+    def _signal(self, signum, frame) -> None:
+        if not self.armed():  # as the handler in place before
+            if callable(self._previous):
+                self._previous(signum, frame)
+            elif self._previous != signal.SIG_IGN:
+                raise KeyboardInterrupt
+            return
+        self.interrupted()
+
+    @contextmanager
+    def on_sigint(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        self._previous = signal.signal(signal.SIGINT, self._signal)
+        try:
+            yield
+        finally:
+            self.finish()
+            signal.signal(signal.SIGINT, signal.SIG_DFL if self._previous is None else self._previous)
+
+
+class _Canceller(SigintOwner):
     """Ctrl-C around one call of the routine, by its moment:
     - before the call (connecting, checking the values): KeyboardInterrupt, as without it;
     - during the call (calling()): `specql.cancel_operation(id)` from a second connection (the
@@ -344,13 +392,13 @@ class _Canceller:
     RETRY_SECONDS = 0.5
 
     def __init__(self, url: str, progress: Progress):
+        super().__init__()
         self.url, self.progress = url, progress
         self.backend_pid: int | None = None
         self.requested = False
         self.finished = False
         self._lock = threading.Lock()  # finish() waits for a cancel being sent
         self._sending = False
-        self._previous = signal.default_int_handler
 
     def calling(self, backend_pid: int) -> None:
         self.backend_pid = backend_pid
@@ -359,16 +407,10 @@ class _Canceller:
         with self._lock:
             self.finished = True
 
-    def _signal(self, signum, frame) -> None:
-        if self.backend_pid is None:  # before the call: as the handler in place before
-            if callable(self._previous):
-                self._previous(signum, frame)
-            elif self._previous != signal.SIG_IGN:
-                raise KeyboardInterrupt
-            return
-        self.request()
+    def armed(self) -> bool:
+        return self.backend_pid is not None  # the call has begun
 
-    def request(self) -> None:
+    def interrupted(self) -> None:
         """During the call: never blocks, never raises."""
         if self.finished or self._sending:
             return
@@ -393,17 +435,3 @@ class _Canceller:
             print(f"specql run: Ctrl-C could not ask the run to stop: {connect_error(exc)}", file=sys.stderr)
         finally:
             self._sending = False
-
-    @contextmanager
-    def on_sigint(self):
-        """The handler for the whole of execute(): a cancel is asked for from a thread (a signal
-        handler must not block on a connection)."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        self._previous = signal.signal(signal.SIGINT, self._signal)
-        try:
-            yield
-        finally:
-            self.finish()
-            signal.signal(signal.SIGINT, signal.SIG_DFL if self._previous is None else self._previous)

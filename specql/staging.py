@@ -9,17 +9,13 @@ from typing import Callable
 
 import psycopg
 
-from .run import RunError, connect_error
+from .run import open_connection
 
 
 def staging_connection(url: str, op) -> psycopg.Connection:
     """An autocommit connection for staging (each COPY commits: the routine and a resume read
     the staged rows from another session)."""
-    try:
-        return psycopg.connect(url, autocommit=True, application_name=f"specql run {op.name} (staging)",
-                               connect_timeout=10)
-    except psycopg.OperationalError as exc:
-        raise RunError(f"cannot connect: {connect_error(exc)}") from None
+    return open_connection(url, f"specql run {op.name} (staging)")
 
 
 def staged_load(conn: psycopg.Connection, op, operation_id: str) -> str | None:

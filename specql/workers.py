@@ -10,11 +10,9 @@ result is the run's row once the last worker has closed it, with each worker's c
 
 from __future__ import annotations
 
-import signal
 import sys
 import threading
 import time
-from contextlib import contextmanager
 from typing import Callable
 
 import psycopg
@@ -22,7 +20,8 @@ from psycopg import sql
 
 from .contract import RESULT_FIELDS
 from .model import Operation
-from .run import Bound, Progress, RunError, _one_line, check_values, connect_error, parse_progress
+from .run import (Bound, Progress, RunError, SigintOwner, _one_line, check_values, connect_error, open_connection,
+                  parse_progress)
 
 
 def check_workers(op: Operation, workers: int) -> None:
@@ -54,15 +53,13 @@ def parallel_run_for_resume(url: str, op: Operation, operation_id: str) -> tuple
     (specql.batch_operation_status); None when it is not (a run of the routine, or none: the
     routine says which)."""
     try:
-        with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+        with open_connection(url) as conn:
             row = conn.execute(
                 "SELECT (SELECT count(*) FROM specql.batch_operation_chunks AS c"
                 "        WHERE c.operation_id = r.operation_id AND c.status = 'pending'), r.state, r.workers"
                 "  FROM specql.batch_operation_status AS r"
                 " WHERE r.operation_id = %s::uuid AND r.operation = %s AND r.transaction_mode = 'parallel'",
                 (operation_id, op.name)).fetchone()
-    except psycopg.OperationalError as exc:
-        raise RunError(f"cannot connect: {connect_error(exc)}") from None
     except psycopg.Error as exc:
         raise RunError(f"--resume {operation_id}: {_one_line(exc)}") from None
     return None if row is None else (int(row[0]), row[1], row[2])
@@ -145,12 +142,7 @@ def run_parallel(url: str, op: Operation, bound: list[Bound], *, workers: int, c
     check_workers(op, workers)
     interrupts = _Interrupts(url)
     with interrupts.on_sigint():  # from before the connection is opened to after it is closed
-        try:
-            conn = psycopg.connect(url, autocommit=True, application_name=f"specql run {op.name}",
-                                   connect_timeout=10)
-        except psycopg.OperationalError as exc:
-            raise RunError(f"cannot connect: {connect_error(exc)}") from None
-        with conn:
+        with open_connection(url, f"specql run {op.name}") as conn:
             check_values(conn, bound)
             interrupts.conn = conn  # from here a Ctrl-C asks the run to stop
             return _drive(url, op, conn, bound, interrupts, workers=workers, confirm=confirm, batch_size=batch_size,
@@ -223,7 +215,7 @@ def _run_row(conn: psycopg.Connection, operation_id: str) -> dict | None:
     return None if row is None else dict(zip([c.name for c in cur.description], row))
 
 
-class _Interrupts:
+class _Interrupts(SigintOwner):
     """Ctrl-C in a parallel run, by its moment. Before its start (connecting, checking the
     values): KeyboardInterrupt, as without it. While <op>_start runs: a query cancel (its
     transaction rolls back, nothing started). Once the run has an id (started()):
@@ -232,9 +224,9 @@ class _Interrupts:
     returned) is sent as soon as the id is known. After the workers (finish()): nothing."""
 
     def __init__(self, url: str):
+        super().__init__()
         self.url = url
         self.conn: psycopg.Connection | None = None
-        self._previous = signal.default_int_handler
         self.operation_id: str | None = None
         self.requested = False
         self.ended = False
@@ -251,13 +243,10 @@ class _Interrupts:
         with self._lock:
             self.ended = True
 
-    def _signal(self, signum, frame) -> None:
-        if self.conn is None:  # before the start: as the handler in place before
-            if callable(self._previous):
-                self._previous(signum, frame)
-            elif self._previous != signal.SIG_IGN:
-                raise KeyboardInterrupt
-            return
+    def armed(self) -> bool:
+        return self.conn is not None  # connected, the values checked: the start may begin
+
+    def interrupted(self) -> None:
         if self.ended or self._sending:
             return
         self.requested = True
@@ -287,18 +276,6 @@ class _Interrupts:
             self._sending = False
             if other is not None:
                 other.close()
-
-    @contextmanager
-    def on_sigint(self):
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        self._previous = signal.signal(signal.SIGINT, self._signal)
-        try:
-            yield
-        finally:
-            self.finish()
-            signal.signal(signal.SIGINT, signal.SIG_DFL if self._previous is None else self._previous)
 
 
 def worker_lines(result: dict) -> list[str]:
