@@ -36,7 +36,7 @@ from psycopg import sql
 from psycopg.copy import QueuedLibpqWriter
 
 from .run import RunError
-from .staging import after_the_run, staged_load, staging_connection
+from .staging import after_the_run, staged_load, staging_connection, write_rejects_file
 
 COPY_CHUNK = 1 << 20  # bytes sent to COPY at a time
 BLOCK = 1 << 20  # bytes of the file read at a time past its first records
@@ -839,12 +839,8 @@ def run_csv(url: str, op, csv_file: str | None, raw_params: list[str], *, confir
             echo(f"imported {result.get('processed_records') or 0:,} record(s), rejected {rejected:,}"
                  + (": " + ", ".join(f"{n:,} {k}" for k, n in summary) if summary else ""))
             if rejects and path is not None:
-                try:
-                    n = write_rejects(conn, result["operation_id"], op, path, Path(rejects))
-                    echo(f"wrote {n:,} rejected record(s) to {rejects}")
-                except OSError as exc:  # checked before the run (launch.check); gone or full since
-                    echo(f"specql run: --rejects {rejects}: cannot write: {exc.strerror}; the rejected records "
-                         f"stay in specql.batch_operation_errors under operation_id {result['operation_id']}")
+                write_rejects_file(rejects, result["operation_id"],
+                                   lambda: write_rejects(conn, result["operation_id"], op, path, Path(rejects)), echo)
             if result.get("status") in ("completed", "completed_with_errors"):
                 drop_staged(conn, op, staged.staging_id)
             elif not result.get("load_abandoned"):

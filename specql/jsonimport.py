@@ -40,7 +40,7 @@ from psycopg.copy import QueuedLibpqWriter
 
 from .csvimport import COPY_CHUNK, drop_staged, open_source
 from .run import Bound, RunError
-from .staging import after_the_run, staged_load, staging_connection
+from .staging import after_the_run, staged_load, staging_connection, write_rejects_file
 
 READ_CHUNK = 1 << 20  # characters of a JSON array decoded at a time
 MAX_RECORD_CHARS = 256 << 20  # an array element longer than this is refused (a bracket never closed?)
@@ -391,12 +391,8 @@ def run_json(url: str, op, json_file: str | None, raw_params: list[str], *, conf
             echo(f"imported {result.get('processed_records') or 0:,} record(s), rejected {rejected:,}"
                  + (": " + ", ".join(f"{n:,} error row(s) SQLSTATE {k}" for k, n in summary) if summary else ""))
             if rejects:
-                try:
-                    n = write_rejects(conn, result["operation_id"], Path(rejects))
-                    echo(f"wrote {n:,} rejected record(s) to {rejects}")
-                except OSError as exc:  # checked before the run (launch.check); gone or full since
-                    echo(f"specql run: --rejects {rejects}: cannot write: {exc.strerror}; the rejected records "
-                         f"stay in specql.batch_operation_errors under operation_id {result['operation_id']}")
+                write_rejects_file(rejects, result["operation_id"],
+                                   lambda: write_rejects(conn, result["operation_id"], Path(rejects)), echo)
             if result.get("status") in ("completed", "completed_with_errors") or not op.is_procedure:
                 drop_staged(conn, op, staged.staging_id, table=op.json_staging_name)
             else:

@@ -36,3 +36,16 @@ def after_the_run(result: dict, staging_id: str, echo: Callable[[str], None]):
         echo(f"specql run: interrupted after the run {result.get('operation_id')} ended {result.get('status')} "
              f"(its load: staging_id {staging_id})")
         raise
+
+
+def write_rejects_file(rejects: str, operation_id, write: Callable[[], int], echo: Callable[[str], None]) -> None:
+    """--rejects FILE after an import: `write()` writes it and says how many records; a file
+    that cannot be written now (checked before the run by launch.check; gone or full since) is
+    said in one line, the rejected records being kept in specql.batch_operation_errors."""
+    try:
+        n = write()
+    except OSError as exc:
+        echo(f"specql run: --rejects {rejects}: cannot write: {exc.strerror}; the rejected records "
+             f"stay in specql.batch_operation_errors under operation_id {operation_id}")
+        return
+    echo(f"wrote {n:,} rejected record(s) to {rejects}")
